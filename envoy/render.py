@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Render envoy/envoy.yaml.tmpl, the one hand-kept Envoy config, for a profile.
+
+    python3 envoy/render.py --profile local              # -> build/envoy/envoy.yaml
+    python3 envoy/render.py --profile compose            # -> build/compose/envoy.yaml
+    python3 envoy/render.py --profile compose --local-paths -o build/validate/compose.yaml
+    python3 envoy/render.py --profile local --extra bench-listeners.yaml -o build/bench/envoy.yaml
+
+Template syntax (plain text substitution; the result is YAML that Envoy reads):
+
+  ${NAME}             a profile variable (see PROFILES); an unknown name is an error.
+  ${json:REL/PATH}    the JSON file <include-root>/REL/PATH (include-root defaults to
+                      examples/), parsed (duplicate keys rejected), re-serialised
+                      compactly and inlined as ONE JSON string literal, which is also
+                      a valid YAML double-quoted scalar. Missing or invalid: an error.
+  ${text:REL/PATH}    the one-line text file <include-root>/REL/PATH (a demo secret such as
+                      keys/app-master.key), stripped and inlined as one JSON string
+                      literal, so that secrets live in their own files and never in
+                      the template. Missing, empty, multi-line or non-ASCII: an error.
+  # @extra-listeners  a line of its own: replaced by the --extra files (YAML list
+  # @extra-clusters   items written at column 0, re-indented to the marker's column).
+                      Extra files go through the same substitutions.
+
+Standard library only, so that it runs before any virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Iterable, Mapping
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "envoy" / "envoy.yaml.tmpl"
+DEFAULT_INCLUDE_ROOT = REPO / "examples"
+
+# Variables whose value is a filesystem path. `--local-paths` replaces only
+# these in a non-local profile, so that a compose render can be validated by
+# the local Envoy binary without being a different config.
+PATH_VARIABLES = ("WASM_DIR", "CERT_DIR", "CONFIG_DIR")
+
+
+def _local_paths() -> dict[str, str]:
+    return {
+        "WASM_DIR": str(REPO / "target" / "wasm32-wasip1" / "release"),
+        "CERT_DIR": str(REPO / "examples" / "certs"),
+        "CONFIG_DIR": str(REPO / "examples" / "config"),
+    }
+
+
+PROFILES: dict[str, dict[str, str]] = {
+    # make run / the integration tests: everything on loopback.
+    "local": {
+        "LISTEN_ADDR": "127.0.0.1",
+        "ADMIN_ADDR": "127.0.0.1",
+        "UPSTREAM_HOST": "127.0.0.1",
+        "UPSTREAM_DISCOVERY": "STATIC",
+        **_local_paths(),
+    },
+    # envoy/docker-compose.yaml: paths are the container's mounts, the demo
+    # services are reached by their compose service name.
+    "compose": {
+        "LISTEN_ADDR": "0.0.0.0",
+        "ADMIN_ADDR": "0.0.0.0",
+        "UPSTREAM_HOST": "demo-services",
+        "UPSTREAM_DISCOVERY": "STRICT_DNS",
+        "WASM_DIR": "/etc/envoy/wasm",
+        "CERT_DIR": "/etc/envoy/certs",
+        "CONFIG_DIR": "/etc/envoy/config",
+    },
+}
+
+DEFAULT_OUTPUT = {
+    "local": REPO / "build" / "envoy" / "envoy.yaml",
+    "compose": REPO / "build" / "compose" / "envoy.yaml",
+}
+
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+MARKERS = ("# @extra-listeners", "# @extra-clusters")
+
+
+class RenderError(Exception):
+    """The template, a variable, an include or an extra file is wrong."""
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def inline_json(path: Path) -> str:
+    """The JSON file at `path` as one JSON string literal (a YAML scalar)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RenderError(f"cannot read included JSON {path}: {exc.strerror}") from exc
+    try:
+        value = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except ValueError as exc:
+        raise RenderError(f"included JSON {path} is invalid: {exc}") from exc
+    compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # A JSON string literal with ensure_ascii: only printable ASCII, escapes
+    # YAML understands in double-quoted scalars (\" \\ \n \uXXXX ...).
+    return json.dumps(compact, ensure_ascii=True)
+
+
+def inline_text(path: Path) -> str:
+    """The one-line text file at `path`, stripped, as one JSON string literal."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RenderError(f"cannot read included text {path}: {exc}") from exc
+    if not text or "\n" in text or not text.isprintable():
+        raise RenderError(f"included text {path} must be one non-empty printable line")
+    return json.dumps(text, ensure_ascii=True)
+
+
+def substitute(text: str, variables: Mapping[str, str], include_root: Path, origin: str) -> str:
+    """Replace every ${...} in `text`; `origin` names the file in errors."""
+
+    def replace(match: re.Match[str], line_index: int) -> str:
+        body = match.group(1)
+        where = f"{origin}:{line_index + 1}"
+        if body.startswith("text:"):
+            rel = body[len("text:"):]
+            if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+                raise RenderError(f"{where}: ${{text:...}} needs a relative path inside {include_root}, got {rel!r}")
+            return inline_text(include_root / rel)
+        if body.startswith("json:"):
+            rel = body[len("json:"):]
+            if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+                raise RenderError(f"{where}: ${{json:...}} needs a relative path inside {include_root}, got {rel!r}")
+            return inline_json(include_root / rel)
+        if not _NAME.match(body):
+            raise RenderError(f"{where}: malformed placeholder ${{{body}}}")
+        if body not in variables:
+            known = ", ".join(sorted(variables))
+            raise RenderError(f"{where}: unknown variable ${{{body}}} (known: {known})")
+        return variables[body]
+
+    # Comment lines are documentation: they may show placeholders verbatim.
+    out = []
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("#"):
+            out.append(line)
+        else:
+            out.append(_PLACEHOLDER.sub(lambda m: replace(m, offset), line))
+        offset += 1
+    return "".join(out)
+
+
+def _indent(block: str, indent: str) -> str:
+    return "".join((indent + line) if line.strip() else line for line in block.splitlines(keepends=True))
+
+
+def splice(text: str, marker: str, blocks: list[str]) -> str:
+    """Replace the single line `marker` with `blocks`, indented to its column."""
+    lines = text.splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if line.strip() == marker]
+    if len(hits) != 1:
+        raise RenderError(f"template must contain exactly one '{marker}' line, found {len(hits)}")
+    i = hits[0]
+    indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+    body = "".join(_indent(b if b.endswith("\n") else b + "\n", indent) for b in blocks)
+    lines[i] = f"{indent}{marker} (begin)\n{body}{indent}{marker} (end)\n" if blocks else lines[i]
+    return "".join(lines)
+
+
+def variables_for(profile: str, local_paths: bool = False, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    if profile not in PROFILES:
+        raise RenderError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+    values = dict(PROFILES[profile])
+    if local_paths:
+        values.update(_local_paths())
+    for name, value in (overrides or {}).items():
+        if name not in values:
+            raise RenderError(f"--set {name}: not a variable of profile {profile!r}")
+        values[name] = value
+    return values
+
+
+def render(
+    profile: str = "local",
+    *,
+    local_paths: bool = False,
+    overrides: Mapping[str, str] | None = None,
+    extra_listeners: Iterable[os.PathLike[str] | str] = (),
+    extra_clusters: Iterable[os.PathLike[str] | str] = (),
+    include_root: os.PathLike[str] | str = DEFAULT_INCLUDE_ROOT,
+    template: os.PathLike[str] | str = TEMPLATE,
+) -> str:
+    """The rendered Envoy config as text. Raises RenderError on any problem."""
+    values = variables_for(profile, local_paths, overrides)
+    root = Path(include_root)
+    template_path = Path(template)
+    try:
+        text = template_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RenderError(f"cannot read template {template_path}: {exc.strerror}") from exc
+
+    def load(paths: Iterable[os.PathLike[str] | str]) -> list[str]:
+        blocks = []
+        for p in paths:
+            p = Path(p)
+            try:
+                raw = p.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise RenderError(f"cannot read extra file {p}: {exc.strerror}") from exc
+            first = next((ln for ln in raw.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+            if not first.startswith("- "):
+                raise RenderError(f"extra file {p}: must be a YAML list whose items start at column 0 ('- name: ...')")
+            blocks.append(substitute(raw, values, root, str(p)))
+        return blocks
+
+    listeners, clusters = load(extra_listeners), load(extra_clusters)
+    text = substitute(text, values, root, str(template_path))
+    text = splice(text, MARKERS[0], listeners)
+    text = splice(text, MARKERS[1], clusters)
+    header = (
+        f"# GENERATED by envoy/render.py --profile {profile}"
+        f"{' --local-paths' if local_paths else ''} from envoy/envoy.yaml.tmpl - do not edit.\n"
+    )
+    return header + text
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="local")
+    parser.add_argument("-o", "--output", type=Path, help="output file (default: per profile under build/; '-' for stdout)")
+    parser.add_argument("--local-paths", action="store_true",
+                        help=f"use this checkout's paths for {', '.join(PATH_VARIABLES)} (to validate a compose render locally)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override one profile variable")
+    parser.add_argument("--extra", action="append", default=[], type=Path, metavar="FILE",
+                        help="YAML list of additional listeners, spliced at '# @extra-listeners'")
+    parser.add_argument("--extra-clusters", action="append", default=[], type=Path, metavar="FILE",
+                        help="YAML list of additional clusters, spliced at '# @extra-clusters'")
+    parser.add_argument("--include-root", type=Path, default=DEFAULT_INCLUDE_ROOT,
+                        help="directory that ${json:...} paths are relative to (default: examples/)")
+    args = parser.parse_args(argv)
+
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects NAME=VALUE, got {item!r}")
+        overrides[name] = value
+    try:
+        text = render(args.profile, local_paths=args.local_paths, overrides=overrides,
+                      extra_listeners=args.extra, extra_clusters=args.extra_clusters,
+                      include_root=args.include_root)
+    except RenderError as exc:
+        print(f"render.py: error: {exc}", file=sys.stderr)
+        return 1
+    if args.output is not None and str(args.output) == "-":
+        sys.stdout.write(text)
+        return 0
+    out = args.output or DEFAULT_OUTPUT[args.profile]
+    write(out, text)
+    print(f"render.py: wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+//! The proxy-wasm side of the seams (wasm32 only): [`ProxyHost`] implements
+//! [`HttpHost`] and [`ProxySharedData`] implements [`SharedData`] with host
+//! calls. Host errors become `None`/[`SharedError`], never panics.
+
+use std::time::SystemTime;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, BufferType, MapType, Status};
+
+use crate::host::{HttpHost, Verdict};
+use crate::shared::{SharedData, SharedError, Versioned};
+
+/// [`HttpHost`] over the current HTTP context's host calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyHost;
+
+impl HttpHost for ProxyHost {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+    fn request_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
+    }
+    fn replace_request_body(&mut self, body: &[u8]) {
+        let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, usize::MAX, body);
+    }
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        if let Err(e) =
+            hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body))
+        {
+            log::error!("send_http_response failed: {e:?}");
+        }
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+    fn set_property(&mut self, path: &[&str], value: &[u8]) {
+        if let Err(e) = hostcalls::set_property(path.to_vec(), Some(value)) {
+            log::error!("set_property {path:?} failed: {e:?}");
+        }
+    }
+    fn now(&self) -> SystemTime {
+        hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// Maps a [`Verdict`] to the proxy-wasm action.
+pub fn action(v: Verdict) -> Action {
+    match v {
+        Verdict::Continue => Action::Continue,
+        Verdict::WaitBody | Verdict::WaitCallout | Verdict::Responded => Action::Pause,
+    }
+}
+
+/// [`SharedData`] over the host's process-wide shared data.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxySharedData;
+
+impl SharedData for ProxySharedData {
+    fn get(&self, key: &str) -> Result<Versioned, SharedError> {
+        hostcalls::get_shared_data(key).map_err(|s| SharedError::Host(format!("{s:?}")))
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
+            Err(s) => Err(SharedError::Host(format!("{s:?}"))),
+        }
+    }
+}
+
+/// Defines a counter metric, logging (not panicking) when the host refuses.
+pub fn counter(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            log::warn!("could not define metric {name}: {e:?}");
+            None
+        }
+    }
+}
+
+/// Increments a counter defined with [`counter`].
+pub fn increment(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}

@@ -1,0 +1,125 @@
+//! Route matching shared by every filter: a path prefix that respects segment
+//! boundaries plus an optional method set, evaluated on Envoy's normalised
+//! `:path` without its query.
+
+use crate::config::ConfigError;
+
+/// A compiled path-prefix + methods matcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatcher {
+    prefix: String,
+    /// Upper-case methods; empty means any method.
+    methods: Vec<String>,
+}
+
+impl RouteMatcher {
+    /// Compiles a matcher; `path` names the config field for errors.
+    ///
+    /// `prefix` must start with `/`. A prefix matches at segment boundaries:
+    /// `/api/v1/orders` matches `/api/v1/orders` and `/api/v1/orders/7` but
+    /// not `/api/v1/ordersx`; a prefix ending in `/` matches everything below it.
+    pub fn new(path: &str, prefix: &str, methods: &[String]) -> Result<Self, ConfigError> {
+        if !prefix.starts_with('/') {
+            return Err(ConfigError::at(
+                format!("{path}.prefix"),
+                "must start with '/'",
+            ));
+        }
+        if prefix.contains(['?', '#']) {
+            return Err(ConfigError::at(
+                format!("{path}.prefix"),
+                "must not contain '?' or '#'",
+            ));
+        }
+        let mut ms = Vec::with_capacity(methods.len());
+        for (i, m) in methods.iter().enumerate() {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(ConfigError::at(
+                    format!("{path}.methods[{i}]"),
+                    format!("method {m:?} must be an upper-case token such as GET"),
+                ));
+            }
+            ms.push(m.clone());
+        }
+        Ok(RouteMatcher {
+            prefix: prefix.to_string(),
+            methods: ms,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Does the request (method, path without query) fall under this route?
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.matches_path(path)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+
+    /// Path part only.
+    pub fn matches_path(&self, path: &str) -> bool {
+        match path.strip_prefix(self.prefix.as_str()) {
+            None => false,
+            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        }
+    }
+}
+
+/// Splits `:path` into the path and the query (without `?`).
+pub fn split_path(full: &str) -> (&str, Option<&str>) {
+    let no_fragment = full.split_once('#').map_or(full, |(p, _)| p);
+    match no_fragment.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (no_fragment, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(prefix: &str, methods: &[&str]) -> RouteMatcher {
+        let ms: Vec<String> = methods.iter().map(|s| s.to_string()).collect();
+        RouteMatcher::new("routes[0]", prefix, &ms).unwrap()
+    }
+
+    #[test]
+    fn prefix_matches_at_segment_boundaries_only() {
+        let r = m("/api/v1/orders", &[]);
+        assert!(r.matches("POST", "/api/v1/orders"));
+        assert!(r.matches("POST", "/api/v1/orders/7"));
+        assert!(!r.matches("POST", "/api/v1/ordersx"));
+        assert!(!r.matches("POST", "/api/v1/order"));
+    }
+
+    #[test]
+    fn prefix_with_trailing_slash_matches_below_it() {
+        let r = m("/api/v1/users/", &["GET"]);
+        assert!(r.matches("GET", "/api/v1/users/42"));
+        assert!(!r.matches("GET", "/api/v1/users"));
+        assert!(!r.matches("POST", "/api/v1/users/42"));
+    }
+
+    #[test]
+    fn bad_prefix_and_method_are_config_errors() {
+        assert_eq!(
+            RouteMatcher::new("r", "api", &[]).unwrap_err().path,
+            "r.prefix"
+        );
+        assert_eq!(
+            RouteMatcher::new("r", "/a", &["get".into()])
+                .unwrap_err()
+                .path,
+            "r.methods[0]"
+        );
+    }
+
+    #[test]
+    fn split_path_separates_query_and_drops_fragment() {
+        assert_eq!(split_path("/a?b=1"), ("/a", Some("b=1")));
+        assert_eq!(split_path("/a"), ("/a", None));
+        assert_eq!(split_path("/a#x"), ("/a", None));
+        assert_eq!(split_path("/a?"), ("/a", Some("")));
+    }
+}

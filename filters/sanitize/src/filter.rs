@@ -1,0 +1,472 @@
+//! sanitize's per-request logic, written against [`HttpHost`] so that it runs
+//! natively against [`filter_core::host::FakeHost`] and in Envoy through the
+//! thin proxy-wasm glue in `lib.rs`.
+
+use filter_core::route::split_path;
+use filter_core::{headers, Denial, HttpHost, Verdict};
+
+use crate::config::Compiled;
+use crate::{body, path, query};
+
+/// What happened to a request, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Passed unchanged (headers may have been stripped).
+    #[default]
+    Allowed,
+    /// Passed with its query or body rewritten.
+    Rewritten,
+    /// Refused with a local reply, or (dry run) would have been.
+    Denied,
+}
+
+/// How the body is handled after the headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum BodyMode {
+    /// Nothing to do with the body.
+    #[default]
+    Pass,
+    /// Count it against the limit (no content-length was given).
+    Count,
+    /// Buffer it and check it against the route's JSON rule.
+    Check,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct Request {
+    route: Option<usize>,
+    body_mode: BodyMode,
+    limit: u64,
+    request_id: Option<String>,
+    pub outcome: Outcome,
+    /// Reason code of the last denial (dry run included), for metrics/logs.
+    pub denied_code: Option<&'static str>,
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return false };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+impl Request {
+    fn deny<H: HttpHost>(&mut self, cfg: &Compiled, host: &mut H, d: Denial) -> Verdict {
+        self.outcome = Outcome::Denied;
+        self.denied_code = Some(d.code);
+        if cfg.dry_run {
+            log::info!(
+                "sanitize dry-run: would deny status={} code={} request_id={}",
+                d.status,
+                d.code,
+                self.request_id.as_deref().unwrap_or("-")
+            );
+            return Verdict::Continue;
+        }
+        log::info!(
+            "sanitize deny status={} code={} request_id={}",
+            d.status,
+            d.code,
+            self.request_id.as_deref().unwrap_or("-")
+        );
+        d.send(host, self.request_id.as_deref());
+        Verdict::Responded
+    }
+
+    /// Request headers arrived.
+    pub fn on_headers<H: HttpHost>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        end_of_stream: bool,
+    ) -> Verdict {
+        // One host call for every header: we need several and must scan names for prefixes.
+        let all = host.request_headers();
+        let mut method = "";
+        let mut full_path = "";
+        let mut content_length: Option<&str> = None;
+        let mut content_type: Option<&str> = None;
+        let mut to_remove: Vec<&str> = Vec::new();
+        for (n, v) in &all {
+            match n.as_str() {
+                headers::METHOD => method = v,
+                headers::PATH => full_path = v,
+                headers::CONTENT_LENGTH => content_length = Some(v),
+                headers::CONTENT_TYPE => content_type = Some(v),
+                headers::REQUEST_ID => self.request_id = Some(v.clone()),
+                _ => {}
+            }
+            let named = cfg.remove_exact.iter().any(|e| e == n)
+                || cfg
+                    .remove_prefixes
+                    .iter()
+                    .any(|p| n.starts_with(p.as_str()));
+            if named && !to_remove.contains(&n.as_str()) {
+                to_remove.push(n);
+            }
+        }
+        if !cfg.dry_run {
+            for n in &to_remove {
+                host.remove_request_header(n);
+            }
+        } else if !to_remove.is_empty() {
+            log::info!("sanitize dry-run: would remove headers {to_remove:?}");
+        }
+
+        let (path_part, query_part) = split_path(full_path);
+        if let Err(d) = path::check(path_part, full_path.len(), &cfg.path) {
+            return self.deny(cfg, host, d);
+        }
+
+        self.route = cfg
+            .routes
+            .iter()
+            .position(|r| r.matcher.matches(method, path_part));
+        let route = self.route.and_then(|i| cfg.routes.get(i));
+        let rules = route.map_or(&[][..], |r| r.query.as_slice());
+        match query::apply(query_part, &cfg.query, rules) {
+            Err(d) => return self.deny(cfg, host, d),
+            Ok(Some(q)) => {
+                let new_path = if q.is_empty() {
+                    path_part.to_string()
+                } else {
+                    format!("{path_part}?{q}")
+                };
+                self.outcome = Outcome::Rewritten;
+                if cfg.dry_run {
+                    log::info!("sanitize dry-run: would rewrite query to {q:?}");
+                } else {
+                    // A signature verifier after us (replay-guard) checks
+                    // what the client sent.
+                    filter_core::original::save_path(host, full_path);
+                    host.set_request_header(headers::PATH, &new_path);
+                }
+            }
+            Ok(None) => {}
+        }
+
+        self.limit = route.map_or(cfg.max_body_bytes, |r| r.max_body_bytes);
+        let declared: Option<u64> = match content_length {
+            None => None,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    return self.deny(
+                        cfg,
+                        host,
+                        Denial::bad_request("invalid_request", "invalid content-length"),
+                    )
+                }
+            },
+        };
+        if declared.is_some_and(|n| n > self.limit) {
+            return self.deny(cfg, host, too_large(self.limit));
+        }
+        let has_body = !end_of_stream && declared != Some(0);
+        if route.is_some_and(|r| r.body.is_some()) {
+            if !has_body {
+                return self.deny(
+                    cfg,
+                    host,
+                    Denial::bad_request("invalid_body", "a JSON object body is required"),
+                );
+            }
+            if !is_json(content_type) {
+                return self.deny(
+                    cfg,
+                    host,
+                    Denial::new(
+                        415,
+                        "unsupported_media_type",
+                        "the body must be application/json",
+                    ),
+                );
+            }
+            self.body_mode = BodyMode::Check;
+            return if cfg.dry_run {
+                Verdict::Continue
+            } else {
+                Verdict::WaitBody
+            };
+        }
+        if has_body && declared.is_none() {
+            // No length announced: hold the headers and count, so an oversized
+            // body is refused before the upstream sees anything.
+            self.body_mode = BodyMode::Count;
+            return if cfg.dry_run {
+                Verdict::Continue
+            } else {
+                Verdict::WaitBody
+            };
+        }
+        Verdict::Continue
+    }
+
+    /// Request body data arrived; `buffered` is everything buffered so far.
+    pub fn on_body<H: HttpHost>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        buffered: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        if self.outcome == Outcome::Denied && !cfg.dry_run {
+            return Verdict::Responded;
+        }
+        match self.body_mode {
+            BodyMode::Pass => Verdict::Continue,
+            BodyMode::Count | BodyMode::Check => {
+                if buffered as u64 > self.limit {
+                    self.body_mode = BodyMode::Pass;
+                    return self.deny(cfg, host, too_large(self.limit));
+                }
+                if !end_of_stream {
+                    return if cfg.dry_run {
+                        Verdict::Continue
+                    } else {
+                        Verdict::WaitBody
+                    };
+                }
+                let mode = std::mem::take(&mut self.body_mode);
+                if mode == BodyMode::Count {
+                    return Verdict::Continue;
+                }
+                let rule = self
+                    .route
+                    .and_then(|i| cfg.routes.get(i))
+                    .and_then(|r| r.body.as_ref());
+                let Some(rule) = rule else {
+                    return Verdict::Continue;
+                };
+                let Some(bytes) = host.request_body(buffered) else {
+                    return self.deny(
+                        cfg,
+                        host,
+                        Denial::bad_request("invalid_body", "a JSON object body is required"),
+                    );
+                };
+                match body::check(&bytes, rule) {
+                    Err(d) => self.deny(cfg, host, d),
+                    Ok(None) => Verdict::Continue,
+                    Ok(Some(new_body)) => {
+                        self.outcome = Outcome::Rewritten;
+                        if cfg.dry_run {
+                            log::info!("sanitize dry-run: would rewrite the body");
+                        } else {
+                            filter_core::original::save_body(host, &bytes);
+                            host.replace_request_body(&new_body);
+                            // Headers are still held, so the length can follow the new body.
+                            host.set_request_header(
+                                headers::CONTENT_LENGTH,
+                                &new_body.len().to_string(),
+                            );
+                        }
+                        Verdict::Continue
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn too_large(limit: u64) -> Denial {
+    Denial::payload_too_large(format!("the request body exceeds {limit} bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+    use filter_core::host::FakeHost;
+
+    fn web() -> Compiled {
+        load(include_bytes!("../../../examples/config/sanitize/web.json")).unwrap()
+    }
+
+    fn headers_only(cfg: &Compiled, host: &mut FakeHost) -> Verdict {
+        Request::default().on_headers(cfg, host, true)
+    }
+
+    /// Runs a request with a body through both callbacks.
+    fn with_body(cfg: &Compiled, host: &mut FakeHost) -> Verdict {
+        let mut r = Request::default();
+        let v = r.on_headers(cfg, host, false);
+        if v != Verdict::WaitBody && v != Verdict::Continue {
+            return v;
+        }
+        let n = host.body.len();
+        r.on_body(cfg, host, n, true)
+    }
+
+    #[test]
+    fn users_size_is_clamped_as_the_upstream_sees_it() {
+        let cfg = web();
+        for (q, want) in [
+            ("", "20"),
+            ("?size=0", "1"),
+            ("?size=1000", "100"),
+            ("?size=50", "50"),
+        ] {
+            let mut h = FakeHost::request("GET", &format!("/api/v1/users/7{q}"));
+            assert_eq!(headers_only(&cfg, &mut h), Verdict::Continue);
+            assert_eq!(
+                h.header(":path").unwrap(),
+                format!("/api/v1/users/7?size={want}")
+            );
+        }
+    }
+
+    #[test]
+    fn rewrites_keep_the_client_originals_for_signature_checks() {
+        let cfg = web();
+        let mut h = FakeHost::request("GET", "/api/v1/users/7");
+        assert_eq!(headers_only(&cfg, &mut h), Verdict::Continue);
+        assert_eq!(
+            filter_core::original::path(&h).as_deref(),
+            Some("/api/v1/users/7")
+        );
+        let sent = br#"{"item_id": "a", "quantity": 2, "x": 1}"#;
+        let mut h = FakeHost::request("POST", "/api/v1/orders")
+            .with_header("content-type", "application/json")
+            .with_header("content-length", &sent.len().to_string())
+            .with_body(sent);
+        assert_eq!(with_body(&cfg, &mut h), Verdict::Continue);
+        assert_eq!(filter_core::original::body(&h).as_deref(), Some(&sent[..]));
+        // nothing rewritten, nothing saved
+        let mut h = FakeHost::request("GET", "/api/v1/users/7?size=50");
+        assert_eq!(headers_only(&cfg, &mut h), Verdict::Continue);
+        assert_eq!(filter_core::original::path(&h), None);
+    }
+
+    #[test]
+    fn client_identity_headers_never_pass() {
+        let cfg = web();
+        let mut h = FakeHost::request("GET", "/api/v1/public/x")
+            .with_header("x-passport", "forged")
+            .with_header("x-user-id", "admin")
+            .with_header("x-user-consent", "all")
+            .with_header("x-forwarded-client-cert", "By=spiffe://x")
+            .with_header("accept", "application/json");
+        assert_eq!(headers_only(&cfg, &mut h), Verdict::Continue);
+        for n in [
+            "x-passport",
+            "x-user-id",
+            "x-user-consent",
+            "x-forwarded-client-cert",
+        ] {
+            assert_eq!(h.header(n), None, "{n}");
+        }
+        assert_eq!(h.header("accept"), Some("application/json"));
+    }
+
+    #[test]
+    fn orders_body_is_stripped_and_length_follows() {
+        let cfg = web();
+        let mut h = FakeHost::request("POST", "/api/v1/orders")
+            .with_header("content-type", "application/json")
+            .with_header("content-length", "45")
+            .with_body(br#"{"item_id":"a","quantity":2,"admin":true}"#);
+        assert_eq!(with_body(&cfg, &mut h), Verdict::Continue);
+        assert_eq!(h.body, br#"{"item_id":"a","quantity":2}"#);
+        assert_eq!(h.header("content-length"), Some("28"));
+    }
+
+    #[test]
+    fn invalid_orders_body_is_400_naming_the_field_with_request_id() {
+        let cfg = web();
+        let mut h = FakeHost::request("POST", "/api/v1/orders")
+            .with_header("content-type", "application/json")
+            .with_body(br#"{"item_id":"a","quantity":0}"#);
+        assert_eq!(with_body(&cfg, &mut h), Verdict::Responded);
+        let r = h.response.unwrap();
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json()["error"], "invalid_body");
+        assert!(r.json()["message"].as_str().unwrap().contains("quantity"));
+        assert_eq!(r.header("x-request-id"), Some("test-rid"));
+    }
+
+    #[test]
+    fn wrong_content_type_is_415_and_missing_body_400() {
+        let cfg = web();
+        let mut h =
+            FakeHost::request("POST", "/api/v1/orders").with_header("content-type", "text/plain");
+        assert_eq!(with_body(&cfg, &mut h), Verdict::Responded);
+        assert_eq!(h.response.unwrap().status, 415);
+        let mut h = FakeHost::request("POST", "/api/v1/orders")
+            .with_header("content-type", "application/json");
+        assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded);
+        assert_eq!(h.response.unwrap().status, 400);
+    }
+
+    #[test]
+    fn declared_oversized_body_is_413_before_any_body() {
+        let cfg = web();
+        let mut h = FakeHost::request("POST", "/api/v1/public/upload")
+            .with_header("content-length", "66560");
+        assert_eq!(
+            Request::default().on_headers(&cfg, &mut h, false),
+            Verdict::Responded
+        );
+        assert_eq!(h.response.unwrap().status, 413);
+    }
+
+    #[test]
+    fn unannounced_body_is_held_counted_and_refused_past_the_limit() {
+        let cfg = web();
+        let mut h = FakeHost::request("POST", "/api/v1/public/upload");
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&cfg, &mut h, false), Verdict::WaitBody);
+        assert_eq!(r.on_body(&cfg, &mut h, 60_000, false), Verdict::WaitBody);
+        assert_eq!(r.on_body(&cfg, &mut h, 70_000, false), Verdict::Responded);
+        assert_eq!(h.response.unwrap().status, 413);
+    }
+
+    #[test]
+    fn announced_small_body_on_a_route_without_rules_is_not_buffered() {
+        let cfg = web();
+        let mut h =
+            FakeHost::request("POST", "/api/v1/public/x").with_header("content-length", "10");
+        assert_eq!(
+            Request::default().on_headers(&cfg, &mut h, false),
+            Verdict::Continue
+        );
+    }
+
+    #[test]
+    fn traversal_is_400() {
+        let cfg = web();
+        let mut h = FakeHost::request("GET", "/api/v1/public/%2e%2e/users/1");
+        assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded);
+        assert_eq!(h.response.unwrap().status, 400);
+    }
+
+    #[test]
+    fn dry_run_lets_everything_through_unchanged() {
+        let mut cfg = web();
+        cfg.dry_run = true;
+        let mut h =
+            FakeHost::request("GET", "/api/v1/users/1?size=1000").with_header("x-user-id", "x");
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&cfg, &mut h, true), Verdict::Continue);
+        assert_eq!(h.header(":path"), Some("/api/v1/users/1?size=1000"));
+        assert_eq!(h.header("x-user-id"), Some("x"));
+        let mut h = FakeHost::request("GET", "/a/%2e%2e/b");
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&cfg, &mut h, true), Verdict::Continue);
+        assert_eq!(r.outcome, Outcome::Denied);
+        assert!(h.response.is_none());
+    }
+
+    #[test]
+    fn allowed_request_costs_one_host_call() {
+        let cfg = web();
+        let mut h = FakeHost::request("GET", "/api/v1/public/x");
+        headers_only(&cfg, &mut h);
+        assert_eq!(h.calls.get(), 1);
+    }
+}

@@ -1,0 +1,160 @@
+"""Small helpers shared by the integration tests (import them from here).
+
+Everything talks to loopback only: the gateways and the demo services of the
+stack that the session fixture `stack` (conftest.py) runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "envoy"))
+
+from stack import ADMIN_PORT, HOST, LISTENERS, SERVICES  # noqa: E402
+
+CERTS = REPO / "examples" / "certs"
+CA = CERTS / "ca.pem"
+
+T = TypeVar("T")
+
+#: Default timeout of one HTTP call in the tests (seconds).
+TIMEOUT = 10
+
+
+def gateway_url(gateway: str, path: str = "/") -> str:
+    """URL of `path` on a gateway listener: web, app, egress, secure, bare."""
+    if gateway == "secure":
+        # The demo server certificate is issued for localhost.
+        return f"https://localhost:{LISTENERS['secure']}{path}"
+    return f"http://{HOST}:{LISTENERS[gateway]}{path}"
+
+
+def web_url(path: str = "/") -> str:
+    return gateway_url("web", path)
+
+
+def app_url(path: str = "/") -> str:
+    return gateway_url("app", path)
+
+
+def egress_url(path: str = "/") -> str:
+    return gateway_url("egress", path)
+
+
+def bare_url(path: str = "/") -> str:
+    return gateway_url("bare", path)
+
+
+def secure_url(path: str = "/") -> str:
+    return gateway_url("secure", path)
+
+
+def service_url(service: str, path: str = "/") -> str:
+    """URL of a demo service reached directly, bypassing Envoy."""
+    return f"http://{HOST}:{SERVICES[service]}{path}"
+
+
+def admin_url(path: str = "/") -> str:
+    return f"http://{HOST}:{ADMIN_PORT}{path}"
+
+
+def echo_stats() -> int:
+    """Requests whose headers reached the echo service so far (GET /_stats)."""
+    resp = requests.get(service_url("echo", "/_stats"), timeout=TIMEOUT)
+    resp.raise_for_status()
+    return int(resp.json()["requests"])
+
+
+def client_cert(name: str) -> tuple[str, str]:
+    """(certificate, key) paths of a demo client certificate, e.g. 'partner-billing'."""
+    return str(CERTS / f"{name}.pem"), str(CERTS / f"{name}.key")
+
+
+def secure_get(path: str, cert: str | None = "partner-billing", **kwargs) -> requests.Response:
+    """GET on the mTLS gateway, presenting the named demo client certificate."""
+    return requests.get(
+        secure_url(path),
+        cert=client_cert(cert) if cert else None,
+        verify=str(CA),
+        timeout=kwargs.pop("timeout", TIMEOUT),
+        **kwargs,
+    )
+
+
+def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+               message: str = "condition") -> T:
+    """Poll `check` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+# ------------------------------------------------------------ filter helpers
+# Shared by the filters' test modules: addresses, demo tokens, echo's counter,
+# denial shape.
+
+KEYS = REPO / "examples" / "keys"
+WEB = "http://127.0.0.1:10000"
+APP = "http://127.0.0.1:10001"
+EGRESS = "http://127.0.0.1:10002"
+SECURE = "https://localhost:10443"
+BARE = "http://127.0.0.1:10009"
+ADMIN = "http://127.0.0.1:9901"
+ECHO = "http://127.0.0.1:18080"
+ISSUER = "http://127.0.0.1:18081"
+FDS = "http://127.0.0.1:18082"
+
+ISS = "https://issuer.demo.local"
+AUD = "demo-api"
+
+
+def mint_token(scope: str = "", sub: str = "user-1", kid: str = "demo-rs256", ttl: int = 300, **claims) -> str:
+    """A demo JWT signed with the committed demo keys (RS256 or ES256)."""
+    import time
+    import uuid
+
+    import jwt  # PyJWT
+
+    alg = "ES256" if "es256" in kid else "RS256"
+    key = (KEYS / f"jwt-{alg.lower()}.pem").read_text()
+    now = int(time.time())
+    body = {"iss": ISS, "aud": AUD, "sub": sub, "iat": now, "nbf": now - 5, "exp": now + ttl, "jti": uuid.uuid4().hex}
+    if scope:
+        body["scope"] = scope
+    body.update(claims)
+    return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+
+def bearer(scope: str = "", **kw) -> dict:
+    """An Authorization header with a fresh demo token."""
+    return {"authorization": f"Bearer {mint_token(scope, **kw)}"}
+
+
+def echo_count() -> int:
+    """Requests whose headers reached the echo service so far (alias of echo_stats)."""
+    return echo_stats()
+
+
+def denial(resp: requests.Response) -> dict:
+    """The JSON denial body, asserting its shape."""
+    assert resp.headers.get("content-type", "").startswith("application/json"), resp.headers
+    body = resp.json()
+    assert set(body) >= {"error", "message"}, body
+    return body
+
+
+def seen(resp: requests.Response) -> dict:
+    """What the echo upstream reported it received."""
+    assert resp.status_code == 200, (resp.status_code, resp.text)
+    return resp.json()

@@ -1,0 +1,218 @@
+"""Every shipped Envoy config is rendered from the one template and validated by the real Envoy.
+
+No running stack needed: `envoy --mode validate` parses the config, builds every
+listener and filter (loading the wasm modules and running their on_configure)
+and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import LISTENERS, REPO
+
+import render  # envoy/render.py (on sys.path via helpers)
+
+ENVOY = REPO / ".venv" / "bin" / "envoy"
+COMPOSE_FILE = REPO / "envoy" / "docker-compose.yaml"
+GATEWAYS = ("web", "app", "egress", "secure")
+
+SHIPPED = {
+    "local": dict(profile="local"),
+    "compose": dict(profile="compose", local_paths=True),
+}
+
+
+def envoy_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ENVOY), "--mode", "validate", "--disable-hot-restart", "--log-level", "error", "-c", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("rendered")
+    paths = {}
+    for name, kwargs in SHIPPED.items():
+        paths[name] = out / f"{name}.yaml"
+        paths[name].write_text(render.render(**kwargs), encoding="utf-8")
+    return paths
+
+
+def listeners_by_name(path: Path) -> dict[str, dict]:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {item["name"]: item for item in doc["static_resources"]["listeners"]}
+
+
+def hcm(listener: dict) -> dict:
+    chain = listener["filter_chains"][0]["filters"]
+    assert chain[0]["name"] == "envoy.filters.network.http_connection_manager"
+    return chain[0]["typed_config"]
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_config_passes_envoy_validate(rendered, name):
+    result = envoy_validate(rendered[name])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout
+
+
+def test_compose_config_keeps_container_paths_and_service_names():
+    text = render.render("compose")
+    assert str(REPO) not in text
+    doc = yaml.safe_load(text)
+    secure = {item["name"]: item for item in doc["static_resources"]["listeners"]}["secure"]
+    tls = secure["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert tls["tls_certificates"][0]["certificate_chain"]["filename"] == "/etc/envoy/certs/server.pem"
+    clusters = {c["name"]: c for c in doc["static_resources"]["clusters"]}
+    for cluster in clusters.values():
+        assert cluster["type"] == "STRICT_DNS"
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        assert address["address"] == "demo-services"
+
+
+def test_compose_file_mounts_what_the_compose_config_reads():
+    compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    mounts = {}
+    for volume in compose["services"]["envoy"]["volumes"]:
+        source, target = volume.split(":")[:2]
+        mounts[target] = (COMPOSE_FILE.parent / source).resolve()
+    compose_vars = render.PROFILES["compose"]
+    local_vars = render.variables_for("compose", local_paths=True)
+    for var in ("WASM_DIR", "CERT_DIR"):
+        assert mounts[compose_vars[var]] == Path(local_vars[var]).resolve(), var
+    assert mounts["/etc/envoy/envoy.yaml"] == (REPO / "build" / "compose" / "envoy.yaml").resolve()
+    published = {p.split(":")[-1] for p in compose["services"]["envoy"]["ports"]}
+    assert {str(p) for p in LISTENERS.values()} | {"9901"} <= published
+
+
+def test_listeners_and_ports_follow_the_contract(rendered):
+    listeners = listeners_by_name(rendered["local"])
+    for name, port in LISTENERS.items():
+        address = listeners[name]["address"]["socket_address"]
+        assert (address["address"], address["port_value"]) == ("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("gateway", [*GATEWAYS, "bare"])
+def test_every_gateway_is_hardened(rendered, gateway):
+    config = hcm(listeners_by_name(rendered["local"])[gateway])
+    assert config["normalize_path"] is True
+    assert config["merge_slashes"] is True
+    assert config["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert config["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
+    assert config["use_remote_address"] is True
+    assert config["generate_request_id"] is True
+    assert config["preserve_external_request_id"] is True
+    assert config["local_reply_config"]["mappers"]
+    assert config["access_log"]
+    assert listeners_by_name(rendered["local"])[gateway]["per_connection_buffer_limit_bytes"] == 1 << 20
+
+
+@pytest.mark.parametrize("gateway", GATEWAYS)
+def test_every_gateway_runs_sanitize_first_and_router_last(rendered, gateway):
+    filters = hcm(listeners_by_name(rendered["local"])[gateway])["http_filters"]
+    assert filters[0]["name"] == "sanitize"
+    assert filters[-1]["name"] == "envoy.filters.http.router"
+    plugin = filters[0]["typed_config"]["config"]
+    assert plugin["vm_config"]["code"]["local"]["filename"].endswith("/sanitize.wasm")
+    assert plugin["failure_policy"] == "FAIL_CLOSED"
+    assert plugin["allow_on_headers_stop_iteration"] is True
+    config_file = REPO / "examples" / "config" / "sanitize" / f"{gateway}.json"
+    assert json.loads(plugin["configuration"]["value"]) == json.loads(config_file.read_text(encoding="utf-8"))
+
+
+def test_bare_gateway_has_no_wasm_filter_and_the_web_routes(rendered):
+    listeners = listeners_by_name(rendered["local"])
+    bare = hcm(listeners["bare"])
+    assert [f["name"] for f in bare["http_filters"]] == ["envoy.filters.http.router"]
+    web_routes = hcm(listeners["web"])["route_config"]["virtual_hosts"][0]["routes"]
+    assert bare["route_config"]["virtual_hosts"][0]["routes"] == web_routes
+
+
+def test_only_web_and_app_trust_one_forwarding_hop(rendered):
+    listeners = listeners_by_name(rendered["local"])
+    hops = {name: hcm(listeners[name]).get("xff_num_trusted_hops", 0) for name in (*GATEWAYS, "bare")}
+    assert hops == {"web": 1, "app": 1, "bare": 1, "egress": 0, "secure": 0}
+
+
+def test_secure_gateway_requires_a_client_certificate_and_sets_xfcc(rendered):
+    secure = listeners_by_name(rendered["local"])["secure"]
+    tls = secure["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is True
+    assert hcm(secure)["forward_client_cert_details"] == "SANITIZE_SET"
+    for name in ("web", "app", "egress", "bare"):
+        assert "forward_client_cert_details" not in hcm(listeners_by_name(rendered["local"])[name])
+
+
+# ------------------------------------------------------------------ render.py
+
+
+def test_render_fails_on_an_unknown_variable(tmp_path):
+    template = tmp_path / "t.yaml"
+    template.write_text("a: ${NOPE}\n")
+    with pytest.raises(render.RenderError, match="unknown variable"):
+        render.render("local", template=template)
+
+
+def test_render_ignores_placeholders_in_comments(tmp_path):
+    template = tmp_path / "t.yaml"
+    template.write_text("# ${NOPE}\na: ${LISTEN_ADDR}\n# @extra-listeners\n# @extra-clusters\n")
+    assert "a: 127.0.0.1" in render.render("local", template=template)
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "cannot read"),
+    ('{"a": 1,}', "invalid"),
+    ('{"a": 1, "a": 2}', "duplicate key"),
+])
+def test_render_fails_on_a_bad_json_include(tmp_path, content, match):
+    template = tmp_path / "t.yaml"
+    template.write_text("value: ${json:c.json}\n# @extra-listeners\n# @extra-clusters\n")
+    if content is not None:
+        (tmp_path / "c.json").write_text(content)
+    with pytest.raises(render.RenderError, match=match):
+        render.render("local", template=template, include_root=tmp_path)
+
+
+def test_json_include_is_a_yaml_string_holding_the_json(tmp_path):
+    template = tmp_path / "t.yaml"
+    template.write_text("value: ${json:c.json}\n# @extra-listeners\n# @extra-clusters\n")
+    data = {"quote": "\"", "backslash": "\\", "unicode": "é✓", "nested": {"list": [1, 2.5, None, True]}}
+    (tmp_path / "c.json").write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    value = yaml.safe_load(render.render("local", template=template, include_root=tmp_path))["value"]
+    assert isinstance(value, str)
+    assert json.loads(value) == data
+
+
+def test_json_include_cannot_escape_the_include_root(tmp_path):
+    template = tmp_path / "t.yaml"
+    template.write_text("value: ${json:../secret.json}\n")
+    with pytest.raises(render.RenderError, match="relative path"):
+        render.render("local", template=template, include_root=tmp_path)
+
+
+def test_extra_listeners_are_spliced_into_the_listener_list(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(
+        "# a bench listener\n"
+        "- name: extra\n"
+        "  address: { socket_address: { address: ${LISTEN_ADDR}, port_value: 10099 } }\n"
+        "  filter_chains: []\n"
+    )
+    doc = yaml.safe_load(render.render("local", extra_listeners=[extra]))
+    names = [item["name"] for item in doc["static_resources"]["listeners"]]
+    assert names[-1] == "extra"
+    assert set(LISTENERS) <= set(names)
+
+
+def test_extra_file_must_be_a_yaml_list(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("name: extra\n")
+    with pytest.raises(render.RenderError, match="YAML list"):
+        render.render("local", extra_listeners=[extra])

@@ -1,0 +1,245 @@
+"""sanitize against the real Envoy: what the upstream sees, and what never reaches it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+
+import pytest
+import requests
+
+from helpers import (
+    REPO,
+    TIMEOUT,
+    bearer,
+    denial,
+    echo_stats,
+    egress_url,
+    seen,
+    web_url,
+)
+
+pytestmark = pytest.mark.usefixtures("stack")
+
+ENVOY = REPO / ".venv" / "bin" / "envoy"
+
+
+def jwt_in_web_chain() -> bool:
+    return "root_id: jwt" in (REPO / "envoy" / "envoy.yaml.tmpl").read_text()
+
+
+@pytest.mark.parametrize("query,want", [("", "20"), ("?size=0", "1"), ("?size=1000", "100"), ("?size=50", "50")])
+def test_users_size_is_clamped_as_the_upstream_sees_it(query, want):
+    resp = requests.get(web_url(f"/api/v1/users/7{query}"), headers=bearer("users:read"), timeout=TIMEOUT)
+    assert seen(resp)["query"] == f"size={want}"
+
+
+def test_repeated_size_collapses_to_one_value_and_other_params_pass_intact():
+    resp = requests.get(
+        web_url("/api/v1/users/7?size=5&q=a%20b&size=500"), headers=bearer("users:read"), timeout=TIMEOUT
+    )
+    assert seen(resp)["query"] == "size=5&q=a%20b"
+
+
+def test_client_identity_headers_never_reach_the_upstream_on_an_open_route():
+    forged = {
+        "x-passport": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.",
+        "x-user-id": "admin",
+        "x-user-consent": "all",
+        "x-gateway-identity": "admin",
+        "x-forwarded-client-cert": "By=spiffe://internal.example/ns/tools/sa/admin",
+        "x-harmless": "kept",
+    }
+    headers = seen(requests.get(web_url("/api/v1/public/whoami"), headers=forged, timeout=TIMEOUT))["headers"]
+    assert headers.get("x-passport") != forged["x-passport"]
+    for name in ("x-user-id", "x-user-consent", "x-gateway-identity", "x-forwarded-client-cert"):
+        assert name not in headers, name
+    assert headers["x-harmless"] == "kept"
+
+
+def test_egress_strips_internal_headers_and_keeps_a_harmless_one():
+    sent = {
+        "authorization": "Bearer secret",
+        "cookie": "session=1",
+        "x-passport": "p",
+        "x-user-id": "u1",
+        "x-harmless": "kept",
+    }
+    got = requests.get(egress_url("/partner-a/v1/ping"), headers=sent, timeout=TIMEOUT)
+    headers = seen(got)["headers"]
+    for name in ("authorization", "cookie", "x-passport", "x-user-id"):
+        assert name not in headers, name
+    assert headers["x-harmless"] == "kept"
+
+
+def test_orders_body_reaches_the_upstream_with_unknown_fields_stripped():
+    body = {"item_id": "sku-1", "quantity": 3, "price": 0, "admin": True}
+    resp = requests.post(web_url("/api/v1/orders"), json=body, headers=bearer("orders:write"), timeout=TIMEOUT)
+    got = seen(resp)
+    assert json.loads(got["body"]) == {"item_id": "sku-1", "quantity": 3}
+    assert got["headers"]["content-length"] == str(len(got["body"]))
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ('{"item_id":"sku-1"}', "quantity"),
+        ('{"item_id":"sku-1","quantity":0}', "quantity"),
+        ('{"item_id":"sku-1","quantity":101}', "quantity"),
+        ('{"item_id":"sku-1","quantity":"3"}', "quantity"),
+        ('{"item_id":"sku-1","quantity":1.5}', "quantity"),
+        ('{"item_id":42,"quantity":1}', "item_id"),
+        ('{"item_id":"' + "x" * 65 + '","quantity":1}', "item_id"),
+        ('{"quantity":1}', "item_id"),
+        ('{"item_id":"a","quantity":1,"quantity":1000}', "quantity"),
+        ("[1,2,3]", None),
+        ("{not json", None),
+        ("", None),
+    ],
+)
+def test_invalid_orders_body_is_400_naming_the_field_and_never_reaches_the_upstream(body, field):
+    rid = str(uuid.uuid4())
+    before = echo_stats()
+    resp = requests.post(
+        web_url("/api/v1/orders"),
+        data=body.encode(),
+        headers={"content-type": "application/json", "x-request-id": rid, **bearer("orders:write")},
+        timeout=TIMEOUT,
+    )
+    assert resp.status_code == 400, resp.text
+    d = denial(resp)
+    assert d["error"] == "invalid_body"
+    if field:
+        assert f"`{field}`" in d["message"]
+    assert resp.headers["x-request-id"] == rid
+    assert echo_stats() == before, "the denied request's headers reached the upstream"
+
+
+def test_orders_with_a_non_json_content_type_is_415():
+    before = echo_stats()
+    resp = requests.post(
+        web_url("/api/v1/orders"),
+        data="item_id=a&quantity=1",
+        headers={"content-type": "application/x-www-form-urlencoded", **bearer("orders:write")},
+        timeout=TIMEOUT,
+    )
+    assert resp.status_code == 415
+    assert denial(resp)["error"] == "unsupported_media_type"
+    assert echo_stats() == before
+
+
+@pytest.mark.parametrize("path", ["/api/v1/public/upload", "/api/v1/orders"])
+def test_65_kib_body_is_413_before_the_upstream_sees_anything(path):
+    before = echo_stats()
+    resp = requests.post(
+        web_url(path),
+        data=b"x" * (65 * 1024),
+        headers={"content-type": "application/json", **bearer("orders:write")},
+        timeout=TIMEOUT,
+    )
+    assert resp.status_code == 413
+    assert denial(resp)["error"] == "body_too_large"
+    assert echo_stats() == before
+
+
+def test_chunked_body_without_length_is_counted_and_refused_past_the_limit():
+    def chunks():
+        for _ in range(17):
+            yield b"y" * 4096  # 68 KiB in all, no content-length
+
+    before = echo_stats()
+    resp = requests.post(web_url("/api/v1/public/upload"), data=chunks(), timeout=TIMEOUT)
+    assert resp.status_code == 413
+    assert echo_stats() == before
+
+
+def test_small_chunked_body_passes_whole():
+    def chunks():
+        yield b"hello "
+        yield b"world"
+
+    resp = requests.post(web_url("/api/v1/public/upload"), data=chunks(), timeout=TIMEOUT)
+    assert seen(resp)["body"] == "hello world"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/public/%252e%252e/users/1",
+        "/api/v1/public/%5c..%5cusers",
+        "/api/v1/public/a%00b",
+        "/api/v1/public/a%0d%0ab",
+    ],
+)
+def test_tricks_that_survive_envoy_normalisation_are_400(path):
+    before = echo_stats()
+    resp = requests.get(web_url(path), timeout=TIMEOUT)
+    assert resp.status_code == 400, (path, resp.status_code, resp.text)
+    assert denial(resp)["error"] in ("invalid_path", "bad_request")
+    assert echo_stats() == before
+
+
+@pytest.mark.skipif(not jwt_in_web_chain(), reason="needs the jwt filter in the web chain")
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/public/../users/1",
+        "/api/v1/public/%2e%2e/users/1",
+        "/api/v1/public/.%2e/users/1",
+        "/api/v1/public/%2E%2E/users/1",
+        "/api/v1/public//../users/1",
+        "/api/v1/public/./../users/1",
+        # Envoy's normaliser resolves "..;" as ".." itself
+        "/api/v1/public/..;/users/1",
+    ],
+)
+def test_traversal_never_reaches_a_protected_prefix_unauthenticated(path):
+    # requests would normalise "../" itself: send the path as written.
+    s = requests.Session()
+    req = requests.Request("GET", web_url("/")).prepare()
+    req.url = web_url(path)
+    resp = s.send(req, timeout=TIMEOUT)
+    if resp.status_code == 200:
+        assert not resp.json()["path"].startswith("/api/v1/users"), resp.text
+    else:
+        assert resp.status_code in (400, 401, 403, 404), resp.status_code
+
+
+def test_query_limits_are_enforced():
+    resp = requests.get(web_url("/api/v1/public/x?" + "&".join(f"p{i}=1" for i in range(65))), timeout=TIMEOUT)
+    assert resp.status_code == 400
+    assert denial(resp)["error"] == "invalid_query"
+    resp = requests.get(web_url("/api/v1/public/x?q=" + "a" * 1025), timeout=TIMEOUT)
+    assert resp.status_code == 400
+
+
+def test_sanitize_counters_are_exported(stack):
+    requests.get(web_url("/api/v1/public/a%zz"), timeout=TIMEOUT)
+    status, body = stack.admin("/stats?filter=sanitize_")
+    assert status == 200
+    stats = dict(line.split(": ", 1) for line in body.decode().splitlines() if ": " in line)
+    denied = [int(v) for k, v in stats.items() if k.endswith("sanitize_denied_total")]
+    assert denied and sum(denied) >= 1, stats
+
+
+def test_a_broken_sanitize_config_is_refused_by_envoy_naming_the_field(tmp_path):
+    root = tmp_path / "examples"
+    shutil.copytree(REPO / "examples", root, ignore=shutil.ignore_patterns("demo-services", "target"))
+    (root / "config" / "sanitize" / "web.json").write_text('{"routes":[{"name":"x","prefix":"api/v1"}]}')
+    out = tmp_path / "envoy.yaml"
+    subprocess.run(
+        ["python3", str(REPO / "envoy" / "render.py"), "--profile", "local", "--include-root", str(root), "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "--disable-hot-restart", "-c", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "invalid config at `routes[0].prefix`" in log, log[-2000:]
