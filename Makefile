@@ -9,8 +9,14 @@ SHELL := bash
 .NOTPARALLEL:
 
 # Filter crates compiled to wasm (one <name>.wasm each, contract order).
-WASM_FILTERS ?= sanitize
+WASM_FILTERS ?= sanitize jwt replay-guard fds-block passport route-breaker san-authz
 WASM_TARGET  := wasm32-wasip1
+# Which modules the rendered Envoy configs run: `filters` (one .wasm per
+# filter, the default) or `suite` (suite.wasm: all seven filters, one VM per
+# gateway; docs/performance.md). Read by envoy/render.py, so make run, test,
+# validate and bench all follow it: `make run WASM_BUILD=suite`.
+WASM_BUILD   ?= filters
+export WASM_BUILD
 WASM_DIR     := target/$(WASM_TARGET)/release
 
 CARGO  ?= cargo
@@ -29,7 +35,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target venv run test test-rust \
-        lint validate test-integration bench demo-material compose-config render clean distclean
+        lint validate test-integration test-suite build-suite bench bench-tools demo-material compose-config render clean distclean \
+        istio images image-tools test-istio
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -60,9 +67,15 @@ build: build-wasm build-native ## wasm filters (release, wasm32-wasip1) + demo-s
 
 build-wasm: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(WASM_FILTERS))
+	@if [ "$(WASM_BUILD)" = suite ]; then $(MAKE) --no-print-directory build-suite; fi
+
+# Its own cargo invocation: cargo unifies features per build, and the suite
+# links the filters WITHOUT their `standalone` entry point.
+build-suite: wasm-target ## suite.wasm: all seven filters in one module (filters/suite)
+	$(CARGO) build --release --target $(WASM_TARGET) -p suite
 
 build-native:
-	$(CARGO) build --release -p demo-services
+	$(CARGO) build --release -p demo-services -p gatewayctl
 
 # ------------------------------------------------------------------------ run
 
@@ -77,7 +90,7 @@ compose-config: ## render the docker-compose Envoy config into build/compose/env
 
 # ----------------------------------------------------------------------- test
 
-test: build venv test-rust lint validate test-integration ## everything CI runs
+test: build venv test-rust lint validate test-integration test-istio test-ops ## everything CI runs
 
 test-rust: ## cargo test --workspace (native)
 	$(CARGO) test --workspace
@@ -101,9 +114,76 @@ validate: build-wasm venv compose-config ## render + envoy --mode validate every
 test-integration: build venv ## pytest against the real Envoy (tests/integration)
 	$(VPY) -m pytest tests/integration $(PYTEST_ARGS)
 
-bench: build venv ## run tests/bench/run.py (benchmarks) if present
-	@if [ -f tests/bench/run.py ]; then $(VPY) tests/bench/run.py $(BENCH_ARGS); \
-	else echo "tests/bench/run.py does not exist yet: nothing to benchmark"; fi
+# The integration tests against the suite build (every filter block on
+# suite.wasm, one VM per gateway). test_envoy_config.py checks the shape of
+# the shipped per-filter config, so it is left out here.
+test-suite: build build-suite venv ## integration tests against suite.wasm (WASM_BUILD=suite)
+	WASM_BUILD=suite $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py $(PYTEST_ARGS)
+
+bench: build venv bench-tools ## gateways vs bare Envoy and a no-op wasm floor, one interleaved run (docs/performance.md)
+	$(CARGO) build --release --target $(WASM_TARGET) -p noop
+	$(CARGO) build --release --target $(WASM_TARGET) -p suite
+	$(VPY) tests/bench/run.py $(BENCH_ARGS)
+
+bench-tools: ## install the load generator (wrk) if missing
+	@command -v wrk >/dev/null || { echo "installing wrk"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null; }
+
+# ---------------------------------------------------------------------- istio
+# Istio packaging (docs/istio.md): OCI images of the filters and the manifests
+# generated from the Envoy chain, the example configs and the built modules.
+
+ISTIO_REGISTRY ?=
+
+istio: build-wasm venv ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter; ISTIO_REGISTRY=host/path to change registry)
+	$(VPY) istio/generate.py $(if $(ISTIO_REGISTRY),--registry $(ISTIO_REGISTRY))
+
+images: build-wasm venv ## OCI images (Istio compat shape) of every filter under build/images/, digests and sizes
+	$(VPY) istio/oci.py
+
+image-tools: ## install skopeo and docker-registry (apt-get) if missing
+	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || { echo "installing skopeo docker-registry"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   skopeo docker-registry) >/dev/null; }
+
+test-istio: images image-tools ## manifests vs Istio CRDs + real Envoy, images, push/pull via a loopback registry
+	REQUIRE_REGISTRY_TOOLS=1 $(VPY) -m pytest tests/istio $(PYTEST_ARGS)
+
+# ------------------------------------------------------------------------ ops
+# Operations (docs/operations.md): gatewayctl (filters/gatewayctl), alert
+# rules checked with promtool (Debian's prometheus package).
+
+.PHONY: gatewayctl token sign test-ops ops-tools
+
+GATEWAYCTL := target/release/gatewayctl
+SCOPE ?=
+SUB   ?= user-1
+KID   ?= demo-rs256
+TTL   ?= 300
+METHOD ?= GET
+URL   ?= http://127.0.0.1:10001/api/v1/users/7
+BODY  ?=
+
+gatewayctl: ## build the operator CLI (target/release/gatewayctl)
+	@$(CARGO) build --release -q -p gatewayctl
+
+token: gatewayctl ## print a demo JWT: make -s token SCOPE=orders:write [SUB=user-1 KID=demo-es256 TTL=300]
+	@$(GATEWAYCTL) token --scope '$(SCOPE)' --sub '$(SUB)' --kid '$(KID)' --ttl '$(TTL)'
+
+sign: gatewayctl ## print app signature headers: make -s sign METHOD=POST URL=http://127.0.0.1:10001/api/v1/orders BODY='{...}'
+	@$(GATEWAYCTL) sign '$(METHOD)' '$(URL)' $(if $(BODY),--body '$(BODY)')
+
+ops-tools: ## install promtool (Debian package prometheus) if missing
+	@command -v promtool >/dev/null || { echo "installing promtool (apt-get install prometheus)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   prometheus) >/dev/null; }
+
+test-ops: ops-tools gatewayctl ## promtool check/test of docs/ops rules, dashboard JSON, gatewayctl validate --all + istio manifests
+	promtool check rules docs/ops/prometheus-rules.yaml
+	cd docs/ops && promtool test rules prometheus-rules.test.yaml
+	$(PYTHON) -c 'import json,sys; d=json.load(open("docs/ops/grafana-gateway.json")); assert d["panels"], "no panels"; print("grafana-gateway.json:", len(d["panels"]), "panels")'
+	$(GATEWAYCTL) validate --all
+	@if [ -d istio/generated ]; then $(GATEWAYCTL) validate-manifest istio/generated; fi
 
 # ----------------------------------------------------------------------- misc
 

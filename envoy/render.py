@@ -5,6 +5,7 @@
     python3 envoy/render.py --profile compose            # -> build/compose/envoy.yaml
     python3 envoy/render.py --profile compose --local-paths -o build/validate/compose.yaml
     python3 envoy/render.py --profile local --extra bench-listeners.yaml -o build/bench/envoy.yaml
+    WASM_BUILD=suite .venv/bin/python envoy/render.py --profile local   # or --wasm-build suite
 
 Template syntax (plain text substitution; the result is YAML that Envoy reads):
 
@@ -21,7 +22,16 @@ Template syntax (plain text substitution; the result is YAML that Envoy reads):
   # @extra-clusters   items written at column 0, re-indented to the marker's column).
                       Extra files go through the same substitutions.
 
-Standard library only, so that it runs before any virtualenv exists.
+Wasm build (--wasm-build, default: the WASM_BUILD environment variable, else
+"filters"): "filters" renders the template as written, one module per filter
+(<filter>.wasm, one vm_id per filter shared by every gateway); "suite" then
+points every block of the seven filter modules at ${WASM_DIR}/suite.wasm with
+ONE vm_id per listener (suite_<listener>), each filter keeping its root_id and
+configuration; the environment variables of a listener's filters are merged
+into that VM's config. See docs/performance.md.
+
+Standard library only, so that it runs before any virtualenv exists (the
+suite build alone needs PyYAML: the project venv has it).
 """
 
 from __future__ import annotations
@@ -82,6 +92,12 @@ DEFAULT_OUTPUT = {
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 MARKERS = ("# @extra-listeners", "# @extra-clusters")
+WASM_BUILDS = ("filters", "suite")
+#: The per-filter modules that suite.wasm contains (by file name).
+SUITE_MODULES = frozenset({
+    "sanitize.wasm", "jwt.wasm", "replay_guard.wasm", "fds_block.wasm",
+    "passport.wasm", "route_breaker.wasm", "san_authz.wasm",
+})
 
 
 class RenderError(Exception):
@@ -176,6 +192,49 @@ def splice(text: str, marker: str, blocks: list[str]) -> str:
     return "".join(lines)
 
 
+def to_suite(text: str, wasm_dir: str) -> str:
+    """The rendered config `text` with every filter of SUITE_MODULES running
+    from `wasm_dir`/suite.wasm in one VM per listener (vm_id suite_<listener>)."""
+    try:
+        import yaml  # noqa: PLC0415 (only the suite build needs it)
+    except ImportError as exc:
+        raise RenderError("the suite build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
+    # A JSON round trip unties YAML aliases: every filter block gets its own copy.
+    cfg = json.loads(json.dumps(yaml.safe_load(text)))
+    for listener in cfg.get("static_resources", {}).get("listeners", []):
+        plugins = []
+        for chain in listener.get("filter_chains", []):
+            for net in chain.get("filters", []):
+                for http in net.get("typed_config", {}).get("http_filters", []):
+                    tc = http.get("typed_config", {})
+                    conf = tc.get("config", {})
+                    code = conf.get("vm_config", {}).get("code", {}).get("local", {}).get("filename", "")
+                    if tc.get("@type", "").endswith(".filters.http.wasm.v3.Wasm") and Path(code).name in SUITE_MODULES:
+                        plugins.append(conf)
+        if not plugins:
+            continue
+        env: dict[str, str] = {}
+        host_keys: list[str] = []
+        for conf in plugins:
+            ev = conf["vm_config"].get("environment_variables", {})
+            for k, v in ev.get("key_values", {}).items():
+                if env.get(k, v) != v:
+                    raise RenderError(f"suite build: listener {listener['name']}: environment variable {k} differs between filters")
+                env[k] = v
+            host_keys += [k for k in ev.get("host_env_keys", []) if k not in host_keys]
+        vm = {
+            "vm_id": f"suite_{listener['name']}",
+            "runtime": plugins[0]["vm_config"].get("runtime", "envoy.wasm.runtime.v8"),
+            "code": {"local": {"filename": f"{wasm_dir}/suite.wasm"}},
+        }
+        if env or host_keys:
+            vm["environment_variables"] = {**({"key_values": env} if env else {}),
+                                           **({"host_env_keys": host_keys} if host_keys else {})}
+        for conf in plugins:
+            conf["vm_config"] = json.loads(json.dumps(vm))
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
+
+
 def variables_for(profile: str, local_paths: bool = False, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     if profile not in PROFILES:
         raise RenderError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
@@ -198,8 +257,15 @@ def render(
     extra_clusters: Iterable[os.PathLike[str] | str] = (),
     include_root: os.PathLike[str] | str = DEFAULT_INCLUDE_ROOT,
     template: os.PathLike[str] | str = TEMPLATE,
+    wasm_build: str | None = None,
 ) -> str:
-    """The rendered Envoy config as text. Raises RenderError on any problem."""
+    """The rendered Envoy config as text. Raises RenderError on any problem.
+
+    wasm_build: "filters" or "suite" (module docstring); None reads the
+    WASM_BUILD environment variable (default "filters")."""
+    wasm_build = wasm_build or os.environ.get("WASM_BUILD") or "filters"
+    if wasm_build not in WASM_BUILDS:
+        raise RenderError(f"unknown wasm build {wasm_build!r} (known: {', '.join(WASM_BUILDS)})")
     values = variables_for(profile, local_paths, overrides)
     root = Path(include_root)
     template_path = Path(template)
@@ -226,9 +292,12 @@ def render(
     text = substitute(text, values, root, str(template_path))
     text = splice(text, MARKERS[0], listeners)
     text = splice(text, MARKERS[1], clusters)
+    if wasm_build == "suite":
+        text = to_suite(text, values["WASM_DIR"])
     header = (
         f"# GENERATED by envoy/render.py --profile {profile}"
-        f"{' --local-paths' if local_paths else ''} from envoy/envoy.yaml.tmpl - do not edit.\n"
+        f"{' --local-paths' if local_paths else ''}"
+        f"{' --wasm-build suite' if wasm_build == 'suite' else ''} from envoy/envoy.yaml.tmpl - do not edit.\n"
     )
     return header + text
 
@@ -253,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="YAML list of additional clusters, spliced at '# @extra-clusters'")
     parser.add_argument("--include-root", type=Path, default=DEFAULT_INCLUDE_ROOT,
                         help="directory that ${json:...} paths are relative to (default: examples/)")
+    parser.add_argument("--wasm-build", choices=WASM_BUILDS, default=None,
+                        help="filters: one module per filter; suite: suite.wasm, one VM per listener "
+                             "(default: $WASM_BUILD, else filters)")
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -264,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = render(args.profile, local_paths=args.local_paths, overrides=overrides,
                       extra_listeners=args.extra, extra_clusters=args.extra_clusters,
-                      include_root=args.include_root)
+                      include_root=args.include_root, wasm_build=args.wasm_build)
     except RenderError as exc:
         print(f"render.py: error: {exc}", file=sys.stderr)
         return 1

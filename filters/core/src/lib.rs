@@ -15,15 +15,19 @@
 //! * [`headers`]: header names the filters agree on.
 //! * [`identity`]: the verified caller identity handed from the verifying
 //!   filters (jwt, replay-guard, san-authz) to the ones after them.
+//! * [`decision`]: the one structured log line per denial (docs/operations.md).
+//! * [`metrics`]: labelled counter names (Envoy tag extraction).
 //! * [`original`]: the client's `:path`/body saved before a rewrite, for
 //!   signature verification after sanitize.
 
 pub mod config;
+pub mod decision;
 pub mod denial;
 pub mod duration;
 pub mod headers;
 pub mod host;
 pub mod identity;
+pub mod metrics;
 pub mod original;
 pub mod route;
 pub mod shared;

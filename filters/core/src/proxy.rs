@@ -102,3 +102,37 @@ pub fn increment(id: Option<u32>) {
         let _ = hostcalls::increment_metric(id, 1);
     }
 }
+
+thread_local! {
+    /// Labelled counters this VM has defined: stat name → metric id.
+    /// Bounded by [`crate::metrics::MAX_TAGGED_METRICS`].
+    static TAGGED: std::cell::RefCell<std::collections::HashMap<String, Option<u32>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Increments the counter `name` with labels `tags` (see
+/// [`crate::metrics`]), defining it on first use and caching its id (Envoy
+/// allocates a new id on every define, so defining per request would leak).
+/// Past [`crate::metrics::MAX_TAGGED_METRICS`] distinct names, counts the
+/// unlabelled `name` instead.
+pub fn increment_tagged(name: &str, tags: &[(&str, &str)]) {
+    let full = crate::metrics::tagged(name, tags);
+    let id = TAGGED.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(id) = m.get(&full) {
+            return *id;
+        }
+        let key = if m.len() >= crate::metrics::MAX_TAGGED_METRICS {
+            name.to_string()
+        } else {
+            full
+        };
+        if let Some(id) = m.get(&key) {
+            return *id;
+        }
+        let id = counter(&key);
+        m.insert(key, id);
+        id
+    });
+    increment(id);
+}

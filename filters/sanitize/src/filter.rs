@@ -2,6 +2,7 @@
 //! natively against [`filter_core::host::FakeHost`] and in Envoy through the
 //! thin proxy-wasm glue in `lib.rs`.
 
+use filter_core::decision::{self, Decision, RouteNames};
 use filter_core::route::split_path;
 use filter_core::{headers, Denial, HttpHost, Verdict};
 
@@ -39,9 +40,14 @@ pub struct Request {
     body_mode: BodyMode,
     limit: u64,
     request_id: Option<String>,
+    method: String,
+    trace_id: Option<String>,
     pub outcome: Outcome,
     /// Reason code of the last denial (dry run included), for metrics/logs.
     pub denied_code: Option<&'static str>,
+    /// Envoy gateway/route names, read once on a denial (two host calls),
+    /// reused for the metric labels.
+    pub names: Option<RouteNames>,
 }
 
 fn is_json(content_type: Option<&str>) -> bool {
@@ -59,21 +65,18 @@ impl Request {
     fn deny<H: HttpHost>(&mut self, cfg: &Compiled, host: &mut H, d: Denial) -> Verdict {
         self.outcome = Outcome::Denied;
         self.denied_code = Some(d.code);
+        let names = self
+            .names
+            .get_or_insert_with(|| decision::route_names(host));
+        Decision::denial("sanitize", &self.method, d.status, d.code)
+            .dry_run(cfg.dry_run)
+            .at(names)
+            .request_id(self.request_id.as_deref())
+            .trace_id(self.trace_id.as_deref())
+            .emit();
         if cfg.dry_run {
-            log::info!(
-                "sanitize dry-run: would deny status={} code={} request_id={}",
-                d.status,
-                d.code,
-                self.request_id.as_deref().unwrap_or("-")
-            );
             return Verdict::Continue;
         }
-        log::info!(
-            "sanitize deny status={} code={} request_id={}",
-            d.status,
-            d.code,
-            self.request_id.as_deref().unwrap_or("-")
-        );
         d.send(host, self.request_id.as_deref());
         Verdict::Responded
     }
@@ -110,6 +113,8 @@ impl Request {
                 to_remove.push(n);
             }
         }
+        self.method = method.to_string();
+        self.trace_id = decision::trace_id(&all);
         if !cfg.dry_run {
             for n in &to_remove {
                 host.remove_request_header(n);

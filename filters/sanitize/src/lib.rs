@@ -30,41 +30,36 @@ pub mod query;
 mod wasm {
     use std::rc::Rc;
 
+    use filter_core::decision;
     use filter_core::proxy::{self, ProxyHost};
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, LogLevel};
+    use proxy_wasm::types::{Action, ContextType};
 
     use crate::config::{self, Compiled};
     use crate::filter::{Outcome, Request};
 
+    #[cfg(feature = "standalone")]
     proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
+        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
         proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
     }}
 
-    /// Counters, defined once per plugin configuration.
-    struct Metrics {
-        allowed: Option<u32>,
-        rewritten: Option<u32>,
-        denied: Option<u32>,
-        dry_run_denied: Option<u32>,
+    /// This filter's root context: what the entry point above installs, and
+    /// what the suite module (filters/suite) picks by `root_id`.
+    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+        Box::new(Root::default())
     }
 
-    impl Metrics {
-        fn define() -> Self {
-            Metrics {
-                allowed: proxy::counter("sanitize_allowed_total"),
-                rewritten: proxy::counter("sanitize_rewritten_total"),
-                denied: proxy::counter("sanitize_denied_total"),
-                dry_run_denied: proxy::counter("sanitize_dry_run_denied_total"),
-            }
-        }
-    }
+    /// Counters (labelled by gateway, route and, for denials, reason; see
+    /// docs/operations.md), defined on first use by `proxy::increment_tagged`.
+    const ALLOWED: &str = "sanitize_allowed_total";
+    const REWRITTEN: &str = "sanitize_rewritten_total";
+    const DENIED: &str = "sanitize_denied_total";
+    const DRY_RUN_DENIED: &str = "sanitize_dry_run_denied_total";
 
     #[derive(Default)]
     struct Root {
         config: Option<Rc<Compiled>>,
-        metrics: Option<Rc<Metrics>>,
     }
 
     impl Context for Root {}
@@ -76,11 +71,10 @@ mod wasm {
                 Ok(c) => {
                     log::info!("sanitize: configured with {} route rule(s)", c.routes.len());
                     self.config = Some(Rc::new(c));
-                    self.metrics = Some(Rc::new(Metrics::define()));
                     true
                 }
                 Err(e) => {
-                    log::error!("{e}");
+                    log::error!("sanitize: {e}");
                     false
                 }
             }
@@ -88,10 +82,8 @@ mod wasm {
 
         fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
             let config = self.config.clone()?;
-            let metrics = self.metrics.clone()?;
             Some(Box::new(Http {
                 config,
-                metrics,
                 req: Request::default(),
                 counted: false,
             }))
@@ -104,7 +96,6 @@ mod wasm {
 
     struct Http {
         config: Rc<Compiled>,
-        metrics: Rc<Metrics>,
         req: Request,
         counted: bool,
     }
@@ -115,12 +106,24 @@ mod wasm {
                 return;
             }
             self.counted = true;
-            let m = &self.metrics;
+            let names = self
+                .req
+                .names
+                .take()
+                .unwrap_or_else(|| decision::route_names(&ProxyHost));
+            let at = [
+                ("gateway", names.gateway.as_str()),
+                ("route", names.route.as_str()),
+            ];
+            let denied = |name: &str, code: Option<&str>| {
+                let [g, r] = at;
+                proxy::increment_tagged(name, &[g, r, ("reason", code.unwrap_or("unknown"))]);
+            };
             match (self.req.outcome, self.config.dry_run) {
-                (Outcome::Denied, true) => proxy::increment(m.dry_run_denied),
-                (Outcome::Denied, false) => proxy::increment(m.denied),
-                (Outcome::Rewritten, _) => proxy::increment(m.rewritten),
-                (Outcome::Allowed, _) => proxy::increment(m.allowed),
+                (Outcome::Denied, true) => denied(DRY_RUN_DENIED, self.req.denied_code),
+                (Outcome::Denied, false) => denied(DENIED, self.req.denied_code),
+                (Outcome::Rewritten, _) => proxy::increment_tagged(REWRITTEN, &at),
+                (Outcome::Allowed, _) => proxy::increment_tagged(ALLOWED, &at),
             }
         }
     }
@@ -154,4 +157,11 @@ mod wasm {
             self.count();
         }
     }
+}
+
+/// The root context of this filter, for a module that links several filters
+/// and dispatches on the plugin's `root_id` (filters/suite; docs/performance.md).
+#[cfg(target_arch = "wasm32")]
+pub fn root_context(context_id: u32) -> Box<dyn proxy_wasm::traits::RootContext> {
+    wasm::new_root(context_id)
 }

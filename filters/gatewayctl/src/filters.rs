@@ -1,0 +1,122 @@
+//! The registry of filters: name → the filter crate's own config loader and
+//! JSON Schema. The loaders are the very code `on_configure` runs in Envoy,
+//! so a config that passes here is one Envoy accepts (modulo secrets read
+//! from the environment at configure time, see [`Filter::validate`]).
+
+use filter_core::config::ConfigError;
+
+/// One filter of the suite.
+#[derive(Debug, Clone, Copy)]
+pub struct Filter {
+    /// The Envoy filter name = examples/config dir = docs page = WasmPlugin stem.
+    pub name: &'static str,
+    /// The wasm module's root_id/vm_id (the crate's lib name).
+    pub root_id: &'static str,
+    load: fn(&[u8]) -> Result<(), ConfigError>,
+    schema: fn() -> serde_json::Value,
+}
+
+/// A placeholder secret (32 zero bytes, base64) for environment variables
+/// that a config names but that are not set where the CLI runs: `validate`
+/// checks the config's shape; Envoy checks the real secret at start-up.
+const PLACEHOLDER_SECRET: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+fn replay_guard_env(name: &str) -> Option<String> {
+    Some(std::env::var(name).unwrap_or_else(|_| PLACEHOLDER_SECRET.to_string()))
+}
+
+fn value<T: serde::Serialize>(v: T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// Every filter, in contract order.
+pub const ALL: &[Filter] = &[
+    Filter {
+        name: "sanitize",
+        root_id: "sanitize",
+        load: |b| sanitize::config::load(b).map(drop),
+        schema: || value(sanitize::config::schema()),
+    },
+    Filter {
+        name: "jwt",
+        root_id: "jwt",
+        load: |b| jwt::config::load(b).map(drop),
+        schema: || value(jwt::config::schema()),
+    },
+    Filter {
+        name: "replay-guard",
+        root_id: "replay_guard",
+        load: |b| replay_guard::config::load(b, &replay_guard_env).map(drop),
+        schema: || value(replay_guard::config::schema()),
+    },
+    Filter {
+        name: "fds-block",
+        root_id: "fds_block",
+        load: |b| fds_block::config::load(b).map(drop),
+        schema: || value(fds_block::config::schema()),
+    },
+    Filter {
+        name: "passport",
+        root_id: "passport",
+        load: |b| passport::config::load(b).map(drop),
+        schema: || value(passport::config::schema()),
+    },
+    Filter {
+        name: "san-authz",
+        root_id: "san_authz",
+        load: |b| san_authz::config::load(b).map(drop),
+        schema: || value(san_authz::config::schema()),
+    },
+    Filter {
+        name: "route-breaker",
+        root_id: "route_breaker",
+        load: |b| route_breaker::config::load(b).map(drop),
+        schema: || value(route_breaker::config::schema()),
+    },
+];
+
+impl Filter {
+    /// Loads and compiles `bytes` with the filter's own code.
+    pub fn validate(&self, bytes: &[u8]) -> Result<(), ConfigError> {
+        (self.load)(bytes)
+    }
+
+    /// The filter config's JSON Schema.
+    pub fn schema(&self) -> serde_json::Value {
+        (self.schema)()
+    }
+}
+
+/// Finds a filter by its name or root_id (`replay-guard`, `replay_guard`).
+pub fn find(name: &str) -> Option<&'static Filter> {
+    ALL.iter().find(|f| f.name == name || f.root_id == name)
+}
+
+/// The names, for error messages.
+pub fn names() -> String {
+    ALL.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_root_ids_both_resolve() {
+        assert_eq!(find("replay_guard").unwrap().name, "replay-guard");
+        assert_eq!(find("route-breaker").unwrap().root_id, "route_breaker");
+        assert!(find("nope").is_none());
+    }
+
+    #[test]
+    fn every_filter_has_an_object_schema() {
+        for f in ALL {
+            let s = f.schema();
+            assert!(
+                s.get("properties").is_some() || s.get("$defs").is_some(),
+                "{}",
+                f.name
+            );
+        }
+    }
+}

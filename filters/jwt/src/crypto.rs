@@ -1,0 +1,190 @@
+//! The signature backend: a `jsonwebtoken` [`CryptoProvider`] that verifies
+//! with RustCrypto crates configured for wasm32.
+//!
+//! Why not `jsonwebtoken`'s own `rust_crypto` feature: it depends on `rsa`
+//! with its default features, whose `u64_digit` makes big-integer arithmetic
+//! use 64-bit limbs. wasm32 has no 64×64→128 multiply, so every limb product
+//! is emulated and RS256 verification costs ~2.5× more than with 32-bit
+//! limbs. It also pulls `rand` and HMAC, which a verifier never needs. This
+//! provider uses `rsa` without default features (32-bit limbs on wasm32),
+//! `p256`/`p384` ECDSA, and `ed25519-dalek` (strict verification), and
+//! refuses to sign or to verify HMAC: the gateway holds only public keys.
+//!
+//! `jsonwebtoken` stays the JOSE/claims layer (header, algorithm families,
+//! `iss`/`aud`/`exp`/`nbf` validation); it calls [`verifier`] through the
+//! process-wide provider that [`install`] sets.
+
+use jsonwebtoken::crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier};
+use jsonwebtoken::errors::{Error, ErrorKind};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, EncodingKey};
+use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use signature::Verifier;
+
+/// Installs the provider for this process (VM). Idempotent and cheap: call it
+/// before any `jsonwebtoken::decode`.
+pub fn install() {
+    // Err means a provider is already installed: ours, since nothing else
+    // in the module installs one.
+    let _ = PROVIDER.install_default();
+}
+
+/// The provider: verification only.
+pub static PROVIDER: CryptoProvider = CryptoProvider {
+    signer_factory: no_signer,
+    verifier_factory: verifier,
+    jwk_utils: JwkUtils {
+        extract_rsa_public_key_components: |_| Err(ErrorKind::InvalidKeyFormat.into()),
+        extract_ec_public_key_coordinates: |_, _| Err(ErrorKind::InvalidKeyFormat.into()),
+        compute_digest,
+    },
+};
+
+fn compute_digest(data: &[u8], h: jsonwebtoken::jwk::ThumbprintHash) -> Vec<u8> {
+    use jsonwebtoken::jwk::ThumbprintHash;
+    match h {
+        ThumbprintHash::SHA256 => Sha256::digest(data).to_vec(),
+        ThumbprintHash::SHA384 => Sha384::digest(data).to_vec(),
+        ThumbprintHash::SHA512 => Sha512::digest(data).to_vec(),
+    }
+}
+
+fn no_signer(_: &Algorithm, _: &EncodingKey) -> Result<Box<dyn JwtSigner>, Error> {
+    Err(ErrorKind::InvalidAlgorithm.into())
+}
+
+/// Largest RSA modulus accepted (bits); larger keys are refused when loaded.
+pub const RSA_MAX_BITS: usize = 4096;
+/// Smallest RSA modulus accepted (bits).
+pub const RSA_MIN_BITS: usize = 2048;
+
+/// Builds an RSA public key from big-endian `n` and `e`, enforcing the size
+/// bounds (2048–4096 bits) and a sane public exponent.
+pub fn rsa_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, String> {
+    let n = BigUint::from_bytes_be(n);
+    let e = BigUint::from_bytes_be(e);
+    let bits = n.bits();
+    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+        return Err(format!(
+            "RSA modulus has {bits} bits; {RSA_MIN_BITS} to {RSA_MAX_BITS} are accepted"
+        ));
+    }
+    RsaPublicKey::new_with_max_size(n, e, RSA_MAX_BITS).map_err(|e| e.to_string())
+}
+
+struct Rsa {
+    alg: Algorithm,
+    key: RsaPublicKey,
+}
+
+impl Verifier<Vec<u8>> for Rsa {
+    fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
+        let r = match self.alg {
+            Algorithm::RS256 => {
+                self.key
+                    .verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg), sig)
+            }
+            Algorithm::RS384 => {
+                self.key
+                    .verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg), sig)
+            }
+            Algorithm::RS512 => {
+                self.key
+                    .verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg), sig)
+            }
+            Algorithm::PS256 => self
+                .key
+                .verify(Pss::new::<Sha256>(), &Sha256::digest(msg), sig),
+            Algorithm::PS384 => self
+                .key
+                .verify(Pss::new::<Sha384>(), &Sha384::digest(msg), sig),
+            Algorithm::PS512 => self
+                .key
+                .verify(Pss::new::<Sha512>(), &Sha512::digest(msg), sig),
+            _ => return Err(signature::Error::new()),
+        };
+        r.map_err(|_| signature::Error::new())
+    }
+}
+
+impl JwtVerifier for Rsa {
+    fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+}
+
+struct Es256(p256::ecdsa::VerifyingKey);
+struct Es384(p384::ecdsa::VerifyingKey);
+struct Ed(ed25519_dalek::VerifyingKey);
+
+impl Verifier<Vec<u8>> for Es256 {
+    fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
+        // from_slice refuses r = 0 or s = 0 (the CVE-2022-21449 forgery).
+        let s = p256::ecdsa::Signature::from_slice(sig)?;
+        self.0.verify(msg, &s)
+    }
+}
+impl JwtVerifier for Es256 {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::ES256
+    }
+}
+impl Verifier<Vec<u8>> for Es384 {
+    fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
+        let s = p384::ecdsa::Signature::from_slice(sig)?;
+        self.0.verify(msg, &s)
+    }
+}
+impl JwtVerifier for Es384 {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::ES384
+    }
+}
+impl Verifier<Vec<u8>> for Ed {
+    fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
+        let s = ed25519_dalek::Signature::from_slice(sig)?;
+        // Strict: refuses small-order keys and non-canonical R/s.
+        self.0.verify_strict(msg, &s)
+    }
+}
+impl JwtVerifier for Ed {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EdDSA
+    }
+}
+
+/// `jsonwebtoken`'s verifier factory: one verifier per algorithm and key.
+/// HMAC is always refused (the gateway holds no shared secrets, and an HS256
+/// token "signed" with an RSA public key must never verify).
+pub fn verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
+    let bad_key = || Error::from(ErrorKind::InvalidKeyFormat);
+    match (alg.family(), key.family(), key.kind()) {
+        (
+            AlgorithmFamily::Rsa,
+            AlgorithmFamily::Rsa,
+            DecodingKeyKind::RsaModulusExponent { n, e },
+        ) => {
+            let key = rsa_key(n, e).map_err(|_| bad_key())?;
+            Ok(Box::new(Rsa { alg: *alg, key }))
+        }
+        (AlgorithmFamily::Ec, AlgorithmFamily::Ec, DecodingKeyKind::SecretOrDer(point)) => {
+            match alg {
+                Algorithm::ES256 => Ok(Box::new(Es256(
+                    p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_key())?,
+                ))),
+                Algorithm::ES384 => Ok(Box::new(Es384(
+                    p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_key())?,
+                ))),
+                _ => Err(ErrorKind::InvalidAlgorithm.into()),
+            }
+        }
+        (AlgorithmFamily::Ed, AlgorithmFamily::Ed, DecodingKeyKind::SecretOrDer(x)) => {
+            let bytes: [u8; 32] = x.as_slice().try_into().map_err(|_| bad_key())?;
+            Ok(Box::new(Ed(ed25519_dalek::VerifyingKey::from_bytes(
+                &bytes,
+            )
+            .map_err(|_| bad_key())?)))
+        }
+        _ => Err(ErrorKind::InvalidAlgorithm.into()),
+    }
+}

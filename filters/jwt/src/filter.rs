@@ -1,0 +1,432 @@
+//! jwt's per-request logic, written against [`HttpHost`] and [`SharedData`]
+//! so that it runs natively against fakes and in Envoy through the thin
+//! proxy-wasm glue in `lib.rs`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use filter_core::decision::{self, Decision, RouteNames};
+use filter_core::identity::{Identity, Source};
+use filter_core::route::split_path;
+use filter_core::shared::SharedData;
+use filter_core::{headers, Denial, HttpHost, Verdict};
+
+use crate::cache::{self, TokenCache, Verified};
+use crate::config::{Compiled, Provider, Requirement, TokenSource};
+use crate::jti::{JtiStore, Recorded};
+use crate::jwks::KeySet;
+use crate::token::{self, TokenError};
+
+/// A provider's current keys, as one worker sees them.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderKeys {
+    /// `None`: no usable JWKS (remote not fetched yet, or too stale).
+    pub set: Option<Rc<KeySet>>,
+    /// Bumped on every change of `set`; cache entries carry it.
+    pub generation: u64,
+    /// The set is past its cache lifetime but within `max_stale`.
+    pub stale: bool,
+}
+
+/// Everything a request needs from its worker.
+pub struct Env<'a, S: SharedData + ?Sized> {
+    pub cfg: &'a Compiled,
+    pub keys: &'a [ProviderKeys],
+    pub cache: &'a RefCell<TokenCache>,
+    pub shared: &'a S,
+    pub jti: &'a JtiStore,
+}
+
+/// What happened, for metrics and for the root context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub result: Result_,
+    /// The verified-token cache answered.
+    pub cache_hit: bool,
+    /// A signature was verified (cache miss that reached step 3).
+    pub signature_checked: bool,
+    /// Keys used were stale (remote JWKS past its lifetime).
+    pub stale_keys: bool,
+    /// An unknown `kid` for this provider: the root may refetch its JWKS.
+    pub refetch: Option<usize>,
+    /// Denial code or token error code, for logs.
+    pub code: Option<&'static str>,
+    /// Envoy gateway/route names, read on a denial (for the decision log)
+    /// and reused for the metric labels.
+    pub names: Option<RouteNames>,
+}
+
+/// The decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Result_ {
+    /// Route needs no token.
+    #[default]
+    Skipped,
+    /// Optional route, no token.
+    Anonymous,
+    /// Token verified, request passes.
+    Allowed,
+    /// Refused with a local reply.
+    Denied,
+}
+
+/// A token found in the request and where.
+struct Found {
+    token: String,
+    source: usize,
+}
+
+fn header_values<'h>(
+    all: &'h [(String, String)],
+    name: &'h str,
+) -> impl Iterator<Item = &'h str> + 'h {
+    all.iter()
+        .filter(move |(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Finds the request's token. More than one (repeated header, a header
+/// holding two, a second source, a repeated cookie) is an error.
+fn find_token(cfg: &Compiled, all: &[(String, String)]) -> Result<Option<Found>, TokenError> {
+    let mut found: Option<Found> = None;
+    let mut push = |token: &str, source: usize| -> Result<(), TokenError> {
+        if found.is_some() {
+            return Err(TokenError::MultipleTokens);
+        }
+        found = Some(Found {
+            token: token.to_string(),
+            source,
+        });
+        Ok(())
+    };
+    for (si, s) in cfg.sources.iter().enumerate() {
+        match s {
+            TokenSource::Header { name, prefix } => {
+                for v in header_values(all, name) {
+                    let v = v.trim();
+                    let tok = match prefix {
+                        None => v,
+                        Some(p) => match v.get(..p.len()) {
+                            Some(head) if head.eq_ignore_ascii_case(p) => {
+                                v.get(p.len()..).unwrap_or("").trim()
+                            }
+                            // Another scheme (e.g. Basic): not our token.
+                            _ => continue,
+                        },
+                    };
+                    if tok.contains([',', ' ', '\t']) {
+                        return Err(TokenError::MultipleTokens);
+                    }
+                    if tok.is_empty() {
+                        return Err(TokenError::Malformed);
+                    }
+                    push(tok, si)?;
+                }
+            }
+            TokenSource::Cookie { name } => {
+                for v in header_values(all, "cookie") {
+                    for pair in v.split(';') {
+                        if let Some((k, val)) = pair.trim().split_once('=') {
+                            if k == name {
+                                push(val.trim_matches('"'), si)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn forward_value(v: &serde_json::Value) -> Option<String> {
+    let s = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => v.to_string(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str())
+            .collect::<Option<Vec<_>>>()?
+            .join(" "),
+        _ => return None,
+    };
+    if s.len() > 4096 || s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return None;
+    }
+    Some(s)
+}
+
+/// Verifies a token that is not in the cache (steps 1–3 of [`crate::token`]).
+fn verify<S: SharedData + ?Sized>(
+    env: &Env<'_, S>,
+    token: &str,
+    source: usize,
+    now: u64,
+    out: &mut Outcome,
+) -> Result<Verified, TokenError> {
+    let cfg = env.cfg;
+    let u = token::precheck(token, cfg.max_token_bytes)?;
+    let (pi, p) = cfg
+        .provider_by_issuer(&u.claims.iss)
+        .ok_or(TokenError::Issuer)?;
+    source_allowed(cfg, p, source)?;
+    let pk = env.keys.get(pi);
+    let set = pk.and_then(|k| k.set.clone());
+    let key_index = match token::check_claims(&u, p, set.as_deref(), now) {
+        Err(TokenError::UnknownKid) => {
+            out.refetch = Some(pi);
+            return Err(TokenError::UnknownKid);
+        }
+        Err(TokenError::NoKeys) => {
+            out.refetch = Some(pi);
+            return Err(TokenError::NoKeys);
+        }
+        r => r?,
+    };
+    let set = set.ok_or(TokenError::NoKeys)?;
+    out.stale_keys = pk.is_some_and(|k| k.stale);
+    out.signature_checked = true;
+    token::verify_signature(token, &u, p, &set, key_index)?;
+    let forward = p
+        .forward_claims
+        .iter()
+        .filter_map(|f| {
+            let v = u.claims.all.get(&f.claim)?;
+            match forward_value(v) {
+                Some(s) => Some((f.header.clone(), s)),
+                None => {
+                    log::debug!("jwt: claim {} not forwarded (type or characters)", f.claim);
+                    None
+                }
+            }
+        })
+        .collect();
+    Ok(Verified {
+        provider: pi,
+        generation: pk.map_or(0, |k| k.generation),
+        sub: u.claims.sub,
+        exp: u.claims.exp,
+        valid_until: u.claims.exp.saturating_add(p.skew_secs),
+        jti: u.claims.jti,
+        scopes: u.claims.scopes,
+        forward,
+    })
+}
+
+fn source_allowed(cfg: &Compiled, p: &Provider, source: usize) -> Result<(), TokenError> {
+    match cfg.sources.get(source) {
+        Some(s) if p.sources.contains(s) => Ok(()),
+        _ => Err(TokenError::Issuer),
+    }
+}
+
+/// `WWW-Authenticate` for an invalid token (RFC 6750 §3).
+fn invalid_token(challenge: &str, e: &TokenError) -> Denial {
+    let desc = e.to_string();
+    Denial::unauthorized(
+        "invalid_token",
+        format!("the bearer token is not valid: {desc}"),
+    )
+    .with_header(
+        "www-authenticate",
+        format!("{challenge}, error=\"invalid_token\", error_description=\"{desc}\""),
+    )
+}
+
+/// The request-headers callback: the whole decision.
+pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
+    env: &Env<'_, S>,
+    host: &mut H,
+) -> (Verdict, Outcome) {
+    let mut out = Outcome::default();
+    let cfg = env.cfg;
+    let all = host.request_headers();
+    let mut method = "";
+    let mut full_path = "";
+    let mut request_id: Option<&str> = None;
+    for (n, v) in &all {
+        match n.as_str() {
+            headers::METHOD => method = v,
+            headers::PATH => full_path = v,
+            headers::REQUEST_ID => request_id = Some(v),
+            _ => {}
+        }
+    }
+    // Forwarded-claim headers are ours alone: strip client copies on every route.
+    for h in &cfg.forwarded_headers {
+        if all.iter().any(|(n, _)| n == h) {
+            host.remove_request_header(h);
+        }
+    }
+    let (path, _) = split_path(full_path);
+    let route = cfg.route(method, path);
+    let requirement = route.map_or(cfg.default_requirement, |r| r.requirement);
+    if requirement == Requirement::None {
+        return (Verdict::Continue, out);
+    }
+    let trace_id = decision::trace_id(&all);
+    let deny = |host: &mut H, out: &mut Outcome, d: Denial| {
+        out.result = Result_::Denied;
+        out.code.get_or_insert(d.code);
+        let names = out
+            .names
+            .get_or_insert_with(|| decision::route_names(&*host));
+        // `code` is the reply's error code; `reason` (the token check that
+        // failed) is the metric label and stays in the debug log.
+        Decision::denial("jwt", method, d.status, d.code)
+            .at(names)
+            .request_id(request_id)
+            .trace_id(trace_id.as_deref())
+            .emit();
+        log::debug!(
+            "jwt deny code={} reason={} rule={}",
+            d.code,
+            out.code.unwrap_or("-"),
+            route.map_or("-", |r| r.name.as_str())
+        );
+        d.send(host, request_id);
+        Verdict::Responded
+    };
+
+    let found = match find_token(cfg, &all) {
+        Ok(f) => f,
+        Err(e) => {
+            out.code = Some(e.code());
+            return (deny(host, &mut out, invalid_token(&cfg.challenge, &e)), out);
+        }
+    };
+    let Some(found) = found else {
+        if requirement == Requirement::Optional {
+            out.result = Result_::Anonymous;
+            return (Verdict::Continue, out);
+        }
+        let d = Denial::unauthorized("missing_token", "a bearer token is required")
+            .with_header("www-authenticate", cfg.challenge.clone());
+        return (deny(host, &mut out, d), out);
+    };
+
+    let now = host.unix_seconds();
+    let h = cache::hash(&found.token);
+    let cached = env
+        .cache
+        .borrow_mut()
+        .get(&h, now, |pi| env.keys.get(pi).map_or(0, |k| k.generation));
+    let v = match cached {
+        Some(v) => {
+            out.cache_hit = true;
+            v
+        }
+        None => match verify(env, &found.token, found.source, now, &mut out) {
+            Ok(v) => {
+                let v = Rc::new(v);
+                env.cache.borrow_mut().insert(h, (*v).clone(), now);
+                v
+            }
+            Err(e) => {
+                out.code = Some(e.code());
+                return (deny(host, &mut out, invalid_token(&cfg.challenge, &e)), out);
+            }
+        },
+    };
+    let Some(p) = cfg.providers.get(v.provider) else {
+        return (
+            deny(
+                host,
+                &mut out,
+                invalid_token(&cfg.challenge, &TokenError::Issuer),
+            ),
+            out,
+        );
+    };
+    if let Err(e) = source_allowed(cfg, p, found.source) {
+        out.code = Some(e.code());
+        return (deny(host, &mut out, invalid_token(&cfg.challenge, &e)), out);
+    }
+
+    if let Some(rule) = route.and_then(|r| r.scopes.as_ref()) {
+        if !rule.satisfied_by(&v.scopes) {
+            let scope = rule.joined();
+            let d = Denial::forbidden(
+                "insufficient_scope",
+                format!("the token lacks the scope this route needs ({scope})"),
+            )
+            .with_header(
+                "www-authenticate",
+                format!(
+                    "{}, error=\"insufficient_scope\", scope=\"{scope}\"",
+                    cfg.challenge
+                ),
+            );
+            return (deny(host, &mut out, d), out);
+        }
+    }
+
+    if route.is_some_and(|r| r.one_time_jti) {
+        let Some(jti) = v.jti.as_deref() else {
+            out.code = Some("jti_missing");
+            let d = invalid_token(
+                &cfg.challenge,
+                &TokenError::BadClaims("jti is required on this route"),
+            );
+            return (deny(host, &mut out, d), out);
+        };
+        match env
+            .jti
+            .record(env.shared, &p.issuer, jti, v.exp, p.skew_secs, now)
+        {
+            Ok(Recorded::Fresh) => {}
+            Ok(Recorded::Replayed) => {
+                let d = Denial::unauthorized("token_replayed", "this token has already been used on a one-time route")
+                    .with_header(
+                        "www-authenticate",
+                        format!("{}, error=\"invalid_token\", error_description=\"token has already been used\"", cfg.challenge),
+                    );
+                return (deny(host, &mut out, d), out);
+            }
+            Ok(Recorded::LifetimeTooLong) => {
+                out.code = Some("lifetime_too_long");
+                let d = invalid_token(
+                    &cfg.challenge,
+                    &TokenError::BadClaims("token lifetime is too long for a one-time route"),
+                );
+                return (deny(host, &mut out, d), out);
+            }
+            Ok(Recorded::Full { retry_after }) => {
+                log::warn!(
+                    "jwt: jti store bucket full; refusing one-time tokens for {retry_after}s"
+                );
+                let d = Denial::unavailable(
+                    "replay_store_full",
+                    "one-time tokens cannot be recorded right now",
+                )
+                .with_header("retry-after", retry_after.to_string());
+                return (deny(host, &mut out, d), out);
+            }
+            Err(e) => {
+                log::error!("jwt: jti store: {e}");
+                let d = Denial::unavailable(
+                    "replay_store_unavailable",
+                    "one-time tokens cannot be checked right now",
+                )
+                .with_header("retry-after", "1");
+                return (deny(host, &mut out, d), out);
+            }
+        }
+    }
+
+    // Allowed: hand the identity on, forward claims, drop the token.
+    let mut id = Identity::new(Source::Jwt);
+    id.user = v.sub.clone();
+    id.exp = Some(v.exp);
+    id.publish(host);
+    for (name, value) in &v.forward {
+        host.set_request_header(name, value);
+    }
+    if !p.forward_token {
+        if let Some(TokenSource::Header { name, .. }) = cfg.sources.get(found.source) {
+            host.remove_request_header(name);
+        }
+    }
+    out.result = Result_::Allowed;
+    (Verdict::Continue, out)
+}

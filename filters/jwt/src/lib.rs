@@ -1,0 +1,426 @@
+//! # jwt: bearer-token verification for the web gateway
+//!
+//! Enforces, per request (after sanitize, before fds-block and passport):
+//! * **route policy**: per route (path prefix + methods) a token is
+//!   required, optional or not looked at; unknown routes default to
+//!   required. Required scopes (`scope` claim, all-of or any-of) → 403
+//!   `insufficient_scope`; a missing or bad token → 401, both with an
+//!   RFC 6750 `WWW-Authenticate: Bearer` challenge;
+//! * **verification**, cheapest checks first ([`token`]): size, shape,
+//!   canonical base64url, strict JOSE header (no `none`, no HMAC, `alg`
+//!   bound to the key's type, no `crit`/nested/JWE, duplicate members
+//!   refused), claim types, issuer, audience, `exp`/`nbf`/`iat` within the
+//!   skew, known `kid` — all before any signature work; then the signature
+//!   through `jsonwebtoken` with the RustCrypto backend of [`crypto`];
+//! * **keys** ([`jwks`]): inline JWKS, or a remote JWKS fetched through an
+//!   Envoy cluster once per process, refreshed early, served stale within a
+//!   limit while the endpoint fails, refetched on an unknown `kid` at most
+//!   once per interval ([`remote`]);
+//! * **one-time tokens** ([`jti`]): on routes that say so each `jti` is
+//!   accepted once, process-wide, in a bounded time-bucketed store;
+//! * **a verified-token cache** ([`cache`]) per worker, keyed by SHA-256 of
+//!   the token;
+//! * **identity**: the subject and expiry go to later filters through
+//!   [`filter_core::identity::Identity`] (Envoy filter state), chosen claims
+//!   to the upstream as headers that are stripped from every request first;
+//!   the token's header is removed unless `forward_token` is set.
+//!
+//! The decision code is plain Rust tested natively; the proxy-wasm glue
+//! below only moves data. Config reference: `docs/filters/jwt.md`.
+
+pub mod cache;
+pub mod config;
+pub mod crypto;
+pub mod filter;
+pub mod jti;
+pub mod jwks;
+pub mod remote;
+pub mod token;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use filter_core::proxy::{self, ProxyHost, ProxySharedData};
+    use filter_core::HttpHost;
+    use proxy_wasm::traits::{Context, HttpContext, RootContext};
+    use proxy_wasm::types::{Action, ContextType};
+
+    use crate::cache::TokenCache;
+    use crate::config::{self, Compiled, Keys};
+    use crate::filter::{self, Env, Outcome, ProviderKeys, Result_};
+    use crate::jti::JtiStore;
+    use crate::jwks::{self, Strictness};
+    use crate::remote::{self, Freshness};
+
+    #[cfg(feature = "standalone")]
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+        crate::crypto::install();
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    }}
+
+    /// This filter's root context: what the entry point above installs, and
+    /// what the suite module (filters/suite) picks by `root_id`.
+    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+        crate::crypto::install();
+        Box::new(Root::default())
+    }
+
+    /// Labelled decision counters (docs/operations.md), defined on first use.
+    const ALLOWED: &str = "jwt_allowed_total";
+    const DENIED: &str = "jwt_denied_total";
+    const ANONYMOUS: &str = "jwt_anonymous_total";
+
+    struct Metrics {
+        skipped: Option<u32>,
+        cache_hit: Option<u32>,
+        signature_checked: Option<u32>,
+        rejected_before_crypto: Option<u32>,
+        stale_served: Option<u32>,
+        fetch_ok: Option<u32>,
+        fetch_failed: Option<u32>,
+    }
+
+    impl Metrics {
+        fn define() -> Self {
+            Metrics {
+                skipped: proxy::counter("jwt_skipped_total"),
+                cache_hit: proxy::counter("jwt_cache_hit_total"),
+                signature_checked: proxy::counter("jwt_signature_checked_total"),
+                rejected_before_crypto: proxy::counter("jwt_rejected_before_crypto_total"),
+                stale_served: proxy::counter("jwt_jwks_stale_served_total"),
+                fetch_ok: proxy::counter("jwt_jwks_fetch_ok_total"),
+                fetch_failed: proxy::counter("jwt_jwks_fetch_failed_total"),
+            }
+        }
+
+        fn count(&self, o: &Outcome) {
+            // Decisions are labelled by gateway and route (denials also by
+            // reason); skipped requests (routes without a token rule) are
+            // not, to keep the open path free of the two property reads.
+            let labelled = |name: &str, reason: Option<&str>| {
+                let names = o
+                    .names
+                    .clone()
+                    .unwrap_or_else(|| filter_core::decision::route_names(&ProxyHost));
+                let mut tags = vec![
+                    ("gateway", names.gateway.as_str()),
+                    ("route", names.route.as_str()),
+                ];
+                if let Some(r) = reason {
+                    tags.push(("reason", r));
+                }
+                proxy::increment_tagged(name, &tags);
+            };
+            match o.result {
+                Result_::Allowed => labelled(ALLOWED, None),
+                Result_::Denied => {
+                    labelled(DENIED, Some(o.code.unwrap_or("unknown")));
+                    if !o.signature_checked && !o.cache_hit {
+                        proxy::increment(self.rejected_before_crypto);
+                    }
+                }
+                Result_::Skipped => proxy::increment(self.skipped),
+                Result_::Anonymous => labelled(ANONYMOUS, None),
+            }
+            if o.cache_hit {
+                proxy::increment(self.cache_hit);
+            }
+            if o.signature_checked {
+                proxy::increment(self.signature_checked);
+            }
+            if o.stale_keys {
+                proxy::increment(self.stale_served);
+            }
+        }
+    }
+
+    /// State shared by the root context and the worker's HTTP contexts.
+    struct Shared {
+        config: Rc<Compiled>,
+        metrics: Metrics,
+        keys: RefCell<Vec<ProviderKeys>>,
+        /// Per provider: an unknown kid was seen since the last tick.
+        kid_miss: RefCell<Vec<bool>>,
+        cache: RefCell<TokenCache>,
+        jti: JtiStore,
+    }
+
+    #[derive(Default)]
+    struct Root {
+        shared: Option<Rc<Shared>>,
+        /// Per provider: fetch time of the JWKS loaded in this worker.
+        loaded_at: Vec<Option<u64>>,
+        /// In-flight fetches: call token → provider index.
+        calls: HashMap<u32, usize>,
+        in_flight: Vec<bool>,
+        warned_expired: Vec<Cell<bool>>,
+    }
+
+    impl Context for Root {
+        fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
+            let Some(pi) = self.calls.remove(&token) else {
+                return;
+            };
+            if let Some(f) = self.in_flight.get_mut(pi) {
+                *f = false;
+            }
+            let Some(sh) = self.shared.clone() else {
+                return;
+            };
+            let Some(p) = sh.config.providers.get(pi) else {
+                return;
+            };
+            let status = self
+                .get_http_call_response_header(":status")
+                .unwrap_or_default();
+            let body = if body_size <= jwks::MAX_JWKS_BYTES {
+                self.get_http_call_response_body(0, body_size)
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if status != "200" {
+                proxy::increment(sh.metrics.fetch_failed);
+                log::warn!("jwt: JWKS fetch for {} answered status {status:?}", p.name);
+                return;
+            }
+            if let Err(e) = jwks::parse(&body, &p.algorithms, Strictness::SkipBadKeys) {
+                proxy::increment(sh.metrics.fetch_failed);
+                log::warn!("jwt: JWKS fetched for {} is unusable: {e}", p.name);
+                return;
+            }
+            let now = ProxyHost.unix_seconds();
+            let entry = remote::encode_entry(now, &body);
+            if let Err(e) = filter_core::shared::SharedData::set(
+                &ProxySharedData,
+                &remote::entry_key(&p.name),
+                &entry,
+                None,
+            ) {
+                log::error!("jwt: storing the JWKS of {} failed: {e}", p.name);
+                return;
+            }
+            proxy::increment(sh.metrics.fetch_ok);
+            log::info!("jwt: JWKS of {} fetched ({} bytes)", p.name, body.len());
+            self.refresh_local(&sh, now);
+        }
+    }
+
+    impl Root {
+        /// Reloads keys from shared data and starts fetches that are due.
+        fn refresh_local(&mut self, sh: &Rc<Shared>, now: u64) {
+            let store = ProxySharedData;
+            let kid_miss: Vec<bool> = std::mem::take(&mut *sh.kid_miss.borrow_mut());
+            *sh.kid_miss.borrow_mut() = vec![false; sh.config.providers.len()];
+            for (pi, p) in sh.config.providers.iter().enumerate() {
+                let Keys::Remote(r) = &p.keys else { continue };
+                let raw = filter_core::shared::SharedData::get(&store, &remote::entry_key(&p.name))
+                    .ok()
+                    .and_then(|(v, _)| v);
+                let entry = raw.as_deref().and_then(remote::decode_entry);
+                let fetched_at = entry.map(|(t, _)| t);
+                // Load a newer document.
+                if let Some((t, body)) = entry {
+                    if self.loaded_at.get(pi).copied().flatten() != Some(t) {
+                        match jwks::parse(body, &p.algorithms, Strictness::SkipBadKeys) {
+                            Ok(set) => {
+                                let mut keys = sh.keys.borrow_mut();
+                                if let Some(k) = keys.get_mut(pi) {
+                                    k.set = Some(Rc::new(set));
+                                    k.generation = k.generation.wrapping_add(1);
+                                }
+                                if let Some(l) = self.loaded_at.get_mut(pi) {
+                                    *l = Some(t);
+                                }
+                            }
+                            Err(e) => log::warn!("jwt: shared JWKS of {} unusable: {e}", p.name),
+                        }
+                    }
+                }
+                // Freshness of what is loaded.
+                if let Some(t) = self.loaded_at.get(pi).copied().flatten() {
+                    let f = remote::freshness(r, t, now);
+                    let mut keys = sh.keys.borrow_mut();
+                    if let Some(k) = keys.get_mut(pi) {
+                        k.stale = f == Freshness::Stale;
+                        if f == Freshness::Expired && k.set.is_some() {
+                            k.set = None;
+                            k.generation = k.generation.wrapping_add(1);
+                            if let Some(w) = self.warned_expired.get(pi) {
+                                if !w.replace(true) {
+                                    log::error!("jwt: JWKS of {} is older than its stale limit; refusing its tokens", p.name);
+                                }
+                            }
+                        } else if f != Freshness::Expired {
+                            if let Some(w) = self.warned_expired.get(pi) {
+                                w.set(false);
+                            }
+                        }
+                    }
+                }
+                let miss = kid_miss.get(pi).copied().unwrap_or(false);
+                let busy = self.in_flight.get(pi).copied().unwrap_or(false);
+                if busy || !remote::wants_fetch(r, fetched_at, now, miss) {
+                    continue;
+                }
+                let interval = r.retry_interval.as_duration().as_secs().max(1);
+                match remote::take_lease(&store, &p.name, now, interval) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        log::warn!("jwt: JWKS lease for {}: {e}", p.name);
+                        continue;
+                    }
+                }
+                let authority = r.authority.clone().unwrap_or_else(|| r.cluster.clone());
+                match self.dispatch_http_call(
+                    &r.cluster,
+                    vec![
+                        (":method", "GET"),
+                        (":path", r.path.as_str()),
+                        (":authority", authority.as_str()),
+                        ("accept", "application/json"),
+                    ],
+                    None,
+                    vec![],
+                    r.timeout.as_duration(),
+                ) {
+                    Ok(token) => {
+                        self.calls.insert(token, pi);
+                        if let Some(f) = self.in_flight.get_mut(pi) {
+                            *f = true;
+                        }
+                    }
+                    Err(e) => {
+                        proxy::increment(sh.metrics.fetch_failed);
+                        log::warn!("jwt: JWKS fetch for {} could not start: {e:?}", p.name);
+                    }
+                }
+            }
+        }
+    }
+
+    impl RootContext for Root {
+        fn on_configure(&mut self, _size: usize) -> bool {
+            crate::crypto::install();
+            let bytes = self.get_plugin_configuration().unwrap_or_default();
+            let c = match config::load(&bytes) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("jwt: {e}");
+                    return false;
+                }
+            };
+            let jti = JtiStore::new(c.jti_max_entries, c.jti_max_lifetime.as_secs());
+            if let Err(e) = jti.ensure_keys(&ProxySharedData) {
+                log::error!("jwt: could not create the jti store: {e}");
+                return false;
+            }
+            let n = c.providers.len();
+            let mut keys = Vec::with_capacity(n);
+            for p in &c.providers {
+                match &p.keys {
+                    Keys::Inline(set) => keys.push(ProviderKeys {
+                        set: Some(set.clone()),
+                        generation: 1,
+                        stale: false,
+                    }),
+                    Keys::Remote(_) => {
+                        if let Err(e) = remote::ensure_keys(&ProxySharedData, &p.name) {
+                            log::error!("jwt: could not create JWKS keys for {}: {e}", p.name);
+                            return false;
+                        }
+                        keys.push(ProviderKeys::default());
+                    }
+                }
+            }
+            let remote = c.has_remote_keys();
+            log::info!(
+                "jwt: configured {} provider(s), {} route rule(s), cache {} entries, jti store {} entries",
+                n,
+                c.routes.len(),
+                c.cache_entries,
+                c.jti_max_entries
+            );
+            let shared = Rc::new(Shared {
+                cache: RefCell::new(TokenCache::new(c.cache_entries)),
+                config: Rc::new(c),
+                metrics: Metrics::define(),
+                keys: RefCell::new(keys),
+                kid_miss: RefCell::new(vec![false; n]),
+                jti,
+            });
+            self.loaded_at = vec![None; n];
+            self.in_flight = vec![false; n];
+            self.warned_expired = (0..n).map(|_| Cell::new(false)).collect();
+            self.calls.clear();
+            if remote {
+                let now = ProxyHost.unix_seconds();
+                self.refresh_local(&shared, now);
+                self.set_tick_period(Duration::from_secs(1));
+            }
+            self.shared = Some(shared);
+            true
+        }
+
+        fn on_tick(&mut self) {
+            if let Some(sh) = self.shared.clone() {
+                let now = ProxyHost.unix_seconds();
+                self.refresh_local(&sh, now);
+            }
+        }
+
+        fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+            let shared = self.shared.clone()?;
+            Some(Box::new(Http { shared }))
+        }
+
+        fn get_type(&self) -> Option<ContextType> {
+            Some(ContextType::HttpContext)
+        }
+    }
+
+    struct Http {
+        shared: Rc<Shared>,
+    }
+
+    impl Context for Http {}
+
+    impl HttpContext for Http {
+        fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+            let sh = &self.shared;
+            let keys = sh.keys.borrow();
+            let env = Env {
+                cfg: &sh.config,
+                keys: &keys,
+                cache: &sh.cache,
+                shared: &ProxySharedData,
+                jti: &sh.jti,
+            };
+            let (v, out) = filter::on_request_headers(&env, &mut ProxyHost);
+            drop(keys);
+            if let Some(pi) = out.refetch {
+                if let Some(m) = sh.kid_miss.borrow_mut().get_mut(pi) {
+                    *m = true;
+                }
+            }
+            sh.metrics.count(&out);
+            proxy::action(v)
+        }
+    }
+}
+
+/// The root context of this filter, for a module that links several filters
+/// and dispatches on the plugin's `root_id` (filters/suite; docs/performance.md).
+#[cfg(target_arch = "wasm32")]
+pub fn root_context(context_id: u32) -> Box<dyn proxy_wasm::traits::RootContext> {
+    wasm::new_root(context_id)
+}

@@ -1,0 +1,692 @@
+//! The request side: what a request's headers get, what a lookup's answer
+//! becomes, and how a waiting request is finished. Plain Rust over
+//! [`HttpHost`] and [`SharedData`], tested with the fake host.
+
+use filter_core::headers::{PASSPORT, REQUEST_ID};
+use filter_core::identity::Identity;
+use filter_core::shared::SharedData;
+use filter_core::{Denial, HttpHost};
+use serde_json::{Map, Value};
+
+use crate::cache::{self, CacheKey, Entry, Probe, Slot, Stored};
+use crate::config::{Compiled, OnUnknownUser};
+
+/// What happened to a request at its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// No verified identity (or none with a user): forwarded, no lookup.
+    NoIdentity,
+    /// Served from the cache.
+    Hit,
+    /// Waits for a lookup; `coalesced` when one was already under way.
+    Wait { key: CacheKey, coalesced: bool },
+    /// Finished at once from the cache's negative or failure state.
+    Done(Finished),
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Forwarded with a fresh passport.
+    Passport,
+    /// Forwarded with a stale passport (issuer failing).
+    Stale,
+    /// Unknown user, denied (403).
+    UnknownDenied,
+    /// Unknown user, forwarded without a passport.
+    UnknownForwarded,
+    /// 503 `passport_unavailable`.
+    Unavailable,
+}
+
+/// Runs on the request headers. `waiting_locally` tells whether a request on
+/// this worker already waits for the same key.
+pub fn on_request_headers<H, S>(
+    cfg: &Compiled,
+    host: &mut H,
+    store: &S,
+    waiting_locally: impl Fn(&CacheKey) -> bool,
+) -> Start
+where
+    H: HttpHost + ?Sized,
+    S: SharedData + ?Sized,
+{
+    // Whatever the client sent under our names never reaches the upstream.
+    host.remove_request_header(PASSPORT);
+    for (name, _) in &cfg.headers {
+        host.remove_request_header(name);
+    }
+    let Some(identity) = Identity::read(host) else {
+        return Start::NoIdentity;
+    };
+    let Some(user) = identity.user.filter(|u| !u.is_empty()) else {
+        return Start::NoIdentity;
+    };
+    let key = CacheKey {
+        user,
+        device: identity.device.filter(|d| !d.is_empty()),
+    };
+    let id = key.id();
+    let now = now_ms(host);
+    let slot = cache::read(store, &cache::slot_name(&cfg.gateway, key.slot(cfg.slots)));
+    match cache::probe(&slot, &id, now, now, cfg) {
+        Probe::Fresh(e) => {
+            forward(host, e, &e.tok);
+            Start::Hit
+        }
+        Probe::Unknown => Start::Done(finish(cfg, host, &Resolution::Unknown)),
+        Probe::Failed => {
+            let res = Resolution::Unavailable(cache::stale(&slot, &id, now, cfg).cloned());
+            Start::Done(finish(cfg, host, &res))
+        }
+        Probe::InFlight => Start::Wait {
+            key,
+            coalesced: true,
+        },
+        Probe::Start => {
+            let coalesced = waiting_locally(&key);
+            Start::Wait { key, coalesced }
+        }
+    }
+}
+
+/// How a waiting request is finished.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    Passport(Entry),
+    Unknown,
+    /// The lookup failed or timed out; the stale entry when one may be served.
+    Unavailable(Option<Entry>),
+}
+
+/// Applies a resolution to a request (forward with headers, or answer).
+pub fn finish<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, res: &Resolution) -> Finished {
+    match res {
+        Resolution::Passport(e) => {
+            forward(host, e, &e.tok);
+            Finished::Passport
+        }
+        Resolution::Unknown => match cfg.on_unknown_user {
+            OnUnknownUser::Continue => Finished::UnknownForwarded,
+            OnUnknownUser::Deny => {
+                let rid = host.request_header(REQUEST_ID);
+                Denial::forbidden("unknown_user", "the caller has no user context")
+                    .send(host, rid.as_deref());
+                Finished::UnknownDenied
+            }
+        },
+        Resolution::Unavailable(Some(e)) => {
+            // The cached token may have expired: re-sign the cached context
+            // with a fresh iat/exp; ctx_iat still says how old it is.
+            let tok = sign(cfg, &e.ctx, unix_s(host));
+            forward(host, e, &tok);
+            Finished::Stale
+        }
+        Resolution::Unavailable(None) => {
+            let rid = host.request_header(REQUEST_ID);
+            Denial::unavailable(
+                "passport_unavailable",
+                "the user context could not be looked up; retry later",
+            )
+            .with_header("retry-after", cfg.retry_after.clone())
+            .send(host, rid.as_deref());
+            Finished::Unavailable
+        }
+    }
+}
+
+fn forward<H: HttpHost + ?Sized>(host: &mut H, e: &Entry, token: &str) {
+    host.set_request_header(PASSPORT, token);
+    for (n, v) in &e.h {
+        host.set_request_header(n, v);
+    }
+}
+
+fn now_ms<H: HttpHost + ?Sized>(host: &H) -> u64 {
+    host.now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn unix_s<H: HttpHost + ?Sized>(host: &H) -> u64 {
+    host.unix_seconds()
+}
+
+/// Signs a passport: the stored claims plus `iat`/`exp` at `now_s`.
+pub fn sign(cfg: &Compiled, ctx: &Map<String, Value>, now_s: u64) -> String {
+    let mut claims = ctx.clone();
+    claims.insert("iat".into(), now_s.into());
+    claims.insert("exp".into(), now_s.saturating_add(cfg.token_ttl_s).into());
+    cfg.signer.sign(&claims)
+}
+
+/// Why a lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("no answer (timeout or connection failure)")]
+    NoAnswer,
+    #[error("issuer answered {0}")]
+    Status(u16),
+    #[error("issuer body is missing, too large or not a JSON object")]
+    BadBody,
+    #[error("issuer answered for another user or device")]
+    Mismatch,
+    #[error("the context is too large to cache")]
+    TooLarge,
+}
+
+/// Turns the issuer's answer into a cache entry (signing the passport).
+pub fn lookup_result(
+    cfg: &Compiled,
+    key: &CacheKey,
+    status: Option<u16>,
+    body: Option<&[u8]>,
+    now_ms: u64,
+) -> Result<Entry, LookupError> {
+    let id = key.id();
+    match status {
+        None => return Err(LookupError::NoAnswer),
+        Some(404) => {
+            return Ok(Entry {
+                k: id,
+                at: now_ms,
+                neg: true,
+                tok: String::new(),
+                ctx: Map::new(),
+                h: vec![],
+            })
+        }
+        Some(200) => {}
+        Some(s) => return Err(LookupError::Status(s)),
+    }
+    let body = body
+        .filter(|b| b.len() <= cfg.max_response_bytes)
+        .ok_or(LookupError::BadBody)?;
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return Err(LookupError::BadBody);
+    };
+    if obj
+        .get("user_id")
+        .and_then(Value::as_str)
+        .is_some_and(|u| u != key.user)
+    {
+        return Err(LookupError::Mismatch);
+    }
+    if let (Some(d), Some(Value::String(theirs))) = (&key.device, obj.get("device_id")) {
+        if d != theirs {
+            return Err(LookupError::Mismatch);
+        }
+    }
+    let now_s = now_ms / 1000;
+    let mut ctx = Map::new();
+    ctx.insert("iss".into(), cfg.gateway.clone().into());
+    ctx.insert("sub".into(), key.user.clone().into());
+    if let Some(aud) = &cfg.audience {
+        ctx.insert("aud".into(), aud.clone().into());
+    }
+    ctx.insert("ctx_iat".into(), now_s.into());
+    for name in &cfg.claims {
+        match obj.get(name) {
+            Some(Value::Null) | None => {
+                // The verified device stands in when the issuer has none.
+                if name == "device_id" {
+                    if let Some(d) = &key.device {
+                        ctx.insert(name.clone(), d.clone().into());
+                    }
+                }
+            }
+            Some(v) => {
+                ctx.insert(name.clone(), v.clone());
+            }
+        }
+    }
+    let h = cfg
+        .headers
+        .iter()
+        .filter_map(|(name, claim)| header_value(ctx.get(claim)?).map(|v| (name.clone(), v)))
+        .collect();
+    let tok = sign(cfg, &ctx, now_s);
+    Ok(Entry {
+        k: id,
+        at: now_ms,
+        neg: false,
+        tok,
+        ctx,
+        h,
+    })
+}
+
+/// A claim as a header value: strings as they are, arrays joined with ",",
+/// numbers and booleans as JSON; anything that is not a safe header value
+/// (control characters, over 1024 bytes) → none.
+fn header_value(v: &Value) -> Option<String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                })
+                .collect();
+            parts?.join(",")
+        }
+        Value::Null | Value::Object(_) => return None,
+    };
+    let ok = s.len() <= 1024 && s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+    ok.then_some(s)
+}
+
+/// Completes a lookup: stores the outcome for every worker and says how the
+/// requests waiting for it end.
+pub fn complete<S: SharedData + ?Sized>(
+    cfg: &Compiled,
+    store: &S,
+    key: &CacheKey,
+    result: &Result<Entry, LookupError>,
+    now_ms: u64,
+) -> Resolution {
+    let id = key.id();
+    let name = cache::slot_name(&cfg.gateway, key.slot(cfg.slots));
+    let failure = |store: &S| {
+        let slot_before = cache::read(store, &name);
+        if let Err(e) = cache::store(
+            store,
+            &name,
+            &id,
+            &Stored::Failure { at: now_ms },
+            usize::MAX,
+        ) {
+            log::warn!("passport: recording a failed lookup: {e}");
+        }
+        Resolution::Unavailable(cache::stale(&slot_before, &id, now_ms, cfg).cloned())
+    };
+    match result {
+        Ok(e) => match cache::store(
+            store,
+            &name,
+            &id,
+            &Stored::Entry(e.clone()),
+            cfg.max_entry_bytes,
+        ) {
+            Ok(true) => {
+                if e.neg {
+                    Resolution::Unknown
+                } else {
+                    Resolution::Passport(e.clone())
+                }
+            }
+            Ok(false) => {
+                log::warn!("passport: {}", LookupError::TooLarge);
+                failure(store)
+            }
+            Err(err) => {
+                // The shared store refused: these waiters still get the
+                // answer; other workers' waiters time out.
+                log::warn!("passport: caching a lookup: {err}");
+                if e.neg {
+                    Resolution::Unknown
+                } else {
+                    Resolution::Passport(e.clone())
+                }
+            }
+        },
+        Err(_) => failure(store),
+    }
+}
+
+/// The slot of a key (for the root context's waiter checks).
+pub fn slot_of<S: SharedData + ?Sized>(
+    cfg: &Compiled,
+    store: &S,
+    key: &CacheKey,
+) -> (String, Slot) {
+    let name = cache::slot_name(&cfg.gateway, key.slot(cfg.slots));
+    let slot = cache::read(store, &name);
+    (name, slot)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::PassportConfig;
+    use crate::signer::tests::{demo_pem, verify_with_demo_jwks};
+    use filter_core::host::FakeHost;
+    use filter_core::identity::{Source, PROPERTY};
+    use filter_core::shared::MemorySharedData;
+
+    pub(crate) fn config(edit: impl FnOnce(&mut PassportConfig)) -> Compiled {
+        let mut raw: PassportConfig = serde_json::from_value(serde_json::json!({
+            "gateway": "web",
+            "issuer": {"path": "/v1/context?user={user}&device={device}"},
+            "token": {"signing_key": {"kid": "passport-2026-1", "pem": demo_pem()}},
+            "headers": [
+                {"name": "x-user-consent", "claim": "consents"},
+                {"name": "x-user-risk", "claim": "risk_level"}
+            ]
+        }))
+        .unwrap();
+        edit(&mut raw);
+        Compiled::try_from(raw).unwrap()
+    }
+
+    fn identity(user: &str, device: Option<&str>) -> Vec<u8> {
+        let mut id = Identity::new(Source::Jwt);
+        id.user = Some(user.into());
+        id.device = device.map(String::from);
+        serde_json::to_vec(&id).unwrap()
+    }
+
+    fn request(user: Option<&str>) -> FakeHost {
+        let mut h = FakeHost::request("GET", "/api/v1/users/1")
+            .with_header("x-passport", "forged")
+            .with_header("x-user-risk", "low");
+        if let Some(u) = user {
+            h = h.with_property(&[PROPERTY], &identity(u, None));
+        }
+        h
+    }
+
+    fn issuer_body(user: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "user_id": user, "device_id": null, "consents": ["marketing", "analytics"],
+            "risk_level": "low", "tier": "standard"
+        }))
+        .unwrap()
+    }
+
+    const NOW: u64 = 1_750_000_000_000;
+
+    #[test]
+    fn no_identity_means_no_lookup_and_client_copies_are_removed() {
+        let cfg = config(|_| {});
+        let store = MemorySharedData::new();
+        let mut h = request(None);
+        assert_eq!(
+            on_request_headers(&cfg, &mut h, &store, |_| false),
+            Start::NoIdentity
+        );
+        assert_eq!(h.header("x-passport"), None);
+        assert_eq!(h.header("x-user-risk"), None);
+        assert!(h.response.is_none());
+    }
+
+    #[test]
+    fn a_spoofed_identity_header_is_not_an_identity() {
+        let cfg = config(|_| {});
+        let store = MemorySharedData::new();
+        let mut h =
+            request(None).with_header("x-gateway-identity", r#"{"source":"jwt","user":"alice"}"#);
+        assert_eq!(
+            on_request_headers(&cfg, &mut h, &store, |_| false),
+            Start::NoIdentity
+        );
+    }
+
+    #[test]
+    fn a_miss_waits_then_the_lookup_result_is_a_verifiable_passport() {
+        let cfg = config(|_| {});
+        let store = MemorySharedData::new();
+        let mut h = request(Some("alice"));
+        let start = on_request_headers(&cfg, &mut h, &store, |_| false);
+        let Start::Wait {
+            key,
+            coalesced: false,
+        } = start
+        else {
+            panic!("{start:?}")
+        };
+        let e = lookup_result(&cfg, &key, Some(200), Some(&issuer_body("alice")), NOW).unwrap();
+        let res = complete(&cfg, &store, &key, &Ok(e), NOW);
+        assert_eq!(finish(&cfg, &mut h, &res), Finished::Passport);
+        let (hdr, claims) = verify_with_demo_jwks(h.header("x-passport").unwrap());
+        assert_eq!(hdr["kid"], "passport-2026-1");
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["iss"], "web");
+        assert_eq!(
+            claims["exp"].as_u64().unwrap(),
+            claims["iat"].as_u64().unwrap() + 60
+        );
+        assert_eq!(
+            claims["consents"],
+            serde_json::json!(["marketing", "analytics"])
+        );
+        assert_eq!(claims["risk_level"], "low");
+        assert_eq!(claims["tier"], "standard");
+        assert!(claims.get("device_id").is_none(), "null device is omitted");
+        assert_eq!(h.header("x-user-consent"), Some("marketing,analytics"));
+        assert_eq!(h.header("x-user-risk"), Some("low"));
+    }
+
+    #[test]
+    fn a_second_request_is_a_hit_with_the_same_token() {
+        let cfg = config(|_| {});
+        let store = MemorySharedData::new();
+        let key = CacheKey {
+            user: "alice".into(),
+            device: None,
+        };
+        let e = lookup_result(&cfg, &key, Some(200), Some(&issuer_body("alice")), NOW).unwrap();
+        let tok = e.tok.clone();
+        complete(&cfg, &store, &key, &Ok(e), NOW);
+        let mut h = request(Some("alice"));
+        assert_eq!(
+            on_request_headers(&cfg, &mut h, &store, |_| false),
+            Start::Hit
+        );
+        assert_eq!(h.header("x-passport"), Some(tok.as_str()));
+        // Another user is a miss.
+        let mut h = request(Some("bob"));
+        assert!(matches!(
+            on_request_headers(&cfg, &mut h, &store, |_| false),
+            Start::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn a_miss_while_a_lookup_is_in_flight_is_coalesced() {
+        let cfg = config(|_| {});
+        let store = MemorySharedData::new();
+        let key = CacheKey {
+            user: "alice".into(),
+            device: None,
+        };
+        let name = cache::slot_name("web", key.slot(cfg.slots));
+        assert!(cache::claim(&store, &name, &key.id(), NOW, NOW + 1000, &cfg).unwrap());
+        let mut h = request(Some("alice"));
+        let start = on_request_headers(&cfg, &mut h, &store, |_| false);
+        assert!(
+            matches!(
+                start,
+                Start::Wait {
+                    coalesced: true,
+                    ..
+                }
+            ),
+            "{start:?}"
+        );
+        // Same worker, no marker yet: the local registry says coalesced.
+        let store = MemorySharedData::new();
+        let start = on_request_headers(&cfg, &mut request(Some("alice")), &store, |_| true);
+        assert!(
+            matches!(
+                start,
+                Start::Wait {
+                    coalesced: true,
+                    ..
+                }
+            ),
+            "{start:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_user_is_denied_and_remembered() {
+        let cfg = config(|_| {});
+        let store = MemorySharedData::new();
+        let key = CacheKey {
+            user: "unknown-1".into(),
+            device: None,
+        };
+        let e = lookup_result(&cfg, &key, Some(404), None, NOW).unwrap();
+        let res = complete(&cfg, &store, &key, &Ok(e), NOW);
+        assert_eq!(res, Resolution::Unknown);
+        let mut h = request(Some("unknown-1"));
+        assert_eq!(finish(&cfg, &mut h, &res), Finished::UnknownDenied);
+        let r = h.response.unwrap();
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (403, Some("unknown_user"))
+        );
+        assert_eq!(r.header("x-request-id"), Some("test-rid"));
+        // The negative cache answers the next request without a lookup.
+        let mut h = request(Some("unknown-1"));
+        h.time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(NOW + 10);
+        assert_eq!(
+            on_request_headers(&cfg, &mut h, &store, |_| false),
+            Start::Done(Finished::UnknownDenied)
+        );
+    }
+
+    #[test]
+    fn unknown_user_may_be_forwarded_without_a_passport() {
+        let cfg = config(|c| c.on_unknown_user = OnUnknownUser::Continue);
+        let mut h = request(Some("unknown-1"));
+        h.remove_request_header("x-passport");
+        assert_eq!(
+            finish(&cfg, &mut h, &Resolution::Unknown),
+            Finished::UnknownForwarded
+        );
+        assert!(h.response.is_none());
+        assert_eq!(h.header("x-passport"), None);
+    }
+
+    #[test]
+    fn issuer_failure_is_a_503_with_retry_after() {
+        let cfg = config(|_| {});
+        let store = MemorySharedData::new();
+        let key = CacheKey {
+            user: "alice".into(),
+            device: None,
+        };
+        for result in [
+            lookup_result(&cfg, &key, None, None, NOW),
+            lookup_result(&cfg, &key, Some(500), Some(b"{}"), NOW),
+            lookup_result(&cfg, &key, Some(200), Some(b"[1]"), NOW),
+            lookup_result(&cfg, &key, Some(200), Some(&issuer_body("mallory")), NOW),
+        ] {
+            assert!(result.is_err());
+            let res = complete(&cfg, &store, &key, &result, NOW);
+            let mut h = request(Some("alice"));
+            assert_eq!(finish(&cfg, &mut h, &res), Finished::Unavailable);
+            let r = h.response.unwrap();
+            assert_eq!(r.status, 503);
+            assert_eq!(r.json()["error"], "passport_unavailable");
+            assert_eq!(r.header("retry-after"), Some("1"));
+        }
+        // Within the back-off, the next request fails without a lookup.
+        let mut h = request(Some("alice"));
+        h.time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(NOW + 100);
+        assert_eq!(
+            on_request_headers(&cfg, &mut h, &store, |_| false),
+            Start::Done(Finished::Unavailable)
+        );
+    }
+
+    #[test]
+    fn issuer_failure_serves_a_re_signed_stale_passport_when_configured() {
+        let cfg = config(|c| {
+            c.on_issuer_error.serve_stale_for =
+                filter_core::duration::ConfigDuration::from_secs(600)
+        });
+        let store = MemorySharedData::new();
+        let key = CacheKey {
+            user: "alice".into(),
+            device: None,
+        };
+        let e = lookup_result(&cfg, &key, Some(200), Some(&issuer_body("alice")), NOW).unwrap();
+        complete(&cfg, &store, &key, &Ok(e), NOW);
+        let later = NOW + 120_000; // the cached token has expired by now
+        let res = complete(&cfg, &store, &key, &Err(LookupError::NoAnswer), later);
+        let mut h = request(Some("alice"));
+        h.time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(later);
+        assert_eq!(finish(&cfg, &mut h, &res), Finished::Stale);
+        let (_, claims) = verify_with_demo_jwks(h.header("x-passport").unwrap());
+        assert_eq!(claims["iat"].as_u64().unwrap(), later / 1000);
+        assert_eq!(claims["ctx_iat"].as_u64().unwrap(), NOW / 1000);
+        assert_eq!(h.header("x-user-risk"), Some("low"));
+    }
+
+    #[test]
+    fn app_identity_keys_by_user_and_device() {
+        let cfg = config(|_| {});
+        let key = CacheKey {
+            user: "u1".into(),
+            device: Some("d1".into()),
+        };
+        assert_eq!(
+            cfg.path.render(&key.user, key.device.as_deref()),
+            "/v1/context?user=u1&device=d1"
+        );
+        let body = br#"{"user_id":"u1","device_id":"d1","consents":[],"risk_level":"high","tier":"standard"}"#;
+        let e = lookup_result(&cfg, &key, Some(200), Some(body), NOW).unwrap();
+        assert_eq!(e.ctx["device_id"], "d1");
+        assert_eq!(
+            e.h,
+            vec![
+                ("x-user-consent".to_string(), String::new()),
+                ("x-user-risk".to_string(), "high".to_string())
+            ]
+        );
+        let other = br#"{"user_id":"u1","device_id":"d2","consents":[],"risk_level":"high"}"#;
+        assert_eq!(
+            lookup_result(&cfg, &key, Some(200), Some(other), NOW),
+            Err(LookupError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn unsafe_header_values_are_not_set() {
+        assert_eq!(header_value(&Value::String("a\r\nb".into())), None);
+        assert_eq!(
+            header_value(&serde_json::json!([1, "a", true])),
+            Some("1,a,true".into())
+        );
+        assert_eq!(header_value(&serde_json::json!({"a": 1})), None);
+    }
+
+    #[test]
+    fn issuer_cannot_override_reserved_claims() {
+        let cfg = config(|_| {});
+        let key = CacheKey {
+            user: "alice".into(),
+            device: None,
+        };
+        let body =
+            br#"{"user_id":"alice","sub":"root","exp":9999999999,"iss":"evil","risk_level":"low"}"#;
+        let e = lookup_result(&cfg, &key, Some(200), Some(body), NOW).unwrap();
+        let (_, claims) = verify_with_demo_jwks(&e.tok);
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["iss"], "web");
+        assert!(claims["exp"].as_u64().unwrap() < 9_999_999_999);
+    }
+
+    #[test]
+    fn oversized_issuer_body_is_an_error() {
+        let cfg = config(|c| c.issuer.max_response_bytes = 10);
+        let key = CacheKey {
+            user: "alice".into(),
+            device: None,
+        };
+        assert_eq!(
+            lookup_result(&cfg, &key, Some(200), Some(&issuer_body("alice")), NOW),
+            Err(LookupError::BadBody)
+        );
+    }
+}

@@ -1,0 +1,910 @@
+//! replay-guard's per-request logic, written against [`HttpHost`] and
+//! [`SharedData`] so that it runs natively against
+//! [`filter_core::host::FakeHost`] / [`filter_core::shared::MemorySharedData`]
+//! and in Envoy through the thin proxy-wasm glue in `lib.rs`.
+//!
+//! Order of checks (cheap and client-independent first; nothing is recorded
+//! before the signature verifies):
+//! 1. route: open routes pass untouched;
+//! 2. `Signature-Input` / `Signature` parsed, label chosen, parameters read;
+//! 3. `created` window, `expires`, nonce length;
+//! 4. key id syntax, expiry, lifetime;
+//! 5. coverage: the route's components, `@query` when there is a query,
+//!    `content-digest` when there is a body or a digest header;
+//! 6. HMAC over the signature base with the derived key(s), constant time;
+//! 7. (body) buffered with the headers held; `Content-Digest` checked;
+//! 8. nonce recorded in the shared store (replay → 401);
+//! 9. identity published for fds-block and passport; the request continues.
+
+use filter_core::identity::{Identity, Source};
+use filter_core::route::split_path;
+use filter_core::shared::SharedData;
+use filter_core::{headers, original, Denial, HttpHost, Verdict};
+
+use crate::config::Compiled;
+use crate::digest;
+use crate::keyid::{derive_key, KeyId, KeyIdError};
+use crate::nonce::{self, NonceError};
+use crate::report::{Report, ReportKind};
+use crate::sig::{self, RequestView, SigError};
+
+pub const SIGNATURE_INPUT: &str = "signature-input";
+pub const SIGNATURE: &str = "signature";
+pub const CONTENT_DIGEST: &str = "content-digest";
+
+/// What happened to a request, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Not decided yet (waiting for the body).
+    #[default]
+    Pending,
+    /// An open route: no signature needed.
+    Open,
+    /// Signature, digest and nonce all good.
+    Verified,
+    /// Refused; the code says why.
+    Denied(&'static str),
+}
+
+/// A request whose signature verified, waiting for its body.
+#[derive(Debug, Clone)]
+struct Verified {
+    keyid: String,
+    device: String,
+    user: String,
+    expiry: u64,
+    nonce: String,
+    created: u64,
+    /// The Content-Digest field, when covered.
+    digest: Option<String>,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct Request {
+    request_id: Option<String>,
+    method: String,
+    path: String,
+    verified: Option<Verified>,
+    waiting_body: bool,
+    pub outcome: Outcome,
+    /// A report for the FDS service, taken by the glue.
+    pub report: Option<Report>,
+}
+
+fn unauthorized(code: &'static str, message: &'static str) -> Denial {
+    Denial::unauthorized(code, message).with_header("www-authenticate", "Signature")
+}
+
+fn sig_denial(e: &SigError) -> Denial {
+    match e {
+        SigError::Missing => unauthorized(
+            "signature_missing",
+            "the request must carry Signature-Input and Signature headers",
+        ),
+        SigError::Malformed(_) | SigError::AbsentComponent(_) => unauthorized(
+            "signature_malformed",
+            "the signature headers are malformed or name a component the request lacks",
+        ),
+        SigError::UnsupportedAlg => unauthorized(
+            "signature_malformed",
+            "the signature algorithm is not supported (hmac-sha256)",
+        ),
+        SigError::MissingParam(_) => unauthorized(
+            "signature_malformed",
+            "the signature must carry created, nonce and keyid parameters",
+        ),
+    }
+}
+
+impl Request {
+    fn deny<H: HttpHost>(&mut self, host: &mut H, d: Denial) -> Verdict {
+        self.outcome = Outcome::Denied(d.code);
+        self.waiting_body = false;
+        log::info!(
+            "replay-guard deny status={} code={} request_id={}",
+            d.status,
+            d.code,
+            self.request_id.as_deref().unwrap_or("-")
+        );
+        d.send(host, self.request_id.as_deref());
+        Verdict::Responded
+    }
+
+    fn report<H: HttpHost>(
+        &mut self,
+        host: &H,
+        kind: ReportKind,
+        keyid: &str,
+        who: Option<(&str, &str)>,
+        verified: bool,
+    ) {
+        let client = host
+            .property(&["source", "address"])
+            .and_then(|b| String::from_utf8(b).ok());
+        self.report = Some(Report {
+            source: "replay-guard",
+            kind,
+            keyid: keyid.chars().take(200).collect(),
+            device: who.map(|(d, _)| d.to_string()),
+            user: who.map(|(_, u)| u.to_string()),
+            verified,
+            method: self.method.clone(),
+            path: self.path.chars().take(512).collect(),
+            client,
+            request_id: self.request_id.clone(),
+            at: host.unix_seconds(),
+            suppressed: 0,
+        });
+    }
+
+    /// Request headers arrived.
+    pub fn on_headers<H: HttpHost, S: SharedData + ?Sized>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        store: &S,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let all = host.request_headers();
+        let mut current_path = "";
+        let mut authority = "";
+        let mut scheme = "";
+        let mut content_length: Option<&str> = None;
+        let mut sig_input: Vec<&str> = Vec::new();
+        let mut sig_value: Vec<&str> = Vec::new();
+        let mut digest_field: Vec<&str> = Vec::new();
+        for (n, v) in &all {
+            match n.as_str() {
+                headers::METHOD => self.method.clone_from(v),
+                headers::PATH => current_path = v,
+                headers::AUTHORITY => authority = v,
+                ":scheme" => scheme = v,
+                headers::CONTENT_LENGTH => content_length = Some(v),
+                headers::REQUEST_ID => self.request_id = Some(v.clone()),
+                SIGNATURE_INPUT => sig_input.push(v),
+                SIGNATURE => sig_value.push(v),
+                CONTENT_DIGEST => digest_field.push(v),
+                _ => {}
+            }
+        }
+        // The signature covers what the client sent: sanitize saves the
+        // original :path before it rewrites the query.
+        let saved = original::path(host);
+        let full_path = saved.as_deref().unwrap_or(current_path);
+        let (path, query) = split_path(full_path);
+        self.path = path.to_string();
+        let route = cfg.route(&self.method, path);
+        if route.is_some_and(|r| r.open) {
+            self.outcome = Outcome::Open;
+            return Verdict::Continue;
+        }
+        let required = route.map_or(&cfg.default_components, |r| &r.components);
+
+        // Repeated fields combine with "," (RFC 9110 §5.3); dictionaries allow it.
+        let join = |v: &[&str]| (!v.is_empty()).then(|| v.join(", "));
+        let sig = match sig::parse(
+            join(&sig_input).as_deref(),
+            join(&sig_value).as_deref(),
+            cfg.label.as_deref(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return self.deny(host, sig_denial(&e)),
+        };
+
+        let now = host.unix_seconds();
+        let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+        let (max_age, max_skew) = (
+            i64::try_from(cfg.max_age).unwrap_or(i64::MAX),
+            i64::try_from(cfg.max_skew).unwrap_or(i64::MAX),
+        );
+        if sig.created < 0
+            || sig.created > now_i.saturating_add(max_skew)
+            || sig.created < now_i.saturating_sub(max_age)
+        {
+            return self.deny(
+                host,
+                unauthorized(
+                    "signature_stale",
+                    "the signature's created time is outside the accepted window",
+                ),
+            );
+        }
+        if let Some(exp) = sig.expires {
+            if exp <= now_i || exp < sig.created {
+                return self.deny(
+                    host,
+                    unauthorized("signature_expired", "the signature has expired"),
+                );
+            }
+        }
+        let nonce_len = sig.nonce.chars().count();
+        if nonce_len < cfg.min_nonce_length || nonce_len > cfg.max_nonce_length {
+            return self.deny(
+                host,
+                unauthorized(
+                    "signature_malformed",
+                    "the signature's nonce has an unacceptable length",
+                ),
+            );
+        }
+        let key = match KeyId::parse(&sig.keyid) {
+            Ok(k) => k,
+            Err(_) => {
+                return self.deny(
+                    host,
+                    unauthorized(
+                        "key_invalid",
+                        "the key id must be <device>:<user>:<expiry>[:<version>]",
+                    ),
+                )
+            }
+        };
+        match key.check_time(now, cfg.max_key_lifetime) {
+            Ok(()) => {}
+            Err(KeyIdError::Expired) => {
+                return self.deny(
+                    host,
+                    unauthorized("key_expired", "the signing key has expired"),
+                )
+            }
+            Err(_) => {
+                return self.deny(
+                    host,
+                    unauthorized("key_invalid", "the signing key's lifetime is too long"),
+                )
+            }
+        }
+
+        let covers = |name: &str| sig.components.iter().any(|c| c == name);
+        if !required.iter().all(|c| covers(c)) {
+            return self.deny(
+                host,
+                unauthorized(
+                    "signature_coverage",
+                    "the signature does not cover the components this route requires",
+                ),
+            );
+        }
+        if query.is_some()
+            && !(covers("@query") || covers("@request-target") || covers("@target-uri"))
+        {
+            return self.deny(
+                host,
+                unauthorized("signature_coverage", "the signature must cover @query"),
+            );
+        }
+        let has_body = !end_of_stream && content_length.is_none_or(|l| l.trim() != "0");
+        let digest_covered = covers(CONTENT_DIGEST);
+        if (has_body || !digest_field.is_empty()) && !digest_covered {
+            return self.deny(
+                host,
+                unauthorized(
+                    "digest_missing",
+                    "a request with a body must carry a Content-Digest covered by the signature",
+                ),
+            );
+        }
+
+        let view = RequestView {
+            method: &self.method,
+            authority,
+            scheme,
+            path,
+            query,
+            headers: &all,
+        };
+        let base = match sig::signature_base(&sig, &view) {
+            Ok(b) => b,
+            Err(e) => return self.deny(host, sig_denial(&e)),
+        };
+        let secrets: Vec<&[u8]> = match key.version {
+            Some(v) => match cfg.secrets.iter().find(|s| s.version == v) {
+                Some(s) => vec![s.key.as_slice()],
+                None => {
+                    return self.deny(
+                        host,
+                        unauthorized("key_invalid", "the key id names an unknown key version"),
+                    )
+                }
+            },
+            None => cfg.secrets.iter().map(|s| s.key.as_slice()).collect(),
+        };
+        // Every candidate is computed (no early exit): the time does not
+        // tell which secret matched.
+        let mut ok = false;
+        for master in secrets {
+            let k = derive_key(master, &sig.keyid);
+            ok |= sig::verify_hmac(&k, base.as_bytes(), &sig.value);
+        }
+        if !ok {
+            self.report(host, ReportKind::InvalidSignature, &sig.keyid, None, false);
+            return self.deny(
+                host,
+                unauthorized("signature_invalid", "the request signature does not verify"),
+            );
+        }
+
+        self.verified = Some(Verified {
+            keyid: sig.keyid.clone(),
+            device: key.device.to_string(),
+            user: key.user.to_string(),
+            expiry: key.expiry,
+            nonce: sig.nonce.clone(),
+            created: u64::try_from(sig.created).unwrap_or(0),
+            digest: digest_covered.then(|| digest_field.join(", ")),
+        });
+        if !end_of_stream {
+            // Hold the headers until the body is checked: a request that
+            // fails reaches the upstream not at all.
+            self.waiting_body = true;
+            return Verdict::WaitBody;
+        }
+        self.finish(cfg, host, store, Some(&[]))
+    }
+
+    /// Request body data arrived; `buffered` is everything buffered so far.
+    pub fn on_body<H: HttpHost, S: SharedData + ?Sized>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        store: &S,
+        buffered: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        if matches!(self.outcome, Outcome::Denied(_)) {
+            return Verdict::Responded;
+        }
+        if !self.waiting_body {
+            return Verdict::Continue;
+        }
+        if buffered as u64 > cfg.max_body_bytes {
+            return self.deny(
+                host,
+                Denial::payload_too_large("the request body is too large to verify"),
+            );
+        }
+        if !end_of_stream {
+            return Verdict::WaitBody;
+        }
+        self.waiting_body = false;
+        self.finish(cfg, host, store, None)
+    }
+
+    /// Trailers arrived: the body is complete.
+    pub fn on_trailers<H: HttpHost, S: SharedData + ?Sized>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        store: &S,
+        buffered: usize,
+    ) -> Verdict {
+        self.on_body(cfg, host, store, buffered, true)
+    }
+
+    /// Digest (with `body`, or the buffered body when `None`), nonce, identity.
+    fn finish<H: HttpHost, S: SharedData + ?Sized>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        store: &S,
+        body: Option<&[u8]>,
+    ) -> Verdict {
+        let Some(v) = self.verified.take() else {
+            return self.deny(
+                host,
+                unauthorized("signature_missing", "the request is not signed"),
+            );
+        };
+        if let Some(field) = &v.digest {
+            // sanitize saves the client's body before it re-encodes it.
+            let owned;
+            let bytes: &[u8] = match body {
+                Some(b) => b,
+                None => {
+                    owned = original::body(host)
+                        .or_else(|| host.request_body(cfg.max_body_bytes as usize))
+                        .unwrap_or_default();
+                    &owned
+                }
+            };
+            if let Err(e) = digest::check(field, bytes) {
+                if e == digest::DigestError::Mismatch {
+                    self.report(
+                        host,
+                        ReportKind::DigestMismatch,
+                        &v.keyid,
+                        Some((&v.device, &v.user)),
+                        true,
+                    );
+                }
+                let d = match e {
+                    digest::DigestError::Mismatch => unauthorized(
+                        "digest_invalid",
+                        "the body does not match its Content-Digest",
+                    ),
+                    _ => unauthorized(
+                        "digest_invalid",
+                        "the Content-Digest is malformed or uses no supported algorithm (sha-256, sha-512)",
+                    ),
+                };
+                return self.deny(host, d);
+            }
+        }
+        match nonce::record(&cfg.store, store, &v.keyid, &v.nonce, v.created) {
+            Ok(()) => {}
+            Err(NonceError::Replay) => {
+                self.report(
+                    host,
+                    ReportKind::Replay,
+                    &v.keyid,
+                    Some((&v.device, &v.user)),
+                    true,
+                );
+                return self.deny(
+                    host,
+                    unauthorized("replay", "this signature's nonce was already used"),
+                );
+            }
+            Err(e) => {
+                log::warn!("replay-guard: nonce store refused a nonce: {e}");
+                return self.deny(
+                    host,
+                    unauthorized(
+                        "replay_check_unavailable",
+                        "the nonce could not be recorded; retry with a new signature",
+                    ),
+                );
+            }
+        }
+        let mut id = Identity::new(Source::Signature);
+        id.user = Some(v.user);
+        id.device = Some(v.device);
+        id.exp = Some(v.expiry);
+        id.publish(host);
+        self.outcome = Outcome::Verified;
+        Verdict::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+    use crate::keyid::hmac_sha256;
+    use base64::Engine;
+    use filter_core::host::FakeHost;
+    use filter_core::shared::MemorySharedData;
+    use sha2::{Digest, Sha256};
+
+    const MASTER_B64: &str = "6uVwr+zo9rh/CyU3BUNq4p0/wad99gc4EK4KZJgK1wc=";
+    const OLD_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const NOW: u64 = 1_750_000_000;
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+    fn master() -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(MASTER_B64)
+            .unwrap()
+    }
+
+    fn cfg() -> Compiled {
+        let env = |n: &str| match n {
+            "V2" => Some(MASTER_B64.to_string()),
+            "V1" => Some(OLD_B64.to_string()),
+            _ => None,
+        };
+        load(
+            br#"{
+              "master_secrets": [{"version": "v2", "env": "V2"}, {"version": "v1", "env": "V1"}],
+              "routes": [
+                {"name": "health", "prefix": "/health", "exact": true, "open": true},
+                {"name": "api", "prefix": "/api/v1/"}
+              ],
+              "nonce_store": {"max_entries": 4160, "shards": 4},
+              "max_body_bytes": 1024,
+              "reports": {"cluster": "fds"}
+            }"#,
+            &env,
+        )
+        .unwrap()
+    }
+
+    fn store(c: &Compiled) -> MemorySharedData {
+        let s = MemorySharedData::new();
+        c.store.create_keys(&s).unwrap();
+        s
+    }
+
+    /// An independent signer: builds the base by hand.
+    struct Signer {
+        method: &'static str,
+        path: String,
+        body: Option<Vec<u8>>,
+        keyid: String,
+        nonce: String,
+        created: u64,
+        components: Vec<&'static str>,
+        master: Vec<u8>,
+        digest_header: bool,
+    }
+
+    impl Signer {
+        fn get(path: &str) -> Self {
+            let has_q = path.contains('?');
+            let mut components = vec!["@method", "@authority", "@path"];
+            if has_q {
+                components.push("@query");
+            }
+            Signer {
+                method: "GET",
+                path: path.into(),
+                body: None,
+                keyid: format!("phone-1:alice:{}", NOW + 600),
+                nonce: "nonce-0001".into(),
+                created: NOW,
+                components,
+                master: master(),
+                digest_header: false,
+            }
+        }
+        fn post(path: &str, body: &[u8]) -> Self {
+            let mut s = Self::get(path);
+            s.method = "POST";
+            s.body = Some(body.to_vec());
+            s.components.push("content-digest");
+            s.digest_header = true;
+            s
+        }
+        fn host(&self) -> FakeHost {
+            let mut h = FakeHost::request(self.method, &self.path);
+            h.time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(NOW);
+            let digest = self
+                .body
+                .as_ref()
+                .map(|b| format!("sha-256=:{}:", b64(&Sha256::digest(b))));
+            let (path, query) = match self.path.split_once('?') {
+                Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                None => (self.path.clone(), None),
+            };
+            let mut lines = String::new();
+            for c in &self.components {
+                let v = match *c {
+                    "@method" => self.method.to_string(),
+                    "@authority" => "gateway.test".to_string(),
+                    "@path" => path.clone(),
+                    "@query" => format!("?{}", query.clone().unwrap_or_default()),
+                    "content-digest" => digest.clone().unwrap_or_default(),
+                    other => panic!("{other}"),
+                };
+                lines.push_str(&format!("\"{c}\": {v}\n"));
+            }
+            let list: Vec<String> = self.components.iter().map(|c| format!("\"{c}\"")).collect();
+            let params = format!(
+                "({});created={};keyid=\"{}\";nonce=\"{}\"",
+                list.join(" "),
+                self.created,
+                self.keyid,
+                self.nonce
+            );
+            let base = format!("{lines}\"@signature-params\": {params}");
+            let key = hmac_sha256(&self.master, self.keyid.as_bytes());
+            let sig = hmac_sha256(&key, base.as_bytes());
+            h = h
+                .with_header("signature-input", &format!("app={params}"))
+                .with_header("signature", &format!("app=:{}:", b64(&sig)));
+            if let (true, Some(d)) = (self.digest_header, digest) {
+                h = h.with_header("content-digest", &d);
+            }
+            if let Some(b) = &self.body {
+                h = h
+                    .with_header("content-length", &b.len().to_string())
+                    .with_body(b);
+            }
+            h
+        }
+    }
+
+    /// Runs headers (and body) through the filter.
+    fn run(c: &Compiled, s: &MemorySharedData, h: &mut FakeHost) -> (Verdict, Request) {
+        let mut r = Request::default();
+        let has_body = !h.body.is_empty();
+        let v = r.on_headers(c, h, s, !has_body);
+        if v != Verdict::WaitBody {
+            return (v, r);
+        }
+        let n = h.body.len();
+        let v = r.on_body(c, h, s, n, true);
+        (v, r)
+    }
+
+    fn denied(c: &Compiled, s: &MemorySharedData, h: &mut FakeHost) -> (String, Request) {
+        let (v, r) = run(c, s, h);
+        assert_eq!(v, Verdict::Responded, "{:?}", r.outcome);
+        let resp = h.response.as_ref().unwrap();
+        assert_eq!(resp.status, 401, "{}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(resp.header("x-request-id"), Some("test-rid"));
+        let code = resp.json()["error"].as_str().unwrap().to_string();
+        assert!(resp.json()["message"].as_str().is_some());
+        (code, r)
+    }
+
+    #[test]
+    fn a_valid_get_passes_and_publishes_the_identity() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let mut h = Signer::get("/api/v1/users/7?size=10").host();
+        let (v, r) = run(&c, &s, &mut h);
+        assert_eq!(v, Verdict::Continue);
+        assert_eq!(r.outcome, Outcome::Verified);
+        assert!(h.response.is_none());
+        let id = Identity::read(&h).unwrap();
+        assert_eq!(id.source, Source::Signature);
+        assert_eq!(id.device.as_deref(), Some("phone-1"));
+        assert_eq!(id.user.as_deref(), Some("alice"));
+        assert_eq!(id.exp, Some(NOW + 600));
+    }
+
+    #[test]
+    fn a_valid_post_holds_the_headers_until_the_digest_is_checked() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let body = br#"{"item_id":"a","quantity":2}"#;
+        let mut h = Signer::post("/api/v1/orders", body).host();
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&c, &mut h, &s, false), Verdict::WaitBody);
+        assert_eq!(r.on_body(&c, &mut h, &s, 5, false), Verdict::WaitBody);
+        assert_eq!(
+            Identity::read(&h),
+            None,
+            "no identity before the body is checked"
+        );
+        assert_eq!(
+            r.on_body(&c, &mut h, &s, body.len(), true),
+            Verdict::Continue
+        );
+        assert_eq!(r.outcome, Outcome::Verified);
+    }
+
+    #[test]
+    fn a_replayed_nonce_is_refused_and_reported() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let signer = Signer::get("/api/v1/users/7");
+        assert_eq!(run(&c, &s, &mut signer.host()).0, Verdict::Continue);
+        let (code, r) = denied(&c, &s, &mut signer.host());
+        assert_eq!(code, "replay");
+        let rep = r.report.unwrap();
+        assert_eq!(rep.kind, ReportKind::Replay);
+        assert_eq!(rep.device.as_deref(), Some("phone-1"));
+        assert!(rep.verified);
+    }
+
+    #[test]
+    fn created_outside_the_window_is_refused_both_ways() {
+        let (c, s) = (cfg(), store(&cfg()));
+        for created in [NOW - 600, NOW + 600, NOW - 301, NOW + 31] {
+            let mut signer = Signer::get("/api/v1/users/7");
+            signer.created = created;
+            assert_eq!(
+                denied(&c, &s, &mut signer.host()).0,
+                "signature_stale",
+                "{created}"
+            );
+        }
+        for created in [NOW - 300, NOW + 30] {
+            let mut signer = Signer::get("/api/v1/users/7");
+            signer.created = created;
+            signer.nonce = format!("nonce-{created}");
+            assert_eq!(
+                run(&c, &s, &mut signer.host()).0,
+                Verdict::Continue,
+                "{created}"
+            );
+        }
+    }
+
+    #[test]
+    fn altered_method_path_or_query_breaks_the_signature_and_is_reported() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let signer = Signer::get("/api/v1/users/7?size=10");
+        for (name, value) in [
+            (":path", "/api/v1/users/8?size=10"),
+            (":path", "/api/v1/users/7?size=11"),
+            (":method", "DELETE"),
+            (":authority", "evil.test"),
+        ] {
+            let mut h = signer.host();
+            h.headers.retain(|(n, _)| n != name);
+            h.headers.push((name.into(), value.into()));
+            let (code, r) = denied(&c, &s, &mut h);
+            assert_eq!(code, "signature_invalid", "{name}={value}");
+            let rep = r.report.unwrap();
+            assert_eq!(rep.kind, ReportKind::InvalidSignature);
+            assert!(!rep.verified);
+        }
+        // the failures recorded no nonce: the genuine request still passes
+        assert_eq!(run(&c, &s, &mut signer.host()).0, Verdict::Continue);
+    }
+
+    #[test]
+    fn an_altered_body_fails_its_digest() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let mut h = Signer::post("/api/v1/orders", br#"{"quantity":1}"#).host();
+        h.body = br#"{"quantity":9}"#.to_vec();
+        let (code, r) = denied(&c, &s, &mut h);
+        assert_eq!(code, "digest_invalid");
+        assert_eq!(r.report.unwrap().kind, ReportKind::DigestMismatch);
+    }
+
+    #[test]
+    fn a_body_without_a_covered_digest_is_refused_before_it_is_read() {
+        let (c, s) = (cfg(), store(&cfg()));
+        // digest header sent but not covered
+        let mut signer = Signer::post("/api/v1/orders", b"{}");
+        signer.components.retain(|c| *c != "content-digest");
+        let mut h = signer.host();
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&c, &mut h, &s, false), Verdict::Responded);
+        assert_eq!(h.response.unwrap().json()["error"], "digest_missing");
+        // no digest header at all
+        signer.digest_header = false;
+        assert_eq!(denied(&c, &s, &mut signer.host()).0, "digest_missing");
+        // a GET carrying an uncovered digest header
+        let mut h = Signer::get("/api/v1/users/7")
+            .host()
+            .with_header("content-digest", "sha-256=:AA==:");
+        assert_eq!(denied(&c, &s, &mut h).0, "digest_missing");
+    }
+
+    #[test]
+    fn a_query_must_be_covered_when_present() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let mut signer = Signer::get("/api/v1/users/7?size=10");
+        signer.components.retain(|c| *c != "@query");
+        assert_eq!(denied(&c, &s, &mut signer.host()).0, "signature_coverage");
+        let mut signer = Signer::get("/api/v1/users/7");
+        signer.components.retain(|c| *c != "@authority");
+        assert_eq!(denied(&c, &s, &mut signer.host()).0, "signature_coverage");
+    }
+
+    #[test]
+    fn expired_or_overlong_or_malformed_key_ids_are_refused() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let cases = [
+            (format!("phone-1:alice:{}", NOW - 1), "key_expired"),
+            (format!("phone-1:alice:{NOW}"), "key_expired"),
+            (format!("phone-1:alice:{}", NOW + 90_000), "key_invalid"),
+            ("phone-1:alice".to_string(), "key_invalid"),
+            (format!("phone 1:alice:{}", NOW + 60), "key_invalid"),
+            (format!("phone-1:alice:{}:v9", NOW + 60), "key_invalid"),
+        ];
+        for (keyid, want) in cases {
+            let mut signer = Signer::get("/api/v1/users/7");
+            signer.keyid = keyid.clone();
+            assert_eq!(denied(&c, &s, &mut signer.host()).0, want, "{keyid}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_master_secret_is_an_invalid_signature() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let mut signer = Signer::get("/api/v1/users/7");
+        signer.master = vec![7; 32];
+        assert_eq!(denied(&c, &s, &mut signer.host()).0, "signature_invalid");
+    }
+
+    #[test]
+    fn every_configured_secret_version_verifies_and_a_named_version_is_the_only_one_tried() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let old = base64::engine::general_purpose::STANDARD
+            .decode(OLD_B64)
+            .unwrap();
+        let mut signer = Signer::get("/api/v1/users/7");
+        signer.master = old.clone();
+        assert_eq!(run(&c, &s, &mut signer.host()).0, Verdict::Continue);
+        let mut signer = Signer::get("/api/v1/users/7");
+        signer.master = old;
+        signer.keyid = format!("phone-1:alice:{}:v1", NOW + 60);
+        signer.nonce = "nonce-v1".into();
+        assert_eq!(run(&c, &s, &mut signer.host()).0, Verdict::Continue);
+        signer.keyid = format!("phone-1:alice:{}:v2", NOW + 60);
+        signer.nonce = "nonce-v2".into();
+        assert_eq!(denied(&c, &s, &mut signer.host()).0, "signature_invalid");
+    }
+
+    #[test]
+    fn missing_or_malformed_signature_headers_are_refused() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let mut h = FakeHost::request("GET", "/api/v1/users/7");
+        assert_eq!(denied(&c, &s, &mut h).0, "signature_missing");
+        let base = Signer::get("/api/v1/users/7").host();
+        for (name, value) in [
+            ("signature-input", "app=(\"@method\""),
+            ("signature", "app=not-bytes"),
+            ("signature-input", "app=(\"@method\" \"@authority\" \"@path\");created=1750000000;keyid=\"phone-1:alice:1750000600\""),
+            ("signature-input", "app=(\"@method\" \"@authority\" \"@path\");created=1750000000;nonce=\"short\";keyid=\"phone-1:alice:1750000600\""),
+        ] {
+            let mut h = base.clone();
+            h.headers.retain(|(n, _)| n != name);
+            h.headers.push((name.into(), value.into()));
+            assert_eq!(denied(&c, &s, &mut h).0, "signature_malformed", "{value}");
+        }
+        let mut h = base.clone();
+        h.headers.retain(|(n, _)| n != "signature");
+        assert_eq!(denied(&c, &s, &mut h).0, "signature_missing");
+    }
+
+    #[test]
+    fn unmatched_routes_need_a_signature_and_open_routes_do_not() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let mut h = FakeHost::request("GET", "/health");
+        let (v, r) = run(&c, &s, &mut h);
+        assert_eq!((v, r.outcome), (Verdict::Continue, Outcome::Open));
+        assert_eq!(Identity::read(&h), None);
+        for path in ["/other", "/health/x", "/healthz"] {
+            let mut h = FakeHost::request("GET", path);
+            assert_eq!(denied(&c, &s, &mut h).0, "signature_missing", "{path}");
+        }
+    }
+
+    #[test]
+    fn what_sanitize_rewrote_is_verified_as_the_client_sent_it() {
+        let (c, s) = (cfg(), store(&cfg()));
+        // sanitize added ?size=20 to a request signed without a query
+        let mut h = Signer::get("/api/v1/users/7").host();
+        original::save_path(&mut h, "/api/v1/users/7");
+        h.set_request_header(":path", "/api/v1/users/7?size=20");
+        assert_eq!(run(&c, &s, &mut h).0, Verdict::Continue);
+        // sanitize re-encoded the body
+        let sent = br#"{"item_id": "a", "quantity": 2, "x": 1}"#;
+        let mut signer = Signer::post("/api/v1/orders", sent);
+        signer.nonce = "nonce-0002".into();
+        let mut h = signer.host();
+        original::save_body(&mut h, sent);
+        h.body = br#"{"item_id":"a","quantity":2}"#.to_vec();
+        assert_eq!(run(&c, &s, &mut h).0, Verdict::Continue);
+    }
+
+    #[test]
+    fn a_full_nonce_store_fails_closed_with_a_401() {
+        let c = cfg();
+        let s = store(&c);
+        let mut refused = 0;
+        for i in 0..2000 {
+            let mut signer = Signer::get("/api/v1/users/7");
+            signer.nonce = format!("nonce-{i:06}");
+            let mut h = signer.host();
+            let (v, _) = run(&c, &s, &mut h);
+            if v == Verdict::Responded {
+                let resp = h.response.unwrap();
+                assert_eq!(resp.status, 401);
+                assert_eq!(resp.json()["error"], "replay_check_unavailable");
+                refused += 1;
+            }
+        }
+        // 4 shards × 80 per key in one time bucket
+        assert_eq!(2000 - refused, c.store.per_key * 4);
+    }
+
+    #[test]
+    fn a_body_too_large_to_verify_is_413() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let body = vec![b'x'; 2000];
+        let mut h = Signer::post("/api/v1/orders", &body).host();
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&c, &mut h, &s, false), Verdict::WaitBody);
+        assert_eq!(r.on_body(&c, &mut h, &s, 2000, false), Verdict::Responded);
+        assert_eq!(h.response.unwrap().status, 413);
+    }
+
+    #[test]
+    fn a_body_finished_by_trailers_is_checked() {
+        let (c, s) = (cfg(), store(&cfg()));
+        let body = b"{}";
+        let mut h = Signer::post("/api/v1/orders", body).host();
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&c, &mut h, &s, false), Verdict::WaitBody);
+        assert_eq!(r.on_body(&c, &mut h, &s, 2, false), Verdict::WaitBody);
+        assert_eq!(r.on_trailers(&c, &mut h, &s, 2), Verdict::Continue);
+    }
+}

@@ -1,0 +1,286 @@
+//! # replay-guard: signed app requests, once only
+//!
+//! Runs on the app gateway right after sanitize and enforces, on every
+//! route that is not configured `open`:
+//! * an RFC 9421 HTTP Message Signature (`Signature-Input` / `Signature`,
+//!   `hmac-sha256`) covering the route's components, `@query` when there is
+//!   a query and `content-digest` when there is a body; `created` inside
+//!   `[now - max_age, now + max_skew]`, `expires` honoured, `nonce` and
+//!   `keyid` required; constant-time comparison;
+//! * short-lived keys: key id `<device>:<user>:<expiry>[:<version>]`, key =
+//!   HMAC-SHA256(master secret, key id); expired key ids refused; up to four
+//!   master secrets by version (rotation without downtime);
+//! * RFC 9530 `Content-Digest` (sha-256, sha-512) against the body received,
+//!   with the headers held until it is checked, so a failing request never
+//!   reaches the upstream;
+//! * each nonce accepted once, in a bounded, time-bucketed store in Envoy
+//!   shared data that every worker sees (see [`nonce`]); full → refused;
+//! * the verified device and user handed to fds-block and passport through
+//!   filter state ([`filter_core::identity`]);
+//! * reports of invalid signatures, digest mismatches and replays to the
+//!   FDS service, sent from the root context without delaying the denial
+//!   and rate-limited per worker ([`report`]).
+//!
+//! Every failure is a 401 JSON denial naming the check in general terms
+//! (413 for a body too large to buffer). The decision code lives in
+//! [`config`], [`sig`], [`digest`], [`keyid`], [`nonce`], [`report`] and
+//! [`filter`], plain Rust tested natively; the proxy-wasm glue below only
+//! moves data. Config reference: `docs/filters/replay-guard.md`.
+
+pub mod config;
+pub mod digest;
+pub mod filter;
+pub mod keyid;
+pub mod nonce;
+pub mod report;
+pub mod sig;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use filter_core::proxy::{self, ProxyHost, ProxySharedData};
+    use filter_core::Verdict;
+    use proxy_wasm::traits::{Context, HttpContext, RootContext};
+    use proxy_wasm::types::{Action, ContextType};
+
+    use crate::config::{self, Compiled};
+    use crate::filter::{Outcome, Request};
+    use crate::report::RateLimiter;
+
+    /// Reports waiting for the next tick, at most this many.
+    const QUEUE_MAX: usize = 64;
+    const TICK: Duration = Duration::from_millis(200);
+
+    #[cfg(feature = "standalone")]
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    }}
+
+    /// This filter's root context: what the entry point above installs, and
+    /// what the suite module (filters/suite) picks by `root_id`.
+    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+        Box::new(Root::default())
+    }
+
+    struct Metrics {
+        open: Option<u32>,
+        verified: Option<u32>,
+        denied: Option<u32>,
+        invalid_signature: Option<u32>,
+        replay: Option<u32>,
+        store_refused: Option<u32>,
+        reports_sent: Option<u32>,
+        reports_dropped: Option<u32>,
+    }
+
+    impl Metrics {
+        fn define() -> Self {
+            Metrics {
+                open: proxy::counter("replay_guard_open_total"),
+                verified: proxy::counter("replay_guard_verified_total"),
+                denied: proxy::counter("replay_guard_denied_total"),
+                invalid_signature: proxy::counter("replay_guard_invalid_signature_total"),
+                replay: proxy::counter("replay_guard_replay_total"),
+                store_refused: proxy::counter("replay_guard_nonce_store_refused_total"),
+                reports_sent: proxy::counter("replay_guard_reports_sent_total"),
+                reports_dropped: proxy::counter("replay_guard_reports_dropped_total"),
+            }
+        }
+    }
+
+    /// Reports handed from request contexts to the root context.
+    struct Outbox {
+        limiter: RateLimiter,
+        queue: VecDeque<Vec<u8>>,
+    }
+
+    #[derive(Default)]
+    struct Root {
+        config: Option<Rc<Compiled>>,
+        metrics: Option<Rc<Metrics>>,
+        outbox: Option<Rc<RefCell<Outbox>>>,
+    }
+
+    impl Context for Root {
+        fn on_http_call_response(&mut self, _token: u32, _h: usize, _b: usize, _t: usize) {
+            // Fire and forget: the FDS answer changes nothing here.
+        }
+    }
+
+    impl RootContext for Root {
+        fn on_configure(&mut self, _size: usize) -> bool {
+            let bytes = self.get_plugin_configuration().unwrap_or_default();
+            let env = |name: &str| std::env::var(name).ok();
+            let c = match config::load(&bytes, &env) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("replay-guard: {e}");
+                    return false;
+                }
+            };
+            if let Err(e) = c.store.create_keys(&ProxySharedData) {
+                log::error!("replay-guard: cannot create the nonce store keys: {e}");
+                return false;
+            }
+            log::info!(
+                "replay-guard: configured with {} route rule(s), {} secret version(s), nonce store {} entries ({} bytes at the bound)",
+                c.routes.len(),
+                c.secrets.len(),
+                c.store.capacity(),
+                c.store.memory_at_bound()
+            );
+            if let Some(r) = &c.reports {
+                self.outbox = Some(Rc::new(RefCell::new(Outbox {
+                    limiter: RateLimiter::new(r.per_minute, r.burst),
+                    queue: VecDeque::new(),
+                })));
+                self.set_tick_period(TICK);
+            }
+            self.config = Some(Rc::new(c));
+            self.metrics = Some(Rc::new(Metrics::define()));
+            true
+        }
+
+        fn on_tick(&mut self) {
+            let (Some(cfg), Some(outbox), Some(m)) = (&self.config, &self.outbox, &self.metrics)
+            else {
+                return;
+            };
+            let Some(r) = &cfg.reports else { return };
+            let pending: Vec<Vec<u8>> = outbox.borrow_mut().queue.drain(..).collect();
+            for body in pending {
+                let headers = vec![
+                    (":method", "POST"),
+                    (":path", r.path.as_str()),
+                    (":authority", r.authority.as_str()),
+                    ("content-type", "application/json"),
+                ];
+                match self.dispatch_http_call(&r.cluster, headers, Some(&body), vec![], r.timeout) {
+                    Ok(_) => proxy::increment(m.reports_sent),
+                    Err(e) => {
+                        proxy::increment(m.reports_dropped);
+                        log::warn!(
+                            "replay-guard: report to cluster {} failed: {e:?}",
+                            r.cluster
+                        );
+                    }
+                }
+            }
+        }
+
+        fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+            Some(Box::new(Http {
+                config: self.config.clone()?,
+                metrics: self.metrics.clone()?,
+                outbox: self.outbox.clone(),
+                req: Request::default(),
+                buffered: 0,
+                counted: false,
+            }))
+        }
+
+        fn get_type(&self) -> Option<ContextType> {
+            Some(ContextType::HttpContext)
+        }
+    }
+
+    struct Http {
+        config: Rc<Compiled>,
+        metrics: Rc<Metrics>,
+        outbox: Option<Rc<RefCell<Outbox>>>,
+        req: Request,
+        buffered: usize,
+        counted: bool,
+    }
+
+    impl Http {
+        /// Counts the outcome once and queues a report, if any.
+        fn after(&mut self, v: Verdict) -> Action {
+            if let Some(mut rep) = self.req.report.take() {
+                if let Some(outbox) = &self.outbox {
+                    let now_ms = self
+                        .get_current_time()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    let mut o = outbox.borrow_mut();
+                    match o.limiter.allow(now_ms) {
+                        Some(suppressed) if o.queue.len() < QUEUE_MAX => {
+                            rep.suppressed = suppressed;
+                            o.queue.push_back(rep.body());
+                        }
+                        _ => proxy::increment(self.metrics.reports_dropped),
+                    }
+                }
+            }
+            if !self.counted && self.req.outcome != Outcome::Pending {
+                self.counted = true;
+                let m = &self.metrics;
+                match self.req.outcome {
+                    Outcome::Open => proxy::increment(m.open),
+                    Outcome::Verified => proxy::increment(m.verified),
+                    Outcome::Denied(code) => {
+                        proxy::increment(m.denied);
+                        match code {
+                            "signature_invalid" | "digest_invalid" => {
+                                proxy::increment(m.invalid_signature)
+                            }
+                            "replay" => proxy::increment(m.replay),
+                            "replay_check_unavailable" => proxy::increment(m.store_refused),
+                            _ => {}
+                        }
+                    }
+                    Outcome::Pending => {}
+                }
+            }
+            proxy::action(v)
+        }
+    }
+
+    impl Context for Http {}
+
+    impl HttpContext for Http {
+        fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+            let v = self.req.on_headers(
+                &self.config,
+                &mut ProxyHost,
+                &ProxySharedData,
+                end_of_stream,
+            );
+            self.after(v)
+        }
+
+        fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+            self.buffered = body_size;
+            let v = self.req.on_body(
+                &self.config,
+                &mut ProxyHost,
+                &ProxySharedData,
+                body_size,
+                end_of_stream,
+            );
+            self.after(v)
+        }
+
+        fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+            let v = self.req.on_trailers(
+                &self.config,
+                &mut ProxyHost,
+                &ProxySharedData,
+                self.buffered,
+            );
+            self.after(v)
+        }
+    }
+}
+
+/// The root context of this filter, for a module that links several filters
+/// and dispatches on the plugin's `root_id` (filters/suite; docs/performance.md).
+#[cfg(target_arch = "wasm32")]
+pub fn root_context(context_id: u32) -> Box<dyn proxy_wasm::traits::RootContext> {
+    wasm::new_root(context_id)
+}

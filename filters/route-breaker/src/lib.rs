@@ -1,0 +1,309 @@
+//! # route-breaker: per-route circuit breakers at the edge
+//!
+//! Runs last before the router on every gateway listener and guards the
+//! routes its config names (path prefix + methods, and/or Envoy's route
+//! name) with Resilience4j's CircuitBreaker semantics: failure-rate and
+//! slow-call-rate thresholds over a count- or time-based sliding window,
+//! a minimum number of calls, a wait in OPEN, then a fixed number of
+//! HALF_OPEN probes that decide between OPEN and CLOSED.
+//!
+//! * An open breaker answers **503** `{"error":"circuit_open", …}` with
+//!   `Retry-After` (seconds left, at least 1) from the request headers
+//!   callback: the upstream sees nothing.
+//! * The state of each breaker is one shared-data key, read and updated with
+//!   compare-and-swap, so every Envoy worker sees the same state: when one
+//!   opens it, all answer 503; HALF_OPEN admits exactly the permitted number
+//!   of probes across all workers.
+//! * An outcome is recorded at the response headers: a failure when the
+//!   status is one of `failure_statuses` (5xx by default) or Envoy's
+//!   response flags say the upstream reset, refused, or timed out; slow when
+//!   the response headers took longer than `slow_call_duration_threshold`
+//!   after this filter let the request go. A call whose response never came
+//!   through is counted at the end of the stream if the upstream failed,
+//!   and ignored if the client went away.
+//!
+//! [`breaker`] is the pure state machine (property-tested against a
+//! reference model), [`config`] the config, [`filter`] the request logic;
+//! the proxy-wasm glue below only moves data in and out. Config reference:
+//! `docs/filters/route-breaker.md`.
+
+pub mod breaker;
+pub mod config;
+pub mod filter;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use filter_core::proxy::{self, ProxyHost, ProxySharedData};
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::traits::{Context, HttpContext, RootContext};
+    use proxy_wasm::types::{Action, ContextType, MetricType};
+
+    use crate::breaker::Phase;
+    use crate::config::{self, Compiled};
+    use crate::filter::{self, Call, Event};
+
+    #[cfg(feature = "standalone")]
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    }}
+
+    /// This filter's root context: what the entry point above installs, and
+    /// what the suite module (filters/suite) picks by `root_id`.
+    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+        Box::new(Root::default())
+    }
+
+    fn define(kind: MetricType, name: &str) -> Option<u32> {
+        match hostcalls::define_metric(kind, name) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                log::warn!("route-breaker: could not define metric {name}: {e:?}");
+                None
+            }
+        }
+    }
+
+    fn set_gauge(id: Option<u32>, value: u64) {
+        if let Some(id) = id {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+
+    /// Metrics of one breaker: `route_breaker_<thing>.<scope>.<route>`.
+    struct RouteMetrics {
+        /// 0 closed, 1 open, 2 half-open (set by the worker that made the last transition).
+        state: Option<u32>,
+        transitions: Option<u32>,
+        opened: Option<u32>,
+        rejected: Option<u32>,
+        calls: Option<u32>,
+        failures: Option<u32>,
+        slow_calls: Option<u32>,
+        failure_rate: Option<u32>,
+        slow_call_rate: Option<u32>,
+        store_errors: Option<u32>,
+        /// The rates this worker last wrote (skip unchanged writes: the
+        /// hot path of a closed breaker records on every response).
+        last_rates: Cell<Option<(u64, u64)>>,
+    }
+
+    impl RouteMetrics {
+        fn define(scope: &str, route: &str) -> Self {
+            let n = |thing: &str| format!("route_breaker_{thing}.{scope}.{route}");
+            RouteMetrics {
+                state: define(MetricType::Gauge, &n("state")),
+                transitions: define(MetricType::Counter, &n("transitions_total")),
+                opened: define(MetricType::Counter, &n("opened_total")),
+                rejected: define(MetricType::Counter, &n("rejected_total")),
+                calls: define(MetricType::Counter, &n("calls_total")),
+                failures: define(MetricType::Counter, &n("failures_total")),
+                slow_calls: define(MetricType::Counter, &n("slow_calls_total")),
+                failure_rate: define(MetricType::Gauge, &n("failure_rate_percent")),
+                slow_call_rate: define(MetricType::Gauge, &n("slow_call_rate_percent")),
+                store_errors: define(MetricType::Counter, &n("store_errors_total")),
+                last_rates: Cell::new(None),
+            }
+        }
+
+        /// Transitions are rare: every one sets the gauge.
+        fn observe(&self, phase: Phase) {
+            set_gauge(self.state, phase.gauge());
+        }
+    }
+
+    struct Shared {
+        config: Compiled,
+        metrics: Vec<RouteMetrics>,
+    }
+
+    impl Shared {
+        fn emit(&self, events: &[Event]) {
+            for e in events {
+                match e {
+                    Event::Transition { route, transition } => {
+                        let Some(m) = self.metrics.get(*route) else {
+                            continue;
+                        };
+                        proxy::increment(m.transitions);
+                        if transition.to == Phase::Open {
+                            proxy::increment(m.opened);
+                        }
+                        m.observe(transition.to);
+                        let name = self
+                            .config
+                            .routes
+                            .get(*route)
+                            .map_or("?", |r| r.name.as_str());
+                        log::info!(
+                            "route-breaker: {}/{name}: {} -> {}",
+                            self.config.name,
+                            transition.from,
+                            transition.to
+                        );
+                    }
+                    Event::Rejected { route } => {
+                        let Some(m) = self.metrics.get(*route) else {
+                            continue;
+                        };
+                        proxy::increment(m.rejected);
+                    }
+                    Event::Recorded {
+                        route,
+                        failed,
+                        slow,
+                        rates,
+                    } => {
+                        let Some(m) = self.metrics.get(*route) else {
+                            continue;
+                        };
+                        proxy::increment(m.calls);
+                        if *failed {
+                            proxy::increment(m.failures);
+                        }
+                        if *slow {
+                            proxy::increment(m.slow_calls);
+                        }
+                        if let Some((f, s)) = rates {
+                            let now = (f.round() as u64, s.round() as u64);
+                            if m.last_rates.replace(Some(now)) != Some(now) {
+                                set_gauge(m.failure_rate, now.0);
+                                set_gauge(m.slow_call_rate, now.1);
+                            }
+                        }
+                    }
+                    Event::StoreError { route, error } => {
+                        if let Some(m) = self.metrics.get(*route) {
+                            proxy::increment(m.store_errors);
+                        }
+                        log::warn!("route-breaker: state store: {error}; request let through");
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Root {
+        shared: Option<Rc<Shared>>,
+    }
+
+    impl Context for Root {}
+
+    impl RootContext for Root {
+        fn on_configure(&mut self, _size: usize) -> bool {
+            let bytes = self.get_plugin_configuration().unwrap_or_default();
+            let config = match config::load(&bytes) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("route-breaker: {e}");
+                    return false;
+                }
+            };
+            if let Err(e) = filter::init_store(&config, &ProxySharedData) {
+                log::error!("route-breaker: could not initialise the breaker state: {e}");
+                return false;
+            }
+            let metrics = config
+                .routes
+                .iter()
+                .map(|r| RouteMetrics::define(&config.name, &r.name))
+                .collect();
+            log::info!(
+                "route-breaker: {} configured with {} breaker(s)",
+                config.name,
+                config.routes.len()
+            );
+            self.shared = Some(Rc::new(Shared { config, metrics }));
+            true
+        }
+
+        fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+            let shared = self.shared.clone()?;
+            Some(Box::new(Http {
+                shared,
+                call: None,
+                events: Vec::new(),
+            }))
+        }
+
+        fn get_type(&self) -> Option<ContextType> {
+            Some(ContextType::HttpContext)
+        }
+    }
+
+    struct Http {
+        shared: Rc<Shared>,
+        call: Option<Call>,
+        events: Vec<Event>,
+    }
+
+    impl Http {
+        fn flush(&mut self) {
+            if !self.events.is_empty() {
+                self.shared.emit(&self.events);
+                self.events.clear();
+            }
+        }
+    }
+
+    impl Context for Http {}
+
+    impl HttpContext for Http {
+        fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+            let (v, call) = filter::on_request_headers(
+                &self.shared.config,
+                &mut ProxyHost,
+                &ProxySharedData,
+                &mut self.events,
+            );
+            self.call = call;
+            self.flush();
+            proxy::action(v)
+        }
+
+        fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+            if self.call.is_some_and(|c| !c.done) {
+                let status = self
+                    .get_http_response_header(":status")
+                    .and_then(|s| s.parse::<u16>().ok());
+                let Some(call) = self.call.as_mut() else {
+                    return Action::Continue;
+                };
+                filter::on_response_headers(
+                    &self.shared.config,
+                    &ProxyHost,
+                    &ProxySharedData,
+                    call,
+                    status,
+                    &mut self.events,
+                );
+                self.flush();
+            }
+            Action::Continue
+        }
+
+        fn on_log(&mut self) {
+            if let Some(call) = self.call.as_mut() {
+                filter::on_log(
+                    &self.shared.config,
+                    &ProxyHost,
+                    &ProxySharedData,
+                    call,
+                    &mut self.events,
+                );
+                self.flush();
+            }
+        }
+    }
+}
+
+/// The root context of this filter, for a module that links several filters
+/// and dispatches on the plugin's `root_id` (filters/suite; docs/performance.md).
+#[cfg(target_arch = "wasm32")]
+pub fn root_context(context_id: u32) -> Box<dyn proxy_wasm::traits::RootContext> {
+    wasm::new_root(context_id)
+}

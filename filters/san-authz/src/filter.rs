@@ -1,0 +1,607 @@
+//! san-authz's per-request logic, written against [`HttpHost`] so that it
+//! runs natively against [`filter_core::host::FakeHost`] and in Envoy
+//! through the thin proxy-wasm glue in `lib.rs`.
+
+use filter_core::identity::{Identity, Source as IdSource};
+use filter_core::route::split_path;
+use filter_core::{headers, Denial, HttpHost, Verdict};
+
+use crate::cert::{self, CertError, SignatureCache};
+use crate::config::{Compiled, Rule, Source};
+use crate::path;
+use crate::san::{authority_host, Sans};
+use crate::xfcc;
+
+/// Filter-state path of the connection's verified peer certificate (PEM),
+/// as Envoy exposes it to wasm.
+pub const PEER_CERTIFICATE: [&str; 2] = ["connection", "peer_certificate"];
+
+/// What happened to a request, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Allowed by a rule; identity published.
+    #[default]
+    Allowed,
+    /// Refused with a local reply.
+    Denied,
+    /// Would have been refused; let through (dry run), no identity.
+    DryRunDenied,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// Why it was (or would have been) denied: a snake_case reason.
+    pub reason: Option<&'static str>,
+    /// True when the certificate itself was refused (not merely unauthorised).
+    pub certificate_rejected: bool,
+    /// The rule that allowed it.
+    pub rule: Option<String>,
+    /// The authorised SAN.
+    pub san: Option<String>,
+}
+
+/// The first rule (in order) that allows `method` on `path` at `host` for
+/// a certificate with `sans`, and the SAN it matched.
+pub fn authorise<'r, 's>(
+    rules: &'r [Rule],
+    sans: &'s Sans,
+    method: &str,
+    host: Option<&str>,
+    path: &str,
+) -> Option<(&'r Rule, &'s str)> {
+    rules.iter().find_map(|rule| {
+        let host_ok =
+            rule.hosts.is_empty() || host.is_some_and(|h| rule.hosts.iter().any(|p| p.matches(h)));
+        if !host_ok || !rule.paths.iter().any(|p| p.matches(method, path)) {
+            return None;
+        }
+        rule.sans
+            .iter()
+            .find_map(|m| m.first_match(sans))
+            .map(|san| (rule, san))
+    })
+}
+
+/// Why no certificate could be taken from the request.
+fn xfcc_refusal(e: &xfcc::XfccError) -> &'static str {
+    match e {
+        xfcc::XfccError::TooManyElements(_) => "xfcc_too_many_elements",
+        _ => "xfcc_malformed",
+    }
+}
+
+/// The DER client certificate, from the connection or the trusted XFCC
+/// element, `Hash=` checked.
+fn certificate<H: HttpHost>(
+    cfg: &Compiled,
+    host: &H,
+    xfcc_values: &[&str],
+) -> Result<Vec<u8>, (&'static str, bool)> {
+    let cert_err = |e: CertError| (e.reason(), true);
+    match cfg.source {
+        Source::Connection => {
+            let pem = host
+                .property(&PEER_CERTIFICATE)
+                .filter(|b| !b.is_empty())
+                .ok_or(cert_err(CertError::Missing))?;
+            let pem = String::from_utf8(pem).map_err(|_| cert_err(CertError::Pem))?;
+            cert::der_from_pem(&pem).map_err(cert_err)
+        }
+        Source::Xfcc => {
+            if xfcc_values.is_empty() {
+                return Err(cert_err(CertError::Missing));
+            }
+            let total: usize = xfcc_values.iter().map(|v| v.len() + 1).sum();
+            if total > cfg.max_xfcc_bytes {
+                return Err(("xfcc_too_large", true));
+            }
+            // Repeated header lines form one comma-separated list.
+            let joined = xfcc_values.join(",");
+            let element = xfcc::last_element(&joined, cfg.max_xfcc_elements)
+                .map_err(|e| (xfcc_refusal(&e), true))?;
+            let encoded = element
+                .single("cert")
+                .map_err(|()| ("xfcc_ambiguous", true))?
+                .ok_or(("xfcc_without_cert", true))?;
+            let hash = element
+                .single("hash")
+                .map_err(|()| ("xfcc_ambiguous", true))?;
+            let pem = percent_encoding::percent_decode_str(encoded)
+                .decode_utf8()
+                .map_err(|_| cert_err(CertError::Pem))?;
+            let der = cert::der_from_pem(&pem).map_err(cert_err)?;
+            match hash {
+                Some(h) if !h.eq_ignore_ascii_case(&cert::sha256_hex(&der)) => {
+                    Err(cert_err(CertError::HashMismatch))
+                }
+                None if cfg.require_hash => Err(("xfcc_without_hash", true)),
+                _ => Ok(der),
+            }
+        }
+    }
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct Request {
+    request_id: Option<String>,
+    pub decision: Decision,
+}
+
+impl Request {
+    fn deny<H: HttpHost>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        reason: &'static str,
+        certificate_rejected: bool,
+        denial: Denial,
+        ctx: &str,
+    ) -> Verdict {
+        self.decision.reason = Some(reason);
+        self.decision.certificate_rejected = certificate_rejected;
+        let rid = self.request_id.as_deref().unwrap_or("-");
+        if cfg.dry_run {
+            self.decision.outcome = Outcome::DryRunDenied;
+            log::info!(
+                "san-authz dry-run: would deny status={} reason={reason} {ctx} request_id={rid}",
+                denial.status
+            );
+            return Verdict::Continue;
+        }
+        self.decision.outcome = Outcome::Denied;
+        log::info!(
+            "san-authz deny status={} reason={reason} {ctx} request_id={rid}",
+            denial.status
+        );
+        denial.send(host, self.request_id.as_deref());
+        Verdict::Responded
+    }
+
+    /// Request headers arrived: decide.
+    pub fn on_headers<H: HttpHost>(
+        &mut self,
+        cfg: &Compiled,
+        cache: &mut SignatureCache,
+        host: &mut H,
+    ) -> Verdict {
+        // One host call for every header we need (and XFCC may repeat).
+        let all = host.request_headers();
+        let (mut method, mut full_path, mut authority) = ("", "", "");
+        let mut xfcc_values: Vec<&str> = Vec::new();
+        let mut client_san_header = false;
+        for (n, v) in &all {
+            match n.as_str() {
+                headers::METHOD => method = v,
+                headers::PATH => full_path = v,
+                headers::AUTHORITY => authority = v,
+                headers::REQUEST_ID => self.request_id = Some(v.clone()),
+                headers::XFCC => xfcc_values.push(v),
+                _ => {}
+            }
+            if cfg.upstream_san_header.as_deref() == Some(n.as_str()) {
+                client_san_header = true;
+            }
+        }
+        // Whatever happens next, a client's copy of the SAN header never passes.
+        if client_san_header {
+            if let Some(h) = &cfg.upstream_san_header {
+                host.remove_request_header(h);
+            }
+        }
+
+        let forbidden = || {
+            Denial::forbidden(
+                "forbidden",
+                "the client certificate does not allow this request",
+            )
+        };
+        let der = match certificate(cfg, host, &xfcc_values) {
+            Ok(d) => d,
+            Err((reason, rejected)) => {
+                return self.deny(cfg, host, reason, rejected, forbidden(), "")
+            }
+        };
+        let now = i64::try_from(host.unix_seconds()).unwrap_or(i64::MAX);
+        let verified = match cert::verify(&der, now, &cfg.policy, cache) {
+            Ok(v) => v,
+            Err(e) => return self.deny(cfg, host, e.reason(), true, forbidden(), ""),
+        };
+        // Log context, built only when denying.
+        let sans_ctx = || {
+            format!(
+                "uri_sans={:?} dns_sans={:?}",
+                verified.sans.uris, verified.sans.dns
+            )
+        };
+
+        let (path_part, _) = split_path(full_path);
+        let Some(norm) = path::normalise(path_part) else {
+            return self.deny(
+                cfg,
+                host,
+                "invalid_path",
+                false,
+                Denial::bad_request("invalid_path", "the request path is not acceptable"),
+                &sans_ctx(),
+            );
+        };
+        let req_host = authority_host(authority);
+        let Some((rule, san)) = authorise(
+            &cfg.rules,
+            &verified.sans,
+            method,
+            req_host.as_deref(),
+            &norm,
+        ) else {
+            let ctx = format!("{} method={method:?} path={norm:?}", sans_ctx());
+            return self.deny(cfg, host, "no_rule", false, forbidden(), &ctx);
+        };
+        self.decision.outcome = Outcome::Allowed;
+        self.decision.rule = Some(rule.name.clone());
+        self.decision.san = Some(san.to_string());
+
+        if let Some(h) = &cfg.upstream_san_header {
+            host.set_request_header(h, san);
+        }
+        let mut id = Identity::new(IdSource::Mtls);
+        id.san = Some(san.to_string());
+        id.exp = u64::try_from(verified.not_after).ok();
+        id.publish(host);
+        Verdict::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+    use filter_core::host::FakeHost;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn demo(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/../../examples/certs/{name}.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn secure() -> Compiled {
+        load(include_bytes!(
+            "../../../examples/config/san-authz/secure.json"
+        ))
+        .unwrap()
+    }
+
+    fn behind_edge() -> Compiled {
+        load(include_bytes!(
+            "../../../examples/config/san-authz/behind-edge.json"
+        ))
+        .unwrap()
+    }
+
+    fn now_host(method: &str, path: &str) -> FakeHost {
+        let mut h = FakeHost::request(method, path);
+        h.time = std::time::SystemTime::now();
+        h
+    }
+
+    /// A request over a TLS connection whose peer presented `cert`.
+    fn over_mtls(cert: &str, method: &str, path: &str) -> FakeHost {
+        now_host(method, path).with_property(&PEER_CERTIFICATE, demo(cert).as_bytes())
+    }
+
+    /// An XFCC element as Envoy writes it for `cert`.
+    fn xfcc_for(pem: &str, uri_text: &str) -> String {
+        let der = cert::der_from_pem(pem).unwrap();
+        let enc: String =
+            percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        format!(
+            "Hash={};Cert=\"{enc}\";Subject=\"CN=x\";URI={uri_text}",
+            cert::sha256_hex(&der)
+        )
+    }
+
+    fn run(cfg: &Compiled, h: &mut FakeHost) -> (Verdict, Decision) {
+        let mut r = Request::default();
+        let mut cache = SignatureCache::new(4);
+        let v = r.on_headers(cfg, &mut cache, h);
+        (v, r.decision)
+    }
+
+    fn status(cfg: &Compiled, h: &mut FakeHost) -> u16 {
+        match run(cfg, h).0 {
+            Verdict::Continue => 200,
+            _ => h.response.as_ref().unwrap().status,
+        }
+    }
+
+    const PARTNER: &str = "spiffe://partner.example/ns/partner-a/sa/billing";
+    const ADMIN: &str = "spiffe://internal.example/ns/tools/sa/admin";
+
+    #[test]
+    fn partner_may_get_and_post_billing_only() {
+        let cfg = secure();
+        for (m, p, want) in [
+            ("GET", "/partner/v1/billing/invoices", 200),
+            ("POST", "/partner/v1/billing/invoices?x=1", 200),
+            ("DELETE", "/partner/v1/billing/invoices", 403),
+            ("GET", "/partner/v1/billingx", 403),
+            ("GET", "/partner/v1/billing", 403),
+            ("GET", "/internal/x", 403),
+            ("GET", "/", 403),
+        ] {
+            let mut h = over_mtls("partner-billing", m, p);
+            assert_eq!(status(&cfg, &mut h), want, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn admin_may_do_anything_under_internal_only() {
+        let cfg = secure();
+        for (m, p, want) in [
+            ("GET", "/internal/x", 200),
+            ("DELETE", "/internal/a/b", 200),
+            ("GET", "/partner/v1/billing/x", 403),
+            ("GET", "/internalx", 403),
+        ] {
+            let mut h = over_mtls("internal-admin", m, p);
+            assert_eq!(status(&cfg, &mut h), want, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn stranger_is_denied_with_a_json_403_that_names_no_internals() {
+        let cfg = secure();
+        let mut h = over_mtls("stranger", "GET", "/partner/v1/billing/x");
+        let (v, d) = run(&cfg, &mut h);
+        assert_eq!(v, Verdict::Responded);
+        assert_eq!(d.reason, Some("no_rule"));
+        let r = h.response.unwrap();
+        assert_eq!(r.status, 403);
+        assert_eq!(r.header("x-request-id"), Some("test-rid"));
+        let body = String::from_utf8(r.body.clone()).unwrap();
+        assert_eq!(r.json()["error"], "forbidden");
+        for leak in ["spiffe", "rule", "stranger", "partner", "internal"] {
+            assert!(!body.contains(leak), "{body}");
+        }
+    }
+
+    #[test]
+    fn allowed_request_publishes_identity_and_san_header_replacing_client_copy() {
+        let cfg = secure();
+        let mut h = over_mtls("partner-billing", "GET", "/partner/v1/billing/x")
+            .with_header("x-gateway-client-san", ADMIN);
+        let (v, d) = run(&cfg, &mut h);
+        assert_eq!(v, Verdict::Continue);
+        assert_eq!(d.san.as_deref(), Some(PARTNER));
+        assert_eq!(d.rule.as_deref(), Some("partner-billing"));
+        let vals: Vec<_> = h
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-gateway-client-san")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(vals, [PARTNER]);
+        let id = Identity::read(&h).unwrap();
+        assert_eq!(id.source, IdSource::Mtls);
+        assert_eq!(id.san.as_deref(), Some(PARTNER));
+        assert!(id.exp.unwrap() > 1_700_000_000);
+    }
+
+    #[test]
+    fn denied_request_drops_client_san_header_and_publishes_nothing() {
+        let cfg = secure();
+        let mut h =
+            over_mtls("stranger", "GET", "/internal/x").with_header("x-gateway-client-san", ADMIN);
+        run(&cfg, &mut h);
+        assert_eq!(h.header("x-gateway-client-san"), None);
+        assert_eq!(Identity::read(&h), None);
+    }
+
+    #[test]
+    fn connection_mode_ignores_a_client_xfcc_claiming_admin() {
+        let cfg = secure();
+        let forged = xfcc_for(&demo("internal-admin"), ADMIN);
+        let mut h = over_mtls("partner-billing", "GET", "/internal/x")
+            .with_header("x-forwarded-client-cert", &forged);
+        assert_eq!(status(&cfg, &mut h), 403);
+    }
+
+    #[test]
+    fn connection_mode_without_peer_certificate_is_denied() {
+        let cfg = secure();
+        let mut h = now_host("GET", "/internal/x");
+        let (_, d) = run(&cfg, &mut h);
+        assert_eq!(d.reason, Some("no_certificate"));
+        assert!(d.certificate_rejected);
+        assert_eq!(h.response.unwrap().status, 403);
+    }
+
+    #[test]
+    fn expired_connection_certificate_is_denied() {
+        let cfg = secure();
+        let mut h = over_mtls("partner-billing", "GET", "/partner/v1/billing/x");
+        h.time = UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+        let (_, d) = run(&cfg, &mut h);
+        assert_eq!(d.reason, Some("expired"));
+    }
+
+    #[test]
+    fn traversal_toward_internal_is_never_allowed() {
+        let cfg = secure();
+        for p in [
+            "/partner/v1/billing/../../../internal/x",
+            "/partner/v1/billing/%2e%2e/%2e%2e/%2e%2e/internal/x",
+            "/partner/v1/billing/..;/..;/..;/internal/x",
+            "/partner/v1/billing/%2f..%2f..%2finternal",
+        ] {
+            let mut h = over_mtls("partner-billing", "GET", p);
+            assert_ne!(status(&cfg, &mut h), 200, "{p}");
+        }
+    }
+
+    #[test]
+    fn xfcc_mode_takes_the_certificate_from_the_last_element() {
+        let cfg = behind_edge();
+        let partner = xfcc_for(&demo("partner-billing"), PARTNER);
+        let mut h = now_host("GET", "/partner/v1/billing/x")
+            .with_header("x-forwarded-client-cert", &partner);
+        let (v, d) = run(&cfg, &mut h);
+        assert_eq!(v, Verdict::Continue, "{d:?}");
+        assert_eq!(d.san.as_deref(), Some(PARTNER));
+
+        // A client-added element first, the hop's element last: only the last counts.
+        let admin = xfcc_for(&demo("internal-admin"), ADMIN);
+        let stranger = xfcc_for(&demo("stranger"), ADMIN);
+        let mut h = now_host("GET", "/internal/x")
+            .with_header("x-forwarded-client-cert", &format!("{admin},{stranger}"));
+        assert_eq!(status(&cfg, &mut h), 403);
+        // Same, as two header lines.
+        let mut h = now_host("GET", "/internal/x")
+            .with_header("x-forwarded-client-cert", &admin)
+            .with_header("x-forwarded-client-cert", &stranger);
+        assert_eq!(status(&cfg, &mut h), 403);
+    }
+
+    #[test]
+    fn xfcc_uri_text_is_never_trusted() {
+        let cfg = behind_edge();
+        // The stranger's certificate, with URI= text claiming the admin.
+        let forged = xfcc_for(&demo("stranger"), ADMIN);
+        let mut h = now_host("GET", "/internal/x").with_header("x-forwarded-client-cert", &forged);
+        assert_eq!(status(&cfg, &mut h), 403);
+        // URI= alone, no certificate.
+        let mut h = now_host("GET", "/internal/x")
+            .with_header("x-forwarded-client-cert", &format!("By=x;URI={ADMIN}"));
+        let (_, d) = run(&cfg, &mut h);
+        assert_eq!(d.reason, Some("xfcc_without_cert"));
+    }
+
+    #[test]
+    fn xfcc_hash_must_match_and_is_required_when_configured() {
+        let cfg = behind_edge();
+        let good = xfcc_for(&demo("partner-billing"), PARTNER);
+        let wrong = format!("Hash={}{}", "0".repeat(64), &good[69..]);
+        let mut h =
+            now_host("GET", "/partner/v1/billing/x").with_header("x-forwarded-client-cert", &wrong);
+        assert_eq!(run(&cfg, &mut h).1.reason, Some("hash_mismatch"));
+        let no_hash = &good[70..];
+        assert!(no_hash.starts_with("Cert="), "{no_hash}");
+        let mut h = now_host("GET", "/partner/v1/billing/x")
+            .with_header("x-forwarded-client-cert", no_hash);
+        assert_eq!(run(&cfg, &mut h).1.reason, Some("xfcc_without_hash"));
+    }
+
+    #[test]
+    fn xfcc_certificate_from_another_ca_is_denied() {
+        let cfg = behind_edge();
+        let other = xfcc_for(&demo("other-ca-client"), PARTNER);
+        let mut h =
+            now_host("GET", "/partner/v1/billing/x").with_header("x-forwarded-client-cert", &other);
+        let (_, d) = run(&cfg, &mut h);
+        assert_eq!(d.reason, Some("untrusted_issuer"));
+        assert_eq!(h.response.unwrap().status, 403);
+    }
+
+    #[test]
+    fn malformed_or_oversized_xfcc_is_denied() {
+        let cfg = behind_edge();
+        for (value, reason) in [
+            ("Cert=\"unterminated", "xfcc_malformed"),
+            ("Cert=abc;Cert=def", "xfcc_ambiguous"),
+            ("Cert=not-a-pem", "unreadable_certificate"),
+        ] {
+            let mut h = now_host("GET", "/partner/v1/billing/x")
+                .with_header("x-forwarded-client-cert", value);
+            assert_eq!(run(&cfg, &mut h).1.reason, Some(reason), "{value}");
+        }
+        let big = "a".repeat(cfg.max_xfcc_bytes + 1);
+        let mut h = now_host("GET", "/partner/v1/billing/x")
+            .with_header("x-forwarded-client-cert", &format!("By={big}"));
+        assert_eq!(run(&cfg, &mut h).1.reason, Some("xfcc_too_large"));
+        let many = vec!["By=a"; cfg.max_xfcc_elements + 1].join(",");
+        let mut h =
+            now_host("GET", "/partner/v1/billing/x").with_header("x-forwarded-client-cert", &many);
+        assert_eq!(run(&cfg, &mut h).1.reason, Some("xfcc_too_many_elements"));
+    }
+
+    #[test]
+    fn dry_run_lets_denials_through_without_identity() {
+        let mut cfg = secure();
+        cfg.dry_run = true;
+        let mut h =
+            over_mtls("stranger", "GET", "/internal/x").with_header("x-gateway-client-san", ADMIN);
+        let (v, d) = run(&cfg, &mut h);
+        assert_eq!(v, Verdict::Continue);
+        assert_eq!(d.outcome, Outcome::DryRunDenied);
+        assert!(h.response.is_none());
+        assert_eq!(h.header("x-gateway-client-san"), None);
+        assert_eq!(Identity::read(&h), None);
+    }
+
+    #[test]
+    fn health_is_open_to_the_known_clients_only_and_only_exactly() {
+        let cfg = secure();
+        for (cert, p, want) in [
+            ("partner-billing", "/health", 200),
+            ("internal-admin", "/health", 200),
+            ("partner-billing", "/health/x", 403),
+            ("partner-billing", "/healthz", 403),
+            ("stranger", "/health", 403),
+        ] {
+            let mut h = over_mtls(cert, "GET", p);
+            assert_eq!(status(&cfg, &mut h), want, "{cert} {p}");
+        }
+        let mut h = over_mtls("partner-billing", "POST", "/health");
+        assert_eq!(status(&cfg, &mut h), 403);
+    }
+
+    #[test]
+    fn hosts_restrict_a_rule() {
+        let cfg = load(
+            br#"{"rules":[{"name":"r","sans":[{"spiffe_trust_domain":"partner.example"}],
+                 "hosts":["api.example","*.partner.test"],"paths":[{"prefix":"/"}]}]}"#,
+        )
+        .unwrap();
+        for (authority, want) in [
+            ("api.example", 200),
+            ("API.example:10443", 200),
+            ("x.partner.test", 200),
+            ("partner.test", 403),
+            ("localhost:10443", 403),
+        ] {
+            let mut h = over_mtls("partner-billing", "GET", "/x");
+            h.set_request_header(":authority", authority);
+            assert_eq!(status(&cfg, &mut h), want, "{authority}");
+        }
+    }
+
+    #[test]
+    fn rules_are_an_allow_list_and_order_only_picks_the_reported_rule() {
+        let cfg = load(
+            br#"{"rules":[
+                {"name":"narrow","sans":[{"exact":"spiffe://partner.example/ns/partner-a/sa/billing"}],"paths":[{"prefix":"/a/","methods":["GET"]}]},
+                {"name":"wide","sans":[{"spiffe_path_prefix":{"trust_domain":"partner.example","path_prefix":"/ns/partner-a"}}],"paths":[{"prefix":"/"}]}
+            ]}"#,
+        )
+        .unwrap();
+        let mut h = over_mtls("partner-billing", "GET", "/a/x");
+        assert_eq!(run(&cfg, &mut h).1.rule.as_deref(), Some("narrow"));
+        let mut h = over_mtls("partner-billing", "DELETE", "/a/x");
+        assert_eq!(run(&cfg, &mut h).1.rule.as_deref(), Some("wide"));
+    }
+
+    #[test]
+    fn allowed_request_costs_four_host_calls() {
+        let cfg = secure();
+        let mut h = over_mtls("partner-billing", "GET", "/partner/v1/billing/x");
+        run(&cfg, &mut h);
+        // headers, peer certificate, set SAN header, publish identity
+        assert_eq!(h.calls.get(), 4);
+    }
+}

@@ -1,0 +1,159 @@
+//! # san-authz: mTLS callers authorised by their certificate's SANs
+//!
+//! Runs on the secure gateway right after sanitize and enforces, per request:
+//! * **identity from the certificate itself**: the verified peer certificate
+//!   of the downstream TLS connection (`source: "connection"`, Envoy's
+//!   `connection.peer_certificate`), or, behind a trusted TLS-terminating
+//!   hop (`source: "xfcc"`), the `Cert=` of the LAST `x-forwarded-client-cert`
+//!   element, bound to its `Hash=`; every URI and DNS SAN of the certificate,
+//!   its validity window, and optionally its issuer's signature against
+//!   configured CA certificates. The `URI=`/`DNS=` text of XFCC is never
+//!   used.
+//! * **an allow list of rules**: SAN matchers (exact URI, DNS, SPIFFE trust
+//!   domain, SPIFFE path prefix) → hosts, path prefixes (on the normalised
+//!   path, segment-aware) and methods. Anything no rule allows is a 403 JSON
+//!   denial that names no rule, SAN or reason.
+//! * **the authorised SAN handed on**: filter state `wasm.gateway_identity`
+//!   (`filter_core::identity::Identity`, source `mtls`) and an optional
+//!   upstream header whose client copies are always removed first.
+//!
+//! The decision code lives in [`config`], [`xfcc`], [`cert`], [`san`],
+//! [`path`] and [`filter`], plain Rust tested natively; the proxy-wasm glue
+//! below only moves data in and out. Config reference: `docs/filters/san-authz.md`.
+
+pub mod cert;
+pub mod config;
+pub mod filter;
+pub mod path;
+pub mod san;
+pub mod xfcc;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use filter_core::proxy::{self, ProxyHost};
+    use proxy_wasm::traits::{Context, HttpContext, RootContext};
+    use proxy_wasm::types::{Action, ContextType};
+
+    use crate::cert::SignatureCache;
+    use crate::config::{self, Compiled};
+    use crate::filter::{Outcome, Request};
+
+    #[cfg(feature = "standalone")]
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    }}
+
+    /// This filter's root context: what the entry point above installs, and
+    /// what the suite module (filters/suite) picks by `root_id`.
+    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+        Box::new(Root::default())
+    }
+
+    /// Counters, defined once per plugin configuration.
+    struct Metrics {
+        allowed: Option<u32>,
+        denied: Option<u32>,
+        dry_run_denied: Option<u32>,
+        certificate_rejected: Option<u32>,
+    }
+
+    impl Metrics {
+        fn define() -> Self {
+            Metrics {
+                allowed: proxy::counter("san_authz_allowed_total"),
+                denied: proxy::counter("san_authz_denied_total"),
+                dry_run_denied: proxy::counter("san_authz_dry_run_denied_total"),
+                certificate_rejected: proxy::counter("san_authz_certificate_rejected_total"),
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Root {
+        config: Option<Rc<Compiled>>,
+        metrics: Option<Rc<Metrics>>,
+        /// Per worker (a VM is single-threaded), bounded by the config.
+        cache: Rc<RefCell<SignatureCache>>,
+    }
+
+    impl Context for Root {}
+
+    impl RootContext for Root {
+        fn on_configure(&mut self, _size: usize) -> bool {
+            let bytes = self.get_plugin_configuration().unwrap_or_default();
+            match config::load(&bytes) {
+                Ok(c) => {
+                    log::info!(
+                        "san-authz: configured, source {:?}, {} rule(s), {} trusted CA(s){}",
+                        c.source,
+                        c.rules.len(),
+                        c.policy.trusted_cas.len(),
+                        if c.dry_run { ", DRY RUN" } else { "" }
+                    );
+                    self.cache = Rc::new(RefCell::new(SignatureCache::new(c.signature_cache_size)));
+                    self.config = Some(Rc::new(c));
+                    self.metrics = Some(Rc::new(Metrics::define()));
+                    true
+                }
+                Err(e) => {
+                    log::error!("san-authz: {e}");
+                    false
+                }
+            }
+        }
+
+        fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+            let config = self.config.clone()?;
+            let metrics = self.metrics.clone()?;
+            Some(Box::new(Http {
+                config,
+                metrics,
+                cache: self.cache.clone(),
+            }))
+        }
+
+        fn get_type(&self) -> Option<ContextType> {
+            Some(ContextType::HttpContext)
+        }
+    }
+
+    struct Http {
+        config: Rc<Compiled>,
+        metrics: Rc<Metrics>,
+        cache: Rc<RefCell<SignatureCache>>,
+    }
+
+    impl Context for Http {}
+
+    impl HttpContext for Http {
+        fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+            let mut req = Request::default();
+            let v = match self.cache.try_borrow_mut() {
+                Ok(mut cache) => req.on_headers(&self.config, &mut cache, &mut ProxyHost),
+                // Never contended (one callback at a time); fall back to no cache.
+                Err(_) => req.on_headers(&self.config, &mut SignatureCache::new(0), &mut ProxyHost),
+            };
+            let m = &self.metrics;
+            match req.decision.outcome {
+                Outcome::Allowed => proxy::increment(m.allowed),
+                Outcome::Denied => proxy::increment(m.denied),
+                Outcome::DryRunDenied => proxy::increment(m.dry_run_denied),
+            }
+            if req.decision.certificate_rejected {
+                proxy::increment(m.certificate_rejected);
+            }
+            proxy::action(v)
+        }
+    }
+}
+
+/// The root context of this filter, for a module that links several filters
+/// and dispatches on the plugin's `root_id` (filters/suite; docs/performance.md).
+#[cfg(target_arch = "wasm32")]
+pub fn root_context(context_id: u32) -> Box<dyn proxy_wasm::traits::RootContext> {
+    wasm::new_root(context_id)
+}

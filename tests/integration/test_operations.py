@@ -1,0 +1,216 @@
+"""Operations (docs/operations.md): labelled filter metrics in
+/stats/prometheus, one decision log line per denial, sanitize's dry run, and
+`gatewayctl drift` against a live Envoy.
+
+The dry-run and drift checks need an Envoy whose config differs from the
+repository's. The contract fixes the session stack's ports, so that variant
+runs beside it: the SAME template rendered by envoy/render.py with a copy of
+examples/ (sanitize's web config switched to dry_run) and every listener and
+the admin moved into 26000-26099. It uses the session stack's demo services.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from helpers import REPO, TIMEOUT, admin_url, bearer, wait_until, web_url
+
+ENVOY = REPO / ".venv" / "bin" / "envoy"
+GATEWAYCTL = REPO / "target" / "release" / "gatewayctl"
+LOG = REPO / "build" / "test-logs" / "envoy.log"
+
+#: The variant's ports: contract port -> 260xx.
+VARIANT_PORTS = {10000: 26000, 10001: 26001, 10002: 26002, 10443: 26043, 10009: 26009, 9901: 26099}
+VARIANT_WEB = "http://127.0.0.1:26000"
+VARIANT_ADMIN = "http://127.0.0.1:26099"
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(admin: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of /stats/prometheus: (name, labels, value)."""
+    text = requests.get(f"{admin}/stats/prometheus", timeout=TIMEOUT).text
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m:
+            out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def value(samples, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items()))
+
+
+def decision_lines(log: Path, request_id: str) -> list[dict]:
+    """The decision log records (JSON after the Envoy prefix) of one request."""
+    out = []
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if '"event":"gateway_denial"' in line and request_id in line:
+            out.append(json.loads(line[line.index("{"):]))
+    return out
+
+
+# ------------------------------------------------------------------ metrics + logs
+
+def test_denials_and_decisions_are_counted_with_gateway_route_and_reason_labels(stack):
+    before = scrape(admin_url())
+    assert requests.get(web_url("/api/v1/public/%252e%252e/x"), timeout=TIMEOUT).status_code == 400
+    assert requests.get(web_url("/api/v1/users/7"), timeout=TIMEOUT).status_code == 401
+    assert requests.get(web_url("/api/v1/users/7"), headers=bearer("users:read"), timeout=TIMEOUT).status_code == 200
+
+    def grew():
+        now = scrape(admin_url())
+        checks = [
+            ("sanitize_denied_total", dict(gateway="web", route="api", reason="invalid_path")),
+            ("sanitize_rewritten_total", dict(gateway="web", route="api")),
+            ("jwt_denied_total", dict(gateway="web", route="api", reason="missing_token")),
+            ("jwt_allowed_total", dict(gateway="web", route="api")),
+        ]
+        return all(value(now, n, **lab) > value(before, n, **lab) for n, lab in checks)
+
+    wait_until(grew, timeout=5, message="labelled sanitize and jwt counters to grow")
+    names = {n for n, _, _ in scrape(admin_url())}
+    # Exported under exactly the filter's name: no envoy_ prefix, no mangled tags.
+    assert not any("=" in n or ";" in n for n in names)
+    assert {"sanitize_denied_total", "jwt_denied_total"} <= names
+    assert not any("wasmcustom" in n for n in names)
+    # Envoy's per-route stats (stat_prefix) feed the dashboards' rates and latency.
+    assert any(n.startswith("envoy_vhost_route_upstream_rq") for n in names), sorted(names)[:50]
+
+
+def test_every_denial_writes_one_decision_line_joinable_with_the_trace(stack):
+    rid = f"ops-{uuid.uuid4()}"
+    trace = uuid.uuid4().hex
+    token = bearer("orders:write")["authorization"]
+    resp = requests.get(
+        web_url("/api/v1/users/7"),
+        headers={"x-request-id": rid, "traceparent": f"00-{trace}-00f067aa0ba902b7-01", "authorization": token},
+        timeout=TIMEOUT,
+    )
+    assert resp.status_code == 403
+    lines = wait_until(lambda: decision_lines(LOG, rid), timeout=5, message="the decision log line")
+    assert len(lines) == 1, lines
+    rec = lines[0]
+    assert rec == {
+        "event": "gateway_denial", "filter": "jwt", "dry_run": False, "gateway": "web", "route": "api",
+        "method": "GET", "status": 403, "code": "insufficient_scope", "request_id": rid, "trace_id": trace,
+    }
+    # Nothing secret: not the token, not any part of it.
+    raw = next(line for line in LOG.read_text().splitlines() if rid in line and "gateway_denial" in line)
+    assert token.split()[1][:20] not in raw
+
+    rid = f"ops-{uuid.uuid4()}"
+    b3 = uuid.uuid4().hex[:16]
+    requests.get(web_url("/api/v1/public/%252e%252e/x"), headers={"x-request-id": rid, "x-b3-traceid": b3}, timeout=TIMEOUT)
+    rec = wait_until(lambda: decision_lines(LOG, rid), timeout=5, message="sanitize's line")[0]
+    assert (rec["filter"], rec["status"], rec["code"], rec["trace_id"]) == ("sanitize", 400, "invalid_path", b3)
+
+
+# ------------------------------------------------------------------ the variant Envoy
+
+def _gatewayctl() -> Path:
+    if not GATEWAYCTL.exists():
+        subprocess.run(["cargo", "build", "--release", "-p", "gatewayctl"], cwd=REPO, check=True)
+    return GATEWAYCTL
+
+
+@pytest.fixture(scope="module")
+def variant(stack, tmp_path_factory):
+    """The repository's Envoy config with sanitize's web config in dry run, on 260xx."""
+    tmp = tmp_path_factory.mktemp("variant")
+    root = tmp / "examples"
+    shutil.copytree(REPO / "examples", root, ignore=shutil.ignore_patterns("demo-services", "target"))
+    web = root / "config" / "sanitize" / "web.json"
+    cfg = json.loads(web.read_text())
+    cfg["dry_run"] = True
+    web.write_text(json.dumps(cfg, indent=2))
+    rendered = tmp / "rendered.yaml"
+    subprocess.run(
+        ["python3", str(REPO / "envoy" / "render.py"), "--profile", "local", "--include-root", str(root), "-o", str(rendered)],
+        check=True, capture_output=True,
+    )
+    text = rendered.read_text()
+    for old, new in VARIANT_PORTS.items():
+        text, n = re.subn(rf"port_value: {old}\b", f"port_value: {new}", text)
+        assert n >= 1, old
+    config = tmp / "envoy.yaml"
+    config.write_text(text)
+    log_path = tmp / "envoy.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [str(ENVOY), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
+         "--log-level", "warn", "--component-log-level", "wasm:info"],
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+    )
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"variant Envoy exited: {log_path.read_text()[-3000:]}")
+        try:
+            return requests.get(f"{VARIANT_ADMIN}/ready", timeout=1).status_code == 200 and \
+                requests.get(f"{VARIANT_WEB}/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(ready, timeout=60, interval=0.2, message="the variant Envoy")
+        yield {"log": log_path, "admin": VARIANT_ADMIN, "web": VARIANT_WEB}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def test_sanitize_dry_run_lets_a_would_be_denial_through_and_counts_it(variant):
+    labels = dict(gateway="web", route="api", reason="invalid_path")
+    before = value(scrape(variant["admin"]), "sanitize_dry_run_denied_total", **labels)
+    rid = f"dry-{uuid.uuid4()}"
+    resp = requests.get(f"{variant['web']}/api/v1/public/%252e%252e/x", headers={"x-request-id": rid}, timeout=TIMEOUT)
+    # The enforcing gateway answers 400 for this path; the dry run lets it reach the upstream.
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["path"].startswith("/api/v1/public/")
+    wait_until(lambda: value(scrape(variant["admin"]), "sanitize_dry_run_denied_total", **labels) > before,
+               timeout=5, message="sanitize_dry_run_denied_total to grow")
+    assert value(scrape(variant["admin"]), "sanitize_denied_total", gateway="web") == 0
+    rec = wait_until(lambda: decision_lines(variant["log"], rid), timeout=5, message="the dry-run line")[0]
+    assert rec["dry_run"] is True and rec["code"] == "invalid_path" and rec["status"] == 400
+
+
+def test_drift_reports_nothing_for_the_stack_the_repository_renders(stack):
+    proc = subprocess.run([str(_gatewayctl()), "--repo", str(REPO), "drift", "--admin", admin_url().rstrip("/")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no drift" in proc.stdout
+
+
+def test_drift_names_the_listener_filter_and_field_that_changed(variant):
+    proc = subprocess.run([str(_gatewayctl()), "--repo", str(REPO), "drift", "--admin", variant["admin"]],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    drift = [line for line in proc.stdout.splitlines() if line.startswith("DRIFT ")]
+    assert drift == ["DRIFT web/sanitize: configuration dry_run: repository (absent) / live true"], proc.stdout
+    # The master secret in the VM environment is never printed.
+    secret = (REPO / "examples" / "keys" / "app-master.key").read_text().strip()
+    assert secret not in proc.stdout + proc.stderr

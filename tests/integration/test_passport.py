@@ -1,0 +1,330 @@
+"""passport against the real Envoy: the x-passport the echo service receives
+verifies with examples/keys/passport-jwks.json, the cache and its coalescing
+keep the issuer's call count down, and a stopped issuer gives 503 (or, with
+the test-only stale variant, the last known passport re-signed).
+
+The web tests need jwt in the web chain and the app test replay-guard in
+the app chain (they publish the identity passport reads): each is skipped
+until its verifying filter is wired in.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+import yaml
+
+import helpers
+from helpers import REPO, TIMEOUT, service_url, wait_until, web_url
+
+JWKS = jwt.PyJWKSet.from_json((REPO / "examples" / "keys" / "passport-jwks.json").read_text())
+JWT_KEY = REPO / "examples" / "keys" / "jwt-es256.pem"
+PASSPORT_CONFIG = REPO / "examples" / "config" / "passport" / "web.json"
+
+
+def _chain(gateway: str) -> list[str]:
+    sys_path = str(REPO / "envoy")
+    import sys
+
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    import render
+
+    cfg = yaml.safe_load(render.render(profile="local"))
+    for listener in cfg["static_resources"]["listeners"]:
+        if listener["name"] == gateway:
+            hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            return [f["name"] for f in hcm["http_filters"]]
+    return []
+
+
+WEB_CHAIN = _chain("web")
+APP_CHAIN = _chain("app")
+pytestmark = pytest.mark.usefixtures("stack")
+needs_jwt = pytest.mark.skipif(
+    "jwt" not in WEB_CHAIN or "passport" not in WEB_CHAIN,
+    reason=f"passport needs jwt before it in the web chain (chain: {WEB_CHAIN})",
+)
+needs_replay_guard = pytest.mark.skipif(
+    "replay-guard" not in APP_CHAIN or "passport" not in APP_CHAIN,
+    reason=f"passport needs replay-guard before it in the app chain (chain: {APP_CHAIN})",
+)
+
+
+def bearer(sub: str, scope: str = "users:read") -> dict[str, str]:
+    """Authorization header with a demo JWT for `sub` (helpers.bearer when it exists)."""
+    if hasattr(helpers, "bearer"):
+        value = helpers.bearer(scope, sub=sub)
+        return value if isinstance(value, dict) else {"authorization": value}
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": "https://issuer.demo.local", "aud": "demo-api", "sub": sub, "scope": scope,
+         "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())},
+        JWT_KEY.read_text(), algorithm="ES256", headers={"kid": "demo-es256"},
+    )
+    return {"authorization": f"Bearer {token}"}
+
+
+def new_user(prefix: str = "pp") -> str:
+    # ends with an odd digit: the demo issuer then returns both consents
+    return f"{prefix}-{uuid.uuid4().hex[:12]}-1"
+
+
+def issuer_calls() -> int:
+    resp = requests.get(service_url("issuer", "/stats"), timeout=TIMEOUT)
+    resp.raise_for_status()
+    return int(resp.json()["calls"])
+
+
+def verify(token: str) -> dict:
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = JWKS[kid]
+    return jwt.decode(token, key=key, algorithms=["ES256"], options={"require": ["sub", "iat", "exp"]})
+
+
+def get_user(url_base, sub: str, **kwargs) -> requests.Response:
+    headers = {**bearer(sub), "connection": "close", **kwargs.pop("headers", {})}
+    return requests.get(url_base("/api/v1/users/42"), headers=headers, timeout=TIMEOUT, **kwargs)
+
+
+@needs_jwt
+def test_echo_receives_a_passport_that_verifies_with_the_published_jwks():
+    user = new_user()
+    resp = get_user(web_url, user, headers={"x-passport": "forged", "x-user-risk": "none"})
+    assert resp.status_code == 200, resp.text
+    seen = resp.json()["headers"]
+    claims = verify(seen["x-passport"])
+    assert jwt.get_unverified_header(seen["x-passport"])["kid"] == "passport-2026-1"
+    assert claims["sub"] == user
+    assert claims["iss"] == "web"
+    assert 0 < claims["exp"] - claims["iat"] <= 60
+    assert claims["risk_level"] == "low"
+    assert claims["consents"] == ["marketing", "analytics"]
+    assert seen["x-user-risk"] == "low"
+    assert seen["x-user-consent"] == "marketing,analytics"
+
+
+def test_a_client_passport_on_a_public_route_never_reaches_echo():
+    resp = requests.get(web_url("/api/v1/public/info"),
+                        headers={"x-passport": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.",
+                                 "x-user-risk": "low"},
+                        timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    seen = resp.json()["headers"]
+    assert "x-passport" not in seen
+    assert "x-user-risk" not in seen
+
+
+@needs_jwt
+def test_twenty_requests_for_a_new_user_cost_at_most_two_lookups():
+    user = new_user()
+    before = issuer_calls()
+    for _ in range(20):
+        resp = get_user(web_url, user)
+        assert resp.status_code == 200, resp.text
+        assert verify(resp.json()["headers"]["x-passport"])["sub"] == user
+    assert issuer_calls() - before <= 2
+    # Another user: a new lookup.
+    before = issuer_calls()
+    assert get_user(web_url, new_user()).status_code == 200
+    assert issuer_calls() - before == 1
+
+
+@needs_jwt
+def test_concurrent_misses_on_every_worker_are_coalesced():
+    user = new_user()
+    before = issuer_calls()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(lambda _: get_user(web_url, user).status_code, range(40)))
+    assert statuses == [200] * 40
+    assert issuer_calls() - before <= 2
+
+
+@needs_jwt
+def test_an_unknown_user_is_refused_and_remembered():
+    user = new_user("unknown")
+    before = issuer_calls()
+    for _ in range(3):
+        resp = get_user(web_url, user)
+        assert resp.status_code == 403, resp.text
+        assert resp.json()["error"] == "unknown_user"
+        assert resp.headers.get("x-request-id")
+    assert issuer_calls() - before == 1
+
+
+@needs_jwt
+def test_issuer_stopped_gives_503_with_retry_after(stack):
+    user = new_user()
+    stack.stop_demo_services()
+    try:
+        resp = get_user(web_url, user)
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"] == "passport_unavailable"
+        assert resp.headers.get("retry-after")
+        assert resp.headers.get("x-request-id")
+    finally:
+        stack.start_demo_services()
+    # Back to normal once the error back-off (1 s) has passed.
+    wait_until(lambda: get_user(web_url, user).status_code == 200, timeout=10,
+               message="passport after the issuer restarted")
+
+
+@needs_replay_guard
+def test_the_app_gateway_passport_is_for_the_keys_user_and_device():
+    from urllib.parse import urlsplit
+
+    from signing import Signer
+
+    from helpers import app_url
+
+    user, device = new_user(), f"dev-{uuid.uuid4().hex[:8]}"
+    target = "/api/v1/users/42?size=20"
+    url = app_url(target)
+    headers = Signer.demo(user=user, device=device).sign("GET", urlsplit(url).netloc, target)
+    resp = requests.get(url, headers={**headers, "x-passport": "forged"}, timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    claims = verify(resp.json()["headers"]["x-passport"])
+    assert claims["sub"] == user
+    assert claims["device_id"] == device
+    assert claims["iss"] == "app"
+
+
+# ------------------------------------------------------------ stale variant
+
+STALE_PORT = 10100
+STALE_ADMIN = 9911
+
+
+class FakeIssuer:
+    """An issuer stand-in for the private Envoy: forwards to the real issuer,
+    or, once `failing`, answers 503 to every lookup."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        outer = self
+        self.failing = False
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                if outer.failing:
+                    status, body = 503, b'{"error":"down"}'
+                else:
+                    r = requests.get(service_url("issuer", self.path), timeout=TIMEOUT)
+                    status, body = r.status_code, r.content
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stale_gateway(stack, tmp_path_factory):
+    """A private Envoy running the shipped web chain with a test-only passport
+    config (cache ttl 1 s, stale passports served up to 10 minutes) and its
+    issuer cluster pointed at a FakeIssuer the test can make fail."""
+    issuer = FakeIssuer()
+    cfg = yaml.safe_load(Path(stack.config_path).read_text())
+    web = copy.deepcopy(next(lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == "web"))
+    web["name"] = "web-stale"
+    web["address"]["socket_address"]["port_value"] = STALE_PORT
+    hcm = web["filter_chains"][0]["filters"][0]["typed_config"]
+    variant = json.loads(PASSPORT_CONFIG.read_text())
+    variant["gateway"] = "webstale"
+    variant["cache"]["ttl"] = "1s"
+    variant["on_issuer_error"]["serve_stale_for"] = "10m"
+    for f in hcm["http_filters"]:
+        if f["name"] == "passport":
+            f["typed_config"]["config"]["configuration"]["value"] = json.dumps(variant)
+    cfg["static_resources"]["listeners"] = [web]
+    for cluster in cfg["static_resources"]["clusters"]:
+        if cluster["name"] == "issuer":
+            ep = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ep["address"]["socket_address"]["port_value"] = issuer.port
+    cfg["admin"]["address"]["socket_address"]["port_value"] = STALE_ADMIN
+    path = tmp_path_factory.mktemp("passport") / "envoy-stale.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = open(path.with_suffix(".log"), "w")
+    proc = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "envoy"), "-c", str(path), "--concurrency", "2",
+         "--base-id", "7117", "--disable-hot-restart", "--log-level", "warn"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_until(lambda: proc.poll() is not None or _accepts(STALE_PORT), timeout=60,
+                   message="the stale-variant Envoy")
+        assert proc.poll() is None, path.with_suffix(".log").read_text()[-3000:]
+        yield issuer
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        issuer.close()
+
+
+def stale_url(path: str = "/") -> str:
+    return f"http://127.0.0.1:{STALE_PORT}{path}"
+
+
+def stale_metric() -> int:
+    text = requests.get(f"http://127.0.0.1:{STALE_ADMIN}/stats?filter=passport_stale_served",
+                        timeout=TIMEOUT).text
+    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
+
+
+@needs_jwt
+def test_a_failing_issuer_serves_the_stale_passport_when_configured(stale_gateway):
+    user = new_user()
+    first = get_user(stale_url, user)
+    assert first.status_code == 200, first.text
+    looked_up = verify(first.json()["headers"]["x-passport"])
+    time.sleep(1.1)  # let the 1 s cache entry expire (a TTL, not a synchronisation)
+    stale_gateway.failing = True
+    before = stale_metric()
+    resp = get_user(stale_url, user)
+    assert resp.status_code == 200, resp.text
+    claims = verify(resp.json()["headers"]["x-passport"])
+    assert claims["sub"] == user
+    assert claims["ctx_iat"] == looked_up["ctx_iat"], "the context is the cached one"
+    assert claims["exp"] > claims["iat"] >= looked_up["iat"], "freshly signed"
+    assert resp.json()["headers"]["x-user-risk"] == "low"
+    assert stale_metric() == before + 1
+    # A user with nothing cached still gets the 503.
+    resp = get_user(stale_url, new_user())
+    assert resp.status_code == 503
+    assert resp.json()["error"] == "passport_unavailable"

@@ -1,0 +1,161 @@
+"""replay-guard on the app gateway (10001), against the real Envoy.
+
+Requests are signed by tests/integration/signing.py, an implementation that
+shares no code with the filter. Every refusal is checked to be a 401 JSON
+denial that never reached the echo upstream, not even its headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+
+import pytest
+import requests
+
+from helpers import APP, FDS, TIMEOUT, denial, echo_stats, seen, wait_until
+from signing import Signer
+
+AUTHORITY = "127.0.0.1:10001"
+
+
+def fresh_signer(**kw) -> Signer:
+    """A signer with a device id of its own, so its reports can be found."""
+    return Signer.demo(device=f"dev-{secrets.token_hex(4)}", **kw)
+
+
+def send(method: str, target: str, headers: dict[str, str], body: bytes | None = None) -> requests.Response:
+    """One request on a fresh connection (no session), headers as given."""
+    h = {"Connection": "close", **headers}
+    if body is not None:
+        h.setdefault("Content-Type", "application/json")
+    return requests.request(method, APP + target, headers=h, data=body, timeout=TIMEOUT)
+
+
+def refused(resp: requests.Response, code: str, before: int) -> dict:
+    """A 401 denial with `code`, and the upstream saw nothing."""
+    assert resp.status_code == 401, (resp.status_code, resp.text)
+    body = denial(resp)
+    assert body["error"] == code, body
+    assert resp.headers.get("x-request-id"), resp.headers
+    assert echo_stats() == before, "a refused request reached the upstream"
+    return body
+
+
+@pytest.fixture()
+def before(stack) -> int:
+    return echo_stats()
+
+
+def test_signed_get_and_post_pass(stack):
+    s = fresh_signer()
+    r = send("GET", "/api/v1/users/7?size=10", s.sign("GET", AUTHORITY, "/api/v1/users/7?size=10"))
+    assert seen(r)["path"] == "/api/v1/users/7"
+    body = b'{"item_id":"a-1","quantity":2}'
+    r = send("POST", "/api/v1/orders", s.sign("POST", AUTHORITY, "/api/v1/orders", body), body)
+    assert json.loads(seen(r)["body"]) == {"item_id": "a-1", "quantity": 2}
+
+
+def test_what_sanitize_rewrites_is_verified_as_the_client_sent_it(stack):
+    s = fresh_signer()
+    # no size: sanitize adds size=20 after the client signed
+    r = send("GET", "/api/v1/users/7", s.sign("GET", AUTHORITY, "/api/v1/users/7"))
+    assert "size=20" in seen(r)["query"]
+    # spaces and an unknown field: sanitize re-encodes and strips
+    body = b'{"item_id": "a-1", "quantity": 2, "extra": true}'
+    r = send("POST", "/api/v1/orders", s.sign("POST", AUTHORITY, "/api/v1/orders", body), body)
+    assert json.loads(seen(r)["body"]) == {"item_id": "a-1", "quantity": 2}
+
+
+def test_health_is_open(stack):
+    assert requests.get(APP + "/health", timeout=TIMEOUT).status_code == 200
+
+
+def test_unsigned_api_request_is_refused(stack, before):
+    refused(send("GET", "/api/v1/users/7?size=10", {}), "signature_missing", before)
+
+
+def test_replay_on_fresh_connections_is_refused_and_reported(stack, before):
+    s = fresh_signer()
+    headers = s.sign("GET", AUTHORITY, "/api/v1/users/7?size=10")
+    assert send("GET", "/api/v1/users/7?size=10", headers).status_code == 200
+    before = echo_stats()
+    # several fresh connections: Envoy's two workers share the nonce store
+    for _ in range(4):
+        refused(send("GET", "/api/v1/users/7?size=10", headers), "replay", before)
+
+    def report():
+        reports = requests.get(FDS + "/v1/reports", timeout=TIMEOUT).json()["reports"]
+        return [r for r in reports if r.get("device") == s.device and r.get("kind") == "replay"]
+
+    found = wait_until(report, timeout=5, message="a replay report at the FDS service")
+    assert found[0]["source"] == "replay-guard"
+    assert found[0]["path"] == "/api/v1/users/7"
+
+
+@pytest.mark.parametrize("offset", [-600, 600])
+def test_created_ten_minutes_off_is_refused(stack, before, offset):
+    s = fresh_signer()
+    headers = s.sign("GET", AUTHORITY, "/api/v1/users/7", created=int(time.time()) + offset)
+    refused(send("GET", "/api/v1/users/7", headers), "signature_stale", before)
+
+
+@pytest.mark.parametrize(
+    "signed, sent",
+    [
+        (("GET", "/api/v1/users/7?size=10"), ("GET", "/api/v1/users/8?size=10")),
+        (("GET", "/api/v1/users/7?size=10"), ("DELETE", "/api/v1/users/7?size=10")),
+        (("GET", "/api/v1/users/7?size=10"), ("GET", "/api/v1/users/7?size=11")),
+    ],
+    ids=["path", "method", "query"],
+)
+def test_altered_after_signing_is_refused(stack, before, signed, sent):
+    headers = fresh_signer().sign(signed[0], AUTHORITY, signed[1])
+    refused(send(sent[0], sent[1], headers), "signature_invalid", before)
+
+
+def test_altered_body_is_refused_before_the_upstream_sees_headers(stack, before):
+    body = b'{"item_id":"a-1","quantity":2}'
+    headers = fresh_signer().sign("POST", AUTHORITY, "/api/v1/orders", body)
+    refused(send("POST", "/api/v1/orders", headers, b'{"item_id":"a-1","quantity":9}'), "digest_invalid", before)
+
+
+def test_digest_present_but_not_covered_is_refused(stack, before):
+    body = b'{"item_id":"a-1","quantity":2}'
+    s = fresh_signer()
+    headers = s.sign("POST", AUTHORITY, "/api/v1/orders", body, components=["@method", "@authority", "@path"])
+    assert "Content-Digest" in headers
+    refused(send("POST", "/api/v1/orders", headers, body), "digest_missing", before)
+    # and a body with no digest at all
+    headers = s.sign("POST", AUTHORITY, "/api/v1/orders", body, digest=False)
+    refused(send("POST", "/api/v1/orders", headers, body), "digest_missing", before)
+
+
+def test_expired_key_id_is_refused(stack, before):
+    s = fresh_signer()
+    headers = s.sign("GET", AUTHORITY, "/api/v1/users/7", key_id=s.key_id(expiry=int(time.time()) - 1))
+    refused(send("GET", "/api/v1/users/7", headers), "key_expired", before)
+
+
+def test_wrong_master_secret_is_refused(stack, before):
+    s = Signer(master=base64.b64decode(base64.b64encode(b"\x07" * 32)), device="dev-wrong-master")
+    refused(send("GET", "/api/v1/users/7", s.sign("GET", AUTHORITY, "/api/v1/users/7")), "signature_invalid", before)
+
+
+@pytest.mark.parametrize(
+    "mutate, code",
+    [
+        (lambda h: h.pop("Signature"), "signature_missing"),
+        (lambda h: h.pop("Signature-Input"), "signature_missing"),
+        (lambda h: h.__setitem__("Signature", "app=not-a-byte-sequence"), "signature_malformed"),
+        (lambda h: h.__setitem__("Signature-Input", 'app=("@method"'), "signature_malformed"),
+        (lambda h: h.__setitem__("Signature-Input", h["Signature-Input"].split(";nonce=")[0]), "signature_malformed"),
+    ],
+    ids=["no-signature", "no-input", "bad-signature", "bad-input", "no-nonce"],
+)
+def test_missing_or_malformed_signature_headers_are_refused(stack, before, mutate, code):
+    headers = fresh_signer().sign("GET", AUTHORITY, "/api/v1/users/7")
+    mutate(headers)
+    refused(send("GET", "/api/v1/users/7", headers), code, before)

@@ -1,0 +1,49 @@
+"""Shared fixtures of the Istio packaging tests (tests/istio, run by `make test-istio`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "istio"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import chain  # noqa: E402
+import generate  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def chains() -> dict[str, list[chain.Filter]]:
+    return chain.chains()
+
+
+@pytest.fixture(scope="session")
+def generated() -> dict[str, str]:
+    """What `make istio` would write now (relative path -> text)."""
+    return generate.generate(generate.recorded_registry())
+
+
+@pytest.fixture(scope="session")
+def manifests(generated) -> dict[str, dict]:
+    """Every Kubernetes object of the generated files except kustomizations: 'path#i' -> object."""
+    out = {}
+    for path, text in sorted(generated.items()):
+        if not path.endswith(".yaml") or path.endswith("kustomization.yaml"):
+            continue
+        for i, doc in enumerate(yaml.safe_load_all(text)):
+            out[f"{path}#{i}"] = doc
+    return out
+
+
+@pytest.fixture(scope="session")
+def plugins(manifests) -> dict[str, list[dict]]:
+    """gateway -> its WasmPlugins (generation order)."""
+    out: dict[str, list[dict]] = {}
+    for doc in manifests.values():
+        if doc["kind"] == "WasmPlugin":
+            out.setdefault(doc["metadata"]["labels"]["gateway-filters.io/gateway"], []).append(doc)
+    return out
