@@ -312,5 +312,48 @@ cfg["identity"]["trusted_cas"] = [open(ca_path).read()]
 open(cfg_path, "w").write(json.dumps(cfg, indent=2) + "\n")
 PY
 
+# The jwt and passport examples carry key material inline too (the web
+# gateway's JWKS, the passport signing key): keep them in step as well, so a
+# regeneration never leaves a config that the filters' own tests reject.
+python3 - "$HERE" <<'PY'
+import glob, json, os, sys
+here = sys.argv[1]
+jwks = json.load(open(os.path.join(here, "keys", "jwks.json")))
+pem = open(os.path.join(here, "keys", "passport-es256.pem")).read()
+
+def rewrite(path, fn):
+    cfg = json.load(open(path))
+    if fn(cfg):
+        open(path, "w").write(json.dumps(cfg, indent=2) + "\n")
+
+def jwt_cfg(cfg):
+    changed = False
+    for p in cfg.get("providers", []):
+        inline = p.get("jwks", {}).get("inline")
+        if inline is not None:
+            p["jwks"]["inline"] = jwks
+            changed = True
+    return changed
+
+def passport_cfg(node):
+    # every inline {"kid", "pem"} signing key (token.signing_key, or a list of keys)
+    changed = False
+    if isinstance(node, dict):
+        if isinstance(node.get("pem"), str) and "PRIVATE KEY" in node["pem"]:
+            node["pem"] = pem
+            changed = True
+        for v in node.values():
+            changed = passport_cfg(v) or changed
+    elif isinstance(node, list):
+        for v in node:
+            changed = passport_cfg(v) or changed
+    return changed
+
+for path in glob.glob(os.path.join(here, "config", "jwt", "*.json")):
+    rewrite(path, jwt_cfg)
+for path in glob.glob(os.path.join(here, "config", "passport", "*.json")):
+    rewrite(path, passport_cfg)
+PY
+
 echo "DEMO ONLY material regenerated:"
 ( cd "$HERE" && ls -1 keys/* certs/* | grep -v README.md | sed 's/^/  examples\//' )

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: the gateways against bare Envoy and native filters, as ratios.
 
-Every figure of docs/performance.md in one run (about 7 minutes by default):
+Every figure of docs/performance.md in one run (about 9 minutes by default;
+BENCH_SKIP=suite,fds saves about 2):
 
   main pass   the demo stack plus the bench listeners (tests/bench/listeners.yaml),
               Envoy --concurrency 1 pinned to CPU 0, the load generator (wrk,
@@ -206,6 +207,7 @@ def main_targets(mat: Material) -> list[dict]:
         T("noop", "web", 10010, "bare", lat=True, floor=True),
         T("web", "web", 10000, "bare", headers=auth, lat=True, floor_of="noop"),
         T("web public", "web", 10000, "bare", path="/api/v1/public/bench", lat=True, floor_of="noop"),
+        T("sanitize only", "web", 10014, "bare", path="/api/v1/public/bench", lat=True, floor_of="noop"),
         T("native cached", "jwt", 10011, "bare", headers=auth),
         T("wasm cached", "jwt", 10012, "bare", headers=auth),
     ]

@@ -96,6 +96,70 @@ def test_denials_and_decisions_are_counted_with_gateway_route_and_reason_labels(
     assert any(n.startswith("envoy_vhost_route_upstream_rq") for n in names), sorted(names)[:50]
 
 
+def test_every_filter_counts_its_denials_with_the_documented_labels(stack):
+    """One denial from each filter (docs/operations.md, "Every filter's metrics"),
+    then /stats/prometheus has each filter's counter with gateway, route and reason."""
+    from helpers import app_url, client_cert, egress_url, CA, secure_url
+
+    before = scrape(admin_url())
+    rids = {}
+
+    def rid(filter_name: str) -> dict:
+        rids[filter_name] = f"ops-{filter_name}-{uuid.uuid4()}"
+        return {"x-request-id": rids[filter_name]}
+
+    # replay-guard: an unsigned request on the app gateway.
+    resp = requests.get(app_url("/api/v1/users/7"), headers=rid("replay-guard"), timeout=TIMEOUT)
+    assert resp.status_code == 401 and resp.json()["error"] == "signature_missing", resp.text
+    # fds-block: the static demo entry 198.18.255.0/24 (examples/config/fds-block/web.json).
+    resp = requests.get(web_url("/api/v1/public/ops"), headers={"x-forwarded-for": "198.18.255.77", **rid("fds-block")},
+                        timeout=TIMEOUT)
+    assert resp.status_code == 403 and resp.json()["error"] == "blocked", resp.text
+    # passport: a verified user the demo issuer does not know.
+    user = f"unknown-{uuid.uuid4().hex[:12]}-1"
+    resp = requests.get(web_url("/api/v1/users/7"), headers={**bearer("users:read", sub=user), **rid("passport")},
+                        timeout=TIMEOUT)
+    assert resp.status_code == 403 and resp.json()["error"] == "unknown_user", resp.text
+    # san-authz: a client certificate no rule allows.
+    resp = requests.get(secure_url("/internal/x"), cert=client_cert("stranger"), verify=str(CA),
+                        headers=rid("san-authz"), timeout=TIMEOUT)
+    assert resp.status_code == 403, resp.text
+    # san-authz allowed + route-breaker calls: a good call on each.
+    assert requests.get(secure_url("/partner/v1/billing/x"), cert=client_cert("partner-billing"), verify=str(CA),
+                        timeout=TIMEOUT).status_code == 200
+    assert requests.get(egress_url("/partner-a/v1/quote"), timeout=TIMEOUT).status_code == 200
+
+    checks = [
+        ("replay_guard_denied_total", dict(gateway="app", route="api", reason="signature_missing")),
+        ("fds_block_denied_total", dict(gateway="web", route="api", reason="blocked_ip")),
+        ("passport_denied_total", dict(gateway="web", route="api", reason="unknown_user")),
+        ("san_authz_denied_total", dict(gateway="secure", route="secure", reason="no_rule")),
+        ("san_authz_allowed_total", dict(gateway="secure", route="secure")),
+        ("route_breaker_calls_total", dict(gateway="egress", route="partner-a")),
+    ]
+
+    def grew():
+        now = scrape(admin_url())
+        return all(value(now, n, **lab) > value(before, n, **lab) for n, lab in checks)
+
+    wait_until(grew, timeout=5, message="every filter's labelled counter to grow")
+    now = scrape(admin_url())
+    names = {n for n, _, _ in now}
+    assert not any("=" in n or ";" in n or "wasmcustom" in n for n in names)
+    # route-breaker: every breaker's gauges and counters carry gateway/route.
+    for gateway, route in [("web", "unstable"), ("app", "unstable"), ("secure", "partner"), ("egress", "partner-a")]:
+        for name in ("route_breaker_state", "route_breaker_rejected_total", "route_breaker_failure_rate_percent"):
+            assert any(n == name and lab.get("gateway") == gateway and lab.get("route") == route
+                       for n, lab, _ in now), (name, gateway, route)
+    # The old name-suffix and per-kind names are gone.
+    assert not any(n.startswith(("route_breaker_state_", "fds_block_blocked_")) for n in names), sorted(names)
+    # Each denial wrote exactly one decision line, by the filter that denied.
+    for filter_name, request_id in rids.items():
+        lines = wait_until(lambda: decision_lines(LOG, request_id), timeout=5, message=f"{filter_name}'s line")
+        assert [rec["filter"] for rec in lines] == [filter_name], lines
+        assert lines[0]["dry_run"] is False and lines[0]["request_id"] == request_id
+
+
 def test_every_denial_writes_one_decision_line_joinable_with_the_trace(stack):
     rid = f"ops-{uuid.uuid4()}"
     trace = uuid.uuid4().hex

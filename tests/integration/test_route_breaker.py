@@ -42,6 +42,12 @@ def get(path: str, **kwargs) -> requests.Response:
     return requests.get(web_url(path), headers=headers, timeout=kwargs.pop("timeout", TIMEOUT), **kwargs)
 
 
+def tagged(name: str, gateway: str, route: str) -> str:
+    """The stat name of a breaker's metric labelled gateway/route
+    (filter_core::metrics; /stats/prometheus shows `name{gateway,route}`)."""
+    return f"gateway=.={gateway};.;route=.={route};.;{name}"
+
+
 def stat(name: str) -> int:
     """A custom wasm metric from Envoy's admin (`wasmcustom.<name>`)."""
     resp = requests.get(admin_url("/stats"), params={"filter": f"^wasmcustom\\.{name}$"}, timeout=TIMEOUT)
@@ -55,7 +61,7 @@ def stat(name: str) -> int:
 
 def state() -> int:
     """0 closed, 1 open, 2 half-open."""
-    return stat("route_breaker_state.web.unstable")
+    return stat(tagged("route_breaker_state", "web", "unstable"))
 
 
 def fresh_window() -> None:
@@ -103,19 +109,19 @@ def test_half_the_last_ten_calls_failing_opens_the_breaker():
     fresh_window()
     for i in range(4):
         assert get(f"{UNSTABLE}?status=503").status_code == 503 and state() == 0, i
-    opened = stat("route_breaker_opened_total.web.unstable")
+    opened = stat(tagged("route_breaker_opened_total", "web", "unstable"))
     # The fifth failure is still answered by the upstream, and opens it.
     resp = get(f"{UNSTABLE}?status=500")
     assert resp.status_code == 500 and resp.json()["service"] == "echo"
     assert state() == 1
-    assert stat("route_breaker_opened_total.web.unstable") == opened + 1
-    assert stat("route_breaker_failure_rate_percent.web.unstable") == 50
+    assert stat(tagged("route_breaker_opened_total", "web", "unstable")) == opened + 1
+    assert stat(tagged("route_breaker_failure_rate_percent", "web", "unstable")) == 50
 
 
 def test_an_open_breaker_answers_at_the_edge_without_waiting_for_the_upstream():
     open_breaker()
     before = echo_stats()
-    rejected = stat("route_breaker_rejected_total.web.unstable")
+    rejected = stat(tagged("route_breaker_rejected_total", "web", "unstable"))
     started = time.monotonic()
     resp = get(f"{UNSTABLE}?delay_ms=2000", headers={"x-request-id": "breaker-rid-1"})
     elapsed = time.monotonic() - started
@@ -123,7 +129,7 @@ def test_an_open_breaker_answers_at_the_edge_without_waiting_for_the_upstream():
     assert elapsed < 0.5, elapsed
     assert resp.headers.get("x-request-id") == "breaker-rid-1"
     assert echo_stats() == before, "the upstream saw the rejected request"
-    assert stat("route_breaker_rejected_total.web.unstable") == rejected + 1
+    assert stat(tagged("route_breaker_rejected_total", "web", "unstable")) == rejected + 1
 
 
 def test_every_worker_rejects_once_it_is_open():
@@ -147,7 +153,7 @@ def test_other_routes_and_gateways_are_unaffected_by_an_open_breaker():
 def test_after_the_wait_two_good_probes_close_it():
     open_breaker()
     retry_after = assert_circuit_open(get(f"{UNSTABLE}?status=200"))
-    transitions = stat("route_breaker_transitions_total.web.unstable")
+    transitions = stat(tagged("route_breaker_transitions_total", "web", "unstable"))
     # Only rejections until the wait is over: poll, each poll a probe attempt.
     first = wait_until(
         lambda: (r := get(f"{UNSTABLE}?status=200")).status_code == 200 and r,
@@ -160,7 +166,7 @@ def test_after_the_wait_two_good_probes_close_it():
     assert get(f"{UNSTABLE}?status=200").status_code == 200
     assert state() == 0
     # closed -> ... : open -> half_open, half_open -> closed
-    assert stat("route_breaker_transitions_total.web.unstable") == transitions + 2
+    assert stat(tagged("route_breaker_transitions_total", "web", "unstable")) == transitions + 2
     # Closed with a fresh window: four failures do not reopen it.
     for _ in range(4):
         assert get(f"{UNSTABLE}?status=500").status_code == 500
@@ -200,26 +206,26 @@ def test_slow_calls_alone_open_it():
         resp = get(f"{UNSTABLE}?delay_ms=400")
         assert resp.status_code == 200, (i, resp.text)
     assert state() == 1
-    assert stat("route_breaker_slow_call_rate_percent.web.unstable") == 50
+    assert stat(tagged("route_breaker_slow_call_rate_percent", "web", "unstable")) == 50
     assert_circuit_open(get(f"{UNSTABLE}?status=200"))
 
 
 def test_the_breaker_is_wired_on_every_gateway():
     for name in (
-        "route_breaker_state.web.unstable",
-        "route_breaker_state.app.unstable",
-        "route_breaker_state.secure.partner",
-        "route_breaker_state.secure.internal",
-        "route_breaker_state.egress.partner-a",
+        tagged("route_breaker_state", "web", "unstable"),
+        tagged("route_breaker_state", "app", "unstable"),
+        tagged("route_breaker_state", "secure", "partner"),
+        tagged("route_breaker_state", "secure", "internal"),
+        tagged("route_breaker_state", "egress", "partner-a"),
     ):
         assert stat(name) in (0, 1, 2), name
 
 
 def test_egress_breaker_counts_the_partner_calls():
-    before = stat("route_breaker_calls_total.egress.partner-a")
+    before = stat(tagged("route_breaker_calls_total", "egress", "partner-a"))
     resp = requests.get(egress_url("/partner-a/v1/quote"), timeout=TIMEOUT)
     assert resp.status_code == 200, resp.text
-    assert stat("route_breaker_calls_total.egress.partner-a") == before + 1
+    assert stat(tagged("route_breaker_calls_total", "egress", "partner-a")) == before + 1
 
 
 def test_egress_strips_internal_headers_before_the_partner():

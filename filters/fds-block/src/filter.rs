@@ -12,6 +12,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use filter_core::decision::{self, RouteNames};
 use filter_core::headers;
 use filter_core::host::{HttpHost, Verdict};
 use filter_core::identity::Identity;
@@ -178,6 +179,48 @@ pub struct Outcome {
     pub decision: Decision,
     /// The block was only logged (dry run).
     pub dry_run: bool,
+    /// Envoy gateway/route names, read for the decision log of a (would-be)
+    /// denial and reused for the metric labels; `None` when allowed.
+    pub names: Option<RouteNames>,
+}
+
+/// The metric `reason` of a denial: `blocked_<kind>` (`blocked_user`,
+/// `blocked_device`, `blocked_ip`, `blocked_user_api`) or
+/// `blocklist_unavailable`; `None` for an allowed request.
+pub fn reason(d: &Decision) -> Option<&'static str> {
+    match d {
+        Decision::Allow => None,
+        Decision::Block(b) => Some(match b.kind {
+            Kind::User => "blocked_user",
+            Kind::Device => "blocked_device",
+            Kind::Ip => "blocked_ip",
+            Kind::UserApi => "blocked_user_api",
+        }),
+        Decision::Unavailable => Some("blocklist_unavailable"),
+    }
+}
+
+/// Writes the decision line of a (would-be) denial; returns the names read.
+fn log_decision<H: HttpHost + ?Sized>(
+    host: &H,
+    dry_run: bool,
+    status: u16,
+    code: &str,
+    request_id: Option<&str>,
+) -> RouteNames {
+    let names = decision::route_names(host);
+    let all = host.request_headers();
+    let method = all
+        .iter()
+        .find(|(n, _)| n == headers::METHOD)
+        .map_or("", |(_, v)| v.as_str());
+    decision::Decision::denial("fds-block", method, status, code)
+        .dry_run(dry_run)
+        .at(&names)
+        .request_id(request_id)
+        .trace_id(decision::trace_id(&all).as_deref())
+        .emit();
+    names
 }
 
 /// The generic denial: the reason stays in the gateway log.
@@ -194,11 +237,22 @@ pub fn on_request_headers<H: HttpHost + ?Sized>(
     now: u64,
 ) -> Outcome {
     let decision = decide(host, config, feed, now);
+    let mut names = None;
     let verdict = match &decision {
         Decision::Allow => Verdict::Continue,
         Decision::Block(b) => {
             let rid = host.request_header(headers::REQUEST_ID);
-            log::info!(
+            let d = blocked_denial();
+            names = Some(log_decision(
+                host,
+                config.dry_run,
+                d.status,
+                d.code,
+                rid.as_deref(),
+            ));
+            // The details (which entry, the key) stay out of the decision
+            // line: the key is a user id or a client address.
+            log::debug!(
                 "fds-block: {} request_id={} kind={} key={:?} source={} entry={} reason={:?}",
                 if config.dry_run {
                     "dry-run, would block"
@@ -215,7 +269,7 @@ pub fn on_request_headers<H: HttpHost + ?Sized>(
             if config.dry_run {
                 Verdict::Continue
             } else {
-                blocked_denial().send(host, rid.as_deref());
+                d.send(host, rid.as_deref());
                 Verdict::Responded
             }
         }
@@ -225,15 +279,22 @@ pub fn on_request_headers<H: HttpHost + ?Sized>(
                 "fds-block: block list not loaded yet, refusing request_id={}",
                 rid.as_deref().unwrap_or("-")
             );
+            let d = Denial::unavailable(
+                "blocklist_unavailable",
+                "the block list is not available yet",
+            )
+            .with_header("retry-after", "1");
+            names = Some(log_decision(
+                host,
+                config.dry_run,
+                d.status,
+                d.code,
+                rid.as_deref(),
+            ));
             if config.dry_run {
                 Verdict::Continue
             } else {
-                Denial::unavailable(
-                    "blocklist_unavailable",
-                    "the block list is not available yet",
-                )
-                .with_header("retry-after", "1")
-                .send(host, rid.as_deref());
+                d.send(host, rid.as_deref());
                 Verdict::Responded
             }
         }
@@ -242,6 +303,7 @@ pub fn on_request_headers<H: HttpHost + ?Sized>(
         verdict,
         dry_run: config.dry_run && decision != Decision::Allow,
         decision,
+        names,
     }
 }
 
@@ -465,6 +527,31 @@ mod tests {
         assert_eq!(out.verdict, Verdict::Continue);
         assert!(out.dry_run);
         assert!(h.response.is_none());
+        assert_eq!(reason(&out.decision), Some("blocked_ip"));
+    }
+
+    #[test]
+    fn a_denial_reads_the_route_names_for_its_labels() {
+        let c = load(br#"{"entries": [{"type": "ip", "value": "192.0.2.9"}]}"#).unwrap();
+        let mut h = from("192.0.2.9")
+            .with_property(&["xds", "virtual_host_name"], b"web")
+            .with_property(&["xds", "route_name"], b"api");
+        let out = on_request_headers(&mut h, &c, FeedView::Off, NOW);
+        assert_eq!(out.verdict, Verdict::Responded);
+        assert!(!out.dry_run);
+        assert_eq!(reason(&out.decision), Some("blocked_ip"));
+        let names = out.names.unwrap();
+        assert_eq!(
+            (names.gateway.as_str(), names.route.as_str()),
+            ("web", "api")
+        );
+        let mut h = from("192.0.2.1");
+        let out = on_request_headers(&mut h, &c, FeedView::Off, NOW);
+        assert_eq!((reason(&out.decision), out.names), (None, None));
+        let mut h = from("192.0.2.1");
+        let out = on_request_headers(&mut h, &feed_cfg(), FeedView::NotLoaded, NOW);
+        assert_eq!(reason(&out.decision), Some("blocklist_unavailable"));
+        assert!(out.names.is_some());
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //! in shared data; each worker rebuilds its local [`index::Index`] when the
 //! generation changes. Entries expire at `expires_at`, checked per request.
 //! A failing feed leaves the last good list in force and the feed-age gauge
-//! grows. The reason of a block goes to the gateway log only; `dry_run`
-//! logs and counts without blocking.
+//! grows. A block writes one decision line (`filter_core::decision`, no
+//! key); which entry matched and its reason go to the debug log only;
+//! `dry_run` logs and counts without blocking.
 //!
 //! Decision code: [`entry`], [`index`], [`feed`], [`sync`], [`filter`],
 //! [`config`] (plain Rust, tested natively). The proxy-wasm glue below only
@@ -94,9 +95,12 @@ mod wasm {
 
     /// Metrics: counters are process-wide sums over workers and gateways;
     /// gauges are set by whichever worker last observed the value.
+    /// Labelled decision counters (docs/operations.md), defined on first
+    /// use: `reason` is `blocked_<kind>` or `blocklist_unavailable`.
+    const DENIED: &str = "fds_block_denied_total";
+    const DRY_RUN_DENIED: &str = "fds_block_dry_run_denied_total";
+
     struct Metrics {
-        blocked: [Option<u32>; 4],
-        dry_run: [Option<u32>; 4],
         unavailable: Option<u32>,
         feed_errors: Option<u32>,
         feed_updates: Option<u32>,
@@ -111,8 +115,6 @@ mod wasm {
     impl Metrics {
         fn define() -> Self {
             Metrics {
-                blocked: by_kind(proxy::counter, "fds_block_blocked_{}_total"),
-                dry_run: by_kind(proxy::counter, "fds_block_dry_run_{}_total"),
                 unavailable: proxy::counter("fds_block_unavailable_total"),
                 feed_errors: proxy::counter("fds_block_feed_errors_total"),
                 feed_updates: proxy::counter("fds_block_feed_updates_total"),
@@ -506,13 +508,19 @@ mod wasm {
             let now_s = host.unix_seconds();
             let out = filter::on_request_headers(&mut host, &self.config, view, now_s);
             let m = &self.metrics;
-            match &out.decision {
-                Decision::Allow => {}
-                Decision::Block(b) => {
-                    let ids = if out.dry_run { &m.dry_run } else { &m.blocked };
-                    proxy::increment(ids.get(kind_slot(b.kind)).copied().flatten());
-                }
-                Decision::Unavailable => proxy::increment(m.unavailable),
+            if let (Some(reason), Some(names)) = (filter::reason(&out.decision), &out.names) {
+                let name = if out.dry_run { DRY_RUN_DENIED } else { DENIED };
+                proxy::increment_tagged(
+                    name,
+                    &[
+                        ("gateway", names.gateway.as_str()),
+                        ("route", names.route.as_str()),
+                        ("reason", reason),
+                    ],
+                );
+            }
+            if out.decision == Decision::Unavailable {
+                proxy::increment(m.unavailable);
             }
             proxy::action(out.verdict)
         }

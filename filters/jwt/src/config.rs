@@ -43,6 +43,13 @@ pub struct JwtConfig {
     /// The process-wide store of used `jti`s (routes with `one_time_jti`).
     #[serde(default)]
     pub jti_store: JtiStoreConfig,
+    /// Dry run (default false): every check runs, but a request that would
+    /// be refused is logged (`"dry_run":true`), counted in
+    /// `jwt_dry_run_denied_total` and let through unchanged — without an
+    /// identity and without forwarded claims (client copies of the claim
+    /// headers are still removed).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 fn default_requirement() -> Requirement {
@@ -398,6 +405,7 @@ pub struct Compiled {
     pub forwarded_headers: Vec<String>,
     /// Union of the providers' sources, in order, without duplicates.
     pub sources: Vec<TokenSource>,
+    pub dry_run: bool,
 }
 
 impl Compiled {
@@ -736,6 +744,7 @@ impl TryFrom<JwtConfig> for Compiled {
             jti_max_lifetime: life,
             forwarded_headers,
             sources,
+            dry_run: c.dry_run,
         })
     }
 }

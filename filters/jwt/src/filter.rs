@@ -68,6 +68,8 @@ pub enum Result_ {
     Allowed,
     /// Refused with a local reply.
     Denied,
+    /// Dry run: would have been refused; let through without an identity.
+    DryRunDenied,
 }
 
 /// A token found in the request and where.
@@ -266,7 +268,11 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     }
     let trace_id = decision::trace_id(&all);
     let deny = |host: &mut H, out: &mut Outcome, d: Denial| {
-        out.result = Result_::Denied;
+        out.result = if cfg.dry_run {
+            Result_::DryRunDenied
+        } else {
+            Result_::Denied
+        };
         out.code.get_or_insert(d.code);
         let names = out
             .names
@@ -274,6 +280,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
         // `code` is the reply's error code; `reason` (the token check that
         // failed) is the metric label and stays in the debug log.
         Decision::denial("jwt", method, d.status, d.code)
+            .dry_run(cfg.dry_run)
             .at(names)
             .request_id(request_id)
             .trace_id(trace_id.as_deref())
@@ -284,6 +291,9 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
             out.code.unwrap_or("-"),
             route.map_or("-", |r| r.name.as_str())
         );
+        if cfg.dry_run {
+            return Verdict::Continue;
+        }
         d.send(host, request_id);
         Verdict::Responded
     };

@@ -76,6 +76,7 @@ mod wasm {
     /// Labelled decision counters (docs/operations.md), defined on first use.
     const ALLOWED: &str = "jwt_allowed_total";
     const DENIED: &str = "jwt_denied_total";
+    const DRY_RUN_DENIED: &str = "jwt_dry_run_denied_total";
     const ANONYMOUS: &str = "jwt_anonymous_total";
 
     struct Metrics {
@@ -123,6 +124,12 @@ mod wasm {
                 Result_::Allowed => labelled(ALLOWED, None),
                 Result_::Denied => {
                     labelled(DENIED, Some(o.code.unwrap_or("unknown")));
+                    if !o.signature_checked && !o.cache_hit {
+                        proxy::increment(self.rejected_before_crypto);
+                    }
+                }
+                Result_::DryRunDenied => {
+                    labelled(DRY_RUN_DENIED, Some(o.code.unwrap_or("unknown")));
                     if !o.signature_checked && !o.cache_hit {
                         proxy::increment(self.rejected_before_crypto);
                     }

@@ -201,6 +201,31 @@ fn unknown_routes_default_to_required() {
 }
 
 #[test]
+fn dry_run_lets_would_be_denials_through_without_identity_or_claims() {
+    let mut cfg = config::load(WEB.as_bytes()).unwrap();
+    cfg.dry_run = true;
+    let w = World::from(cfg);
+    // No token: would be 401 missing_token.
+    let mut h = FakeHost::request("GET", "/api/v1/users/7").with_header("x-user-id", "forged");
+    let (v, o) = w.run(&mut h);
+    assert_eq!((v, o.result), (Verdict::Continue, Result_::DryRunDenied));
+    assert_eq!(o.code, Some("missing_token"));
+    assert!(h.response.is_none());
+    assert_eq!(Identity::read(&h), None);
+    assert_eq!(h.header("x-user-id"), None, "client copies still stripped");
+    // A valid token without the scope: would be 403, passes, no identity, no claims.
+    let (s, h) = w.bearer("POST", "/api/v1/orders", &rs256(&claims("users:read")));
+    assert_eq!(s, 0);
+    assert!(h.response.is_none());
+    assert_eq!(Identity::read(&h), None);
+    assert_eq!(h.header("x-user-id"), None);
+    // A good request is unaffected.
+    let (s, h) = w.bearer("GET", "/api/v1/users/7", &rs256(&claims("users:read")));
+    assert_eq!(s, 0);
+    assert!(Identity::read(&h).is_some());
+}
+
+#[test]
 fn missing_scope_is_403_insufficient_scope() {
     let w = World::web();
     let (s, h) = w.bearer("POST", "/api/v1/orders", &rs256(&claims("users:read")));

@@ -46,6 +46,12 @@ pub struct PassportConfig {
     /// removed first, whether or not a value is set).
     #[serde(default)]
     pub headers: Vec<DerivedHeader>,
+    /// Dry run (default false): a request that would be refused (unknown
+    /// user with `on_unknown_user: "deny"`, issuer failure without a stale
+    /// passport) is logged (`"dry_run":true`), counted in
+    /// `passport_dry_run_denied_total` and forwarded **without** a passport.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// The issuer service and how to ask it.
@@ -301,6 +307,7 @@ pub struct Compiled {
     pub retry_after: String,
     /// (header name, claim name)
     pub headers: Vec<(String, String)>,
+    pub dry_run: bool,
 }
 
 /// The lookup path, split at its placeholders.
@@ -548,6 +555,7 @@ impl TryFrom<PassportConfig> for Compiled {
             stale_for_ms: ms(c.on_issuer_error.serve_stale_for),
             retry_after: c.on_issuer_error.retry_after_seconds.to_string(),
             headers,
+            dry_run: c.dry_run,
         })
     }
 }

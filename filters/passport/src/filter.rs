@@ -2,7 +2,8 @@
 //! becomes, and how a waiting request is finished. Plain Rust over
 //! [`HttpHost`] and [`SharedData`], tested with the fake host.
 
-use filter_core::headers::{PASSPORT, REQUEST_ID};
+use filter_core::decision::{self, Decision};
+use filter_core::headers::{METHOD, PASSPORT, REQUEST_ID};
 use filter_core::identity::Identity;
 use filter_core::shared::SharedData;
 use filter_core::{Denial, HttpHost};
@@ -37,6 +38,52 @@ pub enum Finished {
     UnknownForwarded,
     /// 503 `passport_unavailable`.
     Unavailable,
+    /// Dry run: unknown user, would be denied (403); forwarded without a passport.
+    UnknownDryRun,
+    /// Dry run: would be 503 `passport_unavailable`; forwarded without a passport.
+    UnavailableDryRun,
+}
+
+impl Finished {
+    /// The request goes on to the upstream (with or without a passport).
+    pub fn forwarded(self) -> bool {
+        !matches!(self, Finished::UnknownDenied | Finished::Unavailable)
+    }
+
+    /// The denial code (the metric `reason`) of a denial or dry-run would-deny.
+    pub fn denial_reason(self) -> Option<&'static str> {
+        match self {
+            Finished::UnknownDenied | Finished::UnknownDryRun => Some("unknown_user"),
+            Finished::Unavailable | Finished::UnavailableDryRun => Some("passport_unavailable"),
+            Finished::Passport | Finished::Stale | Finished::UnknownForwarded => None,
+        }
+    }
+
+    /// A would-deny of a dry run.
+    pub fn dry_run(self) -> bool {
+        matches!(self, Finished::UnknownDryRun | Finished::UnavailableDryRun)
+    }
+}
+
+/// Writes the decision line of a (would-be) denial and, unless in dry
+/// run, sends it. Returns whether the request was answered.
+fn deny<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, d: Denial) -> bool {
+    // Denial path only: two property reads and one header read.
+    let names = decision::route_names(&*host);
+    let all = host.request_headers();
+    let get = |name: &str| all.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    Decision::denial("passport", get(METHOD).unwrap_or(""), d.status, d.code)
+        .dry_run(cfg.dry_run)
+        .at(&names)
+        .request_id(get(REQUEST_ID))
+        .trace_id(decision::trace_id(&all).as_deref())
+        .emit();
+    if cfg.dry_run {
+        return false;
+    }
+    let rid = get(REQUEST_ID).map(str::to_string);
+    d.send(host, rid.as_deref());
+    true
 }
 
 /// Runs on the request headers. `waiting_locally` tells whether a request on
@@ -109,10 +156,12 @@ pub fn finish<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, res: &Resoluti
         Resolution::Unknown => match cfg.on_unknown_user {
             OnUnknownUser::Continue => Finished::UnknownForwarded,
             OnUnknownUser::Deny => {
-                let rid = host.request_header(REQUEST_ID);
-                Denial::forbidden("unknown_user", "the caller has no user context")
-                    .send(host, rid.as_deref());
-                Finished::UnknownDenied
+                let d = Denial::forbidden("unknown_user", "the caller has no user context");
+                if deny(cfg, host, d) {
+                    Finished::UnknownDenied
+                } else {
+                    Finished::UnknownDryRun
+                }
             }
         },
         Resolution::Unavailable(Some(e)) => {
@@ -123,14 +172,16 @@ pub fn finish<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, res: &Resoluti
             Finished::Stale
         }
         Resolution::Unavailable(None) => {
-            let rid = host.request_header(REQUEST_ID);
-            Denial::unavailable(
+            let d = Denial::unavailable(
                 "passport_unavailable",
                 "the user context could not be looked up; retry later",
             )
-            .with_header("retry-after", cfg.retry_after.clone())
-            .send(host, rid.as_deref());
-            Finished::Unavailable
+            .with_header("retry-after", cfg.retry_after.clone());
+            if deny(cfg, host, d) {
+                Finished::Unavailable
+            } else {
+                Finished::UnavailableDryRun
+            }
         }
     }
 }
@@ -565,6 +616,47 @@ pub(crate) mod tests {
         );
         assert!(h.response.is_none());
         assert_eq!(h.header("x-passport"), None);
+    }
+
+    #[test]
+    fn dry_run_forwards_would_be_denials_without_a_passport() {
+        let cfg = config(|c| c.dry_run = true);
+        for (res, want) in [
+            (Resolution::Unknown, Finished::UnknownDryRun),
+            (Resolution::Unavailable(None), Finished::UnavailableDryRun),
+        ] {
+            let mut h = request(Some("alice"));
+            h.remove_request_header("x-passport");
+            h.remove_request_header("x-user-risk");
+            let f = finish(&cfg, &mut h, &res);
+            assert_eq!(f, want);
+            assert!(f.forwarded() && f.dry_run());
+            assert!(h.response.is_none());
+            assert_eq!(h.header("x-passport"), None);
+            assert_eq!(h.header("x-user-risk"), None);
+        }
+        assert_eq!(
+            Finished::UnknownDryRun.denial_reason(),
+            Some("unknown_user")
+        );
+        assert_eq!(
+            Finished::UnavailableDryRun.denial_reason(),
+            Some("passport_unavailable")
+        );
+        assert_eq!(Finished::Stale.denial_reason(), None);
+        assert!(!Finished::Unavailable.forwarded());
+        // A good lookup still gets its passport in dry run.
+        let key = CacheKey {
+            user: "alice".into(),
+            device: None,
+        };
+        let e = lookup_result(&cfg, &key, Some(200), Some(&issuer_body("alice")), NOW).unwrap();
+        let mut h = request(Some("alice"));
+        assert_eq!(
+            finish(&cfg, &mut h, &Resolution::Passport(e)),
+            Finished::Passport
+        );
+        assert!(h.header("x-passport").is_some_and(|v| v != "forged"));
     }
 
     #[test]

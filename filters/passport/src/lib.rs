@@ -63,6 +63,11 @@ mod wasm {
         })
     }
 
+    /// Labelled denial counters (docs/operations.md), defined on first use;
+    /// `reason` is `unknown_user` or `passport_unavailable`.
+    const DENIED: &str = "passport_denied_total";
+    const DRY_RUN_DENIED: &str = "passport_dry_run_denied_total";
+
     /// Counters (and one histogram), defined once per plugin configuration.
     struct Metrics {
         hit: Option<u32>,
@@ -97,14 +102,30 @@ mod wasm {
             }
         }
 
+        /// Counts how a request ended; called with the request as the
+        /// effective context (the labels are its gateway and route).
         fn finished(&self, f: Finished) {
             match f {
                 Finished::Passport => {}
                 Finished::Stale => proxy::increment(self.stale),
-                Finished::UnknownDenied | Finished::UnknownForwarded => {
+                Finished::UnknownDenied | Finished::UnknownForwarded | Finished::UnknownDryRun => {
                     proxy::increment(self.unknown)
                 }
-                Finished::Unavailable => proxy::increment(self.unavailable),
+                Finished::Unavailable | Finished::UnavailableDryRun => {
+                    proxy::increment(self.unavailable)
+                }
+            }
+            if let Some(reason) = f.denial_reason() {
+                // Denial path only: the two property reads of the labels.
+                let names = filter_core::decision::route_names(&ProxyHost);
+                proxy::increment_tagged(
+                    if f.dry_run() { DRY_RUN_DENIED } else { DENIED },
+                    &[
+                        ("gateway", names.gateway.as_str()),
+                        ("route", names.route.as_str()),
+                        ("reason", reason),
+                    ],
+                );
             }
         }
     }
@@ -207,10 +228,7 @@ mod wasm {
                 }
                 let f = filter::finish(&s.config, &mut ProxyHost, &res);
                 s.metrics.finished(f);
-                if matches!(
-                    f,
-                    Finished::Passport | Finished::Stale | Finished::UnknownForwarded
-                ) {
+                if f.forwarded() {
                     let _ = hostcalls::resume_http_request();
                 }
             }
@@ -321,7 +339,11 @@ mod wasm {
                 );
                 let f = filter::finish(cfg, &mut ProxyHost, &Resolution::Unavailable(None));
                 self.metrics.finished(f);
-                return Action::Pause;
+                return if f.forwarded() {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                };
             }
             self.waiting = true;
             if !self.ticking.get() {
@@ -354,11 +376,10 @@ mod wasm {
                 }
                 Start::Done(f) => {
                     self.metrics.finished(f);
-                    match f {
-                        Finished::UnknownDenied | Finished::Unavailable => Action::Pause,
-                        Finished::Passport | Finished::Stale | Finished::UnknownForwarded => {
-                            Action::Continue
-                        }
+                    if f.forwarded() {
+                        Action::Continue
+                    } else {
+                        Action::Pause
                     }
                 }
                 Start::Wait { key, coalesced } => {

@@ -66,6 +66,12 @@ pub struct ReplayGuardConfig {
     /// no reports.
     #[serde(default)]
     pub reports: Option<ReportsConfig>,
+    /// Dry run (default false): every check runs, but a request that would
+    /// be refused is logged (`"dry_run":true`), counted in
+    /// `replay_guard_dry_run_denied_total` and let through unchanged,
+    /// without an identity and without a report to the FDS service.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One master secret version.
@@ -285,6 +291,7 @@ pub struct Compiled {
     pub max_nonce_length: usize,
     pub max_body_bytes: u64,
     pub reports: Option<Reports>,
+    pub dry_run: bool,
 }
 
 impl Compiled {
@@ -515,6 +522,7 @@ impl Compiled {
             max_nonce_length: n.max_nonce_length,
             max_body_bytes: c.max_body_bytes,
             reports,
+            dry_run: c.dry_run,
         })
     }
 }

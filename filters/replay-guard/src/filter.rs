@@ -16,6 +16,7 @@
 //! 8. nonce recorded in the shared store (replay → 401);
 //! 9. identity published for fds-block and passport; the request continues.
 
+use filter_core::decision::{self, Decision, RouteNames};
 use filter_core::identity::{Identity, Source};
 use filter_core::route::split_path;
 use filter_core::shared::SharedData;
@@ -44,6 +45,8 @@ pub enum Outcome {
     Verified,
     /// Refused; the code says why.
     Denied(&'static str),
+    /// Dry run: would have been refused (code), let through without an identity.
+    DryRunDenied(&'static str),
 }
 
 /// A request whose signature verified, waiting for its body.
@@ -70,6 +73,11 @@ pub struct Request {
     pub outcome: Outcome,
     /// A report for the FDS service, taken by the glue.
     pub report: Option<Report>,
+    /// `dry_run` of the config this request runs under.
+    dry_run: bool,
+    /// Envoy gateway/route names, read on a denial (decision log) and
+    /// reused by the glue for the metric labels.
+    pub names: Option<RouteNames>,
 }
 
 fn unauthorized(code: &'static str, message: &'static str) -> Denial {
@@ -98,15 +106,27 @@ fn sig_denial(e: &SigError) -> Denial {
 }
 
 impl Request {
+    /// Refuses the request (or, in dry run, logs and counts the refusal and
+    /// lets the request through without an identity or a report).
     fn deny<H: HttpHost>(&mut self, host: &mut H, d: Denial) -> Verdict {
-        self.outcome = Outcome::Denied(d.code);
         self.waiting_body = false;
-        log::info!(
-            "replay-guard deny status={} code={} request_id={}",
-            d.status,
-            d.code,
-            self.request_id.as_deref().unwrap_or("-")
-        );
+        self.verified = None;
+        // Denial path only: two property reads and one header read.
+        let names = decision::route_names(&*host);
+        let trace_id = decision::trace_id(&host.request_headers());
+        Decision::denial("replay-guard", &self.method, d.status, d.code)
+            .dry_run(self.dry_run)
+            .at(&names)
+            .request_id(self.request_id.as_deref())
+            .trace_id(trace_id.as_deref())
+            .emit();
+        self.names = Some(names);
+        if self.dry_run {
+            self.outcome = Outcome::DryRunDenied(d.code);
+            self.report = None;
+            return Verdict::Continue;
+        }
+        self.outcome = Outcome::Denied(d.code);
         d.send(host, self.request_id.as_deref());
         Verdict::Responded
     }
@@ -146,6 +166,7 @@ impl Request {
         store: &S,
         end_of_stream: bool,
     ) -> Verdict {
+        self.dry_run = cfg.dry_run;
         let all = host.request_headers();
         let mut current_path = "";
         let mut authority = "";
@@ -906,5 +927,48 @@ mod tests {
         assert_eq!(r.on_headers(&c, &mut h, &s, false), Verdict::WaitBody);
         assert_eq!(r.on_body(&c, &mut h, &s, 2, false), Verdict::WaitBody);
         assert_eq!(r.on_trailers(&c, &mut h, &s, 2), Verdict::Continue);
+    }
+
+    #[test]
+    fn dry_run_lets_would_be_denials_through_without_identity_or_report() {
+        let mut c = cfg();
+        c.dry_run = true;
+        let s = store(&c);
+        // Unsigned: would be signature_missing.
+        let mut h = FakeHost::request("GET", "/api/v1/users/7")
+            .with_header("x-request-id", "test-rid")
+            .with_property(&["xds", "route_name"], b"api")
+            .with_property(&["xds", "virtual_host_name"], b"app");
+        let (v, r) = run(&c, &s, &mut h);
+        assert_eq!(v, Verdict::Continue);
+        assert_eq!(r.outcome, Outcome::DryRunDenied("signature_missing"));
+        assert!(h.response.is_none());
+        assert_eq!(Identity::read(&h), None);
+        let names = r.names.unwrap();
+        assert_eq!(
+            (names.gateway.as_str(), names.route.as_str()),
+            ("app", "api")
+        );
+        // A replay: would be refused, passes, no identity, no report.
+        let signer = Signer::get("/api/v1/users/7");
+        let (_, r) = run(&c, &s, &mut signer.host());
+        assert_eq!(r.outcome, Outcome::Verified);
+        let mut h = signer.host();
+        let (v, r) = run(&c, &s, &mut h);
+        assert_eq!(v, Verdict::Continue);
+        assert_eq!(r.outcome, Outcome::DryRunDenied("replay"));
+        assert!(r.report.is_none());
+        assert!(h.response.is_none());
+        assert_eq!(Identity::read(&h), None);
+        // A body too large to verify: released, not 413.
+        let body = vec![b'x'; 2000];
+        let mut h = Signer::post("/api/v1/orders", &body).host();
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&c, &mut h, &s, false), Verdict::WaitBody);
+        assert_eq!(r.on_body(&c, &mut h, &s, 2000, false), Verdict::Continue);
+        assert_eq!(r.outcome, Outcome::DryRunDenied("body_too_large"));
+        assert!(h.response.is_none());
+        assert_eq!(r.on_body(&c, &mut h, &s, 2500, true), Verdict::Continue);
+        assert_eq!(Identity::read(&h), None);
     }
 }

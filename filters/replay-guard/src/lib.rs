@@ -67,10 +67,13 @@ mod wasm {
         Box::new(Root::default())
     }
 
+    /// Labelled decision counters (docs/operations.md), defined on first use.
+    const VERIFIED: &str = "replay_guard_verified_total";
+    const DENIED: &str = "replay_guard_denied_total";
+    const DRY_RUN_DENIED: &str = "replay_guard_dry_run_denied_total";
+
     struct Metrics {
         open: Option<u32>,
-        verified: Option<u32>,
-        denied: Option<u32>,
         invalid_signature: Option<u32>,
         replay: Option<u32>,
         store_refused: Option<u32>,
@@ -82,8 +85,6 @@ mod wasm {
         fn define() -> Self {
             Metrics {
                 open: proxy::counter("replay_guard_open_total"),
-                verified: proxy::counter("replay_guard_verified_total"),
-                denied: proxy::counter("replay_guard_denied_total"),
                 invalid_signature: proxy::counter("replay_guard_invalid_signature_total"),
                 replay: proxy::counter("replay_guard_replay_total"),
                 store_refused: proxy::counter("replay_guard_nonce_store_refused_total"),
@@ -220,11 +221,29 @@ mod wasm {
             if !self.counted && self.req.outcome != Outcome::Pending {
                 self.counted = true;
                 let m = &self.metrics;
+                // Decisions are labelled by gateway and route (denials also
+                // by reason); open routes are not, to keep them free of the
+                // two property reads.
+                let labelled = |req: &crate::filter::Request, name: &str, reason: Option<&str>| {
+                    let names = req
+                        .names
+                        .clone()
+                        .unwrap_or_else(|| filter_core::decision::route_names(&ProxyHost));
+                    let mut tags = vec![
+                        ("gateway", names.gateway.as_str()),
+                        ("route", names.route.as_str()),
+                    ];
+                    if let Some(r) = reason {
+                        tags.push(("reason", r));
+                    }
+                    proxy::increment_tagged(name, &tags);
+                };
                 match self.req.outcome {
                     Outcome::Open => proxy::increment(m.open),
-                    Outcome::Verified => proxy::increment(m.verified),
+                    Outcome::Verified => labelled(&self.req, VERIFIED, None),
+                    Outcome::DryRunDenied(code) => labelled(&self.req, DRY_RUN_DENIED, Some(code)),
                     Outcome::Denied(code) => {
-                        proxy::increment(m.denied);
+                        labelled(&self.req, DENIED, Some(code));
                         match code {
                             "signature_invalid" | "digest_invalid" => {
                                 proxy::increment(m.invalid_signature)

@@ -32,6 +32,13 @@ pub struct RouteBreakerConfig {
     /// untouched.
     #[serde(default)]
     pub routes: Vec<RouteRule>,
+    /// Dry run (default false): the breakers count and change state as
+    /// usual, but a call an open (or full half-open) breaker would reject
+    /// is logged (`"dry_run":true`), counted in
+    /// `route_breaker_dry_run_denied_total` and let through (not recorded
+    /// in the breaker's window).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One breaker and the requests it guards.
@@ -192,6 +199,7 @@ pub struct Compiled {
     pub routes: Vec<CompiledRoute>,
     /// Some route matches on Envoy's route name (one property read per request).
     pub uses_route_name: bool,
+    pub dry_run: bool,
 }
 
 impl Compiled {
@@ -393,6 +401,7 @@ impl TryFrom<RouteBreakerConfig> for Compiled {
             name: c.name,
             routes,
             uses_route_name,
+            dry_run: c.dry_run,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use filter_core::decision::{self, Decision};
 use filter_core::headers;
 use filter_core::host::{HttpHost, Verdict};
 use filter_core::route::split_path;
@@ -70,6 +71,11 @@ pub enum Event {
         transition: Transition,
     },
     Rejected {
+        route: usize,
+    },
+    /// Dry run: the breaker would have rejected the call; it went through
+    /// (not recorded in the breaker's window).
+    DryRunRejected {
         route: usize,
     },
     /// A counted outcome, with the window's rates once it holds enough calls.
@@ -189,9 +195,22 @@ where
             }),
         ),
         Admission::Reject { retry_after_ms } => {
-            events.push(Event::Rejected { route: idx });
             let secs = retry_after_ms.div_ceil(1000).max(1);
             let rid = host.request_header(headers::REQUEST_ID);
+            // The decision line (rejection path only: two property reads
+            // and one header read).
+            let names = decision::route_names(&*host);
+            Decision::denial("route-breaker", &method, 503, "circuit_open")
+                .dry_run(cfg.dry_run)
+                .at(&names)
+                .request_id(rid.as_deref())
+                .trace_id(decision::trace_id(&host.request_headers()).as_deref())
+                .emit();
+            if cfg.dry_run {
+                events.push(Event::DryRunRejected { route: idx });
+                return (Verdict::Continue, None);
+            }
+            events.push(Event::Rejected { route: idx });
             Denial::unavailable(
                 "circuit_open",
                 format!(
@@ -421,6 +440,25 @@ mod tests {
         assert_eq!(r.header("retry-after"), Some("4"));
         assert_eq!(r.header("x-request-id"), Some("test-rid"));
         assert!(ev.contains(&Event::Rejected { route: 0 }));
+    }
+
+    #[test]
+    fn dry_run_counts_the_would_be_rejection_and_lets_the_call_through() {
+        let mut cfg = load(WEB).unwrap();
+        cfg.dry_run = true;
+        let store = MemorySharedData::new();
+        init_store(&cfg, &store).unwrap();
+        let mut ev = Vec::new();
+        for i in 0..5 {
+            call(&cfg, &store, 1_000 + i, 10, 500, &mut ev);
+        }
+        assert_eq!(phase(&cfg, &store), Phase::Open, "the breaker still trips");
+        ev.clear();
+        let (v, h) = call(&cfg, &store, 2_500, 10, 200, &mut ev);
+        assert_eq!(v, Verdict::Continue);
+        assert!(h.response.is_none());
+        assert_eq!(ev, vec![Event::DryRunRejected { route: 0 }]);
+        assert_eq!(phase(&cfg, &store), Phase::Open, "not recorded");
     }
 
     #[test]

@@ -36,6 +36,7 @@ mod wasm {
     use std::cell::Cell;
     use std::rc::Rc;
 
+    use filter_core::metrics;
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -73,13 +74,17 @@ mod wasm {
         }
     }
 
-    /// Metrics of one breaker: `route_breaker_<thing>.<scope>.<route>`.
+    /// Metrics of one breaker: `route_breaker_<thing>{gateway=<scope>,route=<route>}`
+    /// (labels by Envoy tag extraction, `filter_core::metrics`), defined at
+    /// configure time: at most `MAX_ROUTES` breakers per configuration.
     struct RouteMetrics {
         /// 0 closed, 1 open, 2 half-open (set by the worker that made the last transition).
         state: Option<u32>,
         transitions: Option<u32>,
         opened: Option<u32>,
         rejected: Option<u32>,
+        /// Dry run: would have rejected (`reason="circuit_open"`).
+        dry_run_denied: Option<u32>,
         calls: Option<u32>,
         failures: Option<u32>,
         slow_calls: Option<u32>,
@@ -93,12 +98,24 @@ mod wasm {
 
     impl RouteMetrics {
         fn define(scope: &str, route: &str) -> Self {
-            let n = |thing: &str| format!("route_breaker_{thing}.{scope}.{route}");
+            let tags = [("gateway", scope), ("route", route)];
+            let n = |thing: &str| metrics::tagged(&format!("route_breaker_{thing}"), &tags);
             RouteMetrics {
                 state: define(MetricType::Gauge, &n("state")),
                 transitions: define(MetricType::Counter, &n("transitions_total")),
                 opened: define(MetricType::Counter, &n("opened_total")),
                 rejected: define(MetricType::Counter, &n("rejected_total")),
+                dry_run_denied: define(
+                    MetricType::Counter,
+                    &metrics::tagged(
+                        "route_breaker_dry_run_denied_total",
+                        &[
+                            ("gateway", scope),
+                            ("route", route),
+                            ("reason", "circuit_open"),
+                        ],
+                    ),
+                ),
                 calls: define(MetricType::Counter, &n("calls_total")),
                 failures: define(MetricType::Counter, &n("failures_total")),
                 slow_calls: define(MetricType::Counter, &n("slow_calls_total")),
@@ -150,6 +167,12 @@ mod wasm {
                             continue;
                         };
                         proxy::increment(m.rejected);
+                    }
+                    Event::DryRunRejected { route } => {
+                        let Some(m) = self.metrics.get(*route) else {
+                            continue;
+                        };
+                        proxy::increment(m.dry_run_denied);
                     }
                     Event::Recorded {
                         route,

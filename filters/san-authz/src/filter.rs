@@ -2,6 +2,7 @@
 //! runs natively against [`filter_core::host::FakeHost`] and in Envoy
 //! through the thin proxy-wasm glue in `lib.rs`.
 
+use filter_core::decision::{self, RouteNames};
 use filter_core::identity::{Identity, Source as IdSource};
 use filter_core::route::split_path;
 use filter_core::{headers, Denial, HttpHost, Verdict};
@@ -128,6 +129,9 @@ fn certificate<H: HttpHost>(
 pub struct Request {
     request_id: Option<String>,
     pub decision: Decision,
+    /// Envoy gateway/route names, read on a denial (decision log) and
+    /// reused by the glue for the metric labels.
+    pub names: Option<RouteNames>,
 }
 
 impl Request {
@@ -142,20 +146,34 @@ impl Request {
     ) -> Verdict {
         self.decision.reason = Some(reason);
         self.decision.certificate_rejected = certificate_rejected;
-        let rid = self.request_id.as_deref().unwrap_or("-");
+        // The decision line (denial path only: two property reads, one
+        // header read); `code` is the reply's error code, the finer
+        // `reason` is the metric label and stays in the debug line with
+        // the certificate's SANs.
+        let names = decision::route_names(&*host);
+        let all = host.request_headers();
+        let method = all
+            .iter()
+            .find(|(n, _)| n == headers::METHOD)
+            .map_or("", |(_, v)| v.as_str());
+        decision::Decision::denial("san-authz", method, denial.status, denial.code)
+            .dry_run(cfg.dry_run)
+            .at(&names)
+            .request_id(self.request_id.as_deref())
+            .trace_id(decision::trace_id(&all).as_deref())
+            .emit();
+        self.names = Some(names);
+        log::debug!(
+            "san-authz {} status={} reason={reason} {ctx} request_id={}",
+            if cfg.dry_run { "would deny" } else { "deny" },
+            denial.status,
+            self.request_id.as_deref().unwrap_or("-")
+        );
         if cfg.dry_run {
             self.decision.outcome = Outcome::DryRunDenied;
-            log::info!(
-                "san-authz dry-run: would deny status={} reason={reason} {ctx} request_id={rid}",
-                denial.status
-            );
             return Verdict::Continue;
         }
         self.decision.outcome = Outcome::Denied;
-        log::info!(
-            "san-authz deny status={} reason={reason} {ctx} request_id={rid}",
-            denial.status
-        );
         denial.send(host, self.request_id.as_deref());
         Verdict::Responded
     }
@@ -542,6 +560,26 @@ mod tests {
         assert!(h.response.is_none());
         assert_eq!(h.header("x-gateway-client-san"), None);
         assert_eq!(Identity::read(&h), None);
+    }
+
+    #[test]
+    fn a_denial_reads_the_route_names_for_its_labels_and_an_allow_does_not() {
+        let cfg = secure();
+        let mut h = over_mtls("stranger", "GET", "/internal/x")
+            .with_property(&["xds", "virtual_host_name"], b"secure")
+            .with_property(&["xds", "route_name"], b"internal");
+        let mut r = Request::default();
+        let v = r.on_headers(&cfg, &mut SignatureCache::new(4), &mut h);
+        assert_eq!(v, Verdict::Responded);
+        let names = r.names.unwrap();
+        assert_eq!(
+            (names.gateway.as_str(), names.route.as_str()),
+            ("secure", "internal")
+        );
+        let mut h = over_mtls("internal-admin", "GET", "/health");
+        let mut r = Request::default();
+        let v = r.on_headers(&cfg, &mut SignatureCache::new(4), &mut h);
+        assert_eq!((v, r.names), (Verdict::Continue, None));
     }
 
     #[test]

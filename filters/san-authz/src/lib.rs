@@ -53,20 +53,19 @@ mod wasm {
         Box::new(Root::default())
     }
 
+    /// Labelled decision counters (docs/operations.md), defined on first use.
+    const ALLOWED: &str = "san_authz_allowed_total";
+    const DENIED: &str = "san_authz_denied_total";
+    const DRY_RUN_DENIED: &str = "san_authz_dry_run_denied_total";
+
     /// Counters, defined once per plugin configuration.
     struct Metrics {
-        allowed: Option<u32>,
-        denied: Option<u32>,
-        dry_run_denied: Option<u32>,
         certificate_rejected: Option<u32>,
     }
 
     impl Metrics {
         fn define() -> Self {
             Metrics {
-                allowed: proxy::counter("san_authz_allowed_total"),
-                denied: proxy::counter("san_authz_denied_total"),
-                dry_run_denied: proxy::counter("san_authz_dry_run_denied_total"),
                 certificate_rejected: proxy::counter("san_authz_certificate_rejected_total"),
             }
         }
@@ -138,11 +137,25 @@ mod wasm {
                 Err(_) => req.on_headers(&self.config, &mut SignatureCache::new(0), &mut ProxyHost),
             };
             let m = &self.metrics;
-            match req.decision.outcome {
-                Outcome::Allowed => proxy::increment(m.allowed),
-                Outcome::Denied => proxy::increment(m.denied),
-                Outcome::DryRunDenied => proxy::increment(m.dry_run_denied),
+            // Every decision is labelled by gateway and route (denials
+            // also by reason); a denial already read the names.
+            let names = req
+                .names
+                .take()
+                .unwrap_or_else(|| filter_core::decision::route_names(&ProxyHost));
+            let mut tags = vec![
+                ("gateway", names.gateway.as_str()),
+                ("route", names.route.as_str()),
+            ];
+            let name = match req.decision.outcome {
+                Outcome::Allowed => ALLOWED,
+                Outcome::Denied => DENIED,
+                Outcome::DryRunDenied => DRY_RUN_DENIED,
+            };
+            if req.decision.outcome != Outcome::Allowed {
+                tags.push(("reason", req.decision.reason.unwrap_or("unknown")));
             }
+            proxy::increment_tagged(name, &tags);
             if req.decision.certificate_rejected {
                 proxy::increment(m.certificate_rejected);
             }
