@@ -31,6 +31,8 @@ pub mod metrics;
 pub mod original;
 pub mod route;
 pub mod shared;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(target_arch = "wasm32")]
 pub mod proxy;

@@ -31,16 +31,10 @@ fn every_shipped_example_config_compiles() {
 
 #[test]
 fn schema_is_current() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.schema.json");
-    let want = serde_json::to_string_pretty(&fds_block::config::schema()).unwrap() + "\n";
-    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, &want).unwrap();
-    }
-    let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        have == want,
-        "{} is stale: run `make schemas` (UPDATE_SCHEMAS=1 cargo test)",
-        path.display()
+    filter_core::testing::assert_schema_current(
+        env!("CARGO_MANIFEST_DIR"),
+        "fds-block",
+        &fds_block::config::schema(),
     );
 }
 

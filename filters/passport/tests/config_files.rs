@@ -47,16 +47,10 @@ fn inline_demo_keys_match_the_key_files() {
 
 #[test]
 fn schema_is_current() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.schema.json");
-    let want = serde_json::to_string_pretty(&passport::config::schema()).unwrap() + "\n";
-    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, &want).unwrap();
-    }
-    let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        have == want,
-        "{} is stale: run `make schemas` (UPDATE_SCHEMAS=1 cargo test)",
-        path.display()
+    filter_core::testing::assert_schema_current(
+        env!("CARGO_MANIFEST_DIR"),
+        "passport",
+        &passport::config::schema(),
     );
 }
 

@@ -41,15 +41,9 @@ fn shipped_config_without_its_secret_is_refused() {
 
 #[test]
 fn schema_is_current() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.schema.json");
-    let want = serde_json::to_string_pretty(&replay_guard::config::schema()).unwrap() + "\n";
-    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, &want).unwrap();
-    }
-    let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        have == want,
-        "{} is stale: run `UPDATE_SCHEMAS=1 cargo test -p replay-guard`",
-        path.display()
+    filter_core::testing::assert_schema_current(
+        env!("CARGO_MANIFEST_DIR"),
+        "replay-guard",
+        &replay_guard::config::schema(),
     );
 }

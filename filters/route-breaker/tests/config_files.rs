@@ -48,16 +48,10 @@ fn the_web_config_is_the_contracts_breaker() {
 
 #[test]
 fn schema_is_current() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.schema.json");
-    let want = serde_json::to_string_pretty(&route_breaker::config::schema()).unwrap() + "\n";
-    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, &want).unwrap();
-    }
-    let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        have == want,
-        "{} is stale: run `make schemas` (UPDATE_SCHEMAS=1 cargo test)",
-        path.display()
+    filter_core::testing::assert_schema_current(
+        env!("CARGO_MANIFEST_DIR"),
+        "route-breaker",
+        &route_breaker::config::schema(),
     );
 }
 

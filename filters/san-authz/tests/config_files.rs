@@ -41,16 +41,10 @@ fn behind_edge_trusts_the_current_demo_ca() {
 
 #[test]
 fn schema_is_current() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.schema.json");
-    let want = serde_json::to_string_pretty(&san_authz::config::schema()).unwrap() + "\n";
-    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, &want).unwrap();
-    }
-    let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        have == want,
-        "{} is stale: run `make schemas` (UPDATE_SCHEMAS=1 cargo test)",
-        path.display()
+    filter_core::testing::assert_schema_current(
+        env!("CARGO_MANIFEST_DIR"),
+        "san-authz",
+        &san_authz::config::schema(),
     );
 }
 
