@@ -34,6 +34,7 @@ pub mod crypto;
 pub mod filter;
 pub mod jti;
 pub mod jwks;
+pub mod pkcs1;
 pub mod remote;
 pub mod token;
 
