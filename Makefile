@@ -35,7 +35,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target venv run test test-rust \
-        lint validate test-integration test-suite build-suite bench bench-tools demo-material compose-config render clean distclean \
+        lint validate test-integration test-suite build-suite bench bench-verify bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio
 
 help: ## list the targets
@@ -124,6 +124,18 @@ bench: build venv bench-tools ## gateways vs bare Envoy and a no-op wasm floor, 
 	$(CARGO) build --release --target $(WASM_TARGET) -p noop
 	$(CARGO) build --release --target $(WASM_TARGET) -p suite
 	$(VPY) tests/bench/run.py $(BENCH_ARGS)
+
+# The pure verifier built for wasm32-wasip1 and run under Node's V8 (the
+# engine Envoy embeds): per-step µs of token verification, best of 7 rounds
+# (docs/filters/jwt.md, Crypto backend). Needs node >= 18 on PATH.
+bench-verify: venv wasm-target ## jwt verification micro-bench in V8 (node), RS256/ES256
+	@command -v node >/dev/null || { echo "bench-verify needs node (>= 18) on PATH" >&2; exit 1; }
+	@mkdir -p build/bench
+	$(VPY) tests/bench/mint_tokens.py 50 > build/bench/tokens.txt
+	@# Own target dir: a --no-default-features build of jwt must never replace
+	@# target/.../jwt.wasm (the filter needs its `standalone` entry point).
+	CARGO_TARGET_DIR=build/bench/target-verify $(CARGO) build --release --target $(WASM_TARGET) -p jwt --no-default-features --example verify_bench
+	node --no-warnings tests/bench/wasi-run.mjs build/bench/target-verify/$(WASM_TARGET)/release/examples/verify_bench.wasm build/bench/tokens.txt
 
 bench-tools: ## install the load generator (wrk) if missing
 	@command -v wrk >/dev/null || { echo "installing wrk"; \

@@ -26,9 +26,10 @@ Wasm build (--wasm-build, default: the WASM_BUILD environment variable, else
 "filters"): "filters" renders the template as written, one module per filter
 (<filter>.wasm, one vm_id per filter shared by every gateway); "suite" then
 points every block of the seven filter modules at ${WASM_DIR}/suite.wasm with
-ONE vm_id per listener (suite_<listener>), each filter keeping its root_id and
-configuration; the environment variables of a listener's filters are merged
-into that VM's config. See docs/performance.md.
+ONE vm_id ("suite") for the whole process: the module is compiled once and
+runs in one VM per worker, each filter of each gateway keeping its root_id and
+configuration; the environment variables of all filters are merged into that
+VM's config. See docs/performance.md.
 
 Standard library only, so that it runs before any virtualenv exists (the
 suite build alone needs PyYAML: the project venv has it).
@@ -194,15 +195,19 @@ def splice(text: str, marker: str, blocks: list[str]) -> str:
 
 def to_suite(text: str, wasm_dir: str) -> str:
     """The rendered config `text` with every filter of SUITE_MODULES running
-    from `wasm_dir`/suite.wasm in one VM per listener (vm_id suite_<listener>)."""
+    from `wasm_dir`/suite.wasm in ONE VM per worker for the whole process
+    (vm_id "suite"): the module is compiled once, every gateway's filters are
+    root contexts of that VM (each keeps its root_id and configuration), and
+    their shared-data keys and queues are namespaced per filter (jwt.*,
+    replay_guard.*, passport/*, route-breaker/*, fds*), so one vm_id is safe."""
     try:
         import yaml  # noqa: PLC0415 (only the suite build needs it)
     except ImportError as exc:
         raise RenderError("the suite build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
     # A JSON round trip unties YAML aliases: every filter block gets its own copy.
     cfg = json.loads(json.dumps(yaml.safe_load(text)))
+    plugins = []
     for listener in cfg.get("static_resources", {}).get("listeners", []):
-        plugins = []
         for chain in listener.get("filter_chains", []):
             for net in chain.get("filters", []):
                 for http in net.get("typed_config", {}).get("http_filters", []):
@@ -211,27 +216,29 @@ def to_suite(text: str, wasm_dir: str) -> str:
                     code = conf.get("vm_config", {}).get("code", {}).get("local", {}).get("filename", "")
                     if tc.get("@type", "").endswith(".filters.http.wasm.v3.Wasm") and Path(code).name in SUITE_MODULES:
                         plugins.append(conf)
-        if not plugins:
-            continue
-        env: dict[str, str] = {}
-        host_keys: list[str] = []
-        for conf in plugins:
-            ev = conf["vm_config"].get("environment_variables", {})
-            for k, v in ev.get("key_values", {}).items():
-                if env.get(k, v) != v:
-                    raise RenderError(f"suite build: listener {listener['name']}: environment variable {k} differs between filters")
-                env[k] = v
-            host_keys += [k for k in ev.get("host_env_keys", []) if k not in host_keys]
-        vm = {
-            "vm_id": f"suite_{listener['name']}",
-            "runtime": plugins[0]["vm_config"].get("runtime", "envoy.wasm.runtime.v8"),
-            "code": {"local": {"filename": f"{wasm_dir}/suite.wasm"}},
-        }
-        if env or host_keys:
-            vm["environment_variables"] = {**({"key_values": env} if env else {}),
-                                           **({"host_env_keys": host_keys} if host_keys else {})}
-        for conf in plugins:
-            conf["vm_config"] = json.loads(json.dumps(vm))
+    if not plugins:
+        return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
+    # Envoy shares a VM only between plugins whose vm_config is identical, so
+    # the environment of every filter is merged into one (a clash is an error).
+    env: dict[str, str] = {}
+    host_keys: list[str] = []
+    for conf in plugins:
+        ev = conf["vm_config"].get("environment_variables", {})
+        for k, v in ev.get("key_values", {}).items():
+            if env.get(k, v) != v:
+                raise RenderError(f"suite build: environment variable {k} differs between filters")
+            env[k] = v
+        host_keys += [k for k in ev.get("host_env_keys", []) if k not in host_keys]
+    vm = {
+        "vm_id": "suite",
+        "runtime": plugins[0]["vm_config"].get("runtime", "envoy.wasm.runtime.v8"),
+        "code": {"local": {"filename": f"{wasm_dir}/suite.wasm"}},
+    }
+    if env or host_keys:
+        vm["environment_variables"] = {**({"key_values": env} if env else {}),
+                                       **({"host_env_keys": host_keys} if host_keys else {})}
+    for conf in plugins:
+        conf["vm_config"] = json.loads(json.dumps(vm))
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
 
 
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--include-root", type=Path, default=DEFAULT_INCLUDE_ROOT,
                         help="directory that ${json:...} paths are relative to (default: examples/)")
     parser.add_argument("--wasm-build", choices=WASM_BUILDS, default=None,
-                        help="filters: one module per filter; suite: suite.wasm, one VM per listener "
+                        help="filters: one module per filter; suite: suite.wasm, one VM per worker "
                              "(default: $WASM_BUILD, else filters)")
     args = parser.parse_args(argv)
 

@@ -286,6 +286,13 @@ def stale_gateway(stack, tmp_path_factory):
         wait_until(lambda: proc.poll() is not None or _accepts(STALE_PORT), timeout=60,
                    message="the stale-variant Envoy")
         assert proc.poll() is None, path.with_suffix(".log").read_text()[-3000:]
+        # fds-block answers 503 blocklist_unavailable until its worker has the
+        # first feed list (fail closed); wait for the chain to pass end to end
+        # a few times in a row (new connections land on either worker).
+        warm = new_user()
+        streak = []
+        wait_until(lambda: streak.append(get_user(stale_url, warm).status_code == 200) or streak[-3:] == [True] * 3,
+                   timeout=30, message="the stale-variant chain to pass (fds-block list loaded)")
         yield issuer
     finally:
         proc.terminate()
