@@ -225,6 +225,7 @@ def main_targets(mat: Material) -> list[dict]:
         T("secure", "mtls", 10110, "tls bare", path="/partner/v1/billing/bench", lat=True),
         T("web unstable", "breaker", 10000, "bare", path="/api/v1/unstable/bench", lat=True),
     ]
+    t += [T(f"probe {kind}", "hostcall", port, "bare") for kind, port in PROBES.items()]
     return t
 
 
@@ -429,10 +430,39 @@ def lock_stack():
     return lock
 
 
+#: Host-call probes: the no-op filter making N calls of one kind per request
+#: (tests/bench/noop-filter), one listener each, priced against the plain no-op.
+PROBE_CALLS = 10
+PROBES = {"property": 10020, "header": 10021, "metric": 10022, "time": 10023, "set_header": 10024,
+          "header_map": 10025, "set_property": 10026}
+
+
+def probe_listeners() -> Path:
+    """The probe listeners as a file to splice at '# @extra-listeners' (the
+    bench_noop listener of listeners.yaml with another port and configuration)."""
+    text = LISTENERS_YAML.read_text()
+    start = text.index("- name: bench_noop")
+    end = text.index("\n- name:", start + 1)
+    block = text[start:end].rstrip() + "\n"
+    out = []
+    for kind, port in PROBES.items():
+        b = block.replace("port_value: 10010", f"port_value: {port}").replace("bench_noop", f"bench_probe_{kind}")
+        b = b.replace("              failure_policy: FAIL_CLOSED",
+                      "              configuration:\n"
+                      "                \"@type\": type.googleapis.com/google.protobuf.StringValue\n"
+                      f"                value: \"{kind}:{PROBE_CALLS}\"\n"
+                      "              failure_policy: FAIL_CLOSED")
+        out.append(b)
+    path = OUT / "probe-listeners.yaml"
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(out))
+    return path
+
+
 def make_stack(include_root: Path | None = None, overrides: dict | None = None, name: str = "envoy.yaml",
                concurrency: int = 1, extra: bool = True) -> stack_mod.Stack:
     return stack_mod.Stack(
-        extra_listeners=[LISTENERS_YAML] if extra else [],
+        extra_listeners=[LISTENERS_YAML, probe_listeners()] if extra else [],
         include_root=include_root,
         overrides=overrides,
         config_path=OUT / name,
@@ -644,6 +674,13 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         if "wasm cached" in by and "native cached" in by:
             r = by["wasm cached"]["rps"] / by["native cached"]["rps"]
             check("jwt repeated token req/s vs native", f"{r:.2f}", "≥ 0.85", r >= BUDGET["jwt_cached_rps_vs_native"])
+    if sec("hostcall") and "noop" in by:
+        floor = by["noop"]["cpu_us"]
+        hrs = [[r["target"].removeprefix("probe "), r["port"], r["rps"], r["cpu_us"],
+                round(r["cpu_us"] - floor, 1), round((r["cpu_us"] - floor) / PROBE_CALLS, 2)] for r in sec("hostcall")]
+        out.append(table(f"What a host call costs: the no-op filter making {PROBE_CALLS} calls of one kind per request "
+                         "(on_http_request_headers), minus the plain no-op, same pass",
+                         ["call", "port", "req/s", "CPU µs/req", f"+CPU vs noop ({PROBE_CALLS} calls)", "µs per call"], hrs))
     for name, title in (("app", "App chain: signed requests, unique nonces (base: bare)"),
                         ("mtls", "mTLS: secure chain (sanitize → san-authz → route-breaker) vs the same TLS listener without wasm, via the mTLS bridge"),
                         ("breaker", "Route breaker closed: web chain on /api/v1/unstable/bench (base: bare)")):

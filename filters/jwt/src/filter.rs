@@ -266,7 +266,6 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     if requirement == Requirement::None {
         return (Verdict::Continue, out);
     }
-    let trace_id = decision::trace_id(&all);
     let deny = |host: &mut H, out: &mut Outcome, d: Denial| {
         out.result = if cfg.dry_run {
             Result_::DryRunDenied
@@ -283,7 +282,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
             .dry_run(cfg.dry_run)
             .at(names)
             .request_id(request_id)
-            .trace_id(trace_id.as_deref())
+            .trace_id(decision::trace_id(&all).as_deref())
             .emit();
         log::debug!(
             "jwt deny code={} reason={} rule={}",

@@ -98,27 +98,32 @@ where
     H: HttpHost + ?Sized,
     S: SharedData + ?Sized,
 {
-    // Whatever the client sent under our names never reaches the upstream.
-    host.remove_request_header(PASSPORT);
-    for (name, _) in &cfg.headers {
-        host.remove_request_header(name);
-    }
-    let Some(identity) = Identity::read(host) else {
-        return Start::NoIdentity;
-    };
-    let Some(user) = identity.user.filter(|u| !u.is_empty()) else {
+    // Whatever the client sent under our names never reaches the upstream:
+    // on a cache hit `forward` replaces (Envoy's replace drops every earlier
+    // value of the name) or removes each of them; every other path strips
+    // them here, before anything else can happen to the request.
+    let caller = Identity::read(host).and_then(|i| {
+        let user = i.user.filter(|u| !u.is_empty())?;
+        Some((user, i.device))
+    });
+    let Some((user, device)) = caller else {
+        strip_client_copies(cfg, host);
         return Start::NoIdentity;
     };
     let key = CacheKey {
         user,
-        device: identity.device.filter(|d| !d.is_empty()),
+        device: device.filter(|d| !d.is_empty()),
     };
     let id = key.id();
     let now = now_ms(host);
     let slot = cache::read(store, &cache::slot_name(&cfg.gateway, key.slot(cfg.slots)));
-    match cache::probe(&slot, &id, now, now, cfg) {
+    let probe = cache::probe(&slot, &id, now, now, cfg);
+    if !matches!(probe, Probe::Fresh(_)) {
+        strip_client_copies(cfg, host);
+    }
+    match probe {
         Probe::Fresh(e) => {
-            forward(host, e, &e.tok);
+            forward(cfg, host, e, &e.tok);
             Start::Hit
         }
         Probe::Unknown => Start::Done(finish(cfg, host, &Resolution::Unknown)),
@@ -150,7 +155,7 @@ pub enum Resolution {
 pub fn finish<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, res: &Resolution) -> Finished {
     match res {
         Resolution::Passport(e) => {
-            forward(host, e, &e.tok);
+            forward(cfg, host, e, &e.tok);
             Finished::Passport
         }
         Resolution::Unknown => match cfg.on_unknown_user {
@@ -168,7 +173,7 @@ pub fn finish<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, res: &Resoluti
             // The cached token may have expired: re-sign the cached context
             // with a fresh iat/exp; ctx_iat still says how old it is.
             let tok = sign(cfg, &e.ctx, unix_s(host));
-            forward(host, e, &tok);
+            forward(cfg, host, e, &tok);
             Finished::Stale
         }
         Resolution::Unavailable(None) => {
@@ -186,10 +191,26 @@ pub fn finish<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, res: &Resoluti
     }
 }
 
-fn forward<H: HttpHost + ?Sized>(host: &mut H, e: &Entry, token: &str) {
+/// Sets the passport and the entry's headers. Setting replaces every value a
+/// client sent under the name; configured headers the entry has no value for
+/// are removed, so no client copy survives.
+fn forward<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, e: &Entry, token: &str) {
     host.set_request_header(PASSPORT, token);
     for (n, v) in &e.h {
         host.set_request_header(n, v);
+    }
+    for (name, _) in &cfg.headers {
+        if !e.h.iter().any(|(n, _)| n == name) {
+            host.remove_request_header(name);
+        }
+    }
+}
+
+/// Removes the passport header and every configured context header.
+fn strip_client_copies<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H) {
+    host.remove_request_header(PASSPORT);
+    for (name, _) in &cfg.headers {
+        host.remove_request_header(name);
     }
 }
 
@@ -538,6 +559,55 @@ pub(crate) mod tests {
             on_request_headers(&cfg, &mut h, &store, |_| false),
             Start::Wait { .. }
         ));
+    }
+
+    #[test]
+    fn a_hit_replaces_or_removes_every_client_copy_with_few_host_calls() {
+        // A configured header the context has no value for must go too.
+        let cfg = config(|c| {
+            c.headers.push(
+                serde_json::from_value(
+                    serde_json::json!({"name": "x-user-device", "claim": "device_id"}),
+                )
+                .unwrap(),
+            )
+        });
+        let store = MemorySharedData::new();
+        let key = CacheKey {
+            user: "alice".into(),
+            device: None,
+        };
+        let e = lookup_result(&cfg, &key, Some(200), Some(&issuer_body("alice")), NOW).unwrap();
+        let tok = e.tok.clone();
+        complete(&cfg, &store, &key, &Ok(e), NOW);
+        let mut h = request(Some("alice"))
+            .with_header("x-passport", "second-forged")
+            .with_header("x-user-risk", "none")
+            .with_header("x-user-consent", "everything")
+            .with_header("x-user-device", "trusted-laptop");
+        h.calls.set(0);
+        assert_eq!(
+            on_request_headers(&cfg, &mut h, &store, |_| false),
+            Start::Hit
+        );
+        let values = |name: &str| -> Vec<String> {
+            h.headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(values("x-passport"), vec![tok]);
+        assert_eq!(values("x-user-risk"), vec!["low".to_string()]);
+        assert_eq!(
+            values("x-user-consent"),
+            vec!["marketing,analytics".to_string()]
+        );
+        assert!(values("x-user-device").is_empty(), "device_id is null");
+        // identity + 3 sets (passport, consent, risk) + 1 remove
+        // (x-user-device: no value); no separate strip pass on a hit. (In
+        // Envoy the clock read is one more call; FakeHost does not count it.)
+        assert_eq!(h.calls.get(), 5);
     }
 
     #[test]

@@ -136,9 +136,14 @@ where
     if cfg.routes.is_empty() {
         return (Verdict::Continue, None);
     }
-    let method = host.request_header(headers::METHOD).unwrap_or_default();
     let full_path = host.request_header(headers::PATH).unwrap_or_default();
     let (path, _) = split_path(&full_path);
+    // `:method` only when some breaker's path covers this request: most
+    // requests of a gateway are not guarded and cost one header read.
+    if !cfg.routes.iter().any(|r| r.matcher.matches_path(path)) {
+        return (Verdict::Continue, None);
+    }
+    let method = host.request_header(headers::METHOD).unwrap_or_default();
     let route_name = if cfg.uses_route_name {
         host.property(ROUTE_NAME)
             .and_then(|b| String::from_utf8(b).ok())
@@ -402,6 +407,7 @@ mod tests {
         let (v, c) = on_request_headers(&cfg, &mut h, &store, &mut Vec::new());
         assert_eq!((v, c), (Verdict::Continue, None));
         assert_eq!(store.get("route-breaker/web/unstable").unwrap().0, None);
+        assert_eq!(h.calls.get(), 1, "an unguarded path costs one header read");
         // POST is not guarded either.
         let mut h = FakeHost::request("POST", "/api/v1/unstable/x");
         assert_eq!(
