@@ -10,7 +10,12 @@
 //! a demo key (examples/keys). Figures are the best of several rounds (the
 //! shared machines this runs on are noisy; the minimum is the stable
 //! statistic), in µs per token.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::Instant;
 
