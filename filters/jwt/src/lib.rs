@@ -283,8 +283,7 @@ mod wasm {
                 if busy || !remote::wants_fetch(r, fetched_at, now, miss) {
                     continue;
                 }
-                let interval = r.retry_interval.as_duration().as_secs().max(1);
-                match remote::take_lease(&store, &p.name, now, interval) {
+                match remote::take_lease(&store, &p.name, now, remote::lease_secs(r)) {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(e) => {

@@ -86,13 +86,26 @@ pub fn wants_fetch(r: &RemoteJwks, fetched_at: Option<u64>, now: u64, kid_miss: 
     }
 }
 
-/// Takes the fetch lease until `now + interval` if it is free. True when
-/// this worker now owns it.
+/// How long a fetch lease lasts, in whole seconds: at least the retry
+/// interval, and at least the fetch timeout, so that no second fetch starts
+/// while the first can still be in flight.
+pub fn lease_secs(r: &RemoteJwks) -> u64 {
+    r.retry_interval
+        .as_duration()
+        .as_secs()
+        .max(r.timeout.as_duration().as_secs())
+        .max(1)
+}
+
+/// Takes the fetch lease for `secs` seconds if it is free. True when this
+/// worker now owns it. `now` is in whole seconds, so the lease is written as
+/// `now + secs + 1`: taken at 100.99 s with a 1 s lease, it must not run out
+/// at 101.0 s, 10 ms later.
 pub fn take_lease<S: SharedData + ?Sized>(
     store: &S,
     provider: &str,
     now: u64,
-    interval: u64,
+    secs: u64,
 ) -> Result<bool, SharedError> {
     update(store, &lease_key(provider), 4, |cur| {
         let until = cur
@@ -101,7 +114,8 @@ pub fn take_lease<S: SharedData + ?Sized>(
         if until > now {
             Update::Keep(false)
         } else {
-            Update::Write(now.saturating_add(interval).to_le_bytes().to_vec(), true)
+            let until = now.saturating_add(secs).saturating_add(1);
+            Update::Write(until.to_le_bytes().to_vec(), true)
         }
     })
 }
@@ -156,6 +170,26 @@ mod tests {
         assert!(take_lease(&s, "p", 100, 10).unwrap());
         // Another worker in the same interval.
         assert!(!take_lease(&s, "p", 105, 10).unwrap());
-        assert!(take_lease(&s, "p", 110, 10).unwrap());
+        // Taken at 100.x, so 110 may be less than 10 s later: still held.
+        assert!(!take_lease(&s, "p", 110, 10).unwrap());
+        assert!(take_lease(&s, "p", 111, 10).unwrap());
+    }
+
+    #[test]
+    fn a_one_second_lease_outlives_the_second_it_was_taken_in() {
+        let s = MemorySharedData::new();
+        ensure_keys(&s, "p").unwrap();
+        assert!(take_lease(&s, "p", 100, 1).unwrap());
+        assert!(!take_lease(&s, "p", 101, 1).unwrap());
+        assert!(take_lease(&s, "p", 102, 1).unwrap());
+    }
+
+    #[test]
+    fn the_lease_covers_the_fetch_timeout() {
+        let mut r = remote();
+        r.retry_interval = ConfigDuration::from_secs(1);
+        r.timeout = ConfigDuration::from_secs(5);
+        assert_eq!(lease_secs(&r), 5);
+        assert_eq!(lease_secs(&remote()), 10);
     }
 }
