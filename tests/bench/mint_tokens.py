@@ -1,24 +1,18 @@
 """Demo tokens for `make bench-verify`: N RS256 and N ES256 tokens signed with
-the committed demo keys (examples/keys), one per line, valid for an hour."""
+the committed demo keys (examples/keys) by the integration tests' own
+`helpers.mint_token`, one per line, valid for an hour."""
 import sys
-import time
-import uuid
 from pathlib import Path
 
-import jwt  # PyJWT (tests/requirements.txt)
-
-KEYS = Path(__file__).resolve().parents[2] / "examples" / "keys"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from helpers import mint_token  # noqa: E402
 
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 50
-    now = int(time.time())
-    for alg in ("RS256", "ES256"):
-        key = (KEYS / f"jwt-{alg.lower()}.pem").read_text()
+    for kid in ("demo-rs256", "demo-es256"):
         for i in range(count):
-            body = {"iss": "https://issuer.demo.local", "aud": "demo-api", "sub": f"user-{i}",
-                    "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex, "scope": "users:read"}
-            print(jwt.encode(body, key, algorithm=alg, headers={"kid": f"demo-{alg.lower()}"}))
+            print(mint_token("users:read", sub=f"user-{i}", kid=kid, ttl=3600))
 
 
 if __name__ == "__main__":

@@ -134,14 +134,7 @@ fn cached_path(cfg: &config::Compiled, tok: &str) {
     let keys: Vec<filter::ProviderKeys> = cfg
         .providers
         .iter()
-        .map(|p| match &p.keys {
-            config::Keys::Inline(s) => filter::ProviderKeys {
-                set: Some(s.clone()),
-                generation: 1,
-                stale: false,
-            },
-            config::Keys::Remote(_) => filter::ProviderKeys::default(),
-        })
+        .map(|p| filter::ProviderKeys::initial(&p.keys))
         .collect();
     let store = jti::JtiStore::new(cfg.jti_max_entries, cfg.jti_max_lifetime.as_secs());
     let shared = MemorySharedData::new();

@@ -28,6 +28,21 @@ pub struct ProviderKeys {
     pub stale: bool,
 }
 
+impl ProviderKeys {
+    /// What a worker starts with: an inline JWKS as configured (generation
+    /// 1), a remote one as "not fetched yet".
+    pub fn initial(keys: &crate::config::Keys) -> Self {
+        match keys {
+            crate::config::Keys::Inline(set) => ProviderKeys {
+                set: Some(set.clone()),
+                generation: 1,
+                stale: false,
+            },
+            crate::config::Keys::Remote(_) => ProviderKeys::default(),
+        }
+    }
+}
+
 /// Everything a request needs from its worker.
 pub struct Env<'a, S: SharedData + ?Sized> {
     pub cfg: &'a Compiled,

@@ -338,20 +338,13 @@ mod wasm {
             let n = c.providers.len();
             let mut keys = Vec::with_capacity(n);
             for p in &c.providers {
-                match &p.keys {
-                    Keys::Inline(set) => keys.push(ProviderKeys {
-                        set: Some(set.clone()),
-                        generation: 1,
-                        stale: false,
-                    }),
-                    Keys::Remote(_) => {
-                        if let Err(e) = remote::ensure_keys(&ProxySharedData, &p.name) {
-                            log::error!("jwt: could not create JWKS keys for {}: {e}", p.name);
-                            return false;
-                        }
-                        keys.push(ProviderKeys::default());
+                if let Keys::Remote(_) = &p.keys {
+                    if let Err(e) = remote::ensure_keys(&ProxySharedData, &p.name) {
+                        log::error!("jwt: could not create JWKS keys for {}: {e}", p.name);
+                        return false;
                     }
                 }
+                keys.push(ProviderKeys::initial(&p.keys));
             }
             let remote = c.has_remote_keys();
             log::info!(

@@ -16,7 +16,7 @@ use sha2::Sha256;
 use signature::{SignatureEncoding, Signer};
 
 use crate::cache::TokenCache;
-use crate::config::{self, Compiled, Keys};
+use crate::config::{self, Compiled};
 use crate::filter::{on_request_headers, Env, Outcome, ProviderKeys, Result_};
 use crate::jti::JtiStore;
 
@@ -94,14 +94,7 @@ impl World {
         let keys = cfg
             .providers
             .iter()
-            .map(|p| match &p.keys {
-                Keys::Inline(s) => ProviderKeys {
-                    set: Some(s.clone()),
-                    generation: 1,
-                    stale: false,
-                },
-                Keys::Remote(_) => ProviderKeys::default(),
-            })
+            .map(|p| ProviderKeys::initial(&p.keys))
             .collect();
         let jti = JtiStore::new(cfg.jti_max_entries, cfg.jti_max_lifetime.as_secs());
         let shared = MemorySharedData::new();
