@@ -8,8 +8,9 @@
 //! limbs. It also pulls `rand` and HMAC, which a verifier never needs. This
 //! provider verifies RS256/384/512 with per-key precomputed Montgomery
 //! parameters (src/pkcs1.rs: ~4.5x faster than `rsa` in wasm32), PS* with
-//! `rsa` without default features (32-bit limbs on wasm32), `p256`/`p384`
-//! ECDSA, and `ed25519-dalek` (strict verification), and refuses to sign or
+//! `rsa` without default features (32-bit limbs on wasm32), ES256/ES384 with
+//! `p256`/`p384` arithmetic driven by precomputed point tables
+//! (src/ecverify.rs), and `ed25519-dalek` (strict verification), and refuses to sign or
 //! to verify HMAC: the gateway holds only public keys.
 //!
 //! `jsonwebtoken` stays the JOSE/claims layer (header, algorithm families,
@@ -83,7 +84,7 @@ enum Rsa {
 
 impl Verifier<Vec<u8>> for Rsa {
     fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
-        let ok = match self {
+        ok_or_error(match self {
             Rsa::Pkcs1(key, hash) => key.verify(*hash, msg, sig),
             Rsa::Pss(alg, key) => match alg {
                 Algorithm::PS256 => key.verify(Pss::new::<Sha256>(), &Sha256::digest(msg), sig),
@@ -92,12 +93,7 @@ impl Verifier<Vec<u8>> for Rsa {
                 _ => return Err(signature::Error::new()),
             }
             .is_ok(),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(signature::Error::new())
-        }
+        })
     }
 }
 
@@ -112,15 +108,24 @@ impl JwtVerifier for Rsa {
     }
 }
 
-struct Es256(p256::ecdsa::VerifyingKey);
-struct Es384(p384::ecdsa::VerifyingKey);
+/// ES256/ES384 with the key's precomputed point table (src/ecverify.rs).
+struct Es256(std::rc::Rc<crate::ecverify::PreparedKey<p256::NistP256>>);
+struct Es384(std::rc::Rc<crate::ecverify::PreparedKey<p384::NistP384>>);
 struct Ed(ed25519_dalek::VerifyingKey);
+
+fn ok_or_error(ok: bool) -> Result<(), signature::Error> {
+    if ok {
+        Ok(())
+    } else {
+        Err(signature::Error::new())
+    }
+}
 
 impl Verifier<Vec<u8>> for Es256 {
     fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
-        // from_slice refuses r = 0 or s = 0 (the CVE-2022-21449 forgery).
-        let s = p256::ecdsa::Signature::from_slice(sig)?;
-        self.0.verify(msg, &s)
+        // r and s must be in [1, n−1]: r = 0 or s = 0 (the CVE-2022-21449
+        // forgery) is refused before any arithmetic.
+        ok_or_error(self.0.verify_digest(&Sha256::digest(msg), sig))
     }
 }
 impl JwtVerifier for Es256 {
@@ -130,8 +135,7 @@ impl JwtVerifier for Es256 {
 }
 impl Verifier<Vec<u8>> for Es384 {
     fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
-        let s = p384::ecdsa::Signature::from_slice(sig)?;
-        self.0.verify(msg, &s)
+        ok_or_error(self.0.verify_digest(&Sha384::digest(msg), sig))
     }
 }
 impl JwtVerifier for Es384 {
@@ -186,11 +190,13 @@ pub fn verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
         }
         (AlgorithmFamily::Ec, AlgorithmFamily::Ec, DecodingKeyKind::SecretOrDer(point)) => {
             match alg {
+                // The point was validated when the JWKS was loaded; here its
+                // table is fetched, normally from the per-VM cache.
                 Algorithm::ES256 => Ok(Box::new(Es256(
-                    p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_key())?,
+                    crate::ecverify::prepared(point).ok_or_else(bad_key)?,
                 ))),
                 Algorithm::ES384 => Ok(Box::new(Es384(
-                    p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_key())?,
+                    crate::ecverify::prepared(point).ok_or_else(bad_key)?,
                 ))),
                 _ => Err(ErrorKind::InvalidAlgorithm.into()),
             }

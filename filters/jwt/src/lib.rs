@@ -31,6 +31,7 @@
 pub mod cache;
 pub mod config;
 pub mod crypto;
+pub mod ecverify;
 pub mod filter;
 pub mod jti;
 pub mod jwks;
