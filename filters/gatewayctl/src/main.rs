@@ -14,6 +14,8 @@
 //! Exit status: 0 success, 1 an invalid config or a drift, 2 a usage or
 //! environment error. See filters/gatewayctl/README.md.
 
+#[cfg(test)]
+mod config_paths;
 mod drift;
 mod filters;
 mod jsondiff;

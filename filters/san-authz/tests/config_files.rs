@@ -83,7 +83,7 @@ fn broken_configs_name_the_field() {
         ),
         (
             r#"{"rules":[{"name":"r","sans":[{"regex":".*"}],"paths":[{"prefix":"/"}]}]}"#,
-            "rules[0].sans[0]",
+            "rules[0].sans[0].regex",
         ),
         (
             r#"{"rules":[{"name":"r","sans":[{"dns":"a.example"}],"paths":[]}]}"#,
