@@ -6,9 +6,9 @@
 //! use 64-bit limbs. wasm32 has no 64×64→128 multiply, so every limb product
 //! is emulated and RS256 verification costs ~2.5× more than with 32-bit
 //! limbs. It also pulls `rand` and HMAC, which a verifier never needs. This
-//! provider verifies RS256/384/512 with per-key precomputed Montgomery
-//! parameters (src/pkcs1.rs: ~4.5x faster than `rsa` in wasm32), PS* with
-//! `rsa` without default features (32-bit limbs on wasm32), ES256/ES384 with
+//! provider verifies RS256/384/512 and PS256/384/512 with per-key
+//! precomputed Montgomery parameters (src/pkcs1.rs: ~4.5x faster than `rsa`
+//! 0.9 in wasm32, which is no longer linked), ES256/ES384 with
 //! `p256`/`p384` arithmetic driven by precomputed point tables
 //! (src/ecverify.rs), and `ed25519-dalek` (strict verification), and refuses to sign or
 //! to verify HMAC: the gateway holds only public keys.
@@ -20,7 +20,6 @@
 use jsonwebtoken::crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier};
 use jsonwebtoken::errors::{Error, ErrorKind};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, EncodingKey};
-use rsa::{BigUint, Pss, RsaPublicKey};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use signature::Verifier;
 
@@ -61,49 +60,52 @@ pub const RSA_MAX_BITS: usize = 4096;
 /// Smallest RSA modulus accepted (bits).
 pub const RSA_MIN_BITS: usize = 2048;
 
-/// Builds an RSA public key from big-endian `n` and `e`, enforcing the size
-/// bounds (2048–4096 bits) and a sane public exponent.
-pub fn rsa_key(n: &[u8], e: &[u8]) -> Result<RsaPublicKey, String> {
-    let n = BigUint::from_bytes_be(n);
-    let e = BigUint::from_bytes_be(e);
-    let bits = n.bits();
+/// Checks an RSA public key given as big-endian `n` and `e` against the
+/// policy: a 2048–4096-bit odd modulus and an odd public exponent of at
+/// least 3 that fits 64 bits.
+pub fn rsa_key(n: &[u8], e: &[u8]) -> Result<(), String> {
+    let n = n
+        .get(n.iter().position(|b| *b != 0).unwrap_or(n.len())..)
+        .unwrap_or_default();
+    let bits = (n.len() * 8).saturating_sub(n.first().map_or(8, |b| b.leading_zeros() as usize));
     if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
         return Err(format!(
             "RSA modulus has {bits} bits; {RSA_MIN_BITS} to {RSA_MAX_BITS} are accepted"
         ));
     }
-    RsaPublicKey::new_with_max_size(n, e, RSA_MAX_BITS).map_err(|e| e.to_string())
+    crate::pkcs1::PreparedKey::new(n, e)
+        .map(drop)
+        .ok_or_else(|| "RSA key has an even modulus or an unusable exponent".to_string())
 }
 
-/// RS*: PKCS#1 v1.5 with the key's precomputed Montgomery parameters
-/// (src/pkcs1.rs); PS*: the `rsa` crate.
-enum Rsa {
-    Pkcs1(std::rc::Rc<crate::pkcs1::PreparedKey>, crate::pkcs1::Hash),
-    Pss(Algorithm, RsaPublicKey),
+/// RS* (PKCS#1 v1.5) and PS* (PSS) with the key's precomputed Montgomery
+/// parameters (src/pkcs1.rs).
+struct Rsa {
+    key: std::rc::Rc<crate::pkcs1::PreparedKey>,
+    hash: crate::pkcs1::Hash,
+    pss: bool,
 }
 
 impl Verifier<Vec<u8>> for Rsa {
     fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
-        ok_or_error(match self {
-            Rsa::Pkcs1(key, hash) => key.verify(*hash, msg, sig),
-            Rsa::Pss(alg, key) => match alg {
-                Algorithm::PS256 => key.verify(Pss::new::<Sha256>(), &Sha256::digest(msg), sig),
-                Algorithm::PS384 => key.verify(Pss::new::<Sha384>(), &Sha384::digest(msg), sig),
-                Algorithm::PS512 => key.verify(Pss::new::<Sha512>(), &Sha512::digest(msg), sig),
-                _ => return Err(signature::Error::new()),
-            }
-            .is_ok(),
+        ok_or_error(if self.pss {
+            self.key.verify_pss(self.hash, msg, sig)
+        } else {
+            self.key.verify(self.hash, msg, sig)
         })
     }
 }
 
 impl JwtVerifier for Rsa {
     fn algorithm(&self) -> Algorithm {
-        match self {
-            Rsa::Pkcs1(_, crate::pkcs1::Hash::Sha256) => Algorithm::RS256,
-            Rsa::Pkcs1(_, crate::pkcs1::Hash::Sha384) => Algorithm::RS384,
-            Rsa::Pkcs1(_, crate::pkcs1::Hash::Sha512) => Algorithm::RS512,
-            Rsa::Pss(alg, _) => *alg,
+        use crate::pkcs1::Hash;
+        match (self.pss, self.hash) {
+            (false, Hash::Sha256) => Algorithm::RS256,
+            (false, Hash::Sha384) => Algorithm::RS384,
+            (false, Hash::Sha512) => Algorithm::RS512,
+            (true, Hash::Sha256) => Algorithm::PS256,
+            (true, Hash::Sha384) => Algorithm::PS384,
+            (true, Hash::Sha512) => Algorithm::PS512,
         }
     }
 }
@@ -168,25 +170,20 @@ pub fn verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
             DecodingKeyKind::RsaModulusExponent { n, e },
         ) => {
             use crate::pkcs1::Hash;
-            let hash = match alg {
-                Algorithm::RS256 => Some(Hash::Sha256),
-                Algorithm::RS384 => Some(Hash::Sha384),
-                Algorithm::RS512 => Some(Hash::Sha512),
-                _ => None,
+            let (hash, pss) = match alg {
+                Algorithm::RS256 => (Hash::Sha256, false),
+                Algorithm::RS384 => (Hash::Sha384, false),
+                Algorithm::RS512 => (Hash::Sha512, false),
+                Algorithm::PS256 => (Hash::Sha256, true),
+                Algorithm::PS384 => (Hash::Sha384, true),
+                Algorithm::PS512 => (Hash::Sha512, true),
+                _ => return Err(ErrorKind::InvalidAlgorithm.into()),
             };
-            match hash {
-                Some(hash) => {
-                    // The size policy was enforced when the JWKS was loaded
-                    // (jwks::key_from_jwk); here only the prepared form is
-                    // fetched, normally from the per-VM cache.
-                    let key = crate::pkcs1::prepared(n, e).ok_or_else(bad_key)?;
-                    Ok(Box::new(Rsa::Pkcs1(key, hash)))
-                }
-                None => {
-                    let key = rsa_key(n, e).map_err(|_| bad_key())?;
-                    Ok(Box::new(Rsa::Pss(*alg, key)))
-                }
-            }
+            // The size policy was enforced when the JWKS was loaded
+            // (jwks::key_from_jwk); here only the prepared form is fetched,
+            // normally from the per-VM cache.
+            let key = crate::pkcs1::prepared(n, e).ok_or_else(bad_key)?;
+            Ok(Box::new(Rsa { key, hash, pss }))
         }
         (AlgorithmFamily::Ec, AlgorithmFamily::Ec, DecodingKeyKind::SecretOrDer(point)) => {
             match alg {
@@ -209,5 +206,68 @@ pub fn verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
             .map_err(|_| bad_key())?)))
         }
         _ => Err(ErrorKind::InvalidAlgorithm.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ps_and_rs_algorithms_dispatch_to_their_padding() {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/pss-vectors.json")).unwrap();
+        let t = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["bits"] == 2048 && t["hash"] == "sha256" && t["salt"] == 32)
+            .unwrap();
+        let (n, e) = (hex(t["n"].as_str().unwrap()), hex(t["e"].as_str().unwrap()));
+        let key = DecodingKey::from_rsa_raw_components(&n, &e);
+        let msg = t["msg"].as_str().unwrap().as_bytes();
+        let sig = hex(t["sig"].as_str().unwrap());
+        let ps = verifier(&Algorithm::PS256, &key).unwrap();
+        assert_eq!(ps.algorithm(), Algorithm::PS256);
+        assert!(ps.verify(msg, &sig).is_ok());
+        assert!(verifier(&Algorithm::PS384, &key)
+            .unwrap()
+            .verify(msg, &sig)
+            .is_err());
+        assert!(verifier(&Algorithm::RS256, &key)
+            .unwrap()
+            .verify(msg, &sig)
+            .is_err());
+        assert!(verifier(&Algorithm::HS256, &key).is_err());
+    }
+
+    #[test]
+    fn rsa_key_policy() {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/pss-vectors.json")).unwrap();
+        let n2049 = hex(v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["bits"] == 2049)
+            .unwrap()["n"]
+            .as_str()
+            .unwrap());
+        assert!(rsa_key(&n2049, &[1, 0, 1]).is_ok());
+        assert!(rsa_key(&[[0u8].as_slice(), &n2049].concat(), &[1, 0, 1]).is_ok());
+        assert!(rsa_key(&n2049[1..], &[1, 0, 1]).is_err(), "2041 bits");
+        assert!(rsa_key(&n2049, &[1]).is_err(), "e = 1");
+        assert!(rsa_key(&n2049, &[1, 0, 0]).is_err(), "even e");
+        let mut even = n2049.clone();
+        *even.last_mut().unwrap() &= 0xfe;
+        assert!(rsa_key(&even, &[1, 0, 1]).is_err(), "even n");
+        assert!(rsa_key(&vec![0xff; 513], &[1, 0, 1]).is_err(), "4104 bits");
     }
 }

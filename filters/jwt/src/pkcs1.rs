@@ -38,6 +38,31 @@ pub enum Hash {
 }
 
 impl Hash {
+    /// The hash of the concatenated `parts`.
+    fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+            let mut d = D::new();
+            for p in parts {
+                d.update(p);
+            }
+            d.finalize().to_vec()
+        }
+        match self {
+            Hash::Sha256 => run::<Sha256>(parts),
+            Hash::Sha384 => run::<Sha384>(parts),
+            Hash::Sha512 => run::<Sha512>(parts),
+        }
+    }
+
+    /// Output length in bytes.
+    fn len(self) -> usize {
+        match self {
+            Hash::Sha256 => 32,
+            Hash::Sha384 => 48,
+            Hash::Sha512 => 64,
+        }
+    }
+
     /// DER `DigestInfo` prefix (RFC 8017 §9.2, note 1) and the hash of `msg`.
     fn digest_info(self, msg: &[u8]) -> (&'static [u8], Vec<u8>) {
         match self {
@@ -129,6 +154,8 @@ enum Width {
 pub struct PreparedKey {
     /// Modulus length in bytes (the signature length).
     k: usize,
+    /// Modulus length in bits.
+    mod_bits: usize,
     e: u64,
     width: Width,
 }
@@ -158,6 +185,8 @@ impl PreparedKey {
             return None;
         }
         let k = n.len();
+        let top = n.first().copied().unwrap_or(0);
+        let mod_bits = (k * 8).saturating_sub(top.leading_zeros() as usize);
         let width = if k <= U2048::BYTES {
             Width::B2048(Box::new(Modulus::new(n)?))
         } else if k <= U3072::BYTES {
@@ -167,21 +196,88 @@ impl PreparedKey {
         } else {
             return None;
         };
-        Some(Self { k, e, width })
+        Some(Self {
+            k,
+            mod_bits,
+            e,
+            width,
+        })
+    }
+
+    /// `sig^e mod n` as `k` bytes, `None` for a signature of the wrong
+    /// length or not below n (RFC 8017 §8.1.2 step 1, §5.2.2).
+    fn public_op(&self, sig: &[u8]) -> Option<Vec<u8>> {
+        if sig.len() != self.k {
+            return None;
+        }
+        match &self.width {
+            Width::B2048(m) => m.public_op(sig, self.e, self.k),
+            Width::B3072(m) => m.public_op(sig, self.e, self.k),
+            Width::B4096(m) => m.public_op(sig, self.e, self.k),
+        }
+    }
+
+    /// Verifies an RSASSA-PSS signature (RFC 8017 §8.1.2 and EMSA-PSS-VERIFY,
+    /// §9.1.2) with MGF1 over the same hash and a salt as long as the hash,
+    /// the parameters JWA fixes for PS256/384/512 (RFC 7518 §3.5).
+    pub fn verify_pss(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
+        self.pss(hash, msg, sig).is_some()
+    }
+
+    fn pss(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> Option<()> {
+        let m = self.public_op(sig)?;
+        let em_bits = self.mod_bits.checked_sub(1)?;
+        let em_len = em_bits.div_ceil(8);
+        // I2OSP(m, emLen): when emLen = k − 1 the first byte must be zero.
+        let em = m.get(self.k.checked_sub(em_len)?..)?;
+        if m.len() > em_len && m.first() != Some(&0) {
+            return None;
+        }
+        let h_len = hash.len();
+        let s_len = h_len;
+        // Steps 3–5.
+        let db_len = em_len.checked_sub(h_len + 1)?;
+        if em_len < h_len + s_len + 2 || em.last() != Some(&0xbc) {
+            return None;
+        }
+        let masked_db = em.get(..db_len)?;
+        let h = em.get(db_len..db_len + h_len)?;
+        // Step 6: the bits above emBits are zero.
+        let top_mask = 0xffu8 >> (8 * em_len - em_bits);
+        if masked_db.first()? & !top_mask != 0 {
+            return None;
+        }
+        // Steps 7–9: DB = maskedDB xor MGF1(H, len).
+        let mut db = masked_db.to_vec();
+        let mut counter = 0u32;
+        let mut at = 0;
+        while at < db_len {
+            let block = hash.digest(&[h, &counter.to_be_bytes()]);
+            for (d, m) in db.get_mut(at..)?.iter_mut().zip(block.iter()) {
+                *d ^= m;
+            }
+            at += block.len();
+            counter += 1;
+        }
+        *db.first_mut()? &= top_mask;
+        // Step 10: PS (zeros) then 0x01, then the salt.
+        let ps_len = em_len - h_len - s_len - 2;
+        if db.get(..ps_len)?.iter().any(|b| *b != 0) || db.get(ps_len) != Some(&0x01) {
+            return None;
+        }
+        let salt = db.get(db_len - s_len..)?;
+        // Steps 12–14.
+        let m_hash = hash.digest(&[msg]);
+        let h2 = hash.digest(&[&[0u8; 8], &m_hash, salt]);
+        (h2.as_slice() == h).then_some(())
     }
 
     /// Verifies `sig` over `msg` (RFC 8017 §8.2.2, EMSA-PKCS1-v1_5 by
     /// encoding and comparing).
     pub fn verify(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
-        if sig.len() != self.k {
+        let Some(em) = self.public_op(sig) else {
             return false;
-        }
-        let em = match &self.width {
-            Width::B2048(m) => m.public_op(sig, self.e, self.k),
-            Width::B3072(m) => m.public_op(sig, self.e, self.k),
-            Width::B4096(m) => m.public_op(sig, self.e, self.k),
         };
-        let Some(em) = em else { return false };
         let (prefix, h) = hash.digest_info(msg);
         let t_len = prefix.len() + h.len();
         // emLen < tLen + 11: "intended encoded message length too short".
@@ -342,6 +438,62 @@ mod tests {
             let n = rk.n().to_bytes_be();
             assert!(!k.verify(h, &msg, &n), "s = n must be refused");
         }
+    }
+
+    /// RSASSA-PSS signatures made by OpenSSL (tests/fixtures/gen.sh).
+    const PSS_VECTORS: &str = include_str!("../tests/fixtures/pss-vectors.json");
+
+    fn pss_rsa_crate(k: &rsa::RsaPublicKey, h: Hash, msg: &[u8], sig: &[u8]) -> bool {
+        use rsa::Pss;
+        match h {
+            Hash::Sha256 => k.verify(Pss::new::<Sha256>(), &Sha256::digest(msg), sig),
+            Hash::Sha384 => k.verify(Pss::new::<Sha384>(), &Sha384::digest(msg), sig),
+            Hash::Sha512 => k.verify(Pss::new::<Sha512>(), &Sha512::digest(msg), sig),
+        }
+        .is_ok()
+    }
+
+    #[test]
+    fn pss_openssl_signatures_verify_and_other_salt_lengths_do_not() {
+        let v: Value = serde_json::from_str(PSS_VECTORS).unwrap();
+        let mut seen = 0;
+        for t in v.as_array().unwrap() {
+            let n = hex(t["n"].as_str().unwrap());
+            let e = hex(t["e"].as_str().unwrap());
+            let hash = match t["hash"].as_str().unwrap() {
+                "sha256" => Hash::Sha256,
+                "sha384" => Hash::Sha384,
+                _ => Hash::Sha512,
+            };
+            let msg = t["msg"].as_str().unwrap().as_bytes();
+            let sig = hex(t["sig"].as_str().unwrap());
+            let key = PreparedKey::new(&n, &e).unwrap();
+            let rk = rsa::RsaPublicKey::new(
+                rsa::BigUint::from_bytes_be(&n),
+                rsa::BigUint::from_bytes_be(&e),
+            )
+            .unwrap();
+            let jwa_salt = t["salt"].as_u64().unwrap() as usize == hash.len();
+            assert_eq!(key.verify_pss(hash, msg, &sig), jwa_salt, "{t}");
+            assert_eq!(pss_rsa_crate(&rk, hash, msg, &sig), jwa_salt);
+            // not a PKCS#1 v1.5 signature, nor one over another hash or message
+            assert!(!key.verify(hash, msg, &sig));
+            for other in [Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+                if other != hash {
+                    assert!(!key.verify_pss(other, msg, &sig));
+                }
+            }
+            assert!(!key.verify_pss(hash, b"another message", &sig));
+            // every 13th byte flipped: refused by both
+            for pos in (0..sig.len()).step_by(13) {
+                let mut bad = sig.clone();
+                bad[pos] ^= 0x41;
+                assert!(!key.verify_pss(hash, msg, &bad));
+                assert!(!pss_rsa_crate(&rk, hash, msg, &bad));
+            }
+            seen += usize::from(jwa_salt);
+        }
+        assert_eq!(seen, 12, "4 key sizes (with 2049 bits) x 3 hashes");
     }
 
     #[test]
