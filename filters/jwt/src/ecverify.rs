@@ -100,7 +100,7 @@ fn tables<C: Curve>(p: C::ProjectivePoint, w: u32) -> Tables<C::ProjectivePoint>
     let count = 1usize << (w - 2);
     let mut base = p;
     let mut out = Vec::with_capacity(PIECES);
-    for _ in 0..PIECES {
+    for piece in 0..PIECES {
         let two = base.double();
         let mut cur = base;
         let mut odd = Vec::with_capacity(count);
@@ -109,8 +109,10 @@ fn tables<C: Curve>(p: C::ProjectivePoint, w: u32) -> Tables<C::ProjectivePoint>
             cur += two;
         }
         out.push(odd);
-        for _ in 0..run_len::<C>() {
-            base = base.double();
+        if piece + 1 < PIECES {
+            for _ in 0..run_len::<C>() {
+                base = base.double();
+            }
         }
     }
     out
