@@ -73,7 +73,7 @@ pub fn rsa_key(n: &[u8], e: &[u8]) -> Result<(), String> {
             "RSA modulus has {bits} bits; {RSA_MIN_BITS} to {RSA_MAX_BITS} are accepted"
         ));
     }
-    crate::pkcs1::PreparedKey::new(n, e)
+    crate::pkcs1::PreparedKey::usable(n, e)
         .map(drop)
         .ok_or_else(|| "RSA key has an even modulus or an unusable exponent".to_string())
 }

@@ -175,15 +175,7 @@ impl PreparedKey {
     /// than 64 bits. Size policy (2048–4096 bits) is the caller's
     /// ([`crate::crypto::rsa_key`] checks it when a JWKS is loaded).
     pub fn new(n: &[u8], e: &[u8]) -> Option<Self> {
-        let n = strip_zeros(n);
-        let e = strip_zeros(e);
-        if e.len() > 8 {
-            return None;
-        }
-        let e = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-        if e < 3 || e & 1 == 0 {
-            return None;
-        }
+        let (n, e) = Self::usable(n, e)?;
         let k = n.len();
         let top = n.first().copied().unwrap_or(0);
         let mod_bits = (k * 8).saturating_sub(top.leading_zeros() as usize);
@@ -202,6 +194,23 @@ impl PreparedKey {
             e,
             width,
         })
+    }
+
+    /// The modulus without leading zeros and the exponent, if [`Self::new`]
+    /// would accept them: an odd modulus of at most 4096 bits, an odd
+    /// exponent from 3 up to 64 bits. Cheap (no Montgomery parameters): the
+    /// check a JWKS load runs on every RSA key.
+    pub fn usable<'a>(n: &'a [u8], e: &[u8]) -> Option<(&'a [u8], u64)> {
+        let n = strip_zeros(n);
+        let e = strip_zeros(e);
+        if e.len() > 8 || n.len() > U4096::BYTES || n.last().is_none_or(|b| b & 1 == 0) {
+            return None;
+        }
+        let e = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        if e < 3 || e & 1 == 0 {
+            return None;
+        }
+        Some((n, e))
     }
 
     /// `sig^e mod n` as `k` bytes, `None` for a signature of the wrong
