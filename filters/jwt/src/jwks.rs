@@ -211,8 +211,9 @@ pub fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Key, String> {
             let n = b64(&p.n).map_err(|e| format!("n: {e}"))?;
             let e = b64(&p.e).map_err(|e| format!("e: {e}"))?;
             crypto::rsa_key(&n, &e)?;
-            // Montgomery parameters for RS*, computed now rather than on the
-            // first token (~1.3 ms in wasm32); kept per VM (src/pkcs1.rs).
+            // Montgomery parameters for RS* and PS*, computed now rather
+            // than on the first token (~1.3 ms in wasm32); kept per VM
+            // (src/pkcs1.rs). EC keys get their tables on first use.
             crate::pkcs1::prepared(&n, &e).ok_or("RSA key unusable for PKCS#1 v1.5")?;
             &[
                 Algorithm::RS256,
