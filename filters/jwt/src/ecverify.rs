@@ -493,12 +493,7 @@ where {
         let x = "C9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721";
         let r = "EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716";
         let s = "F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8";
-        let hex = |h: &str| -> Vec<u8> {
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-                .collect()
-        };
+        let hex = crate::pkcs1::tests::hex;
         let sk = p256::ecdsa::SigningKey::from_slice(&hex(x)).unwrap();
         let sec1 = sk.verifying_key().to_encoded_point(false);
         let key = prepared::<p256::NistP256>(sec1.as_bytes()).unwrap();

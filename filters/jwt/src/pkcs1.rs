@@ -353,7 +353,7 @@ pub fn prepared_count() -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rsa::traits::PublicKeyParts;
     use serde_json::Value;
@@ -362,7 +362,8 @@ mod tests {
     /// 3072- and 4096-bit keys and the three hashes: an independent signer.
     const VECTORS: &str = include_str!("../tests/fixtures/pkcs1-vectors.json");
 
-    fn hex(s: &str) -> Vec<u8> {
+    /// Hex to bytes (test vectors; also used by crypto.rs and ecverify.rs tests).
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
@@ -372,8 +373,10 @@ mod tests {
     /// (prepared key, the same key for the `rsa` crate, hash, message, signature)
     type Vector = (PreparedKey, rsa::RsaPublicKey, Hash, Vec<u8>, Vec<u8>);
 
-    fn vectors() -> Vec<Vector> {
-        let v: Value = serde_json::from_str(VECTORS).unwrap();
+    /// Each vector of a fixture file, with its JSON entry (for fields such
+    /// as `salt` that only some files have).
+    fn vectors_from(json: &str) -> Vec<(Vector, Value)> {
+        let v: Value = serde_json::from_str(json).unwrap();
         v.as_array()
             .unwrap()
             .iter()
@@ -390,25 +393,52 @@ mod tests {
                     rsa::BigUint::from_bytes_be(&e),
                 )
                 .unwrap();
-                (
+                let vector = (
                     PreparedKey::new(&n, &e).unwrap(),
                     rk,
                     hash,
                     t["msg"].as_str().unwrap().as_bytes().to_vec(),
                     hex(t["sig"].as_str().unwrap()),
-                )
+                );
+                (vector, t.clone())
             })
             .collect()
     }
 
-    fn rsa_crate_verifies(k: &rsa::RsaPublicKey, h: Hash, msg: &[u8], sig: &[u8]) -> bool {
-        use rsa::Pkcs1v15Sign;
-        match h {
-            Hash::Sha256 => k.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg), sig),
-            Hash::Sha384 => k.verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg), sig),
-            Hash::Sha512 => k.verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg), sig),
+    fn vectors() -> Vec<Vector> {
+        vectors_from(VECTORS).into_iter().map(|(v, _)| v).collect()
+    }
+
+    /// The `rsa` crate's verdict: PKCS#1 v1.5, or PSS with salt = hash length.
+    fn rsa_crate_verifies(
+        k: &rsa::RsaPublicKey,
+        h: Hash,
+        pss: bool,
+        msg: &[u8],
+        sig: &[u8],
+    ) -> bool {
+        fn with<D>(k: &rsa::RsaPublicKey, pss: bool, msg: &[u8], sig: &[u8]) -> bool
+        where
+            D: 'static
+                + Digest
+                + sha2::digest::DynDigest
+                + Send
+                + Sync
+                + sha2::digest::const_oid::AssociatedOid,
+        {
+            let hashed = D::digest(msg);
+            if pss {
+                k.verify(rsa::Pss::new::<D>(), &hashed, sig).is_ok()
+            } else {
+                k.verify(rsa::Pkcs1v15Sign::new::<D>(), &hashed, sig)
+                    .is_ok()
+            }
         }
-        .is_ok()
+        match h {
+            Hash::Sha256 => with::<Sha256>(k, pss, msg, sig),
+            Hash::Sha384 => with::<Sha384>(k, pss, msg, sig),
+            Hash::Sha512 => with::<Sha512>(k, pss, msg, sig),
+        }
     }
 
     #[test]
@@ -428,7 +458,7 @@ mod tests {
             for other in [Hash::Sha256, Hash::Sha384, Hash::Sha512] {
                 assert_eq!(
                     k.verify(other, &msg, &sig),
-                    rsa_crate_verifies(&rk, other, &msg, &sig)
+                    rsa_crate_verifies(&rk, other, false, &msg, &sig)
                 );
             }
             assert!(!k.verify(h, b"another message", &sig));
@@ -436,7 +466,7 @@ mod tests {
                 let mut bad = sig.clone();
                 bad[i] ^= 0x01;
                 assert!(!k.verify(h, &msg, &bad), "flip at {i}");
-                assert!(!rsa_crate_verifies(&rk, h, &msg, &bad));
+                assert!(!rsa_crate_verifies(&rk, h, false, &msg, &bad));
             }
             assert!(!k.verify(h, &msg, &sig[1..]));
             let mut long = sig.clone();
@@ -452,39 +482,14 @@ mod tests {
     /// RSASSA-PSS signatures made by OpenSSL (tests/fixtures/gen.sh).
     const PSS_VECTORS: &str = include_str!("../tests/fixtures/pss-vectors.json");
 
-    fn pss_rsa_crate(k: &rsa::RsaPublicKey, h: Hash, msg: &[u8], sig: &[u8]) -> bool {
-        use rsa::Pss;
-        match h {
-            Hash::Sha256 => k.verify(Pss::new::<Sha256>(), &Sha256::digest(msg), sig),
-            Hash::Sha384 => k.verify(Pss::new::<Sha384>(), &Sha384::digest(msg), sig),
-            Hash::Sha512 => k.verify(Pss::new::<Sha512>(), &Sha512::digest(msg), sig),
-        }
-        .is_ok()
-    }
-
     #[test]
     fn pss_openssl_signatures_verify_and_other_salt_lengths_do_not() {
-        let v: Value = serde_json::from_str(PSS_VECTORS).unwrap();
         let mut seen = 0;
-        for t in v.as_array().unwrap() {
-            let n = hex(t["n"].as_str().unwrap());
-            let e = hex(t["e"].as_str().unwrap());
-            let hash = match t["hash"].as_str().unwrap() {
-                "sha256" => Hash::Sha256,
-                "sha384" => Hash::Sha384,
-                _ => Hash::Sha512,
-            };
-            let msg = t["msg"].as_str().unwrap().as_bytes();
-            let sig = hex(t["sig"].as_str().unwrap());
-            let key = PreparedKey::new(&n, &e).unwrap();
-            let rk = rsa::RsaPublicKey::new(
-                rsa::BigUint::from_bytes_be(&n),
-                rsa::BigUint::from_bytes_be(&e),
-            )
-            .unwrap();
+        for ((key, rk, hash, msg, sig), t) in vectors_from(PSS_VECTORS) {
+            let msg = msg.as_slice();
             let jwa_salt = t["salt"].as_u64().unwrap() as usize == hash.len();
             assert_eq!(key.verify_pss(hash, msg, &sig), jwa_salt, "{t}");
-            assert_eq!(pss_rsa_crate(&rk, hash, msg, &sig), jwa_salt);
+            assert_eq!(rsa_crate_verifies(&rk, hash, true, msg, &sig), jwa_salt);
             // not a PKCS#1 v1.5 signature, nor one over another hash or message
             assert!(!key.verify(hash, msg, &sig));
             for other in [Hash::Sha256, Hash::Sha384, Hash::Sha512] {
@@ -498,7 +503,7 @@ mod tests {
                 let mut bad = sig.clone();
                 bad[pos] ^= 0x41;
                 assert!(!key.verify_pss(hash, msg, &bad));
-                assert!(!pss_rsa_crate(&rk, hash, msg, &bad));
+                assert!(!rsa_crate_verifies(&rk, hash, true, msg, &bad));
             }
             seen += usize::from(jwa_salt);
         }
