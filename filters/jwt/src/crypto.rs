@@ -64,10 +64,7 @@ pub const RSA_MIN_BITS: usize = 2048;
 /// policy: a 2048–4096-bit odd modulus and an odd public exponent of at
 /// least 3 that fits 64 bits.
 pub fn rsa_key(n: &[u8], e: &[u8]) -> Result<(), String> {
-    let n = n
-        .get(n.iter().position(|b| *b != 0).unwrap_or(n.len())..)
-        .unwrap_or_default();
-    let bits = (n.len() * 8).saturating_sub(n.first().map_or(8, |b| b.leading_zeros() as usize));
+    let bits = crate::pkcs1::modulus_bits(n);
     if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
         return Err(format!(
             "RSA modulus has {bits} bits; {RSA_MIN_BITS} to {RSA_MAX_BITS} are accepted"

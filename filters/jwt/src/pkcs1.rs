@@ -177,8 +177,7 @@ impl PreparedKey {
     pub fn new(n: &[u8], e: &[u8]) -> Option<Self> {
         let (n, e) = Self::usable(n, e)?;
         let k = n.len();
-        let top = n.first().copied().unwrap_or(0);
-        let mod_bits = (k * 8).saturating_sub(top.leading_zeros() as usize);
+        let mod_bits = modulus_bits(n);
         let width = if k <= U2048::BYTES {
             Width::B2048(Box::new(Modulus::new(n)?))
         } else if k <= U3072::BYTES {
@@ -304,6 +303,12 @@ impl PreparedKey {
         want.extend_from_slice(&h);
         want == em
     }
+}
+
+/// The bit length of a big-endian integer (leading zero bytes allowed).
+pub fn modulus_bits(n: &[u8]) -> usize {
+    let n = strip_zeros(n);
+    (n.len() * 8).saturating_sub(n.first().map_or(0, |b| b.leading_zeros() as usize))
 }
 
 fn strip_zeros(b: &[u8]) -> &[u8] {
