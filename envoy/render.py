@@ -57,7 +57,7 @@ PATH_VARIABLES = ("WASM_DIR", "CERT_DIR", "CONFIG_DIR")
 
 def _local_paths() -> dict[str, str]:
     return {
-        "WASM_DIR": str(REPO / "target" / "wasm32-wasip1" / "release"),
+        "WASM_DIR": str(REPO / "build" / "wasm"),
         "CERT_DIR": str(REPO / "examples" / "certs"),
         "CONFIG_DIR": str(REPO / "examples" / "config"),
     }

@@ -11,7 +11,7 @@ Inputs, never copied by hand:
     VM environment variable names, the referenced upstream clusters;
   * examples/config/<filter>/<file>.json: each filter's configuration (the one
     the template inlines) -> `pluginConfig`, unchanged;
-  * target/wasm32-wasip1/release/<lib>.wasm: the built modules -> the OCI
+  * build/wasm/<lib>.wasm: the built modules (`make build-wasm`) -> the OCI
     image manifest digest (istio/oci.py, same bytes as `make images`) -> `sha256`.
 
 Outputs (docs/istio.md explains each):
@@ -329,7 +329,7 @@ def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
                 [wasm_plugin(f, images[f.name], registry)],
                 header(f"envoy/envoy.yaml.tmpl (listener {gateway}, filter {f.name})",
                        rel(f.config_file) + " (pluginConfig)",
-                       f"target/wasm32-wasip1/release/{f.wasm.name} -> image sha256:{images[f.name].manifest_digest}"),
+                       f"{rel(f.wasm)} -> image sha256:{images[f.name].manifest_digest}"),
             )
             plugin_files.append(name)
         files[f"{gateway}/wasmplugin/kustomization.yaml"] = dump(

@@ -71,7 +71,7 @@ import render as render_mod  # noqa: E402
 import stack as stack_mod  # noqa: E402
 
 OUT = REPO / "build" / "bench"
-WASM_DIR = REPO / "target" / "wasm32-wasip1" / "release"
+WASM_DIR = REPO / "build" / "wasm"
 KEYS = REPO / "examples" / "keys"
 CERTS = REPO / "examples" / "certs"
 LISTENERS_YAML = REPO / "tests" / "bench" / "listeners.yaml"

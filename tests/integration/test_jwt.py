@@ -270,7 +270,7 @@ def test_two_tokens_in_one_request_are_refused(stack):
 # ------------------------------------------------------------- remote JWKS
 
 ENVOY = REPO / ".venv" / "bin" / "envoy"
-WASM = REPO / "target" / "wasm32-wasip1" / "release" / "jwt.wasm"
+WASM = REPO / "build" / "wasm" / "jwt.wasm"
 REMOTE_CONFIG = REPO / "examples" / "config" / "jwt" / "web-remote-jwks.json"
 
 
