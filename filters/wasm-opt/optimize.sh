@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The last step of every wasm build: Binaryen's wasm-opt -Os (its own
-# inlining off) over cargo's output, written to the directory Envoy loads the
-# modules from.
+# The last step of every wasm build: Binaryen's wasm-opt over cargo's output,
+# written to the directory Envoy loads the modules from. It removes the
+# proxy-wasm callbacks a module does not implement from its exports
+# (filters/wasm-opt/callbacks: Envoy then never enters the VM for those
+# events), then optimises with -Os, Binaryen's own inlining off.
 #
 #   filters/wasm-opt/optimize.sh OUT_DIR IN.wasm...
 #
@@ -52,9 +54,33 @@ flags=(-Os
   --enable-nontrapping-float-to-int --enable-mutable-globals
   --enable-multivalue --enable-reference-types)
 
-# What an output depends on besides its input: this script (the flags) and
-# the installed Binaryen (its lock file).
-tool_key="$(cat "${BASH_SOURCE[0]}" "$tools/package-lock.json" | sha256sum | cut -d' ' -f1)"
+# Optional callbacks (filters/wasm-opt/callbacks says which each module
+# keeps); the rest are removed from the exports, and their code with them.
+optional=(request_headers request_body request_trailers response_headers
+  response_body response_trailers log done
+  new_connection downstream_data upstream_data downstream_connection_close
+  upstream_connection_close queue_ready foreign_function grpc_close
+  grpc_receive grpc_receive_initial_metadata grpc_receive_trailing_metadata)
+callbacks="$here/callbacks"
+
+# The exports to remove from module $1 (e.g. jwt.wasm), comma-separated.
+removed_exports() {
+  local module="${1%.wasm}" keep
+  keep="$(awk -v m="$module" '$1 == m { $1 = ""; print; found = 1 } END { exit !found }' "$callbacks")" || {
+    echo "filters/wasm-opt/callbacks has no line for $module" >&2
+    return 1
+  }
+  local out=() c
+  for c in "${optional[@]}"; do
+    case " $keep " in *" $c "*) ;; *) out+=("proxy_on_$c") ;; esac
+  done
+  local IFS=,
+  echo "${out[*]}"
+}
+
+# What an output depends on besides its input: this script (the flags), the
+# callbacks list and the installed Binaryen (its lock file).
+tool_key="$(cat "${BASH_SOURCE[0]}" "$callbacks" "$tools/package-lock.json" | sha256sum | cut -d' ' -f1)"
 key_of() { echo "$(sha256sum < "$1" | cut -d' ' -f1) $tool_key"; }
 
 stale=()
@@ -68,12 +94,15 @@ done
 [ ${#stale[@]} -gt 0 ] || exit 0
 
 one() {
-  local in="$1" name out key
+  local in="$1" name out key remove
   name="$(basename "$in")"
   out="$out_dir/$name"
   key="$(key_of "$in")"
+  remove="$(removed_exports "$name")"
   rm -f "$out_dir/.$name.key"
-  "$wasm_opt" "${flags[@]}" "$in" -o "$out.tmp"
+  # Passes run in command-line order: the exports go first, so that -Os
+  # removes the code only they reached.
+  "$wasm_opt" ${remove:+--remove-exports="$remove"} "${flags[@]}" "$in" -o "$out.tmp"
   mv -f "$out.tmp" "$out"
   echo "$key" > "$out_dir/.$name.key"
   printf 'wasm-opt -Os %-20s %9d -> %9d bytes\n' "$(basename "$in")" \

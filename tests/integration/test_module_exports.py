@@ -1,0 +1,127 @@
+"""The shipped modules export exactly the stream callbacks their filters implement.
+
+Envoy enters a wasm VM for a stream event only when the module exports that
+event's callback; filters/wasm-opt/optimize.sh removes the ones a module does
+not list in filters/wasm-opt/callbacks. A callback implemented in Rust but
+missing from that list would silently never run, so this test reads each
+filter's proxy-wasm glue and checks the list against it, and the built
+modules (build/wasm, what Envoy loads) against the list.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+CALLBACKS_FILE = REPO / "filters" / "wasm-opt" / "callbacks"
+WASM_DIR = REPO / "build" / "wasm"
+
+# module (file stem) -> crate directory
+CRATES = {
+    "sanitize": "filters/sanitize",
+    "jwt": "filters/jwt",
+    "replay_guard": "filters/replay-guard",
+    "fds_block": "filters/fds-block",
+    "passport": "filters/passport",
+    "route_breaker": "filters/route-breaker",
+    "san_authz": "filters/san-authz",
+}
+
+# The optional stream callbacks optimize.sh may remove (proxy_on_<name>).
+STREAM_CALLBACKS = (
+    "request_headers", "request_body", "request_trailers",
+    "response_headers", "response_body", "response_trailers", "log", "done",
+)
+# Always exported: the lifecycle and root callbacks every filter relies on.
+ALWAYS = (
+    "proxy_on_context_create", "proxy_on_delete", "proxy_on_vm_start", "proxy_on_configure",
+    "proxy_on_tick", "proxy_on_http_call_response", "proxy_on_memory_allocate",
+)
+
+RUST_METHOD = re.compile(r"\bfn on_(http_(?:request|response)_(?:headers|body|trailers)|log|done)\s*\(")
+
+
+def listed() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for line in CALLBACKS_FILE.read_text(encoding="utf-8").splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            out[words[0]] = set(words[1:])
+    return out
+
+
+def implemented(crate: str) -> set[str]:
+    """Stream callbacks overridden in the crate's HttpContext implementation(s)."""
+    found: set[str] = set()
+    for path in (REPO / crate / "src").rglob("*.rs"):
+        text = path.read_text(encoding="utf-8")
+        if "impl HttpContext for" not in text:
+            continue
+        for m in RUST_METHOD.finditer(text):
+            found.add(m.group(1).removeprefix("http_"))
+    return found
+
+
+def _leb(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+def exports(module: Path) -> set[str]:
+    """Export names of a wasm binary (export section, id 7)."""
+    data = module.read_bytes()
+    assert data[:4] == b"\0asm", module
+    names: set[str] = set()
+    i = 8
+    while i < len(data):
+        section = data[i]
+        size, i = _leb(data, i + 1)
+        end = i + size
+        if section == 7:
+            count, j = _leb(data, i)
+            for _ in range(count):
+                length, j = _leb(data, j)
+                names.add(data[j:j + length].decode("utf-8"))
+                j += length + 1  # name, kind byte
+                _, j = _leb(data, j)  # index
+        i = end
+    return names
+
+
+def test_every_implemented_callback_is_listed():
+    lists = listed()
+    for module, crate in CRATES.items():
+        assert module in lists, f"filters/wasm-opt/callbacks has no line for {module}"
+        assert "request_headers" in implemented(crate), f"{crate}: no HttpContext found"
+        missing = implemented(crate) - lists[module]
+        assert not missing, f"{module} implements {sorted(missing)} but filters/wasm-opt/callbacks does not keep them"
+
+
+def test_the_suite_keeps_every_filters_callbacks():
+    lists = listed()
+    union = set().union(*(lists[m] for m in CRATES))
+    assert union <= lists["suite"], f"suite line misses {sorted(union - lists['suite'])}"
+
+
+@pytest.mark.parametrize("module", [*CRATES, "suite"])
+def test_built_module_exports_exactly_the_listed_callbacks(module):
+    path = WASM_DIR / f"{module}.wasm"
+    if not path.exists():
+        pytest.skip(f"{path} not built (make build-wasm / build-suite)")
+    names = exports(path)
+    keep = listed()[module]
+    for callback in STREAM_CALLBACKS:
+        assert (f"proxy_on_{callback}" in names) == (callback in keep), (module, callback)
+    for name in ALWAYS:
+        assert name in names, (module, name)
+    assert not {n for n in names if n.startswith("proxy_on_grpc") or n.endswith("_data")}, module
