@@ -737,7 +737,7 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         srows.append([k, v, f"{v / 1024:.0f} KiB", "≤ 1.5 MiB" if k == "suite.wasm" else "≤ 1 MiB", "pass" if ok else "MISS"])
         if k != "noop.wasm":
             check(f"size {k}", f"{v / 1024:.0f} KiB", "≤ 1.5 MiB" if k == "suite.wasm" else "≤ 1 MiB", ok)
-    out.append(table("Module sizes (release, wasm32-wasip1)", ["module", "bytes", "KiB", "budget", ""], srows))
+    out.append(table("Module sizes (build/wasm: cargo release for wasm32-wasip1, then wasm-opt)", ["module", "bytes", "KiB", "budget", ""], srows))
     if mem:
         mrows = [[k, v["rss_mb"], v["ready_s"]] for k, v in mem.items() if isinstance(v, dict)]
         out.append(table("Envoy memory and start-up (--concurrency 2, separate starts; full = every gateway)",
