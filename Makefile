@@ -63,6 +63,9 @@ wasm-target: ## rustup target add wasm32-wasip1 (idempotent)
 wasm-opt: $(BINARYEN_STAMP) ## install Binaryen's wasm-opt (npm, pinned) under build/tools
 
 $(BINARYEN_STAMP): filters/wasm-opt/package.json filters/wasm-opt/package-lock.json
+	@command -v npm >/dev/null || { echo "installing node and npm (apt-get install nodejs npm) for Binaryen's wasm-opt"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   nodejs npm) >/dev/null || true; }
 	@command -v npm >/dev/null || { echo "the wasm build needs node (>= 18) and npm on PATH for Binaryen's wasm-opt" >&2; exit 1; }
 	rm -rf $(BINARYEN_DIR)
 	mkdir -p $(BINARYEN_DIR)
