@@ -55,9 +55,14 @@ DEFAULT_INCLUDE_ROOT = REPO / "examples"
 PATH_VARIABLES = ("WASM_DIR", "CERT_DIR", "CONFIG_DIR")
 
 
+# The modules `make build-wasm` / `build-suite` write (cargo's output after
+# filters/wasm-opt/optimize.sh): what the local Envoy, the bench and the tests load.
+LOCAL_WASM_DIR = REPO / "build" / "wasm"
+
+
 def _local_paths() -> dict[str, str]:
     return {
-        "WASM_DIR": str(REPO / "build" / "wasm"),
+        "WASM_DIR": str(LOCAL_WASM_DIR),
         "CERT_DIR": str(REPO / "examples" / "certs"),
         "CONFIG_DIR": str(REPO / "examples" / "config"),
     }

@@ -85,27 +85,28 @@ tool_key="$(cat "${BASH_SOURCE[0]}" "$callbacks" "$tools/package-lock.json" | sh
 key_of() { echo "$(sha256sum < "$1" | cut -d' ' -f1) $tool_key"; }
 
 stale=()
+declare -A keys
 for in in "$@"; do
   [ -f "$in" ] || { echo "no such module: $in" >&2; exit 1; }
   name="$(basename "$in")"
-  if [ ! -f "$out_dir/$name" ] || [ "$(cat "$out_dir/.$name.key" 2>/dev/null)" != "$(key_of "$in")" ]; then
+  keys[$in]="$(key_of "$in")"
+  if [ ! -f "$out_dir/$name" ] || [ "$(cat "$out_dir/.$name.key" 2>/dev/null)" != "${keys[$in]}" ]; then
     stale+=("$in")
   fi
 done
 [ ${#stale[@]} -gt 0 ] || exit 0
 
 one() {
-  local in="$1" name out key remove
+  local in="$1" name out remove
   name="$(basename "$in")"
   out="$out_dir/$name"
-  key="$(key_of "$in")"
   remove="$(removed_exports "$name")"
   rm -f "$out_dir/.$name.key"
   # Passes run in command-line order: the exports go first, so that -Os
   # removes the code only they reached.
   "$wasm_opt" ${remove:+--remove-exports="$remove"} "${flags[@]}" "$in" -o "$out.tmp"
   mv -f "$out.tmp" "$out"
-  echo "$key" > "$out_dir/.$name.key"
+  echo "${keys[$in]}" > "$out_dir/.$name.key"
   printf 'wasm-opt -Os %-20s %9d -> %9d bytes\n' "$(basename "$in")" \
     "$(stat -c %s "$in")" "$(stat -c %s "$out")"
 }

@@ -71,7 +71,7 @@ import render as render_mod  # noqa: E402
 import stack as stack_mod  # noqa: E402
 
 OUT = REPO / "build" / "bench"
-WASM_DIR = REPO / "build" / "wasm"
+WASM_DIR = render_mod.LOCAL_WASM_DIR
 KEYS = REPO / "examples" / "keys"
 CERTS = REPO / "examples" / "certs"
 LISTENERS_YAML = REPO / "tests" / "bench" / "listeners.yaml"

@@ -43,6 +43,8 @@ from helpers import (
     web_url,
 )
 
+import render  # envoy/render.py (on sys.path via helpers)
+
 REALM = 'Bearer realm="demo-api"'
 
 
@@ -270,7 +272,7 @@ def test_two_tokens_in_one_request_are_refused(stack):
 # ------------------------------------------------------------- remote JWKS
 
 ENVOY = REPO / ".venv" / "bin" / "envoy"
-WASM = REPO / "build" / "wasm" / "jwt.wasm"
+WASM = render.LOCAL_WASM_DIR / "jwt.wasm"
 REMOTE_CONFIG = REPO / "examples" / "config" / "jwt" / "web-remote-jwks.json"
 
 

@@ -17,8 +17,10 @@ import pytest
 
 from helpers import REPO
 
+import render  # envoy/render.py (on sys.path via helpers)
+
 CALLBACKS_FILE = REPO / "filters" / "wasm-opt" / "callbacks"
-WASM_DIR = REPO / "build" / "wasm"
+WASM_DIR = render.LOCAL_WASM_DIR
 
 # module (file stem) -> crate directory
 CRATES = {
@@ -31,10 +33,12 @@ CRATES = {
     "san_authz": "filters/san-authz",
 }
 
-# The optional stream callbacks optimize.sh may remove (proxy_on_<name>).
-STREAM_CALLBACKS = (
+# The optional callbacks filters/wasm-opt/callbacks can keep and optimize.sh
+# otherwise removes (proxy_on_<name>).
+LISTABLE_CALLBACKS = (
     "request_headers", "request_body", "request_trailers",
     "response_headers", "response_body", "response_trailers", "log", "done",
+    "queue_ready", "foreign_function",
 )
 # Always exported: the lifecycle and root callbacks every filter relies on.
 ALWAYS = (
@@ -130,7 +134,7 @@ def test_built_module_exports_exactly_the_listed_callbacks(module):
         pytest.skip(f"{path} not built (make build-wasm / build-suite)")
     names = exports(path)
     keep = listed()[module]
-    for callback in STREAM_CALLBACKS:
+    for callback in LISTABLE_CALLBACKS:
         assert (f"proxy_on_{callback}" in names) == (callback in keep), (module, callback)
     for name in ALWAYS:
         assert name in names, (module, name)
