@@ -175,10 +175,10 @@ bench-tools: ## install the load generator (wrk) if missing
 
 ISTIO_REGISTRY ?=
 
-istio: build-wasm venv ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter; ISTIO_REGISTRY=host/path to change registry)
+istio: build-wasm build-suite venv ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter, suite EnvoyFilter; ISTIO_REGISTRY=host/path to change registry)
 	$(VPY) istio/generate.py $(if $(ISTIO_REGISTRY),--registry $(ISTIO_REGISTRY))
 
-images: build-wasm venv ## OCI images (Istio compat shape) of every filter under build/images/, digests and sizes
+images: build-wasm build-suite venv ## OCI images (Istio compat shape) of every filter and the suite under build/images/, digests and sizes
 	$(VPY) istio/oci.py
 
 image-tools: ## install skopeo and docker-registry (apt-get) if missing

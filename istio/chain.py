@@ -29,6 +29,9 @@ import render  # noqa: E402  (envoy/render.py)
 # The gateways of the portfolio, in the contract's order (the Envoy listener
 # of the same name carries each one's chain).
 GATEWAYS = ("web", "app", "secure", "egress")
+# The suite build (filters/suite, `make build-suite`): all seven filters in one
+# module, packaged as one more image beside the per-filter ones.
+SUITE = "suite"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 ROUTER = "envoy.filters.http.router"
 
@@ -115,4 +118,15 @@ def modules(all_chains: dict[str, list[Filter]] | None = None) -> dict[str, Path
         for f in filters:
             if out.setdefault(f.name, f.wasm) != f.wasm:
                 raise SystemExit(f"filter {f.name!r} uses two modules: {out[f.name]} and {f.wasm}")
+    return out
+
+
+def packaged_modules(all_chains: dict[str, list[Filter]] | None = None) -> dict[str, Path]:
+    """image name -> module: every filter's (modules()) plus the suite's,
+    suite.wasm beside the per-filter modules (`make build-suite` writes it)."""
+    out = modules(all_chains)
+    dirs = {p.parent for p in out.values()}
+    if len(dirs) != 1:
+        raise SystemExit(f"the filter modules are in several directories: {sorted(map(str, dirs))}")
+    out[SUITE] = dirs.pop() / f"{SUITE}.wasm"
     return out

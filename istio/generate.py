@@ -11,14 +11,17 @@ Inputs, never copied by hand:
     VM environment variable names, the referenced upstream clusters;
   * examples/config/<filter>/<file>.json: each filter's configuration (the one
     the template inlines) -> `pluginConfig`, unchanged;
-  * build/wasm/<lib>.wasm: the built modules (`make build-wasm`) -> the OCI
-    image manifest digest (istio/oci.py, same bytes as `make images`) -> `sha256`.
+  * build/wasm/<lib>.wasm: the built modules (`make build-wasm`, and
+    `make build-suite` for suite.wasm) -> the OCI image manifest digest
+    (istio/oci.py, same bytes as `make images`) -> `sha256`.
 
 Outputs (docs/istio.md explains each):
   istio/generated/images.json                         registry, tag, digests and sizes per image
   istio/generated/<gw>/wasmplugin/                    one WasmPlugin per filter + kustomization.yaml
   istio/generated/<gw>/envoyfilter/                   the same chain as ONE EnvoyFilter (ECDS, vm_id,
                                                       allow_on_headers_stop_iteration) + kustomization.yaml
+  istio/generated/<gw>/suite/                         that EnvoyFilter on the suite image (suite.wasm, one
+                                                      vm_id for the chain) + kustomization.yaml
   istio/generated/<gw>/upstreams/                     EnvoyFilter adding the clusters the filter configs
                                                       name (fds, issuer), when the gateway needs any
 
@@ -178,24 +181,52 @@ def ecds_name(f: chain.Filter) -> str:
     return f"gateway-filters.{f.gateway}.{f.name}"
 
 
-def extension_config(f: chain.Filter, image: oci.Image, registry: str) -> dict:
-    """The Envoy Wasm filter config of `f`, served over ECDS; istio-agent fetches
-    the oci:// image, checks `sha256` and rewrites `remote` to a local file."""
+def filter_vm(f: chain.Filter, image: oci.Image, registry: str) -> dict:
+    """The per-filter build's VM: the filter's own vm_id and image."""
     env: dict = {"key_values": {"ISTIO_META_WASM_IMAGE_PULL_POLICY": "IfNotPresent"}}
     if f.env_keys:
         env["host_env_keys"] = list(f.env_keys)
+    return {
+        "vm_id": f.vm_id,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"remote": {
+            "http_uri": {"uri": oci_url(registry, image), "cluster": "_", "timeout": "30s"},
+            "sha256": image.manifest_digest,
+        }},
+        "environment_variables": env,
+    }
+
+
+def suite_vm(filters: list[chain.Filter], image: oci.Image, registry: str) -> dict:
+    """The suite build's VM, the SAME block for every filter of the gateway:
+    Envoy shares a VM only between plugins whose vm_id and vm_config are
+    identical, so the environment is the union of the filters' (the host keys
+    replay-guard reads on app). One vm_id per gateway pod: the module is
+    compiled once and every worker runs one VM for the whole chain."""
+    keys: list[str] = []
+    for f in filters:
+        keys += [k for k in f.env_keys if k not in keys]
+    env: dict = {"key_values": {"ISTIO_META_WASM_IMAGE_PULL_POLICY": "IfNotPresent"}}
+    if keys:
+        env["host_env_keys"] = keys
+    return {
+        "vm_id": chain.SUITE,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"remote": {
+            "http_uri": {"uri": oci_url(registry, image), "cluster": "_", "timeout": "30s"},
+            "sha256": image.manifest_digest,
+        }},
+        "environment_variables": env,
+    }
+
+
+def extension_config(f: chain.Filter, vm_config: dict) -> dict:
+    """The Envoy Wasm filter config of `f`, served over ECDS; istio-agent fetches
+    the oci:// image, checks `sha256` and rewrites `remote` to a local file."""
     config: dict = {
         "name": f.name,
         "root_id": f.root_id,
-        "vm_config": {
-            "vm_id": f.vm_id,
-            "runtime": "envoy.wasm.runtime.v8",
-            "code": {"remote": {
-                "http_uri": {"uri": oci_url(registry, image), "cluster": "_", "timeout": "30s"},
-                "sha256": image.manifest_digest,
-            }},
-            "environment_variables": env,
-        },
+        "vm_config": copy.deepcopy(vm_config),
         "configuration": {
             "@type": "type.googleapis.com/google.protobuf.StringValue",
             "value": json.dumps(f.config, separators=(",", ":"), ensure_ascii=False),
@@ -207,11 +238,14 @@ def extension_config(f: chain.Filter, image: oci.Image, registry: str) -> dict:
     return {"name": ecds_name(f), "typed_config": {"@type": WASM_TYPE, "config": config}}
 
 
-def envoy_filter(gateway: str, filters: list[chain.Filter], images: dict[str, oci.Image], registry: str) -> dict:
+def envoy_filter(gateway: str, filters: list[chain.Filter], vms: list[dict]) -> dict:
+    """The chain as one EnvoyFilter; vms[i] is filters[i]'s vm_config (filter_vm
+    for the per-filter build, the one suite_vm block for the suite build). Both
+    variants have the same object and ECDS names: applying one replaces the other."""
     where = GATEWAY_WORKLOADS[gateway]
     patches: list[dict] = [
-        {"applyTo": "EXTENSION_CONFIG", "patch": {"operation": "ADD", "value": extension_config(f, images[f.name], registry)}}
-        for f in filters
+        {"applyTo": "EXTENSION_CONFIG", "patch": {"operation": "ADD", "value": extension_config(f, vm)}}
+        for f, vm in zip(filters, vms, strict=True)
     ]
     previous: str | None = None
     for f in filters:
@@ -243,6 +277,14 @@ def envoy_filter(gateway: str, filters: list[chain.Filter], images: dict[str, oc
         "metadata": {"name": f"gateway-filters-{gateway}", "namespace": where["namespace"], "labels": labels(gateway)},
         "spec": {"workloadSelector": {"labels": dict(where["labels"])}, "configPatches": patches},
     }
+
+
+SUITE_NOTE = (
+    "# The suite build: the same chain, ECDS names and object name as ../envoyfilter/,\n"
+    "# every filter running from the suite image in ONE VM per worker (vm_id suite;\n"
+    "# WasmPlugin cannot set vm_id). Apply this directory OR ../envoyfilter/ (the same\n"
+    "# EnvoyFilter name: one replaces the other), not with ../wasmplugin/ (docs/istio.md).\n"
+)
 
 
 def upstreams_filter(gateway: str, clusters: list[dict]) -> dict:
@@ -290,8 +332,8 @@ def kustomization(namespace: str, resources: list[str]) -> dict:
 def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
     """relative path under istio/generated -> file content."""
     chains = chain.chains()
-    mods = chain.modules(chains)
-    missing = sorted(set(mods) - set(PLACEMENT))
+    mods = chain.packaged_modules(chains)
+    missing = sorted(set(mods) - set(PLACEMENT) - {chain.SUITE})
     if missing:
         raise SystemExit(f"no phase/priority for {missing}: add them to PLACEMENT in istio/generate.py")
     images = {name: oci.image_for(name, path) for name, path in mods.items()}
@@ -335,12 +377,20 @@ def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
         files[f"{gateway}/wasmplugin/kustomization.yaml"] = dump(
             [kustomization(ns, upstream_dirs + plugin_files)], header("istio/generate.py"))
 
+        sources = (f"envoy/envoy.yaml.tmpl (listener {gateway}: " + " -> ".join(f.name for f in filters) + ")",
+                   *(rel(f.config_file) for f in filters))
         files[f"{gateway}/envoyfilter/envoyfilter.yaml"] = dump(
-            [envoy_filter(gateway, filters, images, registry)],
-            header(f"envoy/envoy.yaml.tmpl (listener {gateway}: " + " -> ".join(f.name for f in filters) + ")",
-                   *(rel(f.config_file) for f in filters)),
+            [envoy_filter(gateway, filters, [filter_vm(f, images[f.name], registry) for f in filters])],
+            header(*sources),
         )
         files[f"{gateway}/envoyfilter/kustomization.yaml"] = dump(
+            [kustomization(ns, upstream_dirs + ["envoyfilter.yaml"])], header("istio/generate.py"))
+        suite = images[chain.SUITE]
+        files[f"{gateway}/suite/envoyfilter.yaml"] = dump(
+            [envoy_filter(gateway, filters, [suite_vm(filters, suite, registry)] * len(filters))],
+            header(*sources, f"{rel(mods[chain.SUITE])} -> image sha256:{suite.manifest_digest}") + SUITE_NOTE,
+        )
+        files[f"{gateway}/suite/kustomization.yaml"] = dump(
             [kustomization(ns, upstream_dirs + ["envoyfilter.yaml"])], header("istio/generate.py"))
     return files
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Build one OCI image per wasm filter, reproducibly, without a container daemon.
+"""Build one OCI image per wasm filter (and one of the suite build), reproducibly, without a container daemon.
 
-    python3 istio/oci.py                       # every filter of the chains -> build/images/<filter>/
+    python3 istio/oci.py                       # every filter of the chains and the suite -> build/images/<name>/
     python3 istio/oci.py --out DIR sanitize    # some filters, elsewhere
 
 The image is Istio's "compat" Wasm image (the shape istio-agent's fetcher
@@ -169,7 +169,8 @@ def image_for(name: str, wasm_path: Path, tag: str | None = None) -> Image:
     try:
         wasm = wasm_path.read_bytes()
     except OSError as exc:
-        raise SystemExit(f"{name}: cannot read {wasm_path} ({exc.strerror}); run `make build-wasm` first") from exc
+        build = "make build-suite" if name == chain.SUITE else "make build-wasm"
+        raise SystemExit(f"{name}: cannot read {wasm_path} ({exc.strerror}); run `{build}` first") from exc
     return build_image(name, wasm, tag or chain.workspace_version())
 
 
@@ -196,7 +197,7 @@ def write_layout(image: Image, directory: Path) -> None:
 
 
 def build_all(out: Path, names: list[str] | None = None) -> list[Image]:
-    mods = chain.modules()
+    mods = chain.packaged_modules()
     unknown = sorted(set(names or []) - set(mods))
     if unknown:
         raise SystemExit(f"unknown filter(s) {unknown}; known: {sorted(mods)}")
@@ -212,7 +213,7 @@ def build_all(out: Path, names: list[str] | None = None) -> list[Image]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("filters", nargs="*", help="filter names (default: every filter of the chains)")
+    parser.add_argument("filters", nargs="*", help="filter names or `suite` (default: every filter of the chains and the suite)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory of the layouts (default build/images)")
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
     args = parser.parse_args(argv)

@@ -10,7 +10,8 @@ buildVMConfig; pkg/wasm/convert.go rewriteVMConfig):
   istiod's phase/priority order; the oci:// module becomes the built file;
 * EnvoyFilter -> its EXTENSION_CONFIG typed configs in its HTTP_FILTER patch
   order, the remote code rewritten to the local module and ISTIO_META_* keys
-  stripped (what istio-agent does), plus the upstream CLUSTER patches.
+  stripped (what istio-agent does), plus the upstream CLUSTER patches; both
+  variants, the per-filter images and the suite image (one vm_id).
 
 `envoy --mode validate` then loads every module and runs its on_configure with
 that configuration, so each pluginConfig is judged by the filter's own Rust
@@ -29,7 +30,7 @@ import pytest
 import yaml
 
 import chain
-from test_manifests import istio_order, struct_round_trip
+from test_manifests import envoy_filter_doc, istio_order, struct_round_trip
 
 ENVOY = chain.REPO / ".venv" / "bin" / "envoy"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -104,7 +105,7 @@ def listener(name: str, port: int, http_filters: list[dict]) -> dict:
 
 
 def bootstrap(manifests: dict[str, dict], plugins: dict[str, list[dict]], chains, only: str | None = None) -> dict:
-    modules = chain.modules(chains)
+    modules = chain.packaged_modules(chains)
     listeners, clusters = [], {}
     port = 20000
     for gateway in chain.GATEWAYS:
@@ -112,9 +113,11 @@ def bootstrap(manifests: dict[str, dict], plugins: dict[str, list[dict]], chains
             continue
         listeners.append(listener(f"wasmplugin-{gateway}", port,
                                   [wasm_filter_from_plugin(p, modules) for p in istio_order(plugins[gateway])]))
-        ef = next(d for d in manifests.values() if d["metadata"]["name"] == f"gateway-filters-{gateway}")
-        listeners.append(listener(f"envoyfilter-{gateway}", port + 1, filters_from_envoyfilter(ef, modules)))
-        port += 2
+        listeners.append(listener(f"envoyfilter-{gateway}", port + 1,
+                                  filters_from_envoyfilter(envoy_filter_doc(manifests, gateway), modules)))
+        listeners.append(listener(f"suite-{gateway}", port + 2,
+                                  filters_from_envoyfilter(envoy_filter_doc(manifests, gateway, "suite"), modules)))
+        port += 3
         for d in manifests.values():
             if d["kind"] == "EnvoyFilter" and d["metadata"]["name"] == f"gateway-filters-{gateway}-upstreams":
                 for p in d["spec"]["configPatches"]:

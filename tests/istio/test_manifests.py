@@ -21,6 +21,7 @@ import math
 
 import jsonschema
 import pytest
+import yaml
 
 import chain
 import crd
@@ -103,6 +104,12 @@ def test_every_manifest_passes_the_crd_schema_and_cel_rules(manifests):
     assert not failures, json.dumps(failures, indent=2)
 
 
+def envoy_filter_doc(manifests, gateway: str, variant: str = "envoyfilter") -> dict:
+    """The chain's EnvoyFilter of one variant: istio/generated/<gateway>/<variant>/
+    (`envoyfilter`: per-filter images; `suite`: the suite image, one vm_id)."""
+    return next(d for k, d in manifests.items() if k.startswith(f"{gateway}/{variant}/envoyfilter.yaml#"))
+
+
 def _first(manifests, kind, name_part=""):
     return copy.deepcopy(next(d for d in manifests.values() if d["kind"] == kind and name_part in d["metadata"]["name"]))
 
@@ -183,7 +190,7 @@ def test_priorities_are_unique_within_a_phase_on_every_gateway(plugins):
 
 def test_the_envoyfilter_inserts_the_chain_in_order(chains, manifests):
     for gateway, filters in chains.items():
-        doc = next(d for d in manifests.values() if d["metadata"]["name"] == f"gateway-filters-{gateway}")
+        doc = envoy_filter_doc(manifests, gateway)
         chain_list = ["envoy.filters.http.router"]
         for p in doc["spec"]["configPatches"]:
             if p["applyTo"] != "HTTP_FILTER":
@@ -200,7 +207,7 @@ def test_the_envoyfilter_inserts_the_chain_in_order(chains, manifests):
 
 def test_envoyfilter_keeps_the_settings_wasmplugin_cannot_express(chains, manifests):
     for gateway, filters in chains.items():
-        doc = next(d for d in manifests.values() if d["metadata"]["name"] == f"gateway-filters-{gateway}")
+        doc = envoy_filter_doc(manifests, gateway)
         configs = {p["patch"]["value"]["name"]: p["patch"]["value"]["typed_config"]["config"]
                    for p in doc["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG"}
         for f in filters:
@@ -212,6 +219,45 @@ def test_envoyfilter_keeps_the_settings_wasmplugin_cannot_express(chains, manife
             assert json.loads(c["configuration"]["value"]) == f.config
     # the body-checking filters are the ones that need it
     assert {f.name for fs in chains.values() for f in fs if f.allow_on_headers_stop_iteration} >= {"sanitize", "replay-guard"}
+
+
+def _without_vm(doc: dict) -> dict:
+    out = copy.deepcopy(doc)
+    for p in out["spec"]["configPatches"]:
+        if p["applyTo"] == "EXTENSION_CONFIG":
+            del p["patch"]["value"]["typed_config"]["config"]["vm_config"]
+    return out
+
+
+def test_the_suite_envoyfilter_is_the_same_chain_on_one_shared_vm(chains, manifests):
+    version = chain.workspace_version()
+    registry = generate.recorded_registry()
+    suite_image = oci.image_for(chain.SUITE, chain.packaged_modules(chains)[chain.SUITE])
+    for gateway, filters in chains.items():
+        per_filter, suite = envoy_filter_doc(manifests, gateway), envoy_filter_doc(manifests, gateway, "suite")
+        # same object name, ECDS names, order, root_ids, configs and policies:
+        # applying one variant replaces the other in place
+        assert _without_vm(suite) == _without_vm(per_filter), gateway
+        vms = [p["patch"]["value"]["typed_config"]["config"]["vm_config"]
+               for p in suite["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG"]
+        assert len(vms) == len(filters)
+        # Envoy shares a VM only between identical vm_configs
+        assert all(vm == vms[0] for vm in vms), gateway
+        vm = vms[0]
+        assert vm["vm_id"] == "suite"
+        assert vm["code"]["remote"]["http_uri"]["uri"] == f"oci://{registry}/gateway-filters/suite:{version}"
+        assert vm["code"]["remote"]["sha256"] == suite_image.manifest_digest
+        wanted_keys = sorted({k for f in filters for k in f.env_keys})
+        assert sorted(vm["environment_variables"].get("host_env_keys", [])) == wanted_keys
+    assert envoy_filter_doc(manifests, "app", "suite")["spec"]["configPatches"][0]["patch"]["value"][
+        "typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"] == ["REPLAY_GUARD_MASTER_V1"]
+
+
+def test_the_suite_kustomization_brings_the_gateways_upstreams(generated):
+    for gateway in chain.GATEWAYS:
+        suite = yaml.safe_load(generated[f"{gateway}/suite/kustomization.yaml"])
+        per_filter = yaml.safe_load(generated[f"{gateway}/envoyfilter/kustomization.yaml"])
+        assert suite == per_filter
 
 
 # ------------------------------------------------------------- WasmPlugin fields
@@ -234,7 +280,7 @@ def test_wasmplugin_fields(chains, plugins):
 
 
 def test_sha256_pins_the_image_manifest_digest_of_the_current_module(chains, plugins, manifests):
-    images = {name: oci.image_for(name, path) for name, path in chain.modules(chains).items()}
+    images = {name: oci.image_for(name, path) for name, path in chain.packaged_modules(chains).items()}
     for gateway, filters in chains.items():
         by_filter = {p["metadata"]["labels"]["gateway-filters.io/filter"]: p for p in plugins[gateway]}
         for f in filters:

@@ -87,9 +87,10 @@ def layouts(tmp_path_factory) -> dict[str, Path]:
     return {p.name: p for p in out.iterdir()}
 
 
-def test_one_image_per_filter(layouts):
-    assert set(layouts) == set(chain.modules())
-    assert set(layouts) == {"sanitize", "jwt", "replay-guard", "fds-block", "passport", "san-authz", "route-breaker"}
+def test_one_image_per_filter_and_one_of_the_suite(layouts):
+    assert set(layouts) == set(chain.packaged_modules())
+    assert set(layouts) == {"sanitize", "jwt", "replay-guard", "fds-block", "passport", "san-authz", "route-breaker",
+                            "suite"}
 
 
 def test_same_module_gives_the_same_bytes(tmp_path):
@@ -142,7 +143,7 @@ def test_layer_is_one_plugin_wasm_with_fixed_metadata(layouts):
 
 
 def test_istios_fetcher_accepts_every_image_and_extracts_the_module(layouts):
-    modules = chain.modules()
+    modules = chain.packaged_modules()
     for name, directory in layouts.items():
         _, manifest, blobs = read_layout(directory)
         assert istio_extract(manifest, blobs) == modules[name].read_bytes()

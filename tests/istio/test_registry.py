@@ -96,7 +96,7 @@ def pushed(registry) -> dict[str, dict]:
     """filter -> {ref, manifest digest the registry reports, raw manifest}, after pushing build/images/."""
     tag = chain.workspace_version()
     out = {}
-    for name in chain.modules():
+    for name in chain.packaged_modules():
         layout = IMAGES / name
         if not (layout / "index.json").exists():
             pytest.fail(f"{layout} missing: run `make images`")
@@ -109,7 +109,7 @@ def pushed(registry) -> dict[str, dict]:
 
 
 def test_the_layouts_are_the_current_modules():
-    for name, path in chain.modules().items():
+    for name, path in chain.packaged_modules().items():
         _, manifest, blobs = read_layout(IMAGES / name)
         assert istio_extract(manifest, blobs) == path.read_bytes(), f"build/images/{name} is stale: run `make images`"
 
@@ -129,6 +129,12 @@ def test_pushed_digest_is_what_the_manifests_pin(pushed):
             if doc and doc.get("kind") == "WasmPlugin":
                 image = doc["spec"]["url"].rsplit("/", 1)[1].split(":")[0]
                 pins.setdefault(image, set()).add(doc["spec"]["sha256"])
+            elif doc and doc.get("kind") == "EnvoyFilter":
+                for patch in doc["spec"]["configPatches"]:
+                    if patch["applyTo"] == "EXTENSION_CONFIG":
+                        remote = patch["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]["remote"]
+                        image = remote["http_uri"]["uri"].rsplit("/", 1)[1].split(":")[0]
+                        pins.setdefault(image, set()).add(remote["sha256"])
     for name, p in pushed.items():
         assert p["digest"] == summary[name]["manifest_digest"]
         assert pins[name] == {p["digest"].split(":", 1)[1]}, name
@@ -137,7 +143,7 @@ def test_pushed_digest_is_what_the_manifests_pin(pushed):
 
 def test_pulled_images_give_back_the_built_module(pushed, tmp_path):
     tag = chain.workspace_version()
-    modules = chain.modules()
+    modules = chain.packaged_modules()
     for name, p in pushed.items():
         dest = tmp_path / name
         skopeo("copy", "--quiet", "--src-tls-verify=false", p["ref"], f"oci:{dest}:{tag}")
