@@ -117,8 +117,14 @@ compose-config: ## render the docker-compose Envoy config into build/compose/env
 
 test: build venv test-rust lint validate test-integration test-istio test-ops ## everything CI runs
 
-test-rust: ## cargo test --workspace (native)
-	$(CARGO) test --workspace
+# The property tests (proptest: the filters' arbitrary-input tests, the
+# breaker model) draw their cases from this seed, so `make test` is
+# repeatable; `make test-rust PROPTEST_RNG_SEED=$$RANDOM PROPTEST_CASES=5000`
+# explores further (plain `cargo test` picks a random seed).
+PROPTEST_RNG_SEED ?= 20261123
+
+test-rust: ## cargo test --workspace (native; property tests from PROPTEST_RNG_SEED)
+	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test --workspace
 
 lint: ## rustfmt --check, clippy -D warnings
 	$(CARGO) fmt --all -- --check

@@ -29,3 +29,57 @@ pub fn assert_schema_current<T: serde::Serialize + ?Sized>(
         path.display()
     );
 }
+
+/// Asserts that `resp` is one of our denials: a status from `statuses`, a
+/// JSON body that is exactly `{"error": code, "message": text}` (both
+/// non-empty strings), `content-type: application/json`, and the request's
+/// `x-request-id` echoed when `request_id` is given. Returns the error code.
+#[allow(clippy::panic)]
+pub fn assert_denial(
+    resp: Option<&crate::host::SentResponse>,
+    statuses: &[u16],
+    request_id: Option<&str>,
+) -> String {
+    let Some(resp) = resp else {
+        panic!("no local reply was sent");
+    };
+    let body = String::from_utf8_lossy(&resp.body);
+    assert!(
+        statuses.contains(&resp.status),
+        "status {} not in {statuses:?}: {body}",
+        resp.status
+    );
+    assert_eq!(
+        resp.header(crate::headers::CONTENT_TYPE),
+        Some("application/json")
+    );
+    if let Some(id) = request_id {
+        assert_eq!(resp.header(crate::headers::REQUEST_ID), Some(id));
+    }
+    let json = resp.json();
+    let Some(obj) = json.as_object() else {
+        panic!("denial body is not a JSON object: {body}");
+    };
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["error", "message"], "{body}");
+    let code = obj
+        .get("error")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let message = obj
+        .get("message")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    assert!(!code.is_empty() && !message.is_empty(), "{body}");
+    code.to_string()
+}
+
+/// Cases per property test: `PROPTEST_CASES` when set (to explore further),
+/// else `default`.
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -590,4 +590,197 @@ mod tests {
         assert_eq!(parse_address(b"garbage"), None);
         let _ = PROPERTY;
     }
+
+    /// Arbitrary addresses, block lists, identities and feed bodies: the IP
+    /// index blocks exactly the addresses inside its networks (checked
+    /// against a plain bit-mask reference), and nothing panics.
+    mod arbitrary_input {
+        use super::*;
+        use filter_core::testing::assert_denial;
+        use proptest::prelude::*;
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        /// An address, and a network as (base, prefix length).
+        fn v4() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+                // near the networks below, so that matches are common
+                (0u32..512).prop_map(|a| IpAddr::V4(Ipv4Addr::from(0xc633_6400 + a))),
+            ]
+        }
+
+        fn v6() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<u128>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+                any::<u16>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(
+                    0x2001_0db8_u128 << 96 | u128::from(a)
+                ))),
+                // IPv4-mapped: judged as the IPv4 address
+                any::<u32>().prop_map(|a| IpAddr::V6(Ipv4Addr::from(a).to_ipv6_mapped())),
+            ]
+        }
+
+        fn network() -> impl Strategy<Value = (IpAddr, u8)> {
+            prop_oneof![
+                (v4(), 0u8..=32).prop_map(|(a, l)| (a, l)),
+                (v6(), 0u8..=128).prop_map(|(a, l)| (a, l)),
+            ]
+        }
+
+        /// The reference: an IPv4-mapped IPv6 address is its IPv4 address,
+        /// and a mapped network of prefix ≥ 96 the IPv4 network (docs:
+        /// fds-block "ip"); then plain bit masks.
+        fn contains(net: (IpAddr, u8), addr: IpAddr) -> bool {
+            let addr = match addr {
+                IpAddr::V6(v) => v.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+                IpAddr::V4(_) => addr,
+            };
+            let (base, len) = match net {
+                (IpAddr::V6(_), l) if l >= 96 => match cleared(net) {
+                    IpAddr::V6(b) => b
+                        .to_ipv4_mapped()
+                        .map_or((IpAddr::V6(b), l), |v4| (IpAddr::V4(v4), l - 96)),
+                    v4 => (v4, l),
+                },
+                _ => net,
+            };
+            match (base, addr) {
+                (IpAddr::V4(b), IpAddr::V4(a)) => {
+                    let mask = if len == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - u32::from(len))
+                    };
+                    u32::from(b) & mask == u32::from(a) & mask
+                }
+                (IpAddr::V6(b), IpAddr::V6(a)) => {
+                    let mask = if len == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - u32::from(len))
+                    };
+                    u128::from(b) & mask == u128::from(a) & mask
+                }
+                _ => false,
+            }
+        }
+
+        fn text(net: (IpAddr, u8)) -> String {
+            // the network's own base address (host bits cleared), as a feed writes it
+            format!("{}/{}", cleared(net), net.1)
+        }
+
+        fn cleared((base, len): (IpAddr, u8)) -> IpAddr {
+            match base {
+                IpAddr::V4(b) => {
+                    let mask = if len == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - u32::from(len))
+                    };
+                    IpAddr::V4(Ipv4Addr::from(u32::from(b) & mask))
+                }
+                IpAddr::V6(b) => {
+                    let mask = if len == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - u32::from(len))
+                    };
+                    IpAddr::V6(Ipv6Addr::from(u128::from(b) & mask))
+                }
+            }
+        }
+
+        fn address_property(a: IpAddr) -> String {
+            match a {
+                IpAddr::V4(v) => format!("{v}:443"),
+                IpAddr::V6(v) => format!("[{v}]:443"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: filter_core::testing::cases(512), failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn an_address_is_blocked_exactly_when_a_listed_network_holds_it(
+                nets in prop::collection::vec(network(), 0..12),
+                addrs in prop::collection::vec(prop_oneof![v4(), v6()], 1..8),
+            ) {
+                let entries: Vec<Entry> = nets
+                    .iter()
+                    .map(|n| Entry::new(Kind::Ip, &text(*n), None, None, "test", None).unwrap())
+                    .collect();
+                let ix = Index::build(&entries, NOW);
+                let c = feed_cfg();
+                for a in addrs {
+                    let want = nets.iter().any(|n| contains(*n, a));
+                    let h = FakeHost::request("GET", "/api/v1/users/1")
+                        .with_property(&SOURCE_ADDRESS, address_property(a).as_bytes());
+                    let got = matches!(decide(&h, &c, FeedView::Loaded(&ix), NOW), Decision::Block(_));
+                    prop_assert_eq!(got, want, "{} in {:?}", a, nets.iter().map(|n| text(*n)).collect::<Vec<_>>());
+                }
+            }
+
+            #[test]
+            fn any_request_gets_an_answer(
+                source in prop::option::of(prop_oneof![
+                    "[0-9a-f:.\\[\\]%]{0,40}",
+                    any::<String>(),
+                ]),
+                identity in prop::option::of(prop::collection::vec(any::<u8>(), 0..80)),
+                method in prop::sample::select(vec!["GET", "POST", "", "get"]),
+                path in "[ -~]{0,40}",
+            ) {
+                let ix = feed_index(&[
+                    (Kind::Ip, "203.0.113.0/24", None, None),
+                    (Kind::User, "mallory", None, None),
+                    (Kind::Device, "dev-1", None, None),
+                    (Kind::UserApi, "bob", Some("POST /api/v1/transfers"), None),
+                ]);
+                let mut h = FakeHost::request(method, &format!("/{path}"));
+                if let Some(s) = &source {
+                    h = h.with_property(&SOURCE_ADDRESS, s.as_bytes());
+                }
+                if let Some(id) = &identity {
+                    h = h.with_property(&[PROPERTY], id);
+                }
+                let out = on_request_headers(&mut h, &feed_cfg(), FeedView::Loaded(&ix), NOW);
+                match out.verdict {
+                    Verdict::Continue => prop_assert!(h.response.is_none()),
+                    Verdict::Responded => {
+                        assert_denial(h.response.as_ref(), &[403], Some("test-rid"));
+                    }
+                    other => prop_assert!(false, "unexpected verdict {:?}", other),
+                }
+            }
+
+            #[test]
+            fn any_feed_body_is_parsed_or_refused(
+                body in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..300),
+                    prop::collection::vec(
+                        (
+                            prop::sample::select(vec!["user", "ip", "device", "user_api", "x", ""]),
+                            prop_oneof!["[ -~]{0,30}".prop_map(serde_json::Value::from), any::<i64>().prop_map(serde_json::Value::from), Just(serde_json::Value::Null)],
+                            prop::option::of("[ -~]{0,30}"),
+                            prop::option::of(any::<i64>()),
+                        ),
+                        0..6,
+                    )
+                    .prop_map(|es| {
+                        let entries: Vec<serde_json::Value> = es
+                            .into_iter()
+                            .map(|(t, v, api, exp)| serde_json::json!({"type": t, "value": v, "api": api, "expires_at": exp, "reason": "r"}))
+                            .collect();
+                        serde_json::to_vec(&serde_json::json!({"version": 3, "entries": entries})).unwrap()
+                    }),
+                ],
+            ) {
+                if let Ok(parsed) = crate::feed::parse(&body, 1000, NOW) {
+                    let _ = Index::build(&parsed.entries, NOW);
+                }
+                let _ = crate::feed::decode_index(&body, NOW, 1000);
+            }
+        }
+    }
 }

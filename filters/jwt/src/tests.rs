@@ -706,3 +706,137 @@ fn expired_cache_entries_are_not_used() {
     assert_eq!(v, Verdict::Responded);
     assert!(!o.cache_hit);
 }
+
+/// Arbitrary bearer tokens: no token that the demo keys did not sign passes,
+/// whatever its shape, and every refusal is a well-formed 401 with an RFC 6750
+/// challenge (never a panic, never a 5xx).
+mod arbitrary_input {
+    use super::*;
+    use filter_core::testing::assert_denial;
+    use proptest::prelude::*;
+
+    thread_local! {
+        static WORLD: World = World::web();
+        static VALID: (String, String) = (rs256(&claims("users:read")), es256(&claims("users:read")));
+    }
+
+    fn refused_with_401(token: &str) -> Result<(), TestCaseError> {
+        WORLD.with(|w| {
+            let (status, h) = w.bearer("GET", "/api/v1/users/1", token);
+            prop_assert_eq!(status, 401, "token passed or got another status: {}", token);
+            assert_denial(h.response.as_ref(), &[401], Some("test-rid"));
+            let challenge = h
+                .response
+                .as_ref()
+                .and_then(|r| r.header("www-authenticate"))
+                .unwrap_or_default();
+            prop_assert!(challenge.starts_with("Bearer"), "{}", challenge);
+            Ok(())
+        })
+    }
+
+    fn json_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            Just(Value::from(now() + 600)),
+            Just(Value::from((now() + 600).to_string())),
+            prop::sample::select(vec![
+                "RS256",
+                "ES256",
+                "HS256",
+                "none",
+                "NONE",
+                "nOnE",
+                "PS256",
+                "ES384",
+                "EdDSA",
+                "RS1",
+                "demo-rs256",
+                "demo-es256",
+                ISS,
+                "demo-api",
+                "users:read",
+                "JWT",
+                "",
+            ])
+            .prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ]
+    }
+
+    fn json_object() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "alg", "kid", "typ", "crit", "jku", "x5u", "jwk", "x5c", "cty", "b64", "iss", "aud",
+            "sub", "exp", "nbf", "iat", "jti", "scope", "",
+        ]);
+        let value = json_leaf().prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::vec(("[a-z]{0,4}", inner), 0..3)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        });
+        prop_oneof![
+            // raw text, so that duplicate members and odd spacing occur too
+            prop::collection::vec((key, value), 0..7).prop_map(|kv| {
+                let members: Vec<String> = kv
+                    .into_iter()
+                    .map(|(k, v)| {
+                        format!("\"{k}\":{}", serde_json::to_string(&v).unwrap_or_default())
+                    })
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }),
+            any::<String>(),
+        ]
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            json_object().prop_map(|j| B64.encode(j)),
+            "[A-Za-z0-9_=+/.-]{0,40}",
+            prop::collection::vec(any::<u8>(), 0..300).prop_map(|b| B64.encode(b)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: filter_core::testing::cases(512), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_token_the_demo_keys_did_not_sign_passes(
+            parts in prop::collection::vec(segment(), 0..6),
+            prefix in prop::sample::select(vec!["", " ", "  "]),
+        ) {
+            refused_with_401(&format!("{prefix}{}", parts.join(".")))?;
+        }
+
+        #[test]
+        fn any_change_to_one_character_of_a_valid_token_is_refused(
+            es in any::<bool>(),
+            at in any::<prop::sample::Index>(),
+            with in prop::sample::select(
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ".chars().collect::<Vec<_>>()
+            ),
+        ) {
+            let token = VALID.with(|(rs, es256)| if es { es256.clone() } else { rs.clone() });
+            let mut chars: Vec<char> = token.chars().collect();
+            let i = at.index(chars.len());
+            prop_assume!(chars[i] != with);
+            chars[i] = with;
+            let mutated: String = chars.into_iter().collect();
+            refused_with_401(&mutated)?;
+        }
+    }
+
+    #[test]
+    fn the_unmutated_tokens_pass() {
+        WORLD.with(|w| {
+            VALID.with(|(rs, es)| {
+                assert_eq!(w.bearer("GET", "/api/v1/users/1", rs).0, 0);
+                assert_eq!(w.bearer("GET", "/api/v1/users/1", es).0, 0);
+            })
+        });
+    }
+}

@@ -278,15 +278,20 @@ pub fn lookup_result(
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
         return Err(LookupError::BadBody);
     };
-    if obj
-        .get("user_id")
-        .and_then(Value::as_str)
-        .is_some_and(|u| u != key.user)
-    {
+    // The issuer may leave out (or null) who it answered for; if it names
+    // them, it must name the identity's user (and device, when the identity
+    // has one) as a string: `{"device_id": []}` is no more the verified device
+    // than `"d2"` is.
+    let names = |field: &str, ours: &str| match obj.get(field) {
+        None | Some(Value::Null) => true,
+        Some(Value::String(theirs)) => theirs == ours,
+        Some(_) => false,
+    };
+    if !names("user_id", &key.user) {
         return Err(LookupError::Mismatch);
     }
-    if let (Some(d), Some(Value::String(theirs))) = (&key.device, obj.get("device_id")) {
-        if d != theirs {
+    if let Some(d) = &key.device {
+        if !names("device_id", d) {
             return Err(LookupError::Mismatch);
         }
     }
@@ -806,11 +811,20 @@ pub(crate) mod tests {
                 ("x-user-risk".to_string(), "high".to_string())
             ]
         );
-        let other = br#"{"user_id":"u1","device_id":"d2","consents":[],"risk_level":"high"}"#;
-        assert_eq!(
-            lookup_result(&cfg, &key, Some(200), Some(other), NOW),
-            Err(LookupError::Mismatch)
-        );
+        for other in [
+            &br#"{"user_id":"u1","device_id":"d2","consents":[],"risk_level":"high"}"#[..],
+            br#"{"user_id":"u1","device_id":["d1"],"risk_level":"high"}"#,
+            br#"{"user_id":"u1","device_id":1,"risk_level":"high"}"#,
+            br#"{"user_id":["u1"],"device_id":"d1","risk_level":"high"}"#,
+            br#"{"user_id":"u2","device_id":"d1","risk_level":"high"}"#,
+        ] {
+            assert_eq!(
+                lookup_result(&cfg, &key, Some(200), Some(other), NOW),
+                Err(LookupError::Mismatch),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[test]
@@ -850,5 +864,102 @@ pub(crate) mod tests {
             lookup_result(&cfg, &key, Some(200), Some(&issuer_body("alice")), NOW),
             Err(LookupError::BadBody)
         );
+    }
+
+    /// Arbitrary issuer answers: each is cached or refused, never a panic;
+    /// a passport is always signed by the gateway's key, for the caller's
+    /// user and the gateway as issuer, whatever the issuer's body claims; its
+    /// forwarded header values are safe header values.
+    mod arbitrary_input {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                prop::sample::select(vec![
+                    "alice",
+                    "mallory",
+                    "low",
+                    "high",
+                    "marketing",
+                    "a\r\nx-evil: 1",
+                    ""
+                ])
+                .prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+                "[a-z]{1000,1100}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(2, 10, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::vec(("[a-z_]{0,8}", inner), 0..3)
+                        .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            let key = prop::sample::select(vec![
+                "user_id",
+                "device_id",
+                "consents",
+                "risk_level",
+                "tier",
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "jti",
+                "x",
+            ]);
+            prop_oneof![
+                prop::collection::vec((key, value()), 0..8).prop_map(|kv| {
+                    let obj: Map<String, Value> =
+                        kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                    serde_json::to_vec(&Value::Object(obj)).unwrap()
+                }),
+                prop::collection::vec(any::<u8>(), 0..200),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: filter_core::testing::cases(256), failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_passport_always_names_the_caller_and_the_gateway(
+                status in prop::option::of(prop::sample::select(vec![200u16, 200, 200, 404, 500, 302])),
+                body in prop::option::of(body()),
+                device in prop::option::of(prop::sample::select(vec!["dev-1", "dev-2"])),
+            ) {
+                let cfg = config(|_| {});
+                let key = CacheKey { user: "alice".into(), device: device.map(String::from) };
+                let Ok(entry) = lookup_result(&cfg, &key, status, body.as_deref(), NOW) else {
+                    return Ok(());
+                };
+                prop_assert_eq!(&entry.k, &key.id());
+                if entry.neg {
+                    prop_assert_eq!(status, Some(404));
+                    return Ok(());
+                }
+                let (header, claims) = verify_with_demo_jwks(&entry.tok);
+                prop_assert_eq!(&header["kid"], "passport-2026-1");
+                prop_assert_eq!(&claims["sub"], "alice");
+                prop_assert_eq!(&claims["iss"], "web");
+                prop_assert!(claims["exp"].as_u64() > claims["iat"].as_u64());
+                if let Some(d) = &key.device {
+                    prop_assert_eq!(&claims["device_id"], d.as_str());
+                }
+                for (name, v) in &entry.h {
+                    prop_assert!(v.len() <= 1024 && v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80), "{}: {:?}", name, v);
+                }
+            }
+        }
     }
 }

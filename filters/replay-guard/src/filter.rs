@@ -971,4 +971,105 @@ mod tests {
         assert_eq!(r.on_body(&c, &mut h, &s, 2500, true), Verdict::Continue);
         assert_eq!(Identity::read(&h), None);
     }
+
+    /// Arbitrary signature headers and bodies: nothing the demo master secret
+    /// did not sign passes, every refusal is a well-formed 401 (413 for a
+    /// body too large to verify), and no input panics.
+    mod arbitrary_input {
+        use super::*;
+        use filter_core::testing::assert_denial;
+        use proptest::prelude::*;
+
+        fn header_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "app=(\"@method\" \"@authority\" \"@path\");created=1750000000;keyid=\"phone-1:alice:1750000600\";nonce=\"n1\"",
+                    "app=();created=1750000000;keyid=\"a:b:1750000600\";nonce=\"n\"",
+                    "app=:AAAA:", "app=:", "app=", "=", "app=(", "app=(\"@method\"", "a=1, a=2",
+                    "app=(\"@method\");created=-1", "app=(\"@method\");created=99999999999999999999999",
+                    "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:", "sha-256=:", "sha-512=:AA==:",
+                ])
+                .prop_map(str::to_string),
+                "[ -~]{0,80}",
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: filter_core::testing::cases(512), failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn nothing_unsigned_passes_and_every_refusal_is_well_formed(
+                input in prop::option::of(header_value()),
+                signature in prop::option::of(header_value()),
+                digest in prop::option::of(header_value()),
+                body in prop::collection::vec(any::<u8>(), 0..64),
+                post in any::<bool>(),
+            ) {
+                let c = cfg();
+                let s = store(&c);
+                let mut h = FakeHost::request(if post { "POST" } else { "GET" }, "/api/v1/users/7");
+                h.time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(NOW);
+                for (name, v) in [("signature-input", &input), ("signature", &signature), ("content-digest", &digest)] {
+                    if let Some(v) = v {
+                        h = h.with_header(name, v);
+                    }
+                }
+                if post && !body.is_empty() {
+                    h = h.with_header("content-length", &body.len().to_string()).with_body(&body);
+                }
+                let (v, r) = run(&c, &s, &mut h);
+                prop_assert_eq!(v, Verdict::Responded, "{:?}", r.outcome);
+                assert_denial(h.response.as_ref(), &[401, 413], Some("test-rid"));
+                prop_assert_eq!(Identity::read(&h), None);
+            }
+
+            #[test]
+            fn any_change_to_one_character_of_a_signed_request_is_refused(
+                which in 0usize..3,
+                at in any::<prop::sample::Index>(),
+                with in prop::sample::select(
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/:;,\"()@".chars().collect::<Vec<_>>()
+                ),
+            ) {
+                let (c, s) = (cfg(), store(&cfg()));
+                let mut h = Signer::post("/api/v1/orders?x=1", br#"{"item_id":"a","quantity":2}"#).host();
+                let name = ["signature-input", "signature", "content-digest"][which];
+                let Some(slot) = h.headers.iter_mut().find(|(n, _)| n == name) else {
+                    return Err(TestCaseError::fail(format!("no {name}")));
+                };
+                let mut chars: Vec<char> = slot.1.chars().collect();
+                let i = at.index(chars.len());
+                prop_assume!(chars[i] != with);
+                chars[i] = with;
+                let original = slot.1.clone();
+                slot.1 = chars.into_iter().collect();
+                let mutated = slot.1.clone();
+                // RFC 8941 §4.2.7: a parser SHOULD NOT fail on non-zero pad
+                // bits, so a byte sequence that decodes to the same bytes is
+                // the same value, not an alteration
+                let bytes = |v: &str| {
+                    use base64::engine::{general_purpose::GeneralPurpose, GeneralPurposeConfig};
+                    let lenient = GeneralPurpose::new(
+                        &base64::alphabet::STANDARD,
+                        GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+                    );
+                    let inner = v.split_once("=:").and_then(|(_, r)| r.strip_suffix(':'))?;
+                    lenient.decode(inner).ok().map(|b| (v.split_once("=:").map(|(k, _)| k.to_string()), b))
+                };
+                prop_assume!(name == "signature-input" || bytes(&mutated).is_none() || bytes(&mutated) != bytes(&original));
+                let (v, r) = run(&c, &s, &mut h);
+                prop_assert_eq!(v, Verdict::Responded, "{}: {} passed ({:?})", name, mutated, r.outcome);
+                assert_denial(h.response.as_ref(), &[401], Some("test-rid"));
+            }
+        }
+
+        #[test]
+        fn the_unmutated_request_passes() {
+            let (c, s) = (cfg(), store(&cfg()));
+            let mut h =
+                Signer::post("/api/v1/orders?x=1", br#"{"item_id":"a","quantity":2}"#).host();
+            assert_eq!(run(&c, &s, &mut h).0, Verdict::Continue);
+        }
+    }
 }

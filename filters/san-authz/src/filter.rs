@@ -642,4 +642,151 @@ mod tests {
         // headers, peer certificate, set SAN header, publish identity
         assert_eq!(h.calls.get(), 4);
     }
+
+    /// Arbitrary XFCC headers and peer certificates: every request gets an
+    /// answer, denials are well formed, a client's XFCC never lends it an
+    /// identity, and behind a trusted edge no altered certificate or hash
+    /// passes for the partner's.
+    mod arbitrary_input {
+        use super::*;
+        use filter_core::testing::assert_denial;
+        use proptest::prelude::*;
+
+        fn element() -> impl Strategy<Value = String> {
+            let key = prop::sample::select(vec![
+                "By", "Hash", "Cert", "Chain", "Subject", "URI", "DNS", "x", "",
+            ]);
+            let value = prop_oneof![
+                Just(format!(
+                    "\"{}\"",
+                    percent_encoding::utf8_percent_encode(
+                        &demo("partner-billing"),
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                )),
+                Just(PARTNER.to_string()),
+                Just(format!("\"{PARTNER}\"")),
+                Just(
+                    "\"-----BEGIN%20CERTIFICATE-----%0AAAAA%0A-----END%20CERTIFICATE-----\""
+                        .to_string()
+                ),
+                "[0-9a-f]{0,64}",
+                "[ -~]{0,40}",
+                any::<String>(),
+            ];
+            prop::collection::vec((key, value), 0..5).prop_map(|kv| {
+                kv.into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(";")
+            })
+        }
+
+        fn xfcc() -> impl Strategy<Value = String> {
+            prop::collection::vec(element(), 0..3).prop_map(|e| e.join(","))
+        }
+
+        fn peer_cert() -> impl Strategy<Value = Option<Vec<u8>>> {
+            prop::option::of(prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..400),
+                (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, b)| {
+                    let mut pem = demo("partner-billing").into_bytes();
+                    let i = at.index(pem.len());
+                    pem[i] = b;
+                    pem
+                }),
+                Just(demo("stranger").into_bytes()),
+            ])
+        }
+
+        fn answer(cfg: &Compiled, h: &mut FakeHost) -> Result<Verdict, TestCaseError> {
+            let (v, _) = run(cfg, h);
+            match v {
+                Verdict::Continue => prop_assert!(h.response.is_none()),
+                Verdict::Responded => {
+                    assert_denial(h.response.as_ref(), &[400, 403], Some("test-rid"));
+                }
+                other => prop_assert!(false, "unexpected verdict {:?}", other),
+            }
+            Ok(v)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: filter_core::testing::cases(512), failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn every_request_gets_an_answer(
+                header in prop::option::of(xfcc()),
+                cert in peer_cert(),
+                method in prop::sample::select(vec!["GET", "POST", "DELETE"]),
+                path in prop::sample::select(vec!["/partner/v1/billing/x", "/internal/x", "/"]),
+            ) {
+                for cfg in [secure(), behind_edge()] {
+                    let mut h = now_host(method, path);
+                    if let Some(x) = &header {
+                        h = h.with_header("x-forwarded-client-cert", x);
+                    }
+                    if let Some(c) = &cert {
+                        h = h.with_property(&PEER_CERTIFICATE, c);
+                    }
+                    answer(&cfg, &mut h)?;
+                }
+            }
+
+            #[test]
+            fn a_client_xfcc_never_lends_an_identity(header in xfcc()) {
+                // the connection's certificate is the stranger's: whatever XFCC the
+                // client adds, nothing is allowed
+                let mut h = over_mtls("stranger", "GET", "/partner/v1/billing/x")
+                    .with_header("x-forwarded-client-cert", &header);
+                prop_assert_eq!(answer(&secure(), &mut h)?, Verdict::Responded);
+            }
+
+            #[test]
+            fn behind_the_edge_an_altered_hash_or_certificate_is_refused(
+                at in any::<prop::sample::Index>(),
+                with in prop::sample::select(
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789%\";=,".chars().collect::<Vec<_>>()
+                ),
+            ) {
+                let pem = demo("partner-billing");
+                let element = xfcc_for(&pem, PARTNER);
+                // only the Hash and Cert values are mutated: Subject and URI are
+                // text that the filter does not trust anyway
+                let signed_end = element.find(";Subject").unwrap_or(element.len());
+                let mut chars: Vec<char> = element.chars().collect();
+                let i = at.index(signed_end);
+                prop_assume!(chars[i] != with);
+                chars[i] = with;
+                let mutated: String = chars.into_iter().collect();
+                // a change that leaves the same certificate and hash (one line
+                // break for another, text after the END line: RFC 7468 lets a
+                // parser ignore it; a key's or hex digit's case) is not an alteration
+                let payload = |x: &str| -> Option<(String, Vec<u8>)> {
+                    // keys and hex digits in either case mean the same
+                    let value = |key: &str| {
+                        x.split(';').find_map(|kv| {
+                            let (k, v) = kv.split_once('=')?;
+                            k.eq_ignore_ascii_case(key).then_some(v)
+                        })
+                    };
+                    let hash = value("Hash")?.to_ascii_lowercase();
+                    let cert = value("Cert")?;
+                    let text = percent_encoding::percent_decode_str(cert.trim_matches('"')).decode_utf8().ok()?;
+                    Some((hash, cert::der_from_pem(&text).ok()?))
+                };
+                prop_assume!(payload(&mutated) != payload(&element));
+                let mut h = now_host("GET", "/partner/v1/billing/x").with_header("x-forwarded-client-cert", &mutated);
+                prop_assert_eq!(answer(&behind_edge(), &mut h)?, Verdict::Responded, "{}", mutated);
+            }
+        }
+
+        #[test]
+        fn the_unaltered_element_passes_behind_the_edge() {
+            let element = xfcc_for(&demo("partner-billing"), PARTNER);
+            let mut h = now_host("GET", "/partner/v1/billing/x")
+                .with_header("x-forwarded-client-cert", &element);
+            assert_eq!(status(&behind_edge(), &mut h), 200);
+        }
+    }
 }

@@ -474,4 +474,275 @@ mod tests {
         headers_only(&cfg, &mut h);
         assert_eq!(h.calls.get(), 1);
     }
+
+    /// Arbitrary client input (paths, queries, headers, bodies): every request
+    /// gets an answer, a denial is always our JSON shape with a 4xx status, and
+    /// what passes is already normal: sanitize run again over the request it
+    /// forwarded lets it through unchanged.
+    mod arbitrary_input {
+        use super::*;
+        use filter_core::testing::assert_denial;
+        use proptest::prelude::*;
+
+        const STATUSES: &[u16] = &[400, 413, 414, 415];
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "api",
+                    "v1",
+                    "users",
+                    "orders",
+                    "public",
+                    "..",
+                    ".",
+                    "%2e%2e",
+                    "%2E",
+                    "%2e",
+                    "%252e%252e",
+                    "%2f",
+                    "%2F",
+                    "%5c",
+                    "%00",
+                    "",
+                    ";x=1",
+                    "%",
+                    "%zz",
+                    "\\",
+                    "..;",
+                    "%c0%ae",
+                    "~",
+                    "a b",
+                    "%20",
+                ])
+                .prop_map(str::to_string),
+                "[a-zA-Z0-9._~%;:@!$&'()*+,=-]{0,12}",
+                any::<String>().prop_map(|s| s.chars().take(12).collect()),
+            ]
+        }
+
+        fn query() -> impl Strategy<Value = String> {
+            let name = prop_oneof![
+                prop::sample::select(vec!["size", "page", "SIZE", "size%00", ""])
+                    .prop_map(str::to_string),
+                "[a-z%0-9+]{0,8}",
+                any::<String>().prop_map(|s| s.chars().take(8).collect()),
+            ];
+            let value = prop_oneof![
+                "-?[0-9]{0,25}",
+                prop::sample::select(vec!["", "%", "1e3", "0x10", "+5", " 7", "20&size=1"])
+                    .prop_map(str::to_string),
+                any::<String>().prop_map(|s| s.chars().take(16).collect()),
+            ];
+            prop::collection::vec((name, prop::option::of(value)), 0..6).prop_map(|kv| {
+                kv.into_iter()
+                    .map(|(k, v)| v.map_or(k.clone(), |v| format!("{k}={v}")))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            })
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![
+                    Just(vec!["api".to_string(), "v1".into(), "users".into()]),
+                    Just(vec!["api".to_string(), "v1".into(), "orders".into()]),
+                    Just(Vec::new()),
+                ],
+                prop::collection::vec(segment(), 0..6),
+                prop::option::of(query()),
+                prop::option::of(Just("#frag".to_string())),
+            )
+                .prop_map(|(head, tail, q, frag)| {
+                    let mut p = format!(
+                        "/{}",
+                        head.into_iter().chain(tail).collect::<Vec<_>>().join("/")
+                    );
+                    if let Some(q) = q {
+                        p.push('?');
+                        p.push_str(&q);
+                    }
+                    if let Some(f) = frag {
+                        p.push_str(&f);
+                    }
+                    p
+                })
+        }
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                (1u8..120).prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)),
+                "[a-z0-9]{0,70}".prop_map(serde_json::Value::from),
+                any::<String>().prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::vec(
+                        (
+                            prop::sample::select(vec!["item_id", "quantity", "x", "__proto__", ""])
+                                .prop_map(str::to_string),
+                            inner
+                        ),
+                        0..4
+                    )
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(Vec::new()),
+                json_value().prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+                ("[a-z0-9]{0,70}", 0i64..130, prop::option::of(json_value())).prop_map(
+                    |(item, q, extra)| {
+                        let mut v = serde_json::json!({"item_id": item, "quantity": q});
+                        if let (Some(e), Some(o)) = (extra, v.as_object_mut()) {
+                            o.insert("extra".into(), e);
+                        }
+                        serde_json::to_vec(&v).unwrap_or_default()
+                    }
+                ),
+                prop::collection::vec(any::<u8>(), 0..200),
+                prop::sample::select(vec![
+                    &b"{"[..],
+                    b"{\"item_id\":\"a\",\"item_id\":\"b\",\"quantity\":1}",
+                    b"{\"item_id\":\"\\ud800\",\"quantity\":1}",
+                    b"[]",
+                    b"null",
+                    b"\xef\xbb\xbf{}",
+                    b"{\"quantity\":1e2,\"item_id\":\"x\"}",
+                    b"{\"quantity\":1.0,\"item_id\":\"x\"}",
+                ])
+                .prop_map(<[u8]>::to_vec),
+            ]
+        }
+
+        fn header() -> impl Strategy<Value = (String, String)> {
+            (
+                prop_oneof![
+                    prop::sample::select(vec![
+                        "x-passport",
+                        "x-user-id",
+                        "X-User-Id",
+                        "x-gateway-identity",
+                        "x-forwarded-client-cert",
+                        "content-type",
+                        "content-length",
+                        "x-request-id",
+                        "x-other",
+                        "cookie",
+                    ])
+                    .prop_map(str::to_string),
+                    "x-[a-z-]{0,10}",
+                ],
+                prop_oneof![
+                    prop::sample::select(vec![
+                        "application/json",
+                        "application/json; charset=utf-8",
+                        "application/problem+json",
+                        "text/plain",
+                        "",
+                        "99999999999999999999",
+                        "-1",
+                        "5"
+                    ])
+                    .prop_map(str::to_string),
+                    "[ -~]{0,30}",
+                ],
+            )
+        }
+
+        /// (verdict, host after the callbacks)
+        fn run(
+            cfg: &Compiled,
+            method: &str,
+            path: &str,
+            hdrs: &[(String, String)],
+            body: &[u8],
+        ) -> (Verdict, FakeHost) {
+            let mut h = FakeHost::request(method, path).with_body(body);
+            for (n, v) in hdrs {
+                if n.eq_ignore_ascii_case("x-request-id") {
+                    continue; // the test's own id, echoed in denials
+                }
+                h = h.with_header(n, v);
+            }
+            let v = if body.is_empty() {
+                headers_only(cfg, &mut h)
+            } else {
+                with_body(cfg, &mut h)
+            };
+            (v, h)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: filter_core::testing::cases(768), failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn every_request_gets_an_answer_and_what_passes_is_already_normal(
+                method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "get", "CONNECT", ""]),
+                path in path(),
+                hdrs in prop::collection::vec(header(), 0..5),
+                body in body(),
+            ) {
+                let cfg = web();
+                let (v, h) = run(&cfg, method, &path, &hdrs, &body);
+                match v {
+                    Verdict::Responded => {
+                        assert_denial(h.response.as_ref(), STATUSES, Some("test-rid"));
+                    }
+                    Verdict::Continue => {
+                        prop_assert!(h.response.is_none());
+                        // no client copy of a header the gateway asserts survives
+                        for (n, _) in &h.headers {
+                            prop_assert!(
+                                n != "x-passport" && n != "x-forwarded-client-cert"
+                                    && !n.starts_with("x-user-") && !n.starts_with("x-gateway-"),
+                                "{n} reached the upstream"
+                            );
+                        }
+                        let forwarded = h.header(":path").unwrap_or_default().to_string();
+                        let fwd_body = h.body.clone();
+                        let kept: Vec<(String, String)> = h.headers.iter()
+                            .filter(|(n, _)| !n.starts_with(':') && n != "x-request-id")
+                            .cloned().collect();
+                        let (v2, h2) = run(&cfg, method, &forwarded, &kept, &fwd_body);
+                        prop_assert_eq!(v2, Verdict::Continue, "{} -> {} refused the second time", path, forwarded);
+                        prop_assert_eq!(h2.header(":path").unwrap_or_default(), forwarded.as_str());
+                        prop_assert_eq!(&h2.body, &fwd_body);
+                    }
+                    other => prop_assert!(false, "unexpected verdict {other:?}"),
+                }
+            }
+
+            #[test]
+            fn an_accepted_order_is_exactly_the_contract_shape(body in body()) {
+                let cfg = web();
+                let hdrs = vec![("content-type".to_string(), "application/json".to_string())];
+                let (v, h) = run(&cfg, "POST", "/api/v1/orders", &hdrs, &body);
+                if v == Verdict::Continue {
+                    let sent: serde_json::Value = serde_json::from_slice(&h.body).unwrap_or_default();
+                    let obj = sent.as_object();
+                    prop_assert!(obj.is_some(), "forwarded body is not an object: {}", String::from_utf8_lossy(&h.body));
+                    let obj = obj.unwrap_or_else(|| unreachable!());
+                    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+                    keys.sort_unstable();
+                    prop_assert_eq!(keys, vec!["item_id", "quantity"]);
+                    let item = obj.get("item_id").and_then(|v| v.as_str()).unwrap_or_default();
+                    prop_assert!((1..=64).contains(&item.chars().count()));
+                    let q = obj.get("quantity").and_then(serde_json::Value::as_i64).unwrap_or(0);
+                    prop_assert!((1..=100).contains(&q));
+                } else {
+                    assert_denial(h.response.as_ref(), STATUSES, Some("test-rid"));
+                }
+            }
+        }
+    }
 }
