@@ -181,13 +181,14 @@ def ecds_name(f: chain.Filter) -> str:
     return f"gateway-filters.{f.gateway}.{f.name}"
 
 
-def filter_vm(f: chain.Filter, image: oci.Image, registry: str) -> dict:
-    """The per-filter build's VM: the filter's own vm_id and image."""
+def vm_block(vm_id: str, env_keys: list[str], image: oci.Image, registry: str) -> dict:
+    """A `vm_config`: the oci:// image pinned by its manifest digest, and the
+    VM environment variables read from the gateway's own environment."""
     env: dict = {"key_values": {"ISTIO_META_WASM_IMAGE_PULL_POLICY": "IfNotPresent"}}
-    if f.env_keys:
-        env["host_env_keys"] = list(f.env_keys)
+    if env_keys:
+        env["host_env_keys"] = list(env_keys)
     return {
-        "vm_id": f.vm_id,
+        "vm_id": vm_id,
         "runtime": "envoy.wasm.runtime.v8",
         "code": {"remote": {
             "http_uri": {"uri": oci_url(registry, image), "cluster": "_", "timeout": "30s"},
@@ -195,6 +196,11 @@ def filter_vm(f: chain.Filter, image: oci.Image, registry: str) -> dict:
         }},
         "environment_variables": env,
     }
+
+
+def filter_vm(f: chain.Filter, image: oci.Image, registry: str) -> dict:
+    """The per-filter build's VM: the filter's own vm_id and image."""
+    return vm_block(f.vm_id, list(f.env_keys), image, registry)
 
 
 def suite_vm(filters: list[chain.Filter], image: oci.Image, registry: str) -> dict:
@@ -206,18 +212,7 @@ def suite_vm(filters: list[chain.Filter], image: oci.Image, registry: str) -> di
     keys: list[str] = []
     for f in filters:
         keys += [k for k in f.env_keys if k not in keys]
-    env: dict = {"key_values": {"ISTIO_META_WASM_IMAGE_PULL_POLICY": "IfNotPresent"}}
-    if keys:
-        env["host_env_keys"] = keys
-    return {
-        "vm_id": chain.SUITE,
-        "runtime": "envoy.wasm.runtime.v8",
-        "code": {"remote": {
-            "http_uri": {"uri": oci_url(registry, image), "cluster": "_", "timeout": "30s"},
-            "sha256": image.manifest_digest,
-        }},
-        "environment_variables": env,
-    }
+    return vm_block(chain.SUITE, keys, image, registry)
 
 
 def extension_config(f: chain.Filter, vm_config: dict) -> dict:
