@@ -15,6 +15,8 @@
 //! environment error. See filters/gatewayctl/README.md.
 
 #[cfg(test)]
+mod config_arbitrary;
+#[cfg(test)]
 mod config_paths;
 mod drift;
 mod filters;
