@@ -46,7 +46,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv run test test-rust \
         lint validate test-integration test-suite build-suite bench bench-verify bench-tools demo-material compose-config render clean distclean \
-        istio images image-tools test-istio
+        istio images image-tools test-istio http2-tools
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -142,13 +142,18 @@ validate: build-wasm venv compose-config ## render + envoy --mode validate every
 	@for f in build/validate/local.yaml build/validate/compose.yaml; do \
 	  $(ENVOY) --mode validate --disable-hot-restart --log-level error -c "$$f"; done
 
-test-integration: build venv ## pytest against the real Envoy (tests/integration)
+test-integration: build venv http2-tools ## pytest against the real Envoy (tests/integration)
 	$(VPY) -m pytest tests/integration $(PYTEST_ARGS)
+
+http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if missing
+	@command -v nghttp >/dev/null || { echo "installing nghttp (apt-get install nghttp2-client)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   nghttp2-client) >/dev/null; command -v nghttp >/dev/null || { echo "nghttp still missing: install nghttp2-client"; exit 1; }; }
 
 # The integration tests against the suite build (every filter block on
 # suite.wasm, one VM per gateway). test_envoy_config.py checks the shape of
 # the shipped per-filter config, so it is left out here.
-test-suite: build build-suite venv ## integration tests against suite.wasm (WASM_BUILD=suite)
+test-suite: build build-suite venv http2-tools ## integration tests against suite.wasm (WASM_BUILD=suite)
 	WASM_BUILD=suite $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py $(PYTEST_ARGS)
 
 bench: build venv bench-tools ## gateways vs bare Envoy and a no-op wasm floor, one interleaved run (docs/performance.md)

@@ -158,3 +158,40 @@ def seen(resp: requests.Response) -> dict:
     """What the echo upstream reported it received."""
     assert resp.status_code == 200, (resp.status_code, resp.text)
     return resp.json()
+
+
+def h2_request(port: int, method: str, path: str, headers: dict[str, str], body: bytes,
+               trailers: dict[str, str] | None = None) -> tuple[int, dict | None]:
+    """One HTTP/2 (h2c prior knowledge) request with `nghttp`, optionally
+    ending with trailers instead of a last DATA frame marked end-of-stream
+    (requests/urllib cannot send request trailers). Returns the status and the
+    JSON body (None when it is not JSON). `make test` installs nghttp
+    (Debian package nghttp2-client)."""
+    import json
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    nghttp = shutil.which("nghttp")
+    assert nghttp, "nghttp is missing: `make test-integration` installs it (apt-get install nghttp2-client)"
+    with tempfile.NamedTemporaryFile(suffix=".body") as f:
+        f.write(body)
+        f.flush()
+        cmd = [nghttp, "-v", "-H", f":method: {method}", "-d", f.name]
+        for name, value in headers.items():
+            cmd += ["-H", f"{name.lower()}: {value}"]
+        for name, value in (trailers or {}).items():
+            cmd += [f"--trailer={name.lower()}: {value}"]
+        cmd.append(f"http://{HOST}:{port}{path}")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, check=False).stdout
+    status = re.search(r"recv \(stream_id=\d+\) :status: (\d+)", out)
+    assert status, out[-2000:]
+    doc = None
+    start = out.find('{"')
+    if start >= 0:
+        try:
+            doc, _ = json.JSONDecoder().raw_decode(out[start:])
+        except ValueError:
+            doc = None
+    return int(status.group(1)), doc

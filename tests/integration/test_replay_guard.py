@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from helpers import APP, FDS, TIMEOUT, denial, echo_stats, seen, wait_until
+from helpers import APP, FDS, LISTENERS, TIMEOUT, denial, echo_stats, h2_request, seen, wait_until
 from signing import Signer
 
 AUTHORITY = "127.0.0.1:10001"
@@ -159,3 +159,19 @@ def test_missing_or_malformed_signature_headers_are_refused(stack, before, mutat
     headers = fresh_signer().sign("GET", AUTHORITY, "/api/v1/users/7")
     mutate(headers)
     refused(send("GET", "/api/v1/users/7", headers), code, before)
+
+
+def test_an_http2_body_ending_with_trailers_is_digested_whole(stack):
+    body = b'{"item_id":"a1","quantity":2}'
+    s = fresh_signer()
+    headers = {"content-type": "application/json", **s.sign("POST", AUTHORITY, "/api/v1/orders", body)}
+    status, doc = h2_request(LISTENERS["app"], "POST", "/api/v1/orders", headers, body, trailers={"x-checksum": "1"})
+    assert status == 200, doc
+    assert json.loads(doc["body"]) == json.loads(body)
+    # the same signature over another body: the digest catches it at the trailers
+    before = echo_stats()
+    headers = {"content-type": "application/json", **s.sign("POST", AUTHORITY, "/api/v1/orders", body)}
+    status, doc = h2_request(LISTENERS["app"], "POST", "/api/v1/orders", headers,
+                             b'{"item_id":"a1","quantity":9}', trailers={"x-checksum": "1"})
+    assert status == 401 and doc["error"] == "digest_invalid", doc
+    assert echo_stats() == before

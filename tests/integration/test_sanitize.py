@@ -11,12 +11,14 @@ import pytest
 import requests
 
 from helpers import (
+    LISTENERS,
     REPO,
     TIMEOUT,
     bearer,
     denial,
     echo_stats,
     egress_url,
+    h2_request,
     seen,
     web_url,
 )
@@ -115,6 +117,25 @@ def test_invalid_orders_body_is_400_naming_the_field_and_never_reaches_the_upstr
         assert f"`{field}`" in d["message"]
     assert resp.headers["x-request-id"] == rid
     assert echo_stats() == before, "the denied request's headers reached the upstream"
+
+
+def test_an_http2_body_ending_with_trailers_is_checked_like_any_other():
+    # HTTP/2 lets a request end with trailers instead of a DATA frame marked
+    # end-of-stream: no body callback says "complete", the trailers do.
+    headers = {"content-type": "application/json", **bearer("orders:write")}
+    before = echo_stats()
+    status, doc = h2_request(LISTENERS["web"], "POST", "/api/v1/orders", headers,
+                             b'{"item_id":"a1","quantity":1000}', trailers={"x-checksum": "1"})
+    assert status == 400, doc
+    assert doc["error"] == "invalid_body" and "quantity" in doc["message"], doc
+    assert echo_stats() == before, "an invalid body reached the upstream"
+    status, doc = h2_request(LISTENERS["web"], "POST", "/api/v1/orders", headers,
+                             b'{"item_id":"a1","quantity":3,"evil":true}', trailers={"x-checksum": "1"})
+    assert status == 200, doc
+    assert json.loads(doc["body"]) == {"item_id": "a1", "quantity": 3}, doc
+    status, doc = h2_request(LISTENERS["web"], "POST", "/api/v1/public/upload", {}, b"x" * 70_000,
+                             trailers={"x-checksum": "1"})
+    assert status == 413, doc
 
 
 def test_orders_with_a_non_json_content_type_is_415():

@@ -223,57 +223,91 @@ impl Request {
         if self.outcome == Outcome::Denied && !cfg.dry_run {
             return Verdict::Responded;
         }
-        match self.body_mode {
-            BodyMode::Pass => Verdict::Continue,
-            BodyMode::Count | BodyMode::Check => {
-                if buffered as u64 > self.limit {
-                    self.body_mode = BodyMode::Pass;
-                    return self.deny(cfg, host, too_large(self.limit));
+        if self.body_mode == BodyMode::Pass {
+            return Verdict::Continue;
+        }
+        if buffered as u64 > self.limit {
+            self.body_mode = BodyMode::Pass;
+            return self.deny(cfg, host, too_large(self.limit));
+        }
+        if !end_of_stream {
+            return if cfg.dry_run {
+                Verdict::Continue
+            } else {
+                Verdict::WaitBody
+            };
+        }
+        let bytes = match self.rule(cfg) {
+            Some(_) if self.body_mode == BodyMode::Check => host.request_body(buffered),
+            _ => None,
+        };
+        self.finish(cfg, host, bytes)
+    }
+
+    /// Request trailers arrived: the body is complete, and no body callback
+    /// will say so (HTTP/2 and HTTP/1.1 chunked requests can end with
+    /// trailers instead of a last DATA frame marked end-of-stream). The body
+    /// is checked here exactly as at its end, so trailers never carry a body
+    /// past the size limit or the JSON rule.
+    pub fn on_trailers<H: HttpHost>(&mut self, cfg: &Compiled, host: &mut H) -> Verdict {
+        if self.outcome == Outcome::Denied && !cfg.dry_run {
+            return Verdict::Responded;
+        }
+        if self.body_mode == BodyMode::Pass {
+            return Verdict::Continue;
+        }
+        // One read of at most limit + 1 bytes gives both the size and the body
+        // (a host returns what it has when asked for more).
+        let want = usize::try_from(self.limit.saturating_add(1)).unwrap_or(usize::MAX);
+        let bytes = host.request_body(want).filter(|b| !b.is_empty());
+        if bytes.as_ref().map_or(0, Vec::len) as u64 > self.limit {
+            self.body_mode = BodyMode::Pass;
+            return self.deny(cfg, host, too_large(self.limit));
+        }
+        self.finish(cfg, host, bytes)
+    }
+
+    fn rule<'c>(&self, cfg: &'c Compiled) -> Option<&'c crate::config::JsonBodyRule> {
+        self.route
+            .and_then(|i| cfg.routes.get(i))
+            .and_then(|r| r.body.as_ref())
+    }
+
+    /// The whole body is here (`bytes`: read only when a JSON rule applies).
+    fn finish<H: HttpHost>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        bytes: Option<Vec<u8>>,
+    ) -> Verdict {
+        let mode = std::mem::take(&mut self.body_mode);
+        if mode == BodyMode::Count {
+            return Verdict::Continue;
+        }
+        let Some(rule) = self.rule(cfg) else {
+            return Verdict::Continue;
+        };
+        let Some(bytes) = bytes else {
+            return self.deny(
+                cfg,
+                host,
+                Denial::bad_request("invalid_body", "a JSON object body is required"),
+            );
+        };
+        match body::check(&bytes, rule) {
+            Err(d) => self.deny(cfg, host, d),
+            Ok(None) => Verdict::Continue,
+            Ok(Some(new_body)) => {
+                self.outcome = Outcome::Rewritten;
+                if cfg.dry_run {
+                    log::info!("sanitize dry-run: would rewrite the body");
+                } else {
+                    filter_core::original::save_body(host, &bytes);
+                    host.replace_request_body(&new_body);
+                    // Headers are still held, so the length can follow the new body.
+                    host.set_request_header(headers::CONTENT_LENGTH, &new_body.len().to_string());
                 }
-                if !end_of_stream {
-                    return if cfg.dry_run {
-                        Verdict::Continue
-                    } else {
-                        Verdict::WaitBody
-                    };
-                }
-                let mode = std::mem::take(&mut self.body_mode);
-                if mode == BodyMode::Count {
-                    return Verdict::Continue;
-                }
-                let rule = self
-                    .route
-                    .and_then(|i| cfg.routes.get(i))
-                    .and_then(|r| r.body.as_ref());
-                let Some(rule) = rule else {
-                    return Verdict::Continue;
-                };
-                let Some(bytes) = host.request_body(buffered) else {
-                    return self.deny(
-                        cfg,
-                        host,
-                        Denial::bad_request("invalid_body", "a JSON object body is required"),
-                    );
-                };
-                match body::check(&bytes, rule) {
-                    Err(d) => self.deny(cfg, host, d),
-                    Ok(None) => Verdict::Continue,
-                    Ok(Some(new_body)) => {
-                        self.outcome = Outcome::Rewritten;
-                        if cfg.dry_run {
-                            log::info!("sanitize dry-run: would rewrite the body");
-                        } else {
-                            filter_core::original::save_body(host, &bytes);
-                            host.replace_request_body(&new_body);
-                            // Headers are still held, so the length can follow the new body.
-                            host.set_request_header(
-                                headers::CONTENT_LENGTH,
-                                &new_body.len().to_string(),
-                            );
-                        }
-                        Verdict::Continue
-                    }
-                }
+                Verdict::Continue
             }
         }
     }
@@ -475,6 +509,53 @@ mod tests {
         assert_eq!(h.calls.get(), 1);
     }
 
+    /// A body finished by trailers (no body callback with end-of-stream).
+    fn with_trailers(cfg: &Compiled, host: &mut FakeHost) -> Verdict {
+        let mut r = Request::default();
+        let v = r.on_headers(cfg, host, false);
+        if v != Verdict::WaitBody && v != Verdict::Continue {
+            return v;
+        }
+        let n = host.body.len();
+        if n > 0 {
+            let v = r.on_body(cfg, host, n, false);
+            if v != Verdict::WaitBody && v != Verdict::Continue {
+                return v;
+            }
+        }
+        r.on_trailers(cfg, host)
+    }
+
+    #[test]
+    fn a_body_finished_by_trailers_is_checked_like_any_other() {
+        let cfg = web();
+        let order = |body: &[u8]| {
+            FakeHost::request("POST", "/api/v1/orders")
+                .with_header("content-type", "application/json")
+                .with_body(body)
+        };
+        // invalid: refused
+        let mut h = order(br#"{"item_id":"a1","quantity":1000}"#);
+        assert_eq!(with_trailers(&cfg, &mut h), Verdict::Responded);
+        assert_eq!(h.response.as_ref().unwrap().status, 400);
+        // unknown member: stripped, length follows
+        let mut h = order(br#"{"item_id":"a1","quantity":1,"evil":true}"#);
+        assert_eq!(with_trailers(&cfg, &mut h), Verdict::Continue);
+        assert_eq!(h.body, br#"{"item_id":"a1","quantity":1}"#);
+        assert_eq!(h.header("content-length"), Some("29"));
+        // no body at all before the trailers: the JSON body is required
+        let mut h = order(b"");
+        assert_eq!(with_trailers(&cfg, &mut h), Verdict::Responded);
+        assert_eq!(h.response.as_ref().unwrap().json()["error"], "invalid_body");
+        // too large, even when it all arrives in one callback before the trailers
+        let mut h =
+            FakeHost::request("POST", "/api/v1/public/upload").with_body(&vec![b'x'; 70_000]);
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&cfg, &mut h, false), Verdict::WaitBody);
+        assert_eq!(r.on_trailers(&cfg, &mut h), Verdict::Responded);
+        assert_eq!(h.response.as_ref().unwrap().status, 413);
+    }
+
     /// Arbitrary client input (paths, queries, headers, bodies): every request
     /// gets an answer, a denial is always our JSON shape with a 4xx status, and
     /// what passes is already normal: sanitize run again over the request it
@@ -666,6 +747,7 @@ mod tests {
             path: &str,
             hdrs: &[(String, String)],
             body: &[u8],
+            trailers: bool,
         ) -> (Verdict, FakeHost) {
             let mut h = FakeHost::request(method, path).with_body(body);
             for (n, v) in hdrs {
@@ -674,7 +756,9 @@ mod tests {
                 }
                 h = h.with_header(n, v);
             }
-            let v = if body.is_empty() {
+            let v = if trailers {
+                with_trailers(cfg, &mut h)
+            } else if body.is_empty() {
                 headers_only(cfg, &mut h)
             } else {
                 with_body(cfg, &mut h)
@@ -691,9 +775,10 @@ mod tests {
                 path in path(),
                 hdrs in prop::collection::vec(header(), 0..5),
                 body in body(),
+                trailers in any::<bool>(),
             ) {
                 let cfg = web();
-                let (v, h) = run(&cfg, method, &path, &hdrs, &body);
+                let (v, h) = run(&cfg, method, &path, &hdrs, &body, trailers);
                 match v {
                     Verdict::Responded => {
                         assert_denial(h.response.as_ref(), STATUSES, Some("test-rid"));
@@ -713,7 +798,7 @@ mod tests {
                         let kept: Vec<(String, String)> = h.headers.iter()
                             .filter(|(n, _)| !n.starts_with(':') && n != "x-request-id")
                             .cloned().collect();
-                        let (v2, h2) = run(&cfg, method, &forwarded, &kept, &fwd_body);
+                        let (v2, h2) = run(&cfg, method, &forwarded, &kept, &fwd_body, false);
                         prop_assert_eq!(v2, Verdict::Continue, "{} -> {} refused the second time", path, forwarded);
                         prop_assert_eq!(h2.header(":path").unwrap_or_default(), forwarded.as_str());
                         prop_assert_eq!(&h2.body, &fwd_body);
@@ -723,10 +808,10 @@ mod tests {
             }
 
             #[test]
-            fn an_accepted_order_is_exactly_the_contract_shape(body in body()) {
+            fn an_accepted_order_is_exactly_the_contract_shape(body in body(), trailers in any::<bool>()) {
                 let cfg = web();
                 let hdrs = vec![("content-type".to_string(), "application/json".to_string())];
-                let (v, h) = run(&cfg, "POST", "/api/v1/orders", &hdrs, &body);
+                let (v, h) = run(&cfg, "POST", "/api/v1/orders", &hdrs, &body, trailers);
                 if v == Verdict::Continue {
                     let sent: serde_json::Value = serde_json::from_slice(&h.body).unwrap_or_default();
                     let obj = sent.as_object();

@@ -165,6 +165,12 @@ mod wasm {
             proxy::action(v)
         }
 
+        fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+            let v = self.req.on_trailers(&self.config, &mut ProxyHost);
+            self.count();
+            proxy::action(v)
+        }
+
         fn on_log(&mut self) {
             self.count();
         }
