@@ -184,9 +184,10 @@ def h2_request(port: int, method: str, path: str, headers: dict[str, str], body:
         for name, value in (trailers or {}).items():
             cmd += [f"--trailer={name.lower()}: {value}"]
         cmd.append(f"http://{HOST}:{port}{path}")
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, check=False).stdout
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    out = run.stdout
     status = re.search(r"recv \(stream_id=\d+\) :status: (\d+)", out)
-    assert status, out[-2000:]
+    assert status, (out[-2000:], run.stderr[-500:])
     doc = None
     start = out.find('{"')
     if start >= 0:
