@@ -6,7 +6,12 @@ stack that the session fixture `stack` (conftest.py) runs.
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -167,12 +172,6 @@ def h2_request(port: int, method: str, path: str, headers: dict[str, str], body:
     (requests/urllib cannot send request trailers). Returns the status and the
     JSON body (None when it is not JSON). `make test` installs nghttp
     (Debian package nghttp2-client)."""
-    import json
-    import re
-    import shutil
-    import subprocess
-    import tempfile
-
     nghttp = shutil.which("nghttp")
     assert nghttp, "nghttp is missing: `make test-integration` installs it (apt-get install nghttp2-client)"
     with tempfile.NamedTemporaryFile(suffix=".body") as f:

@@ -644,22 +644,10 @@ mod tests {
                 },
                 _ => net,
             };
+            // same family, and the same network once the host bits are cleared
             match (base, addr) {
-                (IpAddr::V4(b), IpAddr::V4(a)) => {
-                    let mask = if len == 0 {
-                        0
-                    } else {
-                        u32::MAX << (32 - u32::from(len))
-                    };
-                    u32::from(b) & mask == u32::from(a) & mask
-                }
-                (IpAddr::V6(b), IpAddr::V6(a)) => {
-                    let mask = if len == 0 {
-                        0
-                    } else {
-                        u128::MAX << (128 - u32::from(len))
-                    };
-                    u128::from(b) & mask == u128::from(a) & mask
+                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                    cleared((base, len)) == cleared((addr, len))
                 }
                 _ => false,
             }

@@ -333,13 +333,29 @@ mod tests {
 
     /// Runs a request with a body through both callbacks.
     fn with_body(cfg: &Compiled, host: &mut FakeHost) -> Verdict {
+        body_ending(cfg, host, false)
+    }
+
+    /// The headers, then the body: ended by its last body callback, or (with
+    /// `by_trailers`) by the trailers, after a body callback without
+    /// end-of-stream.
+    fn body_ending(cfg: &Compiled, host: &mut FakeHost, by_trailers: bool) -> Verdict {
         let mut r = Request::default();
         let v = r.on_headers(cfg, host, false);
         if v != Verdict::WaitBody && v != Verdict::Continue {
             return v;
         }
         let n = host.body.len();
-        r.on_body(cfg, host, n, true)
+        if !by_trailers {
+            return r.on_body(cfg, host, n, true);
+        }
+        if n > 0 {
+            let v = r.on_body(cfg, host, n, false);
+            if v != Verdict::WaitBody && v != Verdict::Continue {
+                return v;
+            }
+        }
+        r.on_trailers(cfg, host)
     }
 
     #[test]
@@ -511,19 +527,7 @@ mod tests {
 
     /// A body finished by trailers (no body callback with end-of-stream).
     fn with_trailers(cfg: &Compiled, host: &mut FakeHost) -> Verdict {
-        let mut r = Request::default();
-        let v = r.on_headers(cfg, host, false);
-        if v != Verdict::WaitBody && v != Verdict::Continue {
-            return v;
-        }
-        let n = host.body.len();
-        if n > 0 {
-            let v = r.on_body(cfg, host, n, false);
-            if v != Verdict::WaitBody && v != Verdict::Continue {
-                return v;
-            }
-        }
-        r.on_trailers(cfg, host)
+        body_ending(cfg, host, true)
     }
 
     #[test]
