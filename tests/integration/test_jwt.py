@@ -175,6 +175,45 @@ def test_unknown_api_routes_need_a_token(stack):
     assert get("/api/v2/whatever", mint_token()).status_code == 200
 
 
+@pytest.mark.parametrize("method,path,scope,allow", [
+    ("PUT", "/api/v1/transfers", "transfers:write", "POST"),
+    ("PATCH", "/api/v1/orders", "orders:write", "POST"),
+    ("GET", "/api/v1/orders/7", "orders:write", "POST"),
+    ("DELETE", "/api/v1/users/1", "users:read", "GET, HEAD"),
+    ("POST", "/api/v1/users", "users:read", "GET, HEAD"),
+])
+def test_a_method_the_scoped_route_does_not_name_is_405_and_never_forwarded(
+        stack, method, path, scope, allow):
+    # The filters' rules select by method; a method they do not name meets
+    # only the token-required catch-all. Without the routes' 405 a PUT would
+    # skip the one-time jti and a PATCH the orders body rule.
+    token = mint_token(scope)
+    before = echo_stats()
+    for _ in range(2):
+        resp = get(path, token, method=method, json={"item_id": "a", "quantity": 1000, "evil": 1})
+        assert resp.status_code == 405, (resp.status_code, resp.text)
+        assert resp.headers["allow"] == allow
+        assert denial(resp)["error"] == "method_not_allowed"
+        assert resp.headers.get("x-request-id")
+    assert echo_stats() == before, "a 405 reached the upstream"
+
+
+def test_a_transfer_token_refused_for_its_method_is_still_unused(stack):
+    token = mint_token("transfers:write")
+    assert get("/api/v1/transfers", token, method="PUT", json={}).status_code == 405
+    assert get("/api/v1/transfers", token, method="POST", json={}).status_code == 200
+    assert denial(get("/api/v1/transfers", token, method="POST", json={}))["error"] == "token_replayed"
+
+
+def test_head_on_users_needs_the_read_scope_like_get(stack):
+    assert get("/api/v1/users/1", mint_token("orders:write"), method="HEAD").status_code == 403
+    resp = get("/api/v1/users/1", mint_token("users:read"), method="HEAD")
+    assert resp.status_code == 200 and resp.content == b""
+    # the collection path itself is under the same rule (segment-aware prefix)
+    assert get("/api/v1/users", mint_token("orders:write")).status_code == 403
+    assert seen(get("/api/v1/users?size=500", mint_token("users:read")))["query"] == "size=100"
+
+
 def test_spoofed_identity_header_on_an_open_route_is_stripped(stack):
     body = seen(get("/api/v1/public/x", headers={"x-user-id": "admin", "x-user-scope": "all"}))
     assert "x-user-id" not in body["headers"]

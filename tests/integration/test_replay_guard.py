@@ -49,6 +49,18 @@ def before(stack) -> int:
     return echo_stats()
 
 
+def test_a_signed_request_with_a_method_the_route_does_not_take_is_405(stack, before):
+    # A valid signature does not let PATCH /api/v1/orders skip the POST body
+    # rule: the shared web/app routes answer other methods with 405.
+    s = fresh_signer()
+    body = b'{"item_id":"a-1","quantity":1000,"evil":1}'
+    r = send("PATCH", "/api/v1/orders", s.sign("PATCH", AUTHORITY, "/api/v1/orders", body), body)
+    assert r.status_code == 405, (r.status_code, r.text)
+    assert r.headers["allow"] == "POST"
+    assert denial(r)["error"] == "method_not_allowed"
+    assert echo_stats() == before
+
+
 def test_signed_get_and_post_pass(stack):
     s = fresh_signer()
     r = send("GET", "/api/v1/users/7?size=10", s.sign("GET", AUTHORITY, "/api/v1/users/7?size=10"))

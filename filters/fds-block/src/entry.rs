@@ -91,9 +91,11 @@ impl Api {
     }
 
     /// Does a request (method, path without query) fall under this API?
+    /// A `GET` entry covers `HEAD` too: HEAD asks for what GET answers,
+    /// without the content (RFC 9110 §9.3.2), so it must not dodge a block.
     pub fn matches(&self, method: &str, path: &str) -> bool {
         if let Some(m) = &self.method {
-            if **m != *method {
+            if **m != *method && !(&**m == "GET" && method == "HEAD") {
                 return false;
             }
         }
@@ -304,6 +306,15 @@ mod tests {
         let any = Api::parse("* /api/v1/users/").unwrap();
         assert!(any.matches("DELETE", "/api/v1/users/1"));
         assert!(!any.matches("GET", "/api/v1/users"));
+    }
+
+    #[test]
+    fn a_get_entry_also_blocks_head_but_not_the_reverse() {
+        let get = Api::parse("GET /api/v1/users").unwrap();
+        assert!(get.matches("HEAD", "/api/v1/users/7"));
+        assert!(!get.matches("POST", "/api/v1/users/7"));
+        let head = Api::parse("HEAD /api/v1/users").unwrap();
+        assert!(!head.matches("GET", "/api/v1/users/7"));
     }
 
     #[test]
