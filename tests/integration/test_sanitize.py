@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -144,6 +145,20 @@ def test_orders_with_a_non_json_content_type_is_415():
         web_url("/api/v1/orders"),
         data="item_id=a&quantity=1",
         headers={"content-type": "application/x-www-form-urlencoded", **bearer("orders:write")},
+        timeout=TIMEOUT,
+    )
+    assert resp.status_code == 415
+    assert denial(resp)["error"] == "unsupported_media_type"
+    assert echo_stats() == before
+
+
+def test_a_gzip_orders_body_is_415_never_forwarded_unchecked():
+    before = echo_stats()
+    resp = requests.post(
+        web_url("/api/v1/orders"),
+        data=gzip.compress(b'{"item_id":"a","quantity":1000,"evil":1}'),
+        headers={"content-type": "application/json", "content-encoding": "gzip",
+                 **bearer("orders:write")},
         timeout=TIMEOUT,
     )
     assert resp.status_code == 415

@@ -4,6 +4,7 @@
 pub const REQUEST_ID: &str = "x-request-id";
 pub const CONTENT_TYPE: &str = "content-type";
 pub const CONTENT_LENGTH: &str = "content-length";
+pub const CONTENT_ENCODING: &str = "content-encoding";
 pub const AUTHORIZATION: &str = "authorization";
 pub const PATH: &str = ":path";
 pub const METHOD: &str = ":method";

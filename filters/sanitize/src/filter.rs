@@ -94,6 +94,7 @@ impl Request {
         let mut full_path = "";
         let mut content_length: Option<&str> = None;
         let mut content_type: Option<&str> = None;
+        let mut content_encoding: Option<&str> = None;
         let mut to_remove: Vec<&str> = Vec::new();
         for (n, v) in &all {
             match n.as_str() {
@@ -101,6 +102,7 @@ impl Request {
                 headers::PATH => full_path = v,
                 headers::CONTENT_LENGTH => content_length = Some(v),
                 headers::CONTENT_TYPE => content_type = Some(v),
+                headers::CONTENT_ENCODING => content_encoding = Some(v),
                 headers::REQUEST_ID => self.request_id = Some(v.clone()),
                 _ => {}
             }
@@ -189,6 +191,19 @@ impl Request {
                         415,
                         "unsupported_media_type",
                         "the body must be application/json",
+                    ),
+                );
+            }
+            // A compressed body cannot be checked, and what is not checked
+            // must not pass: only an identity body meets the JSON rule.
+            if content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+                return self.deny(
+                    cfg,
+                    host,
+                    Denial::new(
+                        415,
+                        "unsupported_media_type",
+                        "the body must not be content-encoded (send it uncompressed)",
                     ),
                 );
             }
@@ -456,6 +471,27 @@ mod tests {
             .with_header("content-type", "application/json");
         assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded);
         assert_eq!(h.response.unwrap().status, 400);
+    }
+
+    #[test]
+    fn a_content_encoded_body_on_a_json_rule_is_415_and_identity_is_checked() {
+        let cfg = web();
+        for enc in ["gzip", "br", "deflate, gzip"] {
+            let mut h = FakeHost::request("POST", "/api/v1/orders")
+                .with_header("content-type", "application/json")
+                .with_header("content-encoding", enc);
+            assert_eq!(with_body(&cfg, &mut h), Verdict::Responded, "{enc}");
+            let r = h.response.unwrap();
+            assert_eq!(r.status, 415);
+            assert_eq!(r.json()["error"], "unsupported_media_type");
+        }
+        let mut h = FakeHost::request("POST", "/api/v1/orders")
+            .with_header("content-type", "application/json")
+            .with_header("content-encoding", "Identity");
+        assert_eq!(
+            Request::default().on_headers(&cfg, &mut h, false),
+            Verdict::WaitBody
+        );
     }
 
     #[test]
