@@ -267,6 +267,25 @@ def test_an_encoded_slash_in_the_path_is_rejected_before_any_upstream():
     assert echo_stats() == before
 
 
+@pytest.mark.parametrize("gateway", ["web", "app", "egress"])
+def test_envoy_codec_refusals_are_json_denials(gateway):
+    # (no x-request-id: the codec refuses these before a request id exists)
+    before = echo_stats()
+    # HTTP/1.0: Envoy answers 426 itself (before any filter or route)
+    status, headers, body = raw_http(LISTENERS[gateway], b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert status == 426
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "upgrade_required"
+    # more than max_headers_count (100) headers: 431
+    many = "".join(f"x-h{i}: v\r\n" for i in range(120)).encode()
+    status, headers, body = raw_http(
+        LISTENERS[gateway], b"GET /api/v1/public/x HTTP/1.1\r\nHost: x\r\n" + many + b"Connection: close\r\n\r\n")
+    assert status == 431
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "headers_too_large"
+    assert echo_stats() == before
+
+
 def test_a_header_name_with_an_underscore_is_rejected():
     before = echo_stats()
     resp = requests.get(web_url("/api/v1/public/x"), headers={"x_user_id": "alice"}, timeout=TIMEOUT)
