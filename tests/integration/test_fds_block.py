@@ -6,8 +6,7 @@ identity, expire at `expires_at`, and stay in force while the feed is down.
 
 Each test clears the feed (DELETE /v1/blocklist) before and after itself and
 uses its own addresses/users, so a list still cached by the gateway cannot
-leak into another test. Tests that need a verifying filter (jwt on web,
-replay-guard on app) before fds-block are skipped until the template has it.
+leak into another test.
 """
 
 from __future__ import annotations
@@ -17,12 +16,11 @@ import time
 
 import pytest
 import requests
-import yaml
 
 import helpers
 from helpers import TIMEOUT, admin_url, app_url, echo_stats, service_url, wait_until, web_url
 
-import render  # envoy/render.py (on sys.path via helpers)
+from signing import Signer  # tests/integration/signing.py
 
 FEED = service_url("fds", "/v1/blocklist")
 #: The contract's pick-up time for a new entry.
@@ -30,45 +28,6 @@ PICKUP = 5.0
 #: An address no test blocks (RFC 6598 shared space).
 CLEAN = "100.127.0.9"
 BLOCKED_BODY = {"error": "blocked", "message": "request blocked"}
-
-
-# ----------------------------------------------------------------- template
-
-def _chain(gateway: str) -> list[str]:
-    """Wasm module names (file stems) of a gateway's HTTP filters, in order."""
-    doc = yaml.safe_load(render.render(profile="local"))
-    for listener in doc["static_resources"]["listeners"]:
-        if listener["name"] != gateway:
-            continue
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        names = []
-        for f in hcm["http_filters"]:
-            code = f.get("typed_config", {}).get("config", {}).get("vm_config", {}).get("code", {})
-            filename = code.get("local", {}).get("filename", "")
-            names.append(filename.rsplit("/", 1)[-1].removesuffix(".wasm") if filename else f["name"])
-        return names
-    return []
-
-
-def _runs_before_fds_block(gateway: str, verifier: str) -> bool:
-    chain = _chain(gateway)
-    return verifier in chain and "fds_block" in chain and chain.index(verifier) < chain.index("fds_block")
-
-
-JWT_ON_WEB = _runs_before_fds_block("web", "jwt")
-REPLAY_GUARD_ON_APP = _runs_before_fds_block("app", "replay_guard")
-needs_jwt = pytest.mark.skipif(
-    not (JWT_ON_WEB and hasattr(helpers, "bearer")),
-    reason="jwt is not before fds-block in the web chain yet (or helpers.bearer missing)",
-)
-try:
-    from signing import Signer  # tests/integration/signing.py (replay-guard's helper)
-except ImportError:  # not written yet
-    Signer = None
-needs_replay_guard = pytest.mark.skipif(
-    not (REPLAY_GUARD_ON_APP and Signer is not None),
-    reason="replay-guard is not before fds-block in the app chain yet (or tests/integration/signing.py missing)",
-)
 
 
 # ------------------------------------------------------------------ helpers
@@ -227,7 +186,6 @@ def test_when_the_feed_is_down_the_last_list_stays_in_force(stack, feed):
     wait_until(lambda: metric("fds_block_feed_age_seconds") <= 2, timeout=PICKUP, message="feed age to reset")
 
 
-@needs_jwt
 def test_a_blocked_users_token_is_refused_while_another_user_passes(feed):
     path = "/api/v1/users/fds-someone"
     mallory = helpers.bearer("users:read", sub="fds-mallory")
@@ -238,7 +196,6 @@ def test_a_blocked_users_token_is_refused_while_another_user_passes(feed):
     assert requests.get(web_url(path), headers=alice, timeout=TIMEOUT).status_code == 200
 
 
-@needs_jwt
 def test_a_user_api_block_leaves_that_users_other_apis_open(feed):
     user = "fds-carol"
     orders = helpers.bearer("orders:write", sub=user)
@@ -260,7 +217,6 @@ def test_a_user_api_block_leaves_that_users_other_apis_open(feed):
     assert resp.status_code == 200, resp.text
 
 
-@needs_replay_guard
 def test_a_device_block_on_the_app_gateway(feed):
     target = "/api/v1/users/fds-erin"
     authority = f"{helpers.HOST}:{helpers.LISTENERS['app']}"

@@ -31,33 +31,7 @@ JWT_KEY = REPO / "examples" / "keys" / "jwt-es256.pem"
 PASSPORT_CONFIG = REPO / "examples" / "config" / "passport" / "web.json"
 
 
-def _chain(gateway: str) -> list[str]:
-    sys_path = str(REPO / "envoy")
-    import sys
-
-    if sys_path not in sys.path:
-        sys.path.insert(0, sys_path)
-    import render
-
-    cfg = yaml.safe_load(render.render(profile="local"))
-    for listener in cfg["static_resources"]["listeners"]:
-        if listener["name"] == gateway:
-            hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-            return [f["name"] for f in hcm["http_filters"]]
-    return []
-
-
-WEB_CHAIN = _chain("web")
-APP_CHAIN = _chain("app")
 pytestmark = pytest.mark.usefixtures("stack")
-needs_jwt = pytest.mark.skipif(
-    "jwt" not in WEB_CHAIN or "passport" not in WEB_CHAIN,
-    reason=f"passport needs jwt before it in the web chain (chain: {WEB_CHAIN})",
-)
-needs_replay_guard = pytest.mark.skipif(
-    "replay-guard" not in APP_CHAIN or "passport" not in APP_CHAIN,
-    reason=f"passport needs replay-guard before it in the app chain (chain: {APP_CHAIN})",
-)
 
 
 def bearer(sub: str, scope: str = "users:read") -> dict[str, str]:
@@ -96,7 +70,6 @@ def get_user(url_base, sub: str, **kwargs) -> requests.Response:
     return requests.get(url_base("/api/v1/users/42"), headers=headers, timeout=TIMEOUT, **kwargs)
 
 
-@needs_jwt
 def test_echo_receives_a_passport_that_verifies_with_the_published_jwks():
     user = new_user()
     resp = get_user(web_url, user, headers={"x-passport": "forged", "x-user-risk": "none"})
@@ -124,7 +97,6 @@ def test_a_client_passport_on_a_public_route_never_reaches_echo():
     assert "x-user-risk" not in seen
 
 
-@needs_jwt
 def test_twenty_requests_for_a_new_user_cost_at_most_two_lookups():
     user = new_user()
     before = issuer_calls()
@@ -139,7 +111,6 @@ def test_twenty_requests_for_a_new_user_cost_at_most_two_lookups():
     assert issuer_calls() - before == 1
 
 
-@needs_jwt
 def test_concurrent_misses_on_every_worker_are_coalesced():
     user = new_user()
     before = issuer_calls()
@@ -149,7 +120,6 @@ def test_concurrent_misses_on_every_worker_are_coalesced():
     assert issuer_calls() - before <= 2
 
 
-@needs_jwt
 def test_an_unknown_user_is_refused_and_remembered():
     user = new_user("unknown")
     before = issuer_calls()
@@ -161,7 +131,6 @@ def test_an_unknown_user_is_refused_and_remembered():
     assert issuer_calls() - before == 1
 
 
-@needs_jwt
 def test_issuer_stopped_gives_503_with_retry_after(stack):
     user = new_user()
     stack.stop_demo_services()
@@ -178,7 +147,6 @@ def test_issuer_stopped_gives_503_with_retry_after(stack):
                message="passport after the issuer restarted")
 
 
-@needs_replay_guard
 def test_the_app_gateway_passport_is_for_the_keys_user_and_device():
     from urllib.parse import urlsplit
 
@@ -314,7 +282,6 @@ def stale_metric() -> int:
     return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
 
 
-@needs_jwt
 def test_a_failing_issuer_serves_the_stale_passport_when_configured(stale_gateway):
     user = new_user()
     first = get_user(stale_url, user)

@@ -29,10 +29,6 @@ pytestmark = pytest.mark.usefixtures("stack")
 ENVOY = REPO / ".venv" / "bin" / "envoy"
 
 
-def jwt_in_web_chain() -> bool:
-    return "root_id: jwt" in (REPO / "envoy" / "envoy.yaml.tmpl").read_text()
-
-
 @pytest.mark.parametrize("query,want", [("", "20"), ("?size=0", "1"), ("?size=1000", "100"), ("?size=50", "50")])
 def test_users_size_is_clamped_as_the_upstream_sees_it(query, want):
     resp = requests.get(web_url(f"/api/v1/users/7{query}"), headers=bearer("users:read"), timeout=TIMEOUT)
@@ -217,7 +213,6 @@ def test_tricks_that_survive_envoy_normalisation_are_400(path):
     assert echo_stats() == before
 
 
-@pytest.mark.skipif(not jwt_in_web_chain(), reason="needs the jwt filter in the web chain")
 @pytest.mark.parametrize(
     "path",
     [
