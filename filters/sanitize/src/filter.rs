@@ -50,8 +50,11 @@ pub struct Request {
     pub names: Option<RouteNames>,
 }
 
+/// Whether a body may be read as JSON: labelled `application/json` or
+/// `application/*+json`, or not labelled at all (many clients send JSON
+/// without a content type; the body is checked either way).
 fn is_json(content_type: Option<&str>) -> bool {
-    let Some(ct) = content_type else { return false };
+    let Some(ct) = content_type else { return true };
     let mime = ct
         .split(';')
         .next()
@@ -187,10 +190,9 @@ impl Request {
                 return self.deny(
                     cfg,
                     host,
-                    Denial::new(
-                        415,
+                    Denial::bad_request(
                         "unsupported_media_type",
-                        "the body must be application/json",
+                        "the body must be JSON (content-type: application/json)",
                     ),
                 );
             }
@@ -200,8 +202,7 @@ impl Request {
                 return self.deny(
                     cfg,
                     host,
-                    Denial::new(
-                        415,
+                    Denial::bad_request(
                         "unsupported_media_type",
                         "the body must not be content-encoded (send it uncompressed)",
                     ),
@@ -461,12 +462,26 @@ mod tests {
     }
 
     #[test]
-    fn wrong_content_type_is_415_and_missing_body_400() {
+    fn wrong_content_type_is_400_unlabelled_json_is_checked_and_missing_body_400() {
         let cfg = web();
-        let mut h =
-            FakeHost::request("POST", "/api/v1/orders").with_header("content-type", "text/plain");
+        for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
+            let mut h =
+                FakeHost::request("POST", "/api/v1/orders").with_header("content-type", ct);
+            assert_eq!(with_body(&cfg, &mut h), Verdict::Responded, "{ct}");
+            let r = h.response.unwrap();
+            assert_eq!(r.status, 400, "{ct}");
+            assert_eq!(r.json()["error"], "unsupported_media_type");
+        }
+        // No content type at all: read as JSON and checked like any other.
+        let mut h = FakeHost::request("POST", "/api/v1/orders");
+        h.body = br#"{"item_id":"a1","quantity":3,"evil":1}"#.to_vec();
+        assert_eq!(with_body(&cfg, &mut h), Verdict::Continue);
+        assert_eq!(h.body, br#"{"item_id":"a1","quantity":3}"#);
+        let mut h = FakeHost::request("POST", "/api/v1/orders");
+        h.body = b"not json".to_vec();
         assert_eq!(with_body(&cfg, &mut h), Verdict::Responded);
-        assert_eq!(h.response.unwrap().status, 415);
+        let r = h.response.unwrap();
+        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_body")));
         let mut h = FakeHost::request("POST", "/api/v1/orders")
             .with_header("content-type", "application/json");
         assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded);
@@ -474,7 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn a_content_encoded_body_on_a_json_rule_is_415_and_identity_is_checked() {
+    fn a_content_encoded_body_on_a_json_rule_is_400_and_identity_is_checked() {
         let cfg = web();
         for enc in ["gzip", "br", "deflate, gzip"] {
             let mut h = FakeHost::request("POST", "/api/v1/orders")
@@ -482,7 +497,7 @@ mod tests {
                 .with_header("content-encoding", enc);
             assert_eq!(with_body(&cfg, &mut h), Verdict::Responded, "{enc}");
             let r = h.response.unwrap();
-            assert_eq!(r.status, 415);
+            assert_eq!(r.status, 400);
             assert_eq!(r.json()["error"], "unsupported_media_type");
         }
         let mut h = FakeHost::request("POST", "/api/v1/orders")
@@ -605,7 +620,7 @@ mod tests {
         use filter_core::testing::assert_denial;
         use proptest::prelude::*;
 
-        const STATUSES: &[u16] = &[400, 413, 414, 415];
+        const STATUSES: &[u16] = &[400, 413, 414];
 
         fn segment() -> impl Strategy<Value = String> {
             prop_oneof![
