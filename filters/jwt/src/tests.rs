@@ -154,6 +154,44 @@ fn valid_rs256_and_es256_tokens_pass_with_the_right_scope() {
 }
 
 #[test]
+fn a_token_without_a_usable_subject_is_401_before_any_signature_check() {
+    let w = World::web();
+    let long = "u".repeat(1025);
+    for sub in [
+        None,
+        Some(json!("")),
+        Some(json!(" user-1")),
+        Some(json!("user-1 ")),
+        Some(json!("a\r\nx-evil: 1")),
+        Some(json!("a\u{0}b")),
+        Some(json!(long)),
+        Some(json!(42)),
+    ] {
+        let mut c = claims("users:read");
+        match &sub {
+            None => {
+                c.as_object_mut().unwrap().remove("sub");
+            }
+            Some(v) => c["sub"] = v.clone(),
+        }
+        let mut h = FakeHost::request("GET", "/api/v1/users/7")
+            .with_header("authorization", &format!("Bearer {}", es256(&c)));
+        let (v, o) = w.run(&mut h);
+        assert_eq!(v, Verdict::Responded, "{sub:?}");
+        assert!(!o.signature_checked, "{sub:?}");
+        let r = h.response.unwrap();
+        assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("invalid_token")), "{sub:?}");
+    }
+    // A subject with inner spaces or non-ASCII letters is fine.
+    for sub in ["user 1", "usér-1", &"u".repeat(1024)] {
+        let mut c = claims("users:read");
+        c["sub"] = json!(sub);
+        let (s, h) = w.bearer("GET", "/api/v1/users/7", &rs256(&c));
+        assert_eq!(s, 0, "{sub}: {:?}", h.response);
+    }
+}
+
+#[test]
 fn missing_token_is_401_with_a_bare_challenge() {
     let w = World::web();
     let mut h = FakeHost::request("GET", "/api/v1/users/7");

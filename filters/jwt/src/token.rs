@@ -166,6 +166,9 @@ pub struct Claims {
     pub all: BTreeMap<String, serde_json::Value>,
 }
 
+/// Longest accepted `sub`, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
 fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
     // URL_SAFE_NO_PAD refuses padding and non-zero trailing bits, so each
     // byte string has exactly one accepted encoding.
@@ -303,7 +306,22 @@ pub fn precheck(token: &str, max_bytes: usize) -> Result<Unverified, TokenError>
         .get("iat")
         .map(|v| numeric_date(v, "iat is not a number"))
         .transpose()?;
-    let sub = opt_string(&all, "sub", "sub is not a string")?;
+    // RFC 9068 makes `sub` required in an access token, and the subject is
+    // what every filter after jwt keys on (x-user-id, fds-block's user
+    // entries, the passport): a token without a usable one is refused, so
+    // the header and the passport never disagree about who the caller is.
+    let sub = opt_string(&all, "sub", "sub is not a string")?
+        .ok_or(TokenError::BadClaims("sub is missing"))?;
+    if sub.is_empty()
+        || sub.len() > MAX_SUBJECT_BYTES
+        || sub.trim() != sub
+        || sub.chars().any(char::is_control)
+    {
+        return Err(TokenError::BadClaims(
+            "sub is empty, too long, or has surrounding spaces or control characters",
+        ));
+    }
+    let sub = Some(sub);
     let jti = opt_string(&all, "jti", "jti is not a string")?;
     let scopes = match opt_string(&all, "scope", "scope is not a string")? {
         None => Vec::new(),
