@@ -271,9 +271,16 @@ def _attacks() -> list[tuple[str, str]]:
         ("wrong aud", {"aud": "other-api"}),
         ("expired beyond skew", {"exp": int(time.time()) - 120}),
         ("nbf beyond skew", {"nbf": int(time.time()) + 120}),
+        ("empty sub", {"sub": ""}),
+        ("sub with a leading space", {"sub": " user-7"}),
+        ("sub with CR LF", {"sub": "user-7\r\nx-evil: 1"}),
+        ("sub not a string", {"sub": 7}),
     ):
         c = dict(good, **change)
         out.append((name, pyjwt.encode(c, (KEYS / "jwt-rs256.pem").read_text(), algorithm="RS256",
+                                       headers={"kid": "demo-rs256"})))
+    no_sub = {k: v for k, v in good.items() if k != "sub"}
+    out.append(("no sub", pyjwt.encode(no_sub, (KEYS / "jwt-rs256.pem").read_text(), algorithm="RS256",
                                        headers={"kid": "demo-rs256"})))
     return out
 

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.usefixtures("stack")
 ENVOY = REPO / ".venv" / "bin" / "envoy"
 
 
-@pytest.mark.parametrize("query,want", [("", "20"), ("?size=0", "1"), ("?size=1000", "100"), ("?size=50", "50")])
+@pytest.mark.parametrize("query,want", [("", "20"), ("?size=0", "1"), ("?size=1000", "100"), ("?size=50", "50"),
+                                        ("?size=99999999999999999999999", "100"), ("?size=abc", "20")])
 def test_users_size_is_clamped_as_the_upstream_sees_it(query, want):
     resp = requests.get(web_url(f"/api/v1/users/7{query}"), headers=bearer("users:read"), timeout=TIMEOUT)
     assert seen(resp)["query"] == f"size={want}"
@@ -61,14 +62,21 @@ def test_client_identity_headers_never_reach_the_upstream_on_an_open_route():
 def test_egress_strips_internal_headers_and_keeps_a_harmless_one():
     sent = {
         "authorization": "Bearer secret",
+        "proxy-authorization": "Basic c2VjcmV0",
         "cookie": "session=1",
         "x-passport": "p",
         "x-user-id": "u1",
+        "x-forwarded-for": "10.1.2.3",
+        "forwarded": "for=10.1.2.3",
+        "x-real-ip": "10.1.2.3",
         "x-harmless": "kept",
     }
     got = requests.get(egress_url("/partner-a/v1/ping"), headers=sent, timeout=TIMEOUT)
     headers = seen(got)["headers"]
-    for name in ("authorization", "cookie", "x-passport", "x-user-id"):
+    # Credentials, identity and internal addressing (the client's own and the
+    # one Envoy adds, x-envoy-external-address) never leave.
+    for name in ("authorization", "proxy-authorization", "cookie", "x-passport", "x-user-id",
+                 "x-forwarded-for", "forwarded", "x-real-ip", "x-envoy-external-address"):
         assert name not in headers, name
     assert headers["x-harmless"] == "kept"
 
@@ -135,20 +143,35 @@ def test_an_http2_body_ending_with_trailers_is_checked_like_any_other():
     assert status == 413, doc
 
 
-def test_orders_with_a_non_json_content_type_is_415():
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_orders_with_a_non_json_content_type_is_400(content_type):
     before = echo_stats()
     resp = requests.post(
         web_url("/api/v1/orders"),
-        data="item_id=a&quantity=1",
-        headers={"content-type": "application/x-www-form-urlencoded", **bearer("orders:write")},
+        data='{"item_id":"a","quantity":1}',
+        headers={"content-type": content_type, **bearer("orders:write")},
         timeout=TIMEOUT,
     )
-    assert resp.status_code == 415
+    assert resp.status_code == 400
     assert denial(resp)["error"] == "unsupported_media_type"
     assert echo_stats() == before
 
 
-def test_a_gzip_orders_body_is_415_never_forwarded_unchecked():
+def test_an_unlabelled_orders_body_is_read_as_json_and_checked():
+    # requests' data= sends no content-type: the body is still JSON, and checked.
+    resp = requests.post(web_url("/api/v1/orders"), data=b'{"item_id":"a","quantity":2,"evil":1}',
+                         headers=bearer("orders:write"), timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    assert json.loads(seen(resp)["body"]) == {"item_id": "a", "quantity": 2}
+    before = echo_stats()
+    resp = requests.post(web_url("/api/v1/orders"), data=b"item_id=a&quantity=2",
+                         headers=bearer("orders:write"), timeout=TIMEOUT)
+    assert resp.status_code == 400
+    assert denial(resp)["error"] == "invalid_body"
+    assert echo_stats() == before
+
+
+def test_a_gzip_orders_body_is_400_never_forwarded_unchecked():
     before = echo_stats()
     resp = requests.post(
         web_url("/api/v1/orders"),
@@ -157,7 +180,7 @@ def test_a_gzip_orders_body_is_415_never_forwarded_unchecked():
                  **bearer("orders:write")},
         timeout=TIMEOUT,
     )
-    assert resp.status_code == 415
+    assert resp.status_code == 400
     assert denial(resp)["error"] == "unsupported_media_type"
     assert echo_stats() == before
 
@@ -244,6 +267,16 @@ def test_query_limits_are_enforced():
     assert denial(resp)["error"] == "invalid_query"
     resp = requests.get(web_url("/api/v1/public/x?q=" + "a" * 1025), timeout=TIMEOUT)
     assert resp.status_code == 400
+
+
+@pytest.mark.parametrize("query", ["a=%0d%0a", "a=%00", "q=x%0ay", "%0a=1", "a=%7f"])
+def test_encoded_control_characters_in_the_query_are_400(query):
+    before = echo_stats()
+    resp = requests.get(web_url(f"/api/v1/public/x?{query}"), headers={"x-request-id": "ctl-rid"}, timeout=TIMEOUT)
+    assert resp.status_code == 400
+    assert denial(resp)["error"] == "invalid_query"
+    assert resp.headers["x-request-id"] == "ctl-rid"
+    assert echo_stats() == before
 
 
 def test_sanitize_counters_are_exported(stack):
