@@ -83,6 +83,9 @@ def test_what_sanitize_rewrites_is_verified_as_the_client_sent_it(stack):
 
 def test_health_is_open(stack):
     assert requests.get(APP + "/health", timeout=TIMEOUT).status_code == 200
+    # Like the web gateway's: Envoy answers it, whatever the method.
+    for method in ("HEAD", "POST"):
+        assert requests.request(method, APP + "/health", timeout=TIMEOUT).status_code == 200, method
 
 
 def test_unsigned_api_request_is_refused(stack, before):

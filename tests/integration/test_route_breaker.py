@@ -132,6 +132,17 @@ def test_an_open_breaker_answers_at_the_edge_without_waiting_for_the_upstream():
     assert stat(tagged("route_breaker_rejected_total", "web", "unstable")) == rejected + 1
 
 
+def test_an_open_breaker_sheds_head_like_get():
+    open_breaker()
+    before = echo_stats()
+    resp = requests.head(web_url(f"{UNSTABLE}?status=500"), headers={"x-request-id": "breaker-head"},
+                         timeout=TIMEOUT)
+    assert resp.status_code == 503
+    assert int(resp.headers["retry-after"]) >= 1
+    assert resp.headers["x-request-id"] == "breaker-head"
+    assert echo_stats() == before
+
+
 def test_every_worker_rejects_once_it_is_open():
     open_breaker()
     before = echo_stats()
@@ -144,7 +155,7 @@ def test_every_worker_rejects_once_it_is_open():
 def test_other_routes_and_gateways_are_unaffected_by_an_open_breaker():
     open_breaker()
     assert get("/api/v1/public/ping").status_code == 200
-    # POST is not guarded (the breaker is on GET only).
+    # POST is not guarded (the breaker is on GET and HEAD only).
     assert requests.post(web_url(f"{UNSTABLE}?status=200"), json={}, timeout=TIMEOUT).status_code != 503
     resp = requests.get(egress_url("/partner-a/ping"), timeout=TIMEOUT)
     assert resp.status_code == 200, resp.text
