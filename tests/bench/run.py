@@ -208,6 +208,13 @@ def main_targets(mat: Material) -> list[dict]:
         T("web", "web", 10000, "bare", headers=auth, lat=True, floor_of="noop"),
         T("web public", "web", 10000, "bare", path="/api/v1/public/bench", lat=True, floor_of="noop"),
         T("sanitize only", "web", 10014, "bare", path="/api/v1/public/bench", lat=True, floor_of="noop"),
+        T("web:1 sanitize", "share", 10014, "bare", headers=auth),
+        T("web:2 +jwt", "share", 10030, "bare", headers=auth),
+        T("web:3 +fds-block", "share", 10031, "bare", headers=auth),
+        T("web:4 +passport", "share", 10032, "bare", headers=auth),
+        T("web:5 +route-breaker", "share", 10000, "bare", headers=auth),
+        T("noop x5 own VMs", "web", NOOP5_SEP, "bare", lat=True, floor_of="noop"),
+        T("noop x5 one VM", "web", NOOP5_SHARED, "bare", lat=True, floor_of="noop"),
         T("native cached", "jwt", 10011, "bare", headers=auth),
         T("wasm cached", "jwt", 10012, "bare", headers=auth),
     ]
@@ -230,7 +237,7 @@ def main_targets(mat: Material) -> list[dict]:
 
 
 def suite_targets(mat: Material) -> list[dict]:
-    keep = {"bare", "noop", "web", "app signed", "tls bare", "secure"}
+    keep = {"bare", "noop", "web", "web public", "app signed", "tls bare", "secure"}
     return [t for t in main_targets(mat) if t["name"] in keep]
 
 
@@ -435,6 +442,13 @@ def lock_stack():
 PROBE_CALLS = 10
 PROBES = {"property": 10020, "header": 10021, "metric": 10022, "time": 10023, "set_header": 10024,
           "header_map": 10025, "set_property": 10026}
+NOOP5_SEP, NOOP5_SHARED = 10027, 10028
+#: The web chain in the template's order (name, root_id = VM anchor prefix,
+#: config), and the ports of its prefixes of 2, 3 and 4 filters.
+WEB_CHAIN = [("sanitize", "sanitize", "sanitize/web.json"), ("jwt", "jwt", "jwt/web.json"),
+             ("fds-block", "fds_block", "fds-block/web.json"), ("passport", "passport", "passport/web.json"),
+             ("route-breaker", "route_breaker", "route-breaker/web.json")]
+CHAIN_PREFIX_PORTS = (10030, 10031, 10032)
 
 
 def probe_listeners() -> Path:
@@ -452,6 +466,47 @@ def probe_listeners() -> Path:
                       "                \"@type\": type.googleapis.com/google.protobuf.StringValue\n"
                       f"                value: \"{kind}:{PROBE_CALLS}\"\n"
                       "              failure_policy: FAIL_CLOSED")
+        out.append(b)
+    # The floor of a five-filter chain (the web chain's length): five no-op
+    # filters in five VMs (vm_id noop_1..5, as per-filter modules run) and
+    # five sharing one VM (one vm_id, five root contexts, as the suite runs).
+    fstart = block.index("        - name: noop")
+    fend = block.index("        - *router")
+    one = block[fstart:fend]
+    for label, port, shared in (("sep", NOOP5_SEP, False), ("shared", NOOP5_SHARED, True)):
+        filters = ""
+        for i in range(1, 6):
+            f = one.replace("- name: noop", f"- name: noop_{i}").replace("root_id: noop", f"root_id: noop_{i}")
+            if not shared:
+                f = f.replace("vm_id: noop", f"vm_id: noop_{i}")
+            filters += f
+        b = block[:fstart] + filters + block[fend:]
+        b = b.replace("port_value: 10010", f"port_value: {port}").replace("bench_noop", f"bench_noop5_{label}")
+        out.append(b)
+    # Each filter's share of the web chain: the web routes behind the chain's
+    # first k filters (k = 2..4; 10014 is k = 1, the web gateway k = 5), each
+    # with the web gateway's VM (its anchor) and configuration.
+    sstart = text.index("- name: bench_sanitize")
+    send = text.find("\n- name:", sstart + 1)
+    sblock = text[sstart:send if send > 0 else len(text)].rstrip() + "\n"
+    fstart = sblock.index("        - name: sanitize")
+    fend = sblock.index("        - *router")
+    for k, port in enumerate(CHAIN_PREFIX_PORTS, start=2):
+        filters = sblock[fstart:fend]
+        for name, root_id, cfg in WEB_CHAIN[1:k]:
+            filters += (f"        - name: {name}\n"
+                        "          typed_config:\n"
+                        "            \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n"
+                        "            config:\n"
+                        f"              name: {name}\n"
+                        f"              root_id: {root_id}\n"
+                        f"              vm_config: *{root_id}_vm\n"
+                        "              configuration:\n"
+                        "                \"@type\": type.googleapis.com/google.protobuf.StringValue\n"
+                        f"                value: ${{json:config/{cfg}}}\n"
+                        "              failure_policy: FAIL_CLOSED\n")
+        b = sblock[:fstart] + filters + sblock[fend:]
+        b = b.replace("port_value: 10014", f"port_value: {port}").replace("bench_sanitize", f"bench_web_{k}")
         out.append(b)
     path = OUT / "probe-listeners.yaml"
     OUT.mkdir(parents=True, exist_ok=True)
@@ -688,6 +743,18 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         out.append(table(f"What a host call costs: the no-op filter making {PROBE_CALLS} calls of one kind per request "
                          "(on_http_request_headers), minus the plain no-op, same pass",
                          ["call", "port", "req/s", "CPU µs/req", f"+CPU vs noop ({PROBE_CALLS} calls)", "µs per call"], hrs))
+    if sec("share"):
+        trs, prev = [], None
+        for r in sec("share"):
+            filt = r["target"].split(" ", 1)[1].lstrip("+")
+            share = r["added_cpu_us"] if prev is None else round(r["added_cpu_us"] - prev, 1)
+            trs.append([r["target"], r["port"], r["rps"], r["rps_ratio"], r["added_cpu_us"], filt, share])
+            prev = r["added_cpu_us"]
+        floors = [f"{n}: +{by[n]['added_cpu_us']} µs" for n in ("noop", "noop x5 own VMs", "noop x5 one VM") if n in by]
+        out.append(table("Each filter's share: the web chain cut after k filters, cached token, "
+                         "GET /api/v1/users/1 (base: bare)",
+                         ["chain", "port", "req/s", "×base", "+CPU µs", "filter added", "its share µs"], trs)
+                   + (f"\nfloors of the same pass (no-op filters, no work): {'; '.join(floors)}\n" if floors else ""))
     for name, title in (("app", "App chain: signed requests, unique nonces (base: bare)"),
                         ("mtls", "mTLS: secure chain (sanitize → san-authz → route-breaker) vs the same TLS listener without wasm, via the mTLS bridge"),
                         ("breaker", "Route breaker closed: web chain on /api/v1/unstable/bench (base: bare)")):
