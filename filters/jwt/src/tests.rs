@@ -180,7 +180,11 @@ fn a_token_without_a_usable_subject_is_401_before_any_signature_check() {
         assert_eq!(v, Verdict::Responded, "{sub:?}");
         assert!(!o.signature_checked, "{sub:?}");
         let r = h.response.unwrap();
-        assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("invalid_token")), "{sub:?}");
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{sub:?}"
+        );
     }
     // A subject with inner spaces or non-ASCII letters is fine.
     for sub in ["user 1", "usér-1", &"u".repeat(1024)] {

@@ -465,8 +465,7 @@ mod tests {
     fn wrong_content_type_is_400_unlabelled_json_is_checked_and_missing_body_400() {
         let cfg = web();
         for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
-            let mut h =
-                FakeHost::request("POST", "/api/v1/orders").with_header("content-type", ct);
+            let mut h = FakeHost::request("POST", "/api/v1/orders").with_header("content-type", ct);
             assert_eq!(with_body(&cfg, &mut h), Verdict::Responded, "{ct}");
             let r = h.response.unwrap();
             assert_eq!(r.status, 400, "{ct}");
@@ -481,7 +480,10 @@ mod tests {
         h.body = b"not json".to_vec();
         assert_eq!(with_body(&cfg, &mut h), Verdict::Responded);
         let r = h.response.unwrap();
-        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_body")));
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("invalid_body"))
+        );
         let mut h = FakeHost::request("POST", "/api/v1/orders")
             .with_header("content-type", "application/json");
         assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded);
