@@ -122,6 +122,8 @@ def test_egress_has_no_route_for_other_paths_and_says_so_in_json():
     assert resp.status_code == 404
     assert resp.headers["content-type"] == "application/json"
     assert resp.json() == {"error": "not_found", "message": "no route for this path"}
+    # like the filters' denials, Envoy's own replies are never cached
+    assert resp.headers["cache-control"] == "no-store"
 
 
 def test_egress_does_not_reveal_internal_addresses_in_x_forwarded_for():
@@ -348,6 +350,7 @@ def test_upstream_down_is_a_json_503_and_the_services_come_back(stack):
         assert resp.status_code == 503
         assert resp.headers["content-type"] == "application/json"
         assert resp.json() == {"error": "unavailable", "message": "the upstream is unavailable"}
+        assert resp.headers["cache-control"] == "no-store"
     finally:
         stack.start_demo_services()
     assert requests.get(bare_url("/api/v1/public/x"), timeout=TIMEOUT).status_code == 200
