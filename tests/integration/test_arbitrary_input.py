@@ -78,6 +78,10 @@ def request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes | None]
     for _ in range(rng.randrange(5)):
         name = rng.choice(HEADERS)
         headers[name] = rng.choice(VALUES) if rng.random() < 0.6 else junk(rng, 60)
+        if rng.random() < 0.1:
+            # obs-text: bytes 0x80-0xff (http.client sends str as latin-1),
+            # mostly not UTF-8; sanitize refuses those with 400 invalid_header.
+            headers[name] += "".join(chr(rng.randrange(0x80, 0x100)) for _ in range(rng.randrange(1, 4)))
     body = None
     if method in ("POST", "PUT", "PATCH") and rng.random() < 0.8:
         body = rng.choice([

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
+import ssl
 import shutil
 import subprocess
 import uuid
@@ -12,10 +14,13 @@ import pytest
 import requests
 
 from helpers import (
+    CA,
+    HOST,
     LISTENERS,
     REPO,
     TIMEOUT,
     bearer,
+    client_cert,
     denial,
     echo_stats,
     egress_url,
@@ -261,6 +266,27 @@ def test_traversal_never_reaches_a_protected_prefix_unauthenticated(path):
         assert resp.status_code in (400, 401, 403, 404), resp.status_code
 
 
+@pytest.mark.parametrize("method,path,body", [
+    # a rule tied to a path must not be dodged with a matrix parameter
+    ("POST", "/api/v1/orders;x=1", {"item_id": 5, "quantity": 100000, "admin": True}),
+    ("GET", "/api/v1/users;x/1?size=100000", None),
+    ("POST", "/api/v1/transfers;jsessionid=1", {"amount": 1}),
+])
+def test_a_semicolon_in_the_path_is_400_before_any_other_filter(method, path, body):
+    before = echo_stats()
+    resp = requests.request(method, web_url(path), json=body, timeout=TIMEOUT,
+                            headers=bearer("users:read"))
+    assert resp.status_code == 400, (path, resp.status_code, resp.text)
+    assert resp.json() == {"error": "invalid_path", "message": "the path contains ';'"}
+    assert echo_stats() == before
+
+
+def test_an_over_long_uri_is_400_uri_too_long():
+    resp = requests.get(web_url("/api/v1/public/" + "a" * 5000), timeout=TIMEOUT)
+    assert resp.status_code == 400
+    assert resp.json()["error"] == "uri_too_long"
+
+
 def test_query_limits_are_enforced():
     resp = requests.get(web_url("/api/v1/public/x?" + "&".join(f"p{i}=1" for i in range(65))), timeout=TIMEOUT)
     assert resp.status_code == 400
@@ -307,3 +333,44 @@ def test_a_broken_sanitize_config_is_refused_by_envoy_naming_the_field(tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "invalid config at `routes[0].prefix`" in log, log[-2000:]
+
+
+# One byte that is not UTF-8 in a header value (HTTP allows obs-text, and
+# Envoy passes it on). proxy-wasm's Rust SDK unwraps String::from_utf8 in its
+# string header getters: such a value used to trap sanitize's VM, and the
+# fail-closed chain then answered 503 to every request of that worker.
+NOT_UTF8 = [("web", "/health"), ("app", "/health"), ("egress", "/partner-a/v1/ping"),
+            ("secure", "/partner/v1/billing/x")]
+
+
+def _send_raw_header(gateway: str, path: str, value: bytes) -> tuple[int, dict, bytes]:
+    port = LISTENERS[gateway]
+    if gateway == "secure":
+        ctx = ssl.create_default_context(cafile=str(CA))
+        ctx.load_cert_chain(*client_cert("partner-billing"))
+        conn = http.client.HTTPSConnection("localhost", port, timeout=TIMEOUT, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT)
+    try:
+        conn.putrequest("GET", path)
+        conn.putheader("x-request-id", "rid-not-utf8")
+        conn.putheader("x-note", value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("gateway,path", NOT_UTF8)
+def test_a_header_value_that_is_not_utf8_is_400_and_the_gateway_keeps_serving(gateway, path):
+    for _ in range(4):  # new connections: both workers meet it
+        status, headers, body = _send_raw_header(gateway, path, b"caf\xff")
+        assert status == 400, body
+        assert json.loads(body) == {"error": "invalid_header",
+                                    "message": "the value of header x-note is not valid UTF-8"}
+        assert headers["x-request-id"] == "rid-not-utf8"
+    # The same header as UTF-8 text passes, on every worker.
+    for _ in range(4):
+        status, _, body = _send_raw_header(gateway, path, "café".encode())
+        assert status == 200, body

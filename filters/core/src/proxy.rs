@@ -14,14 +14,35 @@ use crate::shared::{SharedData, SharedError, Versioned};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyHost;
 
+/// A header value as text. Envoy hands over whatever bytes a client or an
+/// upstream sent (HTTP allows obs-text, 0x80-0xFF, in values), and the SDK's
+/// string getters (`get_map`, `get_map_value`, `get_http_*_header`) unwrap
+/// `String::from_utf8`: one such byte would trap the VM and take every
+/// request of its worker down with it. So every header is read as bytes and
+/// an invalid sequence becomes U+FFFD (which sanitize refuses: a value that
+/// carries one is never forwarded by a gateway that runs it).
+pub fn text(v: Vec<u8>) -> String {
+    String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// One header of `map` (request or response headers, or an HTTP call's
+/// response), read as bytes and made text by [`text`].
+pub fn header(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .map(text)
+}
+
 impl HttpHost for ProxyHost {
     fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+        // Names are tokens (Envoy's codecs refuse anything else); values are bytes.
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .map(|m| m.into_iter().map(|(n, v)| (n, text(v))).collect())
+            .unwrap_or_default()
     }
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        header(MapType::HttpRequestHeaders, name)
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));

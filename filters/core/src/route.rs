@@ -57,11 +57,19 @@ impl RouteMatcher {
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
     }
 
-    /// Path part only.
+    /// Path part only. The prefix must end at a segment boundary: the end
+    /// of the path, `/`, or `;` (a matrix parameter, `/api/v1/orders;x=1`:
+    /// Envoy's prefix match and many upstreams route it like
+    /// `/api/v1/orders`, so the route's rules must apply to it too).
     pub fn matches_path(&self, path: &str) -> bool {
         match path.strip_prefix(self.prefix.as_str()) {
             None => false,
-            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+            Some(rest) => {
+                self.prefix.ends_with('/')
+                    || rest.is_empty()
+                    || rest.starts_with('/')
+                    || rest.starts_with(';')
+            }
         }
     }
 }
@@ -89,6 +97,7 @@ mod tests {
         let r = m("/api/v1/orders", &[]);
         assert!(r.matches("POST", "/api/v1/orders"));
         assert!(r.matches("POST", "/api/v1/orders/7"));
+        assert!(r.matches("POST", "/api/v1/orders;x=1"));
         assert!(!r.matches("POST", "/api/v1/ordersx"));
         assert!(!r.matches("POST", "/api/v1/order"));
     }

@@ -40,7 +40,7 @@ mod wasm {
     use filter_core::HttpHost;
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, MetricType};
+    use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 
     use crate::config::{self, Compiled, Feed};
     use crate::entry::Kind;
@@ -347,8 +347,7 @@ mod wasm {
                 return;
             };
             let now_ms = unix_ms(now());
-            let status = self
-                .get_http_call_response_header(":status")
+            let status = proxy::header(MapType::HttpCallResponseHeaders, ":status")
                 .and_then(|s| s.parse::<u16>().ok());
             let parsed = match status {
                 Some(200) if body_size > feed.max_bytes => {
@@ -377,7 +376,7 @@ mod wasm {
                             p.first_invalid.as_deref().unwrap_or("-")
                         );
                     }
-                    let etag = self.get_http_call_response_header("etag");
+                    let etag = proxy::header(MapType::HttpCallResponseHeaders, "etag");
                     proxy::increment(metrics.feed_updates);
                     self.finish(
                         feed,

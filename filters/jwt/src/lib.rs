@@ -52,7 +52,7 @@ mod wasm {
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
     use filter_core::HttpHost;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType};
+    use proxy_wasm::types::{Action, ContextType, MapType};
 
     use crate::cache::TokenCache;
     use crate::config::{self, Compiled, Keys};
@@ -191,9 +191,8 @@ mod wasm {
             let Some(p) = sh.config.providers.get(pi) else {
                 return;
             };
-            let status = self
-                .get_http_call_response_header(":status")
-                .unwrap_or_default();
+            let status =
+                proxy::header(MapType::HttpCallResponseHeaders, ":status").unwrap_or_default();
             let body = if body_size <= jwks::MAX_JWKS_BYTES {
                 self.get_http_call_response_body(0, body_size)
                     .unwrap_or_default()

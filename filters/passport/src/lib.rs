@@ -39,7 +39,7 @@ mod wasm {
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, MetricType};
+    use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 
     use crate::cache::{self, CacheKey};
     use crate::coalesce::{self, Waiter, Waiters};
@@ -161,8 +161,7 @@ mod wasm {
             let Some(s) = &self.state else { return };
             let cfg = &s.config;
             let now = now_ms();
-            let status = self
-                .get_http_call_response_header(":status")
+            let status = proxy::header(MapType::HttpCallResponseHeaders, ":status")
                 .and_then(|v| v.parse::<u16>().ok());
             let body =
                 self.get_http_call_response_body(0, body_size.min(cfg.max_response_bytes + 1));

@@ -40,7 +40,7 @@ mod wasm {
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, MetricType};
+    use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 
     use crate::breaker::Phase;
     use crate::config::{self, Compiled};
@@ -290,8 +290,7 @@ mod wasm {
 
         fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
             if self.call.is_some_and(|c| !c.done) {
-                let status = self
-                    .get_http_response_header(":status")
+                let status = proxy::header(MapType::HttpResponseHeaders, ":status")
                     .and_then(|s| s.parse::<u16>().ok());
                 let Some(call) = self.call.as_mut() else {
                     return Action::Continue;

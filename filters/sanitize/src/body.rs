@@ -30,14 +30,33 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
         let mut out: Vec<(String, Value)> = Vec::new();
         while let Some(k) = map.next_key::<String>()? {
-            if out.iter().any(|(n, _)| *n == k) {
-                return Err(serde::de::Error::custom(format!("duplicate field `{k}`")));
-            }
             let v: Value = map.next_value()?;
             out.push((k, v));
         }
+        if let Some(k) = first_duplicate(&out) {
+            return Err(serde::de::Error::custom(format!("duplicate field `{k}`")));
+        }
         Ok(TopLevel(out))
     }
+}
+
+/// A name that occurs twice, in O(n log n): a 64 KiB body can hold ~8,000
+/// names, and comparing each with every earlier one cost ~60 ms of CPU
+/// (natively) per request, before any token was checked.
+fn first_duplicate(fields: &[(String, Value)]) -> Option<&str> {
+    if fields.len() <= 16 {
+        return fields
+            .iter()
+            .enumerate()
+            .find(|(i, (k, _))| fields.iter().take(*i).any(|(n, _)| n == k))
+            .map(|(_, (k, _))| k.as_str());
+    }
+    let mut names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    names.windows(2).find_map(|w| match w {
+        [a, b] if a == b => Some(*a),
+        _ => None,
+    })
 }
 
 fn depth(v: &Value) -> usize {
@@ -250,6 +269,21 @@ mod tests {
         assert!(msg(r#"{"item_id":"a","quantity":1} trailing"#).contains("not valid JSON"));
         assert!(msg(r#"{"item_id":"a","quantity":1,"quantity":1000}"#)
             .contains("duplicate field `quantity`"));
+    }
+
+    #[test]
+    fn many_names_are_checked_for_duplicates_in_n_log_n() {
+        // ~64 KiB of distinct names: linear scans made this ~60 ms natively.
+        let names: Vec<String> = (0..7000).map(|i| format!(r#""k{i}":0"#)).collect();
+        let body = format!(r#"{{"item_id":"a","quantity":1,{}}}"#, names.join(","));
+        let started = std::time::Instant::now();
+        assert!(check(body.as_bytes(), &orders()).is_ok());
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        let dup = format!(
+            r#"{{"item_id":"a","quantity":1,{},"k6999":1}}"#,
+            names.join(",")
+        );
+        assert!(msg(&dup).contains("duplicate field `k6999`"));
     }
 
     #[test]

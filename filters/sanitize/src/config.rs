@@ -65,12 +65,14 @@ pub struct HeaderRemoval {
 #[serde(deny_unknown_fields)]
 pub struct PathRules {
     /// Longest accepted `:path` including the query, in bytes (default 4096);
-    /// longer → 414.
+    /// longer → 400 `uri_too_long`.
     #[serde(default = "default_max_path")]
     pub max_length: usize,
     /// Refuse any `;` in the path (matrix parameters), not only the
-    /// `..;`/`.;` segments that are always refused (default false).
-    #[serde(default)]
+    /// `..;`/`.;` segments that are always refused (default true: an API
+    /// path has no use for them, and `/api/v1/orders;x` is a classic way
+    /// around a rule tied to a path; set false for an upstream that needs them).
+    #[serde(default = "default_true")]
     pub reject_semicolon: bool,
 }
 
@@ -78,11 +80,15 @@ fn default_max_path() -> usize {
     4096
 }
 
+fn default_true() -> bool {
+    true
+}
+
 impl Default for PathRules {
     fn default() -> Self {
         PathRules {
             max_length: default_max_path(),
-            reject_semicolon: false,
+            reject_semicolon: true,
         }
     }
 }

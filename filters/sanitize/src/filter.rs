@@ -99,7 +99,12 @@ impl Request {
         let mut content_type: Option<&str> = None;
         let mut content_encoding: Option<&str> = None;
         let mut to_remove: Vec<&str> = Vec::new();
+        let mut not_utf8: Option<&str> = None;
         for (n, v) in &all {
+            // The host hands invalid UTF-8 over as U+FFFD (filter_core::proxy::text).
+            if not_utf8.is_none() && v.contains(char::REPLACEMENT_CHARACTER) {
+                not_utf8 = Some(n);
+            }
             match n.as_str() {
                 headers::METHOD => method = v,
                 headers::PATH => full_path = v,
@@ -126,6 +131,18 @@ impl Request {
             }
         } else if !to_remove.is_empty() {
             log::info!("sanitize dry-run: would remove headers {to_remove:?}");
+        }
+
+        if let Some(name) = not_utf8 {
+            // Never forwarded: an upstream would read the bytes its own way.
+            return self.deny(
+                cfg,
+                host,
+                Denial::bad_request(
+                    "invalid_header",
+                    format!("the value of header {name} is not valid UTF-8"),
+                ),
+            );
         }
 
         let (path_part, query_part) = split_path(full_path);
@@ -372,6 +389,22 @@ mod tests {
             }
         }
         r.on_trailers(cfg, host)
+    }
+
+    #[test]
+    fn a_header_value_that_was_not_utf8_is_refused_before_anything_else() {
+        let cfg = web();
+        // What the wasm host hands over for a value with a 0xff byte.
+        let bad = String::from_utf8_lossy(b"caf\xff").into_owned();
+        let mut h = FakeHost::request("GET", "/api/v1/public/x").with_header("x-note", &bad);
+        assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded);
+        let r = h.response.as_ref().unwrap();
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json()["error"], "invalid_header");
+        assert!(r.json()["message"].as_str().unwrap().contains("x-note"));
+        // UTF-8 text in a value is fine.
+        let mut h = FakeHost::request("GET", "/api/v1/public/x").with_header("x-note", "café");
+        assert_eq!(headers_only(&cfg, &mut h), Verdict::Continue);
     }
 
     #[test]
@@ -622,7 +655,7 @@ mod tests {
         use filter_core::testing::assert_denial;
         use proptest::prelude::*;
 
-        const STATUSES: &[u16] = &[400, 413, 414];
+        const STATUSES: &[u16] = &[400, 413];
 
         fn segment() -> impl Strategy<Value = String> {
             prop_oneof![

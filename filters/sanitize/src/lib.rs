@@ -7,7 +7,7 @@
 //! * **path**: refuses (400) encoded or literal dot-segments, `..;` matrix
 //!   tricks, encoded slashes and backslashes, double encodings, control and
 //!   non-ASCII bytes and invalid percent-encoding that survived Envoy's own
-//!   normalisation; over-long URIs → 414;
+//!   normalisation; over-long URIs → 400 `uri_too_long`;
 //! * **query**: limits on parameter count and lengths (400) and per-route
 //!   integer clamps (`size` into `[1, 100]`, default 20);
 //! * **body**: a size limit (413) enforced before the upstream sees anything,
