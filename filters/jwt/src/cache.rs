@@ -74,7 +74,13 @@ impl TokenCache {
         if now < v.valid_until && generation_of(v.provider) == v.generation {
             return Some(v.clone());
         }
+        // Stale: gone from both, so `order` holds exactly the map's keys (a
+        // token presented again after it expired, over and over, must not
+        // grow it, nor leave an old copy that would evict its next entry).
         self.map.remove(h);
+        if let Some(i) = self.order.iter().position(|o| o == h) {
+            self.order.remove(i);
+        }
         None
     }
 
@@ -112,11 +118,6 @@ impl TokenCache {
                     break;
                 }
             }
-        }
-        // Keep `order` from growing with hashes removed by `get`.
-        if self.order.len() > self.max.saturating_mul(2) {
-            let map = &self.map;
-            self.order.retain(|h| map.contains_key(h));
         }
     }
 }
@@ -177,6 +178,18 @@ mod tests {
             assert!(c.len() <= 16);
         }
         assert!(c.order.len() <= 32);
+    }
+
+    #[test]
+    fn expired_tokens_presented_again_do_not_grow_the_order_queue() {
+        let mut c = TokenCache::new(16);
+        for i in 0..10_000u64 {
+            // verified, expires, presented again (dropped by get), verified anew
+            c.insert(hash("t"), v(i + 1), i);
+            assert!(c.get(&hash("t"), i + 1, |_| 1).is_none());
+            assert_eq!(c.order.len(), c.len());
+        }
+        assert!(c.is_empty());
     }
 
     #[test]
