@@ -468,14 +468,23 @@ impl Request {
                 );
             }
             Err(e) => {
+                // Our store's trouble, not the client's credential: 503 with
+                // Retry-After (like jwt's full jti store). A full key frees
+                // when the current `created` bucket ends.
                 log::warn!("replay-guard: nonce store refused a nonce: {e}");
-                return self.deny(
-                    host,
-                    unauthorized(
-                        "replay_check_unavailable",
-                        "the nonce could not be recorded; retry with a new signature",
-                    ),
-                );
+                let retry = match e {
+                    NonceError::Full => {
+                        let b = cfg.store.bucket.max(1);
+                        b - host.unix_seconds() % b
+                    }
+                    _ => 1,
+                };
+                let d = Denial::unavailable(
+                    "replay_check_unavailable",
+                    "the nonce could not be recorded; retry later with a new signature",
+                )
+                .with_header("retry-after", retry.to_string());
+                return self.deny(host, d);
             }
         }
         let mut id = Identity::new(Source::Signature);
@@ -887,7 +896,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_nonce_store_fails_closed_with_a_401() {
+    fn a_full_nonce_store_fails_closed_with_a_503_and_retry_after() {
         let c = cfg();
         let s = store(&c);
         let mut refused = 0;
@@ -898,8 +907,10 @@ mod tests {
             let (v, _) = run(&c, &s, &mut h);
             if v == Verdict::Responded {
                 let resp = h.response.unwrap();
-                assert_eq!(resp.status, 401);
+                assert_eq!(resp.status, 503);
                 assert_eq!(resp.json()["error"], "replay_check_unavailable");
+                let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
+                assert!((1..=c.store.bucket).contains(&retry), "{retry}");
                 refused += 1;
             }
         }
