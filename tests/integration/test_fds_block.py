@@ -51,6 +51,15 @@ def get_from(ip_chain: str, gateway_url=web_url, path: str = "/api/v1/public/fds
     return requests.get(gateway_url(path), headers=headers, timeout=TIMEOUT, **kwargs)
 
 
+def signed_app_get(ip_chain: str, path: str = "/api/v1/public/fds") -> requests.Response:
+    """A signed GET on the app gateway (replay-guard runs before fds-block
+    there, and /health does not run fds-block at all)."""
+    authority = f"{helpers.HOST}:{helpers.LISTENERS['app']}"
+    headers = Signer.demo(device="fds-ip-dev", user="fds-ip-user").sign("GET", authority, path)
+    return requests.get(app_url(path), headers={"x-forwarded-for": ip_chain, "Connection": "close", **headers},
+                        timeout=TIMEOUT)
+
+
 def status_becomes(request, status: int, timeout: float = PICKUP, in_a_row: int = 1) -> requests.Response:
     """Polls `request()` until it answers `status` `in_a_row` times in a row;
     returns the last response."""
@@ -126,7 +135,8 @@ def test_ip_entry_blocks_the_resolved_client_address_with_a_generic_403(feed):
     assert echo_stats() == before
     # a neighbour address passes, on web and on app
     assert get_from("203.0.113.11").status_code == 200
-    assert_blocked(now_blocked(lambda: get_from("203.0.113.10", gateway_url=app_url, path="/health")))
+    assert_blocked(now_blocked(lambda: signed_app_get("203.0.113.10")))
+    assert signed_app_get("203.0.113.11").status_code == 200
     assert denied("blocked_ip") >= blocked_before + 2
     assert metric("fds_block_entries_ip") >= 1
 
@@ -152,7 +162,7 @@ def test_a_left_spoofed_x_forwarded_for_is_judged_by_its_last_address(feed):
 def test_static_config_entries_block_without_the_feed(feed):
     # examples/config/fds-block/{web,app}.json block 198.18.255.0/24
     assert_blocked(get_from("198.18.255.55"))
-    assert_blocked(get_from("198.18.255.55", gateway_url=app_url, path="/health"))
+    assert_blocked(signed_app_get("198.18.255.55"))
     assert get_from("198.18.254.55").status_code == 200
 
 
@@ -184,6 +194,18 @@ def test_when_the_feed_is_down_the_last_list_stays_in_force(stack, feed):
     # the restarted feed is empty: the gateways follow it, the age resets
     now_allowed(lambda: get_from("203.0.113.50"))
     wait_until(lambda: metric("fds_block_feed_age_seconds") <= 2, timeout=PICKUP, message="feed age to reset")
+
+
+def test_health_stays_open_to_a_blocked_address(stack, feed):
+    # The /health route turns fds-block off (typed_per_filter_config): a
+    # gateway's health check never fails on a block entry or on the fail-closed
+    # 503 before a feed list is loaded.
+    block("ip", "203.0.113.60")
+    assert_blocked(now_blocked(lambda: get_from("203.0.113.60")))
+    for gateway_url in (web_url, app_url):
+        resp = get_from("203.0.113.60", gateway_url=gateway_url, path="/health")
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"status": "ok"}
 
 
 def test_a_blocked_users_token_is_refused_while_another_user_passes(feed):
