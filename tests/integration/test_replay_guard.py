@@ -154,6 +154,16 @@ def test_expired_key_id_is_refused(stack, before):
     refused(send("GET", "/api/v1/users/7", headers), "key_expired", before)
 
 
+def test_a_key_id_with_a_far_expiry_is_honoured(stack):
+    # The contract refuses only a key whose expiry has passed; the shipped
+    # config sets no max_key_lifetime (only the master secret mints key ids).
+    s = fresh_signer()
+    headers = s.sign("GET", AUTHORITY, "/api/v1/users/7", key_id=s.key_id(expiry=9_999_999_999))
+    resp = send("GET", "/api/v1/users/7", headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["path"] == "/api/v1/users/7"
+
+
 def test_wrong_master_secret_is_refused(stack, before):
     s = Signer(master=base64.b64decode(base64.b64encode(b"\x07" * 32)), device="dev-wrong-master")
     refused(send("GET", "/api/v1/users/7", s.sign("GET", AUTHORITY, "/api/v1/users/7")), "signature_invalid", before)

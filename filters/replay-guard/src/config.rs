@@ -39,9 +39,12 @@ pub struct ReplayGuardConfig {
     #[serde(default = "default_max_skew")]
     pub max_skew: ConfigDuration,
     /// Longest accepted remaining lifetime of a key id: a key id whose expiry
-    /// lies further ahead than this is refused (default "24h").
-    #[serde(default = "default_max_key_lifetime")]
-    pub max_key_lifetime: ConfigDuration,
+    /// lies further ahead than this is refused. Absent (the default): the
+    /// expiry the key issuer signed into the key id is honoured as it is,
+    /// like a JWT's `exp` (only a holder of the master secret can mint a
+    /// key id, so this only guards against an issuer's mistakes).
+    #[serde(default)]
+    pub max_key_lifetime: Option<ConfigDuration>,
     /// Verify only the signature with this label; absent: the first label of
     /// `Signature-Input` that also appears in `Signature`.
     #[serde(default)]
@@ -169,9 +172,6 @@ fn default_max_age() -> ConfigDuration {
 }
 fn default_max_skew() -> ConfigDuration {
     ConfigDuration::from_secs(30)
-}
-fn default_max_key_lifetime() -> ConfigDuration {
-    ConfigDuration::from_secs(24 * 3600)
 }
 fn default_components() -> Vec<String> {
     DEFAULT_COMPONENTS.iter().map(|s| s.to_string()).collect()
@@ -405,7 +405,10 @@ impl Compiled {
         }
         let max_age = secs("max_age", c.max_age, 1, 24 * 3600)?;
         let max_skew = secs("max_skew", c.max_skew, 0, 3600)?;
-        let max_key_lifetime = secs("max_key_lifetime", c.max_key_lifetime, 1, 366 * 24 * 3600)?;
+        let max_key_lifetime = match c.max_key_lifetime {
+            Some(d) => secs("max_key_lifetime", d, 1, 366 * 24 * 3600)?,
+            None => u64::MAX,
+        };
         if let Some(l) = &c.label {
             if sfv::KeyRef::from_str(l).is_err() {
                 return Err(ConfigError::at(
