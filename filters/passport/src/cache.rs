@@ -17,6 +17,9 @@
 //! Every entry carries its full key, so a collision is a miss, never someone
 //! else's passport. Memory is bounded by `slots × max_entry_bytes`.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use filter_core::shared::{self, SharedData, SharedError, Update};
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +181,63 @@ pub fn read<S: SharedData + ?Sized>(store: &S, name: &str) -> Slot {
     }
 }
 
+/// Entries of the worker-local memo of parsed slots ([`read_memo`]).
+pub const MEMO_ENTRIES: usize = 64;
+/// Largest slot document the memo keeps (larger ones are parsed every time).
+pub const MEMO_MAX_BYTES: usize = 8192;
+
+/// One memo entry: the slot's name, the exact bytes read, what they parse to.
+type Memo = Option<(String, Vec<u8>, Rc<Slot>)>;
+
+thread_local! {
+    /// Direct-mapped by slot index: at most [`MEMO_ENTRIES`] ×
+    /// [`MEMO_MAX_BYTES`] of documents (plus their parsed form) per VM, i.e.
+    /// per worker; a typical entry is ~1 KiB. Replaced by the next slot of
+    /// the same index that is read; never needs invalidating, because a
+    /// document is reused only when the bytes just read are identical to the
+    /// ones it was parsed from.
+    static MEMO: RefCell<Vec<Memo>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads a slot like [`read`], but parses its document only when it differs
+/// from the last one read for this index: a hit on a slot that did not
+/// change since (every repeated request of a user within `cache.ttl`) costs
+/// the shared-data read and a byte comparison instead of a JSON parse
+/// (~3.4 µs natively for a 0.8 KiB document; more in V8).
+pub fn read_memo<S: SharedData + ?Sized>(store: &S, name: &str, index: u32) -> Rc<Slot> {
+    let bytes = match store.get(name) {
+        Ok((Some(v), _)) => v,
+        Ok((None, _)) => return Rc::new(Slot::default()),
+        Err(e) => {
+            log::warn!("passport: reading {name}: {e}");
+            return Rc::new(Slot::default());
+        }
+    };
+    if bytes.is_empty() || bytes.len() > MEMO_MAX_BYTES {
+        return Rc::new(Slot::parse(Some(&bytes)));
+    }
+    let i = usize::try_from(index).unwrap_or(0) % MEMO_ENTRIES;
+    MEMO.with(|m| {
+        let Ok(mut m) = m.try_borrow_mut() else {
+            return Rc::new(Slot::parse(Some(&bytes)));
+        };
+        if m.len() < MEMO_ENTRIES {
+            m.resize(MEMO_ENTRIES, None);
+        }
+        let Some(entry) = m.get_mut(i) else {
+            return Rc::new(Slot::parse(Some(&bytes)));
+        };
+        if let Some((n, b, slot)) = entry.as_ref() {
+            if n == name && *b == bytes {
+                return slot.clone();
+            }
+        }
+        let slot = Rc::new(Slot::parse(Some(&bytes)));
+        *entry = Some((name.to_string(), bytes, slot.clone()));
+        slot
+    })
+}
+
 /// Creates the slot keys that do not exist yet (configure time).
 pub fn create_slots<S: SharedData + ?Sized>(
     store: &S,
@@ -271,6 +331,69 @@ mod tests {
             user: u.into(),
             device: None,
         }
+    }
+
+    fn entry_slot(user: &str, at: u64) -> Slot {
+        Slot {
+            e: Some(Entry {
+                k: user.into(),
+                at,
+                neg: false,
+                tok: "t".repeat(500),
+                ctx: serde_json::Map::new(),
+                h: vec![("x-user-risk".into(), "low".into())],
+            }),
+            f: None,
+            x: None,
+        }
+    }
+
+    #[test]
+    fn the_memo_reuses_a_parse_only_for_identical_bytes_of_the_same_slot() {
+        let s = MemorySharedData::new();
+        s.set("passport/web/7", &entry_slot("alice", 1).encode(), None)
+            .unwrap();
+        let a = read_memo(&s, "passport/web/7", 7);
+        let b = read_memo(&s, "passport/web/7", 7);
+        assert!(Rc::ptr_eq(&a, &b), "unchanged bytes: parsed once");
+        assert_eq!(*a, entry_slot("alice", 1));
+
+        // Any change of the document is seen at once.
+        s.set("passport/web/7", &entry_slot("alice", 2).encode(), None)
+            .unwrap();
+        let c = read_memo(&s, "passport/web/7", 7);
+        assert_eq!(c.e.as_ref().unwrap().at, 2);
+
+        // Another slot on the same memo index (another gateway, or index + 64)
+        // with the same bytes is its own document.
+        s.set("passport/app/7", &entry_slot("bob", 2).encode(), None)
+            .unwrap();
+        let d = read_memo(&s, "passport/app/7", 7);
+        assert_eq!(d.e.as_ref().unwrap().k, "bob");
+        s.set("passport/web/71", &entry_slot("carol", 2).encode(), None)
+            .unwrap();
+        assert_eq!(
+            read_memo(&s, "passport/web/71", 71).e.as_ref().unwrap().k,
+            "carol"
+        );
+        assert_eq!(
+            read_memo(&s, "passport/web/7", 7).e.as_ref().unwrap().k,
+            "alice"
+        );
+
+        // Empty, missing and oversized documents are not memoised.
+        s.set("passport/web/8", b"", None).unwrap();
+        assert_eq!(*read_memo(&s, "passport/web/8", 8), Slot::default());
+        assert_eq!(*read_memo(&s, "passport/web/9", 9), Slot::default());
+        let mut big = entry_slot("dave", 3);
+        if let Some(e) = big.e.as_mut() {
+            e.tok = "t".repeat(MEMO_MAX_BYTES);
+        }
+        s.set("passport/web/10", &big.encode(), None).unwrap();
+        let x = read_memo(&s, "passport/web/10", 10);
+        let y = read_memo(&s, "passport/web/10", 10);
+        assert!(!Rc::ptr_eq(&x, &y));
+        assert_eq!(*x, big);
     }
 
     fn entry(k: &str, at: u64) -> Entry {

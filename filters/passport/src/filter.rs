@@ -116,7 +116,8 @@ where
     };
     let id = key.id();
     let now = now_ms(host);
-    let slot = cache::read(store, &cache::slot_name(&cfg.gateway, key.slot(cfg.slots)));
+    let index = key.slot(cfg.slots);
+    let slot = cache::read_memo(store, &cache::slot_name(&cfg.gateway, index), index);
     let probe = cache::probe(&slot, &id, now, now, cfg);
     if !matches!(probe, Probe::Fresh(_)) {
         strip_client_copies(cfg, host);
