@@ -49,7 +49,7 @@ impl Kind {
 
 /// The API part of a `user_api` entry: a method (or any) and a path prefix
 /// matched at segment boundaries (`/api/v1/orders` covers `/api/v1/orders/7`
-/// but not `/api/v1/ordersx`; a prefix ending in `/` covers everything below).
+/// and `/api/v1/orders;x`, but not `/api/v1/ordersx`; a prefix ending in `/` covers everything below).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Api {
     /// Upper-case method; `None` for `*` (any method).
@@ -99,9 +99,16 @@ impl Api {
                 return false;
             }
         }
+        // Segment boundaries like every route matcher (filter_core::route):
+        // the end, `/`, or `;` (a matrix parameter must not dodge a block).
         match path.strip_prefix(&*self.prefix) {
             None => false,
-            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+            Some(rest) => {
+                self.prefix.ends_with('/')
+                    || rest.is_empty()
+                    || rest.starts_with('/')
+                    || rest.starts_with(';')
+            }
         }
     }
 
@@ -302,6 +309,7 @@ mod tests {
         assert!(a.matches("POST", "/api/v1/orders"));
         assert!(a.matches("POST", "/api/v1/orders/7"));
         assert!(!a.matches("POST", "/api/v1/ordersx"));
+        assert!(a.matches("POST", "/api/v1/orders;jsessionid=1"));
         assert!(!a.matches("GET", "/api/v1/orders"));
         let any = Api::parse("* /api/v1/users/").unwrap();
         assert!(any.matches("DELETE", "/api/v1/users/1"));
