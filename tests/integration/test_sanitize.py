@@ -364,7 +364,7 @@ def _send_raw_header(gateway: str, path: str, value: bytes) -> tuple[int, dict, 
 
 @pytest.mark.parametrize("gateway,path", NOT_UTF8)
 def test_a_header_value_that_is_not_utf8_is_400_and_the_gateway_keeps_serving(gateway, path):
-    for _ in range(4):  # new connections: both workers meet it
+    for _ in range(4):  # four new connections: the kernel spreads them over the workers
         status, headers, body = _send_raw_header(gateway, path, b"caf\xff")
         assert status == 400, body
         assert json.loads(body) == {"error": "invalid_header",
