@@ -57,19 +57,25 @@ impl RouteMatcher {
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
     }
 
-    /// Path part only. The prefix must end at a segment boundary: the end
-    /// of the path, `/`, or `;` (a matrix parameter, `/api/v1/orders;x=1`:
-    /// Envoy's prefix match and many upstreams route it like
-    /// `/api/v1/orders`, so the route's rules must apply to it too).
+    /// Path part only ([`prefix_matches`]).
     pub fn matches_path(&self, path: &str) -> bool {
-        match path.strip_prefix(self.prefix.as_str()) {
-            None => false,
-            Some(rest) => {
-                self.prefix.ends_with('/')
-                    || rest.is_empty()
-                    || rest.starts_with('/')
-                    || rest.starts_with(';')
-            }
+        prefix_matches(&self.prefix, path)
+    }
+}
+
+/// Does `path` lie under `prefix`? The prefix must end at a segment
+/// boundary: the end of the path, `/`, or `;` (a matrix parameter,
+/// `/api/v1/orders;x=1`: Envoy's prefix match and many upstreams route it
+/// like `/api/v1/orders`, so a rule tied to the path must apply to it too);
+/// a prefix ending in `/` covers everything below it.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => {
+            prefix.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with('/')
+                || rest.starts_with(';')
         }
     }
 }

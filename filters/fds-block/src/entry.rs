@@ -99,17 +99,7 @@ impl Api {
                 return false;
             }
         }
-        // Segment boundaries like every route matcher (filter_core::route):
-        // the end, `/`, or `;` (a matrix parameter must not dodge a block).
-        match path.strip_prefix(&*self.prefix) {
-            None => false,
-            Some(rest) => {
-                self.prefix.ends_with('/')
-                    || rest.is_empty()
-                    || rest.starts_with('/')
-                    || rest.starts_with(';')
-            }
-        }
+        filter_core::route::prefix_matches(&self.prefix, path)
     }
 
     pub fn to_spec(&self) -> String {
