@@ -45,7 +45,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv run test test-rust \
-        lint validate test-integration test-suite build-suite bench bench-verify bench-tools demo-material compose-config render clean distclean \
+        lint validate test-integration test-suite build-suite bench bench-verify bench-chain bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools
 
 help: ## list the targets
@@ -175,6 +175,18 @@ bench-verify: venv wasm-target wasm-opt ## jwt verification micro-bench in V8 (n
 	@# The same wasm-opt pass as the shipped modules.
 	$(OPTIMIZE) build/bench build/bench/target-verify/$(WASM_TARGET)/release/examples/verify_bench.wasm
 	node --no-warnings tests/bench/wasi-run.mjs build/bench/verify_bench.wasm build/bench/tokens.txt
+
+# The web chain's request logic (sanitize, jwt, fds-block, passport,
+# route-breaker) over the fake host, built for wasm32-wasip1 and run under
+# Node's V8: each filter's own code per request, without Envoy's host calls
+# (docs/performance.md, "Where the web chain's time goes"). Needs node >= 18.
+bench-chain: venv wasm-target ## the web chain's wasm-side µs per filter in V8 (node), cached token
+	@command -v node >/dev/null || { echo "bench-chain needs node (>= 18) on PATH" >&2; exit 1; }
+	@mkdir -p build/bench
+	$(VPY) tests/bench/mint_tokens.py 1 > build/bench/chain-tokens.txt
+	@# Own target dir: the example links the filters without `standalone`.
+	CARGO_TARGET_DIR=build/bench/target-chain $(CARGO) build --release --target $(WASM_TARGET) -p suite --example chain_bench
+	node --no-warnings --no-liftoff tests/bench/wasi-run.mjs build/bench/target-chain/$(WASM_TARGET)/release/examples/chain_bench.wasm build/bench/chain-tokens.txt
 
 bench-tools: ## install the load generator (wrk) if missing
 	@command -v wrk >/dev/null || { echo "installing wrk"; \

@@ -215,6 +215,7 @@ def main_targets(mat: Material) -> list[dict]:
         T("web:5 +route-breaker", "share", 10000, "bare", headers=auth),
         T("noop x5 own VMs", "web", NOOP5_SEP, "bare", lat=True, floor_of="noop"),
         T("noop x5 one VM", "web", NOOP5_SHARED, "bare", lat=True, floor_of="noop"),
+        *[T(label, "mimic", port, "bare", headers=auth) for port, (label, _, _) in MIMICS.items()],
         T("native cached", "jwt", 10011, "bare", headers=auth),
         T("wasm cached", "jwt", 10012, "bare", headers=auth),
     ]
@@ -237,7 +238,7 @@ def main_targets(mat: Material) -> list[dict]:
 
 
 def suite_targets(mat: Material) -> list[dict]:
-    keep = {"bare", "noop", "web", "web public", "app signed", "tls bare", "secure"}
+    keep = {"bare", "noop", "web", "web public", "app signed", "tls bare", "secure", "noop x5 one VM", "mimic one VM"}
     return [t for t in main_targets(mat) if t["name"] in keep]
 
 
@@ -443,6 +444,32 @@ PROBE_CALLS = 10
 PROBES = {"property": 10020, "header": 10021, "metric": 10022, "time": 10023, "set_header": 10024,
           "header_map": 10025, "set_property": 10026}
 NOOP5_SEP, NOOP5_SHARED = 10027, 10028
+#: "mimic" chains: five no-op filters in five VMs (as the per-filter modules
+#: run), each making the host calls its web-chain filter makes on the bench
+#: request (cached token, known passport subject), with values of the same
+#: sizes (examples/chain_bench.rs in filters/suite prints them), but none of
+#: the filters' own code. Against "web" in one pass this separates what Envoy
+#: spends on the calls from what the filters' code costs.
+MIMIC_SCRIPTS = {
+    "sanitize": "map;state=15;path=/api/v1/users/1?size=20;prop=xds.virtual_host_name;prop=xds.route_name;metric",
+    "jwt": "map;time;state=49;set=x-user-id:6;set=x-user-scope:10;del=authorization;metric",
+    "fds-block": "prop=source.address;time",
+    "passport": "prop=bench_probe_state;time;shared=640;set=x-passport:366;set=x-user-consent:19;"
+                "set=x-user-risk:3;set=x-user-tier:8;metric",
+    "route-breaker": "hdr=:path",
+}
+
+
+def _reads_only(script: str) -> str:
+    return ";".join(op for op in script.split(";") if not op.startswith(("set=", "del=", "path=", "state=")))
+
+
+#: port → (label, {filter: script}, one VM): the full mimic, the same without
+#: any write (header edits, :path rewrite, filter state), and the full mimic
+#: in one shared VM (as the suite runs).
+MIMICS = {10040: ("mimic", MIMIC_SCRIPTS, False),
+          10041: ("mimic reads only", {k: _reads_only(v) for k, v in MIMIC_SCRIPTS.items()}, False),
+          10042: ("mimic one VM", MIMIC_SCRIPTS, True)}
 #: The web chain in the template's order (name, root_id = VM anchor prefix,
 #: config), and the ports of its prefixes of 2, 3 and 4 filters.
 WEB_CHAIN = [("sanitize", "sanitize", "sanitize/web.json"), ("jwt", "jwt", "jwt/web.json"),
@@ -482,6 +509,21 @@ def probe_listeners() -> Path:
             filters += f
         b = block[:fstart] + filters + block[fend:]
         b = b.replace("port_value: 10010", f"port_value: {port}").replace("bench_noop", f"bench_noop5_{label}")
+        out.append(b)
+    for port, (label, scripts, shared) in MIMICS.items():
+        filters = ""
+        for i, name in enumerate(scripts, start=1):
+            f = one.replace("- name: noop", f"- name: noop_{i}").replace("root_id: noop", f"root_id: noop_{i}")
+            if not shared:
+                f = f.replace("vm_id: noop", f"vm_id: noop_{i}")
+            f = f.replace("              failure_policy: FAIL_CLOSED",
+                          "              configuration:\n"
+                          "                \"@type\": type.googleapis.com/google.protobuf.StringValue\n"
+                          f"                value: \"script:{scripts[name]}\"\n"
+                          "              failure_policy: FAIL_CLOSED")
+            filters += f
+        b = block[:fstart] + filters + block[fend:]
+        b = b.replace("port_value: 10010", f"port_value: {port}").replace("bench_noop", f"bench_{label.replace(' ', '_')}")
         out.append(b)
     # Each filter's share of the web chain: the web routes behind the chain's
     # first k filters (k = 2..4; 10014 is k = 1, the web gateway k = 5), each
@@ -755,6 +797,10 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                          "GET /api/v1/users/1 (base: bare)",
                          ["chain", "port", "req/s", "×base", "+CPU µs", "filter added", "its share µs"], trs)
                    + (f"\nfloors of the same pass (no-op filters, no work): {'; '.join(floors)}\n" if floors else ""))
+    if sec("mimic"):
+        rows_m = [std(r) for r in sec("web") if r["target"] in ("web", "noop x5 own VMs", "noop x5 one VM")] + [std(r) for r in sec("mimic")]
+        out.append(table("Mimic: five no-op filters (own VMs) making the web chain's host calls, no filter code "
+                         "(base: bare; tests/bench/run.py MIMIC_SCRIPTS)", std_head, rows_m))
     for name, title in (("app", "App chain: signed requests, unique nonces (base: bare)"),
                         ("mtls", "mTLS: secure chain (sanitize → san-authz → route-breaker) vs the same TLS listener without wasm, via the mTLS bridge"),
                         ("breaker", "Route breaker closed: web chain on /api/v1/unstable/bench (base: bare)")):
@@ -781,7 +827,9 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         su = {r["target"]: r for r in suite_rows}
         trs = []
         for name, chain in (("web", "web chain, cached token"), ("app signed", "app chain, signed"),
-                            ("secure", "secure chain (mTLS)"), ("noop", "one no-op filter")):
+                            ("secure", "secure chain (mTLS)"), ("noop", "one no-op filter"),
+                            ("noop x5 one VM", "five no-op filters, one VM"),
+                            ("mimic one VM", "mimic of the web chain's host calls, one VM")):
             if name in su:
                 f = by.get(name, {})
                 trs.append([chain, f.get("added_cpu_us"), su[name]["added_cpu_us"], f.get("rps_ratio"),

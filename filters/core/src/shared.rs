@@ -72,6 +72,11 @@ impl MemorySharedData {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The keys stored, in no particular order.
+    pub fn keys(&self) -> Vec<String> {
+        self.inner.borrow().0.keys().cloned().collect()
+    }
 }
 
 impl SharedData for MemorySharedData {
