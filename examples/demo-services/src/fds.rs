@@ -328,8 +328,9 @@ fn is_ip_or_cidr(s: &str) -> bool {
     }
 }
 
-/// `"METHOD /path-prefix"`: an upper-case method token, one space, and a
-/// path starting with `/` without whitespace.
+/// `"METHOD /path-prefix"`: an upper-case method token (or `*`, any method,
+/// as fds-block accepts), one space, and a path starting with `/` without
+/// whitespace.
 fn is_valid_api(api: &str) -> bool {
     if api.len() > MAX_FIELD_LEN {
         return false;
@@ -337,8 +338,7 @@ fn is_valid_api(api: &str) -> bool {
     let Some((method, path)) = api.split_once(' ') else {
         return false;
     };
-    !method.is_empty()
-        && method.bytes().all(|b| b.is_ascii_uppercase())
+    (method == "*" || !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()))
         && path.starts_with('/')
         && !path.chars().any(|c| c.is_whitespace() || c.is_control())
 }
@@ -375,6 +375,8 @@ mod tests {
         assert_eq!(e.api.as_deref(), Some("POST /api/v1/transfers"));
         assert_eq!(e.expires_at, Some(1_900_000_000));
         assert_eq!(e.reason, "");
+        let e = ok(json!({"type": "user_api", "value": "bob", "api": "* /api/v1/orders"}));
+        assert_eq!(e.api.as_deref(), Some("* /api/v1/orders"));
         ok(json!({"type": "ip", "value": "203.0.113.7"}));
         ok(json!({"type": "ip", "value": "2001:db8::/32"}));
         ok(json!({"type": "device", "value": "dev-1", "api": null, "extra": 1}));

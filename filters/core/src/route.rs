@@ -64,20 +64,42 @@ impl RouteMatcher {
 }
 
 /// Does `path` lie under `prefix`? The prefix must end at a segment
-/// boundary: the end of the path, `/`, or `;` (a matrix parameter,
-/// `/api/v1/orders;x=1`: Envoy's prefix match and many upstreams route it
-/// like `/api/v1/orders`, so a rule tied to the path must apply to it too);
-/// a prefix ending in `/` covers everything below it.
+/// boundary: the end of the path or `/`; a prefix ending in `/` covers
+/// everything below it. Matrix parameters (`;` or an encoded `%3B` up to the
+/// end of a segment) are ignored: `/api/v1/orders;x=1` and
+/// `/api/v1/users%3bx/7` are `/api/v1/orders` and `/api/v1/users/7` to
+/// upstreams that drop path parameters (Tomcat, Spring), so a rule tied to
+/// the path must apply to them too (sanitize refuses both forms by default).
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if path.contains(';') || path.contains("%3b") || path.contains("%3B") {
+        return plain_prefix_matches(prefix, &without_matrix_params(path));
+    }
+    plain_prefix_matches(prefix, path)
+}
+
+fn plain_prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
-        Some(rest) => {
-            prefix.ends_with('/')
-                || rest.is_empty()
-                || rest.starts_with('/')
-                || rest.starts_with(';')
-        }
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
     }
+}
+
+/// `path` with every segment cut at its first `;` or `%3B`.
+fn without_matrix_params(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let mut end = seg.find(';').unwrap_or(seg.len());
+        for enc in ["%3b", "%3B"] {
+            if let Some(p) = seg.find(enc) {
+                end = end.min(p);
+            }
+        }
+        out.push_str(seg.get(..end).unwrap_or(seg));
+    }
+    out
 }
 
 /// Splits `:path` into the path and the query (without `?`).
@@ -114,6 +136,25 @@ mod tests {
         assert!(r.matches("GET", "/api/v1/users/42"));
         assert!(!r.matches("GET", "/api/v1/users"));
         assert!(!r.matches("POST", "/api/v1/users/42"));
+    }
+
+    #[test]
+    fn matrix_parameters_literal_or_encoded_do_not_dodge_a_prefix() {
+        let users = m("/api/v1/users/", &["GET"]);
+        let orders = m("/api/v1/orders", &[]);
+        for p in [
+            "/api/v1/users;x/7",
+            "/api/v1/users%3b/7",
+            "/api/v1/users%3Bjsessionid=1/7",
+            "/api;a/v1/users/7",
+        ] {
+            assert!(users.matches("GET", p), "{p}");
+        }
+        for p in ["/api/v1/orders%3b", "/api/v1/orders%3Bx=1/9"] {
+            assert!(orders.matches("POST", p), "{p}");
+        }
+        assert!(!orders.matches("POST", "/api/v1/ordersx;y"));
+        assert!(!users.matches("GET", "/api/v1/usersx%3b/7"));
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub fn check(body: &[u8], rule: &JsonBodyRule) -> Result<Option<Vec<u8>>, Denial
                 )
             } else if e.is_data() {
                 invalid("the body must be a JSON object")
+            } else if msg.starts_with("recursion limit exceeded") {
+                // serde_json's own bound (128 levels) met before ours.
+                invalid("the body is nested too deeply")
             } else {
                 invalid("the body is not valid JSON")
             });
@@ -287,5 +290,11 @@ mod tests {
             "]".repeat(40)
         );
         assert!(msg(&deep).contains("nested too deeply"));
+        let deeper = format!(
+            r#"{{"item_id":"a","quantity":1,"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(msg(&deeper), "the body is nested too deeply");
     }
 }

@@ -74,6 +74,13 @@ pub struct PathRules {
     /// around a rule tied to a path; set false for an upstream that needs them).
     #[serde(default = "default_true")]
     pub reject_semicolon: bool,
+    /// Refuse a path segment that ends with `.` (`/api/v1/users./7`) or
+    /// begins or ends with an encoded space (`users%20`), default true:
+    /// Windows/IIS drop trailing dots and spaces and some path matchers trim
+    /// tokens, so such a path can reach `/api/v1/users/7` past the rules
+    /// tied to it. Set false for an upstream whose names end that way.
+    #[serde(default = "default_true")]
+    pub reject_ambiguous_segments: bool,
 }
 
 fn default_max_path() -> usize {
@@ -89,6 +96,7 @@ impl Default for PathRules {
         PathRules {
             max_length: default_max_path(),
             reject_semicolon: true,
+            reject_ambiguous_segments: true,
         }
     }
 }

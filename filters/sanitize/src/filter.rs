@@ -53,15 +53,32 @@ pub struct Request {
 /// Whether a body may be read as JSON: labelled `application/json` or
 /// `application/*+json`, or not labelled at all (many clients send JSON
 /// without a content type; the body is checked either way).
+/// `host[:port]` as RFC 9110 allows in `Host`/`:authority`: a name, an IPv4
+/// address or a bracketed IPv6 literal, no user info, no list.
+fn valid_authority(a: &str) -> bool {
+    !a.is_empty()
+        && a.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b':' | b'[' | b']')
+        })
+}
+
 fn is_json(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return true };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json =
+        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    // JSON on the wire is UTF-8 (RFC 8259 8.1): a body labelled otherwise
+    // would be read one way here and another way upstream.
+    let utf8 = parts.all(|p| {
+        let (name, value) = p.split_once('=').unwrap_or((p, ""));
+        !name.trim().eq_ignore_ascii_case("charset") || {
+            let v = value.trim().trim_matches('"');
+            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+        }
+    });
+    json && utf8
 }
 
 impl Request {
@@ -100,6 +117,7 @@ impl Request {
         let mut content_encoding: Option<&str> = None;
         let mut to_remove: Vec<&str> = Vec::new();
         let mut not_utf8: Option<&str> = None;
+        let mut authority: Option<&str> = None;
         for (n, v) in &all {
             // The host hands invalid UTF-8 over as U+FFFD (filter_core::proxy::text).
             if not_utf8.is_none() && v.contains(char::REPLACEMENT_CHARACTER) {
@@ -112,6 +130,7 @@ impl Request {
                 headers::CONTENT_TYPE => content_type = Some(v),
                 headers::CONTENT_ENCODING => content_encoding = Some(v),
                 headers::REQUEST_ID => self.request_id = Some(v.clone()),
+                headers::AUTHORITY => authority = Some(v),
                 _ => {}
             }
             let named = cfg.remove_exact.iter().any(|e| e == n)
@@ -141,6 +160,19 @@ impl Request {
                 Denial::bad_request(
                     "invalid_header",
                     format!("the value of header {name} is not valid UTF-8"),
+                ),
+            );
+        }
+
+        if authority.is_some_and(|a| !valid_authority(a)) {
+            // Two Host lines reach us joined ("a,b"): RFC 9112 wants 400,
+            // and an upstream would pick either one.
+            return self.deny(
+                cfg,
+                host,
+                Denial::bad_request(
+                    "invalid_header",
+                    "the Host header is not a single valid host[:port]",
                 ),
             );
         }
@@ -209,7 +241,7 @@ impl Request {
                     host,
                     Denial::bad_request(
                         "unsupported_media_type",
-                        "the body must be JSON (content-type: application/json)",
+                        "the body must be UTF-8 JSON (content-type: application/json)",
                     ),
                 );
             }
@@ -495,14 +527,62 @@ mod tests {
     }
 
     #[test]
+    fn a_joined_or_malformed_host_is_400_and_ordinary_hosts_pass() {
+        let cfg = web();
+        for a in [
+            "a.test,b.test",
+            "user@gateway.test",
+            "gateway.test extra",
+            "",
+        ] {
+            let mut h = FakeHost::request("GET", "/api/v1/public/x");
+            h.headers.retain(|(n, _)| n != ":authority");
+            h.headers.push((":authority".into(), a.into()));
+            assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded, "{a:?}");
+            let r = h.response.unwrap();
+            assert_eq!(
+                (r.status, r.json()["error"].as_str()),
+                (400, Some("invalid_header")),
+                "{a:?}"
+            );
+        }
+        for a in [
+            "gateway.test",
+            "127.0.0.1:10000",
+            "[::1]:10000",
+            "api_v1.example",
+        ] {
+            let mut h = FakeHost::request("GET", "/api/v1/public/x");
+            h.headers.retain(|(n, _)| n != ":authority");
+            h.headers.push((":authority".into(), a.into()));
+            assert_eq!(headers_only(&cfg, &mut h), Verdict::Continue, "{a:?}");
+        }
+    }
+
+    #[test]
     fn wrong_content_type_is_400_unlabelled_json_is_checked_and_missing_body_400() {
         let cfg = web();
-        for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        for ct in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "",
+            "application/json; charset=utf-16",
+            "application/json;charset=\"ISO-8859-1\"",
+        ] {
             let mut h = FakeHost::request("POST", "/api/v1/orders").with_header("content-type", ct);
             assert_eq!(with_body(&cfg, &mut h), Verdict::Responded, "{ct}");
             let r = h.response.unwrap();
             assert_eq!(r.status, 400, "{ct}");
             assert_eq!(r.json()["error"], "unsupported_media_type");
+        }
+        for ct in [
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/problem+json",
+        ] {
+            let mut h = FakeHost::request("POST", "/api/v1/orders").with_header("content-type", ct);
+            h.body = br#"{"item_id":"a1","quantity":3}"#.to_vec();
+            assert_eq!(with_body(&cfg, &mut h), Verdict::Continue, "{ct}");
         }
         // No content type at all: read as JSON and checked like any other.
         let mut h = FakeHost::request("POST", "/api/v1/orders");

@@ -33,6 +33,8 @@ pub fn check(path: &str, full_len: usize, rules: &PathRules) -> Result<(), Denia
         return Err(invalid("the path must start with '/'"));
     }
     let b = path.as_bytes();
+    // An escape of a byte >= 0x80: the decoded path must then be UTF-8.
+    let mut high = false;
     let mut i = 0;
     while i < b.len() {
         let c = b.get(i).copied().unwrap_or(0);
@@ -55,6 +57,12 @@ pub fn check(path: &str, full_len: usize, rules: &PathRules) -> Result<(), Denia
                     0x00..=0x1f | 0x7f => {
                         return Err(invalid("the path contains an encoded control character"))
                     }
+                    // `%3B` is `;` to an upstream that decodes before it
+                    // splits matrix parameters off.
+                    b';' if rules.reject_semicolon => {
+                        return Err(invalid("the path contains an encoded ';'"))
+                    }
+                    0x80..=0xff => high = true,
                     // "%25" followed by an encoded separator or dot: a double encoding.
                     b'%' => {
                         let rest = b.get(i + 3..i + 5).unwrap_or(&[]);
@@ -77,16 +85,44 @@ pub fn check(path: &str, full_len: usize, rules: &PathRules) -> Result<(), Denia
         }
         i += 1;
     }
+    // Overlong forms (`%c0%ae` for `.`), lone continuation bytes, encoded
+    // surrogates: a lax decoder turns them into separators or dots.
+    if high
+        && percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .is_err()
+    {
+        return Err(invalid(
+            "the path has a percent-encoded sequence that is not UTF-8",
+        ));
+    }
     for seg in path.split('/').skip(1) {
         // A segment's dot-ness once decoded, with matrix parameters removed
         // (`..;jsessionid=x` is `..` to Tomcat and friends).
         let bare = seg.split(';').next().unwrap_or("");
+        let bare = bare.split("%3b").next().unwrap_or("");
+        let bare = bare.split("%3B").next().unwrap_or("");
         let decoded = bare.replace("%2e", ".").replace("%2E", ".");
         if decoded == "." || decoded == ".." {
             return Err(invalid("the path contains a dot-segment"));
         }
+        if rules.reject_ambiguous_segments && ambiguous(&decoded) {
+            return Err(invalid(
+                "a path segment ends with '.' or begins or ends with a space",
+            ));
+        }
     }
     Ok(())
+}
+
+/// A segment some servers read as another one: a trailing dot (Windows and
+/// IIS drop it; `users.` is `users`) or an encoded space at either end
+/// (trimmed by path matchers that trim tokens).
+fn ambiguous(seg: &str) -> bool {
+    let space = |s: &str| s.eq_ignore_ascii_case("%20");
+    seg.ends_with('.')
+        || seg.get(..3).is_some_and(space)
+        || seg.len() >= 3 && seg.get(seg.len() - 3..).is_some_and(space)
 }
 
 #[cfg(test)]
@@ -103,6 +139,8 @@ mod tests {
             "/",
             "/api/v1/users/42",
             "/a/b.c/d..e/%41%20b",
+            "/api/v1/caf%C3%A9",
+            "/a/.well-known/x",
             "/files/report.v2.json",
         ] {
             assert!(ok(p), "{p}");
@@ -139,9 +177,37 @@ mod tests {
             "/a%4",
             "/a%",
             "/caf\u{e9}",
+            "/api/v1/public/%c0%ae%c0%ae/x",
+            "/a%80",
+            "/a%C3",
+            "/a%ed%a0%80",
         ] {
             assert!(!ok(p), "{p:?}");
         }
+    }
+
+    #[test]
+    fn encoded_semicolons_and_ambiguous_segments_are_refused() {
+        for p in [
+            "/api/v1/users%3b/7",
+            "/api/v1/orders%3Bjsessionid=x",
+            "/api/v1/users./7",
+            "/api/v1/transfers.",
+            "/api/v1/users%20/7",
+            "/api/v1/%20users/7",
+            "/api/..%3b/x",
+        ] {
+            assert!(!ok(p), "{p}");
+        }
+        let lenient = PathRules {
+            reject_semicolon: false,
+            reject_ambiguous_segments: false,
+            ..PathRules::default()
+        };
+        for p in ["/a%3bb", "/a./b", "/a%20"] {
+            assert!(check(p, p.len(), &lenient).is_ok(), "{p}");
+        }
+        assert!(check("/a/..%3Bx/b", 11, &lenient).is_err());
     }
 
     #[test]

@@ -15,13 +15,16 @@ fn invalid(msg: impl Into<Cow<'static, str>>) -> Denial {
 
 fn well_formed(s: &str) -> bool {
     let b = s.as_bytes();
+    // An escape of a byte >= 0x80: the decoded text must then be UTF-8
+    // (`%c0%80` is an overlong NUL).
+    let mut high = false;
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         if c == b'%' {
             let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
             // An encoded control character (`%0d%0a`, `%00`) is refused like a raw one.
             match (hex(i + 1), hex(i + 2)) {
-                (Some(hi), Some(lo)) if !(hi < 2 || (hi == 7 && lo == 0xf)) => {}
+                (Some(hi), Some(lo)) if !(hi < 2 || (hi == 7 && lo == 0xf)) => high |= hi >= 8,
                 _ => return false,
             }
             i += 3;
@@ -31,7 +34,7 @@ fn well_formed(s: &str) -> bool {
             i += 1;
         }
     }
-    true
+    !high || percent_decode_str(s).decode_utf8().is_ok()
 }
 
 /// Parses an integer and clamps it into `[min, max]`; a run of digits too
@@ -89,7 +92,7 @@ pub fn apply(
         }
         if !well_formed(name) || !well_formed(value) {
             return Err(invalid(
-                "the query has an invalid percent-encoding or a control character",
+                "the query has an invalid percent-encoding, a control character or an encoding that is not UTF-8",
             ));
         }
         pairs.push((piece, decode(name), value));
@@ -234,11 +237,13 @@ mod tests {
     #[test]
     fn encoded_control_characters_are_refused_like_raw_ones() {
         let limits = QueryLimits::default();
-        for q in ["a=%0d%0a", "a=%00", "a=%7F", "a=%1f", "%0a=1", "a=x%09y"] {
+        for q in [
+            "a=%0d%0a", "a=%00", "a=%7F", "a=%1f", "%0a=1", "a=x%09y", "a=%80", "a=%c0%80", "%ff=1",
+        ] {
             let e = apply(Some(q), &limits, &[]).unwrap_err();
             assert_eq!((e.status, e.code), (400, "invalid_query"), "{q}");
         }
-        for q in ["a=%20", "a=%7e", "a=%C3%A9", "a=%2F", "a=%80"] {
+        for q in ["a=%20", "a=%7e", "a=%C3%A9", "a=%2F", "a=%E2%82%AC"] {
             assert_eq!(apply(Some(q), &limits, &[]), Ok(None), "{q}");
         }
     }
