@@ -50,9 +50,6 @@ pub struct Request {
     pub names: Option<RouteNames>,
 }
 
-/// Whether a body may be read as JSON: labelled `application/json` or
-/// `application/*+json`, or not labelled at all (many clients send JSON
-/// without a content type; the body is checked either way).
 /// `host[:port]` as RFC 9110 allows in `Host`/`:authority`: a name, an IPv4
 /// address or a bracketed IPv6 literal, no user info, no list.
 fn valid_authority(a: &str) -> bool {
@@ -63,6 +60,10 @@ fn valid_authority(a: &str) -> bool {
         })
 }
 
+/// Whether a body may be read as JSON: labelled `application/json` or
+/// `application/*+json`, or not labelled at all (many clients send JSON
+/// without a content type; the body is checked either way), and no
+/// `charset` but UTF-8.
 fn is_json(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return true };
     let mut parts = ct.split(';');
