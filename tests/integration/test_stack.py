@@ -285,6 +285,23 @@ def test_envoy_codec_refusals_are_json_denials(gateway):
     assert status == 431
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"] == "headers_too_large"
+    # a transfer coding Envoy does not implement: 501 (RFC 9112 6.1), saying why
+    status, headers, body = raw_http(
+        LISTENERS[gateway], b"POST /api/v1/public/x HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n")
+    assert status == 501
+    assert headers["content-type"] == "application/json"
+    doc = json.loads(body)
+    assert doc["error"] == "not_implemented" and "transfer" in doc["message"], doc
+    # a WebSocket upgrade: no route accepts one
+    path = b"/partner-a/v1/ping" if gateway == "egress" else b"/api/v1/public/x"
+    status, headers, body = raw_http(
+        LISTENERS[gateway], b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert status == 403
+    assert headers["content-type"] == "application/json"
+    assert headers["cache-control"] == "no-store"
+    assert json.loads(body)["error"] == "upgrade_not_supported"
     assert echo_stats() == before
 
 
