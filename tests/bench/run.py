@@ -478,6 +478,15 @@ WEB_CHAIN = [("sanitize", "sanitize", "sanitize/web.json"), ("jwt", "jwt", "jwt/
 CHAIN_PREFIX_PORTS = (10030, 10031, 10032)
 
 
+def _configured(filter_block: str, value: str) -> str:
+    """A no-op filter block of listeners.yaml with a plugin configuration."""
+    return filter_block.replace("              failure_policy: FAIL_CLOSED",
+                                "              configuration:\n"
+                                "                \"@type\": type.googleapis.com/google.protobuf.StringValue\n"
+                                f"                value: \"{value}\"\n"
+                                "              failure_policy: FAIL_CLOSED")
+
+
 def probe_listeners() -> Path:
     """The probe listeners as a file to splice at '# @extra-listeners' (the
     bench_noop listener of listeners.yaml with another port and configuration)."""
@@ -488,11 +497,7 @@ def probe_listeners() -> Path:
     out = []
     for kind, port in PROBES.items():
         b = block.replace("port_value: 10010", f"port_value: {port}").replace("bench_noop", f"bench_probe_{kind}")
-        b = b.replace("              failure_policy: FAIL_CLOSED",
-                      "              configuration:\n"
-                      "                \"@type\": type.googleapis.com/google.protobuf.StringValue\n"
-                      f"                value: \"{kind}:{PROBE_CALLS}\"\n"
-                      "              failure_policy: FAIL_CLOSED")
+        b = _configured(b, f"{kind}:{PROBE_CALLS}")
         out.append(b)
     # The floor of a five-filter chain (the web chain's length): five no-op
     # filters in five VMs (vm_id noop_1..5, as per-filter modules run) and
@@ -500,31 +505,22 @@ def probe_listeners() -> Path:
     fstart = block.index("        - name: noop")
     fend = block.index("        - *router")
     one = block[fstart:fend]
+    def five(configs: list[str | None], shared: bool) -> str:
+        filters = ""
+        for i, cfg in enumerate(configs, start=1):
+            f = one.replace("- name: noop", f"- name: noop_{i}").replace("root_id: noop", f"root_id: noop_{i}")
+            if not shared:
+                f = f.replace("vm_id: noop", f"vm_id: noop_{i}")
+            filters += _configured(f, cfg) if cfg else f
+        return block[:fstart] + filters + block[fend:]
+
     for label, port, shared in (("sep", NOOP5_SEP, False), ("shared", NOOP5_SHARED, True)):
-        filters = ""
-        for i in range(1, 6):
-            f = one.replace("- name: noop", f"- name: noop_{i}").replace("root_id: noop", f"root_id: noop_{i}")
-            if not shared:
-                f = f.replace("vm_id: noop", f"vm_id: noop_{i}")
-            filters += f
-        b = block[:fstart] + filters + block[fend:]
-        b = b.replace("port_value: 10010", f"port_value: {port}").replace("bench_noop", f"bench_noop5_{label}")
-        out.append(b)
+        b = five([None] * 5, shared)
+        out.append(b.replace("port_value: 10010", f"port_value: {port}").replace("bench_noop", f"bench_noop5_{label}"))
     for port, (label, scripts, shared) in MIMICS.items():
-        filters = ""
-        for i, name in enumerate(scripts, start=1):
-            f = one.replace("- name: noop", f"- name: noop_{i}").replace("root_id: noop", f"root_id: noop_{i}")
-            if not shared:
-                f = f.replace("vm_id: noop", f"vm_id: noop_{i}")
-            f = f.replace("              failure_policy: FAIL_CLOSED",
-                          "              configuration:\n"
-                          "                \"@type\": type.googleapis.com/google.protobuf.StringValue\n"
-                          f"                value: \"script:{scripts[name]}\"\n"
-                          "              failure_policy: FAIL_CLOSED")
-            filters += f
-        b = block[:fstart] + filters + block[fend:]
-        b = b.replace("port_value: 10010", f"port_value: {port}").replace("bench_noop", f"bench_{label.replace(' ', '_')}")
-        out.append(b)
+        b = five([f"script:{v}" for v in scripts.values()], shared)
+        out.append(b.replace("port_value: 10010", f"port_value: {port}")
+                   .replace("bench_noop", f"bench_{label.replace(' ', '_')}"))
     # Each filter's share of the web chain: the web routes behind the chain's
     # first k filters (k = 2..4; 10014 is k = 1, the web gateway k = 5), each
     # with the web gateway's VM (its anchor) and configuration.

@@ -91,15 +91,20 @@ fn without_matrix_params(path: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        let mut end = seg.find(';').unwrap_or(seg.len());
-        for enc in ["%3b", "%3B"] {
-            if let Some(p) = seg.find(enc) {
-                end = end.min(p);
-            }
-        }
-        out.push_str(seg.get(..end).unwrap_or(seg));
+        out.push_str(segment_without_params(seg));
     }
     out
+}
+
+/// One path segment without its matrix parameters: cut at the first `;` or
+/// `%3B` (either case), as an upstream that drops path parameters reads it.
+pub fn segment_without_params(seg: &str) -> &str {
+    let end = [";", "%3b", "%3B"]
+        .iter()
+        .filter_map(|m| seg.find(m))
+        .min()
+        .unwrap_or(seg.len());
+    seg.get(..end).unwrap_or(seg)
 }
 
 /// Splits `:path` into the path and the query (without `?`).

@@ -527,6 +527,14 @@ mod tests {
         assert_eq!(r.header("x-request-id"), Some("test-rid"));
     }
 
+    /// An open-route GET whose `:authority` is `a`.
+    fn with_authority(a: &str) -> FakeHost {
+        let mut h = FakeHost::request("GET", "/api/v1/public/x");
+        h.headers.retain(|(n, _)| n != ":authority");
+        h.headers.push((":authority".into(), a.into()));
+        h
+    }
+
     #[test]
     fn a_joined_or_malformed_host_is_400_and_ordinary_hosts_pass() {
         let cfg = web();
@@ -536,9 +544,7 @@ mod tests {
             "gateway.test extra",
             "",
         ] {
-            let mut h = FakeHost::request("GET", "/api/v1/public/x");
-            h.headers.retain(|(n, _)| n != ":authority");
-            h.headers.push((":authority".into(), a.into()));
+            let mut h = with_authority(a);
             assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded, "{a:?}");
             let r = h.response.unwrap();
             assert_eq!(
@@ -553,9 +559,7 @@ mod tests {
             "[::1]:10000",
             "api_v1.example",
         ] {
-            let mut h = FakeHost::request("GET", "/api/v1/public/x");
-            h.headers.retain(|(n, _)| n != ":authority");
-            h.headers.push((":authority".into(), a.into()));
+            let mut h = with_authority(a);
             assert_eq!(headers_only(&cfg, &mut h), Verdict::Continue, "{a:?}");
         }
     }

@@ -99,9 +99,7 @@ pub fn check(path: &str, full_len: usize, rules: &PathRules) -> Result<(), Denia
     for seg in path.split('/').skip(1) {
         // A segment's dot-ness once decoded, with matrix parameters removed
         // (`..;jsessionid=x` is `..` to Tomcat and friends).
-        let bare = seg.split(';').next().unwrap_or("");
-        let bare = bare.split("%3b").next().unwrap_or("");
-        let bare = bare.split("%3B").next().unwrap_or("");
+        let bare = filter_core::route::segment_without_params(seg);
         let decoded = bare.replace("%2e", ".").replace("%2E", ".");
         if decoded == "." || decoded == ".." {
             return Err(invalid("the path contains a dot-segment"));
