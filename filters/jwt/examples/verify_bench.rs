@@ -163,12 +163,25 @@ fn cached_path(cfg: &config::Compiled, tok: &str) {
         }
         a.elapsed().as_nanos() as f64 / n as f64 / 1000.0
     });
-    let hash = best(|| {
+    // The lookup alone: a cache holding this token (a synthetic entry).
+    let mut lookup_cache = cache::TokenCache::new(1024);
+    let entry = cache::Verified {
+        provider: 0,
+        generation: 0,
+        sub: None,
+        exp: u64::MAX,
+        valid_until: u64::MAX,
+        jti: None,
+        scopes: vec![],
+        forward: vec![],
+    };
+    lookup_cache.insert(tok, entry, 0);
+    let lookup = best(|| {
         let a = Instant::now();
         for _ in 0..n {
-            std::hint::black_box(cache::hash(std::hint::black_box(tok)));
+            std::hint::black_box(lookup_cache.get(std::hint::black_box(tok), 1, |_| 0));
         }
         a.elapsed().as_nanos() as f64 / n as f64 / 1000.0
     });
-    println!("cached token, whole on_request_headers over the fake host: {full:.2} us (of which the token hash {hash:.2} us)");
+    println!("cached token, whole on_request_headers over the fake host: {full:.2} us (of which the cache lookup {lookup:.2} us)");
 }

@@ -295,8 +295,9 @@ pub struct RouteRule {
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Most entries per worker (default 1024, at most 65536; 0 disables the
-    /// cache). Entries expire with their token; when full, expired entries
-    /// go first, then the oldest.
+    /// cache). The token text held is also capped at 1 MiB per worker.
+    /// Entries expire with their token; when full, expired entries go
+    /// first, then the oldest.
     #[serde(default = "default_cache_entries")]
     pub max_entries: usize,
 }

@@ -11,7 +11,7 @@ use filter_core::route::split_path;
 use filter_core::shared::SharedData;
 use filter_core::{headers, Denial, HttpHost, Verdict};
 
-use crate::cache::{self, TokenCache, Verified};
+use crate::cache::{TokenCache, Verified};
 use crate::config::{Compiled, Provider, Requirement, TokenSource};
 use crate::jti::{JtiStore, Recorded};
 use crate::jwks::KeySet;
@@ -330,11 +330,9 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     };
 
     let now = host.unix_seconds();
-    let h = cache::hash(&found.token);
-    let cached = env
-        .cache
-        .borrow_mut()
-        .get(&h, now, |pi| env.keys.get(pi).map_or(0, |k| k.generation));
+    let cached = env.cache.borrow_mut().get(&found.token, now, |pi| {
+        env.keys.get(pi).map_or(0, |k| k.generation)
+    });
     let v = match cached {
         Some(v) => {
             out.cache_hit = true;
@@ -343,7 +341,9 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
         None => match verify(env, &found.token, found.source, now, &mut out) {
             Ok(v) => {
                 let v = Rc::new(v);
-                env.cache.borrow_mut().insert(h, (*v).clone(), now);
+                env.cache
+                    .borrow_mut()
+                    .insert(&found.token, (*v).clone(), now);
                 v
             }
             Err(e) => {
