@@ -8,6 +8,7 @@ and exits.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -125,6 +126,63 @@ def test_every_gateway_runs_sanitize_first_and_router_last(rendered, gateway):
     assert plugin["allow_on_headers_stop_iteration"] is True
     config_file = REPO / "examples" / "config" / "sanitize" / f"{gateway}.json"
     assert json.loads(plugin["configuration"]["value"]) == json.loads(config_file.read_text(encoding="utf-8"))
+
+
+def first_route(routes: list[dict], method: str, path: str) -> dict | None:
+    """The route Envoy picks for (method, path), for the matchers the template uses."""
+    for route in routes:
+        match = route["match"]
+        if "path" in match:
+            hit = path == match["path"]
+        elif "prefix" in match:
+            hit = path.startswith(match["prefix"])
+        elif "path_separated_prefix" in match:
+            prefix = match["path_separated_prefix"]
+            hit = path == prefix or path.startswith(prefix + "/")
+        else:
+            raise AssertionError(f"matcher not modelled by this test: {match}")
+        for header in match.get("headers", []):
+            assert header["name"] == ":method", header
+            string_match = header["string_match"]
+            if "exact" in string_match:
+                same = method == string_match["exact"]
+            else:
+                same = re.fullmatch(string_match["safe_regex"]["regex"], method) is not None
+            hit = hit and same != header.get("invert_match", False)
+        if hit:
+            return route
+    return None
+
+
+def runs_route_breaker(route: dict) -> bool:
+    per_filter = route.get("typed_per_filter_config", {}).get("route-breaker", {})
+    return not per_filter.get("disabled", False)
+
+
+@pytest.mark.parametrize("gateway", GATEWAYS)
+def test_every_breaker_lands_on_a_route_that_runs_route_breaker(rendered, gateway):
+    """Routes that no breaker can guard disable route-breaker (Envoy then never
+    creates it there); a breaker of the shipped config must never sit on one."""
+    config = hcm(listeners_by_name(rendered["local"])[gateway])
+    routes = config["route_config"]["virtual_hosts"][0]["routes"]
+    plugin = next(f for f in config["http_filters"] if f["name"] == "route-breaker")
+    breakers = json.loads(plugin["typed_config"]["config"]["configuration"]["value"])["routes"]
+    assert breakers, gateway
+    for breaker in breakers:
+        assert "route_name" not in breaker, "extend this test for breakers keyed by route name"
+        prefix = breaker["prefix"]
+        # What the breaker's matcher takes (segment boundaries): the prefix
+        # itself unless it ends with '/', and anything below it.
+        probes = [prefix + "x", prefix + "x/y"] if prefix.endswith("/") else [prefix, prefix + "/x"]
+        for method in breaker.get("methods") or ["GET", "POST", "DELETE"]:
+            for path in probes:
+                route = first_route(routes, method, path)
+                assert route is not None and runs_route_breaker(route), (breaker["name"], method, path)
+    if gateway in ("web", "app"):
+        # The point of it: the authenticated API routes do not pay for a
+        # filter that has nothing to do there.
+        assert not runs_route_breaker(first_route(routes, "GET", "/api/v1/users/1"))
+        assert not runs_route_breaker(first_route(routes, "GET", "/health"))
 
 
 def test_bare_gateway_has_no_wasm_filter_and_the_web_routes(rendered):

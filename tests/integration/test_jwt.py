@@ -111,6 +111,17 @@ def test_open_routes_need_no_token(stack):
     assert get("/api/v1/public/items").status_code == 200
 
 
+def test_open_routes_do_not_pass_a_bearer_token_on(stack):
+    """No token is checked on an open route, and none rides along to its upstream."""
+    token = mint_token("users:read", sub="alice")
+    for path in ("/api/v1/public/items", "/api/v1/unstable/items"):
+        hdrs = seen(get(path, token))["headers"]
+        assert "authorization" not in hdrs, path
+        assert "x-user-id" not in hdrs, path
+    hdrs = seen(get("/api/v1/public/items", headers={"authorization": "Basic dXNlcjpwdw=="}))["headers"]
+    assert hdrs["authorization"] == "Basic dXNlcjpwdw==", "another scheme is not ours to drop"
+
+
 def test_missing_token_is_401_with_a_bare_bearer_challenge(stack):
     before = echo_stats()
     resp = get("/api/v1/users/1")

@@ -8,6 +8,7 @@ denial that never reached the echo upstream, not even its headers.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import secrets
 import time
@@ -146,6 +147,37 @@ def test_digest_present_but_not_covered_is_refused(stack, before):
     # and a body with no digest at all
     headers = s.sign("POST", AUTHORITY, "/api/v1/orders", body, digest=False)
     refused(send("POST", "/api/v1/orders", headers, body), "digest_missing", before)
+
+
+def send_chunked(target: str, headers: dict[str, str], chunks: list[bytes]) -> tuple[int, dict]:
+    """POST with Transfer-Encoding: chunked (no content-length), on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", LISTENERS["app"], timeout=TIMEOUT)
+    try:
+        conn.request("POST", target, body=iter(chunks), encode_chunked=True,
+                     headers={"Content-Type": "application/json", **headers})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_an_empty_chunked_body_is_no_body_and_a_real_one_needs_its_digest(stack, before):
+    s = fresh_signer()
+    target = "/api/v1/public/chunked"
+    # empty chunked body, no digest: like content-length: 0, it passes
+    status, doc = send_chunked(target, s.sign("POST", AUTHORITY, target, digest=False), [])
+    assert status == 200, doc
+    assert doc["body"] == ""
+    # a chunked body without a digest: refused, and the upstream saw nothing
+    now = echo_stats()
+    status, doc = send_chunked(target, s.sign("POST", AUTHORITY, target, digest=False), [b'{"a":', b"1}"])
+    assert status == 401, doc
+    assert doc["error"] == "digest_missing"
+    assert echo_stats() == now
+    # with its digest covered, the same chunked body passes
+    body = b'{"a":1}'
+    status, doc = send_chunked(target, s.sign("POST", AUTHORITY, target, body), [body[:3], body[3:]])
+    assert status == 200, doc
 
 
 def test_expired_key_id_is_refused(stack, before):

@@ -143,6 +143,18 @@ def test_an_open_breaker_sheds_head_like_get():
     assert echo_stats() == before
 
 
+def test_an_open_breaker_sheds_every_method():
+    """A POST to a failing route would reach the failing upstream as a GET
+    would: the breaker guards the route, not one method."""
+    open_breaker()
+    before = echo_stats()
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+        resp = requests.request(method, web_url(f"{UNSTABLE}?status=500"), json={}, timeout=TIMEOUT)
+        assert resp.status_code == 503, (method, resp.text)
+        assert resp.json()["error"] == "circuit_open"
+    assert echo_stats() == before
+
+
 def test_every_worker_rejects_once_it_is_open():
     open_breaker()
     before = echo_stats()
@@ -155,8 +167,6 @@ def test_every_worker_rejects_once_it_is_open():
 def test_other_routes_and_gateways_are_unaffected_by_an_open_breaker():
     open_breaker()
     assert get("/api/v1/public/ping").status_code == 200
-    # POST is not guarded (the breaker is on GET and HEAD only).
-    assert requests.post(web_url(f"{UNSTABLE}?status=200"), json={}, timeout=TIMEOUT).status_code != 503
     resp = requests.get(egress_url("/partner-a/ping"), timeout=TIMEOUT)
     assert resp.status_code == 200, resp.text
 

@@ -271,13 +271,16 @@ def test_an_encoded_slash_in_the_path_is_rejected_before_any_upstream():
 
 @pytest.mark.parametrize("gateway", ["web", "app", "egress"])
 def test_envoy_codec_refusals_are_json_denials(gateway):
-    # (no x-request-id: the codec refuses these before a request id exists)
+    # The codec refuses these before a request id exists: each reply still
+    # carries a fresh one (the local-reply mapper's %UNIQUE_ID%).
+    ids = set()
     before = echo_stats()
     # HTTP/1.0: Envoy answers 426 itself (before any filter or route)
     status, headers, body = raw_http(LISTENERS[gateway], b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
     assert status == 426
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"] == "upgrade_required"
+    ids.add(headers["x-request-id"])
     # more than max_headers_count (100) headers: 431
     many = "".join(f"x-h{i}: v\r\n" for i in range(120)).encode()
     status, headers, body = raw_http(
@@ -285,14 +288,25 @@ def test_envoy_codec_refusals_are_json_denials(gateway):
     assert status == 431
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"] == "headers_too_large"
-    # a transfer coding Envoy does not implement: 501 (RFC 9112 6.1), saying why
+    ids.add(headers["x-request-id"])
+    # a malformed request line (lower-case method): 400
     status, headers, body = raw_http(
-        LISTENERS[gateway], b"POST /api/v1/public/x HTTP/1.1\r\nHost: x\r\n"
-        b"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n")
-    assert status == 501
-    assert headers["content-type"] == "application/json"
-    doc = json.loads(body)
-    assert doc["error"] == "not_implemented" and "transfer" in doc["message"], doc
+        LISTENERS[gateway], b"get /api/v1/public/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 400
+    assert json.loads(body)["error"] == "bad_request"
+    ids.add(headers["x-request-id"])
+    # transfer codings Envoy does not implement: the codec's 501 becomes 400
+    # (bad input, not a gateway failure), saying why
+    for coding in (b"gzip, chunked", b"identity", b"chunked, chunked"):
+        status, headers, body = raw_http(
+            LISTENERS[gateway], b"POST /api/v1/public/x HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: " + coding + b"\r\nConnection: close\r\n\r\n0\r\n\r\n")
+        assert status == 400, coding
+        assert headers["content-type"] == "application/json"
+        doc = json.loads(body)
+        assert doc["error"] == "unsupported_transfer_coding" and "transfer" in doc["message"], doc
+        ids.add(headers["x-request-id"])
+    assert len(ids) == 6 and all(len(i) == 36 for i in ids), ids
     # a WebSocket upgrade: no route accepts one
     path = b"/partner-a/v1/ping" if gateway == "egress" else b"/api/v1/public/x"
     status, headers, body = raw_http(
@@ -302,6 +316,36 @@ def test_envoy_codec_refusals_are_json_denials(gateway):
     assert headers["content-type"] == "application/json"
     assert headers["cache-control"] == "no-store"
     assert json.loads(body)["error"] == "upgrade_not_supported"
+    assert echo_stats() == before
+
+
+@pytest.mark.parametrize("gateway", ["web", "app", "egress"])
+def test_envoy_refusals_echo_the_request_id_the_client_sent(gateway):
+    status, headers, _ = raw_http(
+        LISTENERS[gateway], b"GET /api/v1/public%2Fx HTTP/1.1\r\nHost: x\r\nx-request-id: rid-envoy-400\r\n"
+        b"Connection: close\r\n\r\n")
+    assert status == 400
+    assert headers["x-request-id"] == "rid-envoy-400"
+
+
+@pytest.mark.parametrize("gateway", ["web", "app", "egress"])
+def test_trace_is_405_on_every_path(gateway):
+    before = echo_stats()
+    # (app: /health, the one path replay-guard lets through unsigned; the
+    # route answers after the filters)
+    path = {"egress": "/partner-a/v1/ping", "app": "/health"}.get(gateway, "/api/v1/public/x")
+    resp = requests.request("TRACE", f"http://{HOST}:{LISTENERS[gateway]}{path}",
+                            headers={"cookie": "session=secret", "x-request-id": "rid-trace"}, timeout=TIMEOUT)
+    assert resp.status_code == 405, resp.text
+    assert resp.json()["error"] == "method_not_allowed"
+    assert "secret" not in resp.text
+    assert resp.headers["x-request-id"] == "rid-trace"
+    assert "GET" in resp.headers["allow"]
+    # TRACK: HTTP/1.1's parser already refuses the unknown method (400); over
+    # HTTP/2, where any token is a method, the route answers 405.
+    resp = requests.request("TRACK", f"http://{HOST}:{LISTENERS[gateway]}{path}",
+                            headers={"cookie": "session=secret"}, timeout=TIMEOUT)
+    assert resp.status_code in (400, 405) and "secret" not in resp.text, resp.text
     assert echo_stats() == before
 
 

@@ -102,6 +102,18 @@ fn header_values<'h>(
         .map(|(_, v)| v.as_str())
 }
 
+/// Whether a header value is a token for a source with this scheme prefix
+/// (another scheme, e.g. `Basic`, is not ours).
+fn carries_token(value: &str, prefix: Option<&str>) -> bool {
+    let v = value.trim();
+    match prefix {
+        None => !v.is_empty(),
+        Some(p) => v
+            .get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+    }
+}
+
 /// Finds the request's token. More than one (repeated header, a header
 /// holding two, a second source, a repeated cookie) is an error.
 fn find_token(cfg: &Compiled, all: &[(String, String)]) -> Result<Option<Found>, TokenError> {
@@ -279,6 +291,19 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     let route = cfg.route(method, path);
     let requirement = route.map_or(cfg.default_requirement, |r| r.requirement);
     if requirement == Requirement::None {
+        // The token is not checked here, and it must not ride along to the
+        // upstream either (a public service has no business with a user's
+        // bearer token): header sources holding one are removed, as on a
+        // verified request, unless a provider is set to forward its tokens.
+        if cfg.providers.iter().all(|p| !p.forward_token) {
+            for s in &cfg.sources {
+                if let TokenSource::Header { name, prefix } = s {
+                    if header_values(&all, name).any(|v| carries_token(v, prefix.as_deref())) {
+                        host.remove_request_header(name);
+                    }
+                }
+            }
+        }
         return (Verdict::Continue, out);
     }
     let deny = |host: &mut H, out: &mut Outcome, d: Denial| {

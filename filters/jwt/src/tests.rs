@@ -226,6 +226,41 @@ fn open_routes_need_no_token_and_ignore_bad_ones() {
 }
 
 #[test]
+fn open_routes_do_not_forward_a_bearer_token_either() {
+    let w = World::web();
+    let t = rs256(&claims("users:read"));
+    for (m, p) in [
+        ("GET", "/api/v1/public/x"),
+        ("POST", "/api/v1/unstable/x"),
+        ("GET", "/health"),
+    ] {
+        let (s, h) = w.bearer(m, p, &t);
+        assert_eq!(s, 0, "{m} {p}");
+        assert_eq!(h.header("authorization"), None, "{m} {p}");
+        let (_, h) = w.bearer(m, p, "garbage");
+        assert_eq!(
+            h.header("authorization"),
+            None,
+            "{m} {p}: unchecked, still a bearer token"
+        );
+    }
+    // Another scheme is not ours: left for the upstream.
+    let mut h = FakeHost::request("GET", "/api/v1/public/x")
+        .with_header("authorization", "Basic dXNlcjpwdw==");
+    assert_eq!(w.run(&mut h).0, Verdict::Continue);
+    assert_eq!(h.header("authorization"), Some("Basic dXNlcjpwdw=="));
+    // A provider that forwards its tokens keeps them on open routes as well.
+    let mut v: Value = serde_json::from_str(WEB).unwrap();
+    v["providers"][0]["forward_token"] = true.into();
+    let w = World::from(config::load(v.to_string().as_bytes()).unwrap());
+    let (_, h) = w.bearer("GET", "/api/v1/public/x", &t);
+    assert_eq!(
+        h.header("authorization"),
+        Some(format!("Bearer {t}").as_str())
+    );
+}
+
+#[test]
 fn unknown_routes_default_to_required() {
     let w = World::web();
     let mut h = FakeHost::request("GET", "/api/v2/anything");

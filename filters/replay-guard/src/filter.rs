@@ -70,6 +70,10 @@ pub struct Request {
     path: String,
     verified: Option<Verified>,
     waiting_body: bool,
+    /// No `content-length` and no covered digest: the body that follows
+    /// must turn out empty (an empty chunked body, or HTTP/2 with an empty
+    /// last DATA frame, is no body, as `content-length: 0` is not).
+    body_must_be_empty: bool,
     pub outcome: Outcome,
     /// A report for the FDS service, taken by the glue.
     pub report: Option<Report>,
@@ -82,6 +86,13 @@ pub struct Request {
 
 fn unauthorized(code: &'static str, message: &'static str) -> Denial {
     Denial::unauthorized(code, message).with_header("www-authenticate", "Signature")
+}
+
+fn digest_missing() -> Denial {
+    unauthorized(
+        "digest_missing",
+        "a request with a body must carry a Content-Digest covered by the signature",
+    )
 }
 
 fn sig_denial(e: &SigError) -> Denial {
@@ -295,17 +306,15 @@ impl Request {
                 unauthorized("signature_coverage", "the signature must cover @query"),
             );
         }
-        let has_body = !end_of_stream && content_length.is_none_or(|l| l.trim() != "0");
+        // A body is announced by a non-zero content-length; without one, a
+        // body may still follow (chunked, HTTP/2) or turn out empty.
+        let has_body = !end_of_stream && content_length.is_some_and(|l| l.trim() != "0");
+        let length_unknown = !end_of_stream && content_length.is_none();
         let digest_covered = covers(CONTENT_DIGEST);
         if (has_body || !digest_field.is_empty()) && !digest_covered {
-            return self.deny(
-                host,
-                unauthorized(
-                    "digest_missing",
-                    "a request with a body must carry a Content-Digest covered by the signature",
-                ),
-            );
+            return self.deny(host, digest_missing());
         }
+        self.body_must_be_empty = length_unknown && !digest_covered;
 
         let view = RequestView {
             method: &self.method,
@@ -378,6 +387,9 @@ impl Request {
         }
         if !self.waiting_body {
             return Verdict::Continue;
+        }
+        if self.body_must_be_empty && buffered > 0 {
+            return self.deny(host, digest_missing());
         }
         if buffered as u64 > cfg.max_body_bytes {
             return self.deny(
@@ -754,6 +766,30 @@ mod tests {
         }
         // the failures recorded no nonce: the genuine request still passes
         assert_eq!(run(&c, &s, &mut signer.host()).0, Verdict::Continue);
+    }
+
+    #[test]
+    fn a_body_of_unknown_length_needs_a_digest_only_if_it_is_not_empty() {
+        let (c, s) = (cfg(), store(&cfg()));
+        // POST without content-length or digest (chunked, HTTP/2): the
+        // headers are held; an empty body passes like content-length: 0.
+        let mut signer = Signer::post("/api/v1/public/x", b"");
+        signer.components.retain(|c| *c != "content-digest");
+        signer.digest_header = false;
+        signer.body = None;
+        let mut h = signer.host();
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&c, &mut h, &s, false), Verdict::WaitBody);
+        assert_eq!(r.on_body(&c, &mut h, &s, 0, true), Verdict::Continue);
+        assert_eq!(r.outcome, Outcome::Verified);
+        // The same with a nonce of its own and any byte of body: refused as
+        // soon as the byte arrives, before the rest.
+        signer.nonce = "nonce-0002".into();
+        let mut h = signer.host();
+        let mut r = Request::default();
+        assert_eq!(r.on_headers(&c, &mut h, &s, false), Verdict::WaitBody);
+        assert_eq!(r.on_body(&c, &mut h, &s, 1, false), Verdict::Responded);
+        assert_eq!(h.response.unwrap().json()["error"], "digest_missing");
     }
 
     #[test]

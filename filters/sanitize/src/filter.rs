@@ -50,14 +50,65 @@ pub struct Request {
     pub names: Option<RouteNames>,
 }
 
-/// `host[:port]` as RFC 9110 allows in `Host`/`:authority`: a name, an IPv4
-/// address or a bracketed IPv6 literal, no user info, no list.
+/// `host[:port]` as RFC 9110 §7.2 allows in `Host`/`:authority`, read
+/// strictly, so that every component after us sees the same host: a DNS-style
+/// name (labels of letters, digits, `-` and `_`, one trailing dot allowed),
+/// an IPv4 address in dotted decimal (a name whose last label is numeric
+/// must be one: `1.2.3.256`, `1.2.3.4.5` and `0x7f.1` are not), or a
+/// bracketed IPv6 literal; then optionally `:` and a port of 1–5 digits up
+/// to 65535. Percent-encodings, user info, a second colon or an empty port
+/// are refused.
 fn valid_authority(a: &str) -> bool {
-    !a.is_empty()
-        && a.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b':' | b'[' | b']')
-        })
+    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match a.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(a), None),
+        }
+    };
+    if let Some(p) = port {
+        let digits = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits || p.parse::<u32>().map_or(true, |n| n > 65535) {
+            return false;
+        }
+    }
+    host.is_none_or(valid_host_name)
+}
+
+/// A name or dotted-decimal IPv4 address (see [`valid_authority`]).
+fn valid_host_name(h: &str) -> bool {
+    let name = h.strip_suffix('.').unwrap_or(h);
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let labels_ok = name.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if !labels_ok {
+        return false;
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let numeric = last.bytes().all(|b| b.is_ascii_digit())
+        || (last.len() > 1 && last.get(..2).is_some_and(|x| x.eq_ignore_ascii_case("0x")));
+    !numeric || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// Whether a body may be read as JSON: labelled `application/json` or
@@ -543,6 +594,28 @@ mod tests {
             "user@gateway.test",
             "gateway.test extra",
             "",
+            "a:b:c",
+            "::1",
+            "[::1",
+            "::1]",
+            "a:",
+            "a:0x50",
+            "a:-1",
+            "a:99999",
+            "a:123456",
+            "[::1]x",
+            "[::1]:",
+            "[zz::1]",
+            "a%20b",
+            "1.2.3.4.5",
+            "1.2.3.256",
+            "0x7f.1",
+            "01.2.3.4",
+            "a..b",
+            ".a",
+            "a.-",
+            "*",
+            "a:+80",
         ] {
             let mut h = with_authority(a);
             assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded, "{a:?}");
@@ -557,7 +630,14 @@ mod tests {
             "gateway.test",
             "127.0.0.1:10000",
             "[::1]:10000",
+            "[::1]",
+            "[2001:db8::7]:443",
             "api_v1.example",
+            "gateway.test.",
+            "localhost:0",
+            "a:65535",
+            "10.0.0.1",
+            "host-1.b2.example:8080",
         ] {
             let mut h = with_authority(a);
             assert_eq!(headers_only(&cfg, &mut h), Verdict::Continue, "{a:?}");
