@@ -185,6 +185,20 @@ def test_every_breaker_lands_on_a_route_that_runs_route_breaker(rendered, gatewa
         assert not runs_route_breaker(first_route(routes, "GET", "/health"))
 
 
+def test_upstream_connections_idle_out_before_the_demo_services_drop_them(rendered):
+    """The demo services drop a keep-alive connection after 30 s without a
+    request (examples/demo-services: header_read_timeout). Envoy must close
+    its idle pooled connections first, or a request written as the server
+    closes fails: passport's 30 s issuer refresh hit exactly that edge."""
+    source = (REPO / "examples" / "demo-services" / "src" / "main.rs").read_text(encoding="utf-8")
+    server_limit = int(re.search(r"header_read_timeout\(Duration::from_secs\((\d+)\)\)", source).group(1))
+    doc = yaml.safe_load(rendered["local"].read_text(encoding="utf-8"))
+    for cluster in doc["static_resources"]["clusters"]:
+        options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        idle = options["common_http_protocol_options"]["idle_timeout"]
+        assert idle.endswith("s") and int(idle[:-1]) < server_limit, (cluster["name"], idle, server_limit)
+
+
 def test_bare_gateway_has_no_wasm_filter_and_the_web_routes(rendered):
     listeners = listeners_by_name(rendered["local"])
     bare = hcm(listeners["bare"])
