@@ -120,6 +120,19 @@ def test_open_routes_do_not_pass_a_bearer_token_on(stack):
         assert "x-user-id" not in hdrs, path
     hdrs = seen(get("/api/v1/public/items", headers={"authorization": "Basic dXNlcjpwdw=="}))["headers"]
     assert hdrs["authorization"] == "Basic dXNlcjpwdw==", "another scheme is not ours to drop"
+    # a tab after the scheme still reads as a bearer token to split()-based parsers
+    hdrs = seen(get("/api/v1/public/items", headers={"authorization": f"Bearer\t{token}"}))["headers"]
+    assert "authorization" not in hdrs
+
+
+def test_only_health_itself_is_open(stack):
+    before = echo_stats()
+    assert get("/health").status_code == 200
+    for path in ("/health/x", "/health/api/v1/users/7"):
+        resp = get(path, method="POST", data="x")
+        assert resp.status_code == 401, (path, resp.text)
+        assert denial(resp)["error"] == "missing_token"
+    assert echo_stats() == before
 
 
 def test_missing_token_is_401_with_a_bare_bearer_challenge(stack):

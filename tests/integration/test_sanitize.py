@@ -58,12 +58,16 @@ def test_client_identity_headers_never_reach_the_upstream_on_an_open_route():
         "x-device-id": "someone-elses-phone",
         "x-original-url": "/api/v1/users/1",
         "x-rewrite-url": "/api/v1/users/1",
+        "x-http-method-override": "DELETE",
+        "x-method-override": "DELETE",
+        "x-forwarded-host": "evil.example",
         "x-harmless": "kept",
     }
     headers = seen(requests.get(web_url("/api/v1/public/whoami"), headers=forged, timeout=TIMEOUT))["headers"]
     assert headers.get("x-passport") != forged["x-passport"]
     for name in ("x-user-id", "x-user-consent", "x-gateway-identity", "x-forwarded-client-cert",
-                 "x-device-id", "x-original-url", "x-rewrite-url"):
+                 "x-device-id", "x-original-url", "x-rewrite-url", "x-http-method-override",
+                 "x-method-override", "x-forwarded-host"):
         assert name not in headers, name
     assert headers["x-harmless"] == "kept"
 

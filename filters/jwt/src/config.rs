@@ -91,7 +91,11 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub forward_claims: Vec<ClaimHeader>,
     /// Keep the token's header for the upstream (default false: a header
-    /// source is removed once the token is verified).
+    /// source is removed once the token is verified, and on `none` routes,
+    /// where nothing verifies it, a header holding a token of the source's
+    /// scheme is removed too; one provider with `forward_token: true` keeps
+    /// tokens on `none` routes for all, since an unchecked token names no
+    /// provider). Removing a header removes all its lines.
     #[serde(default)]
     pub forward_token: bool,
 }
@@ -276,6 +280,10 @@ pub struct RouteRule {
     pub name: String,
     /// Path prefix, matched at segment boundaries on the normalised path.
     pub prefix: String,
+    /// Match the path exactly instead of as a prefix (default false): an
+    /// open `/health` must not open `/health/anything`.
+    #[serde(default)]
+    pub exact: bool,
     /// Methods (upper case); empty or absent means every method.
     #[serde(default)]
     pub methods: Vec<String>,
@@ -385,6 +393,7 @@ impl Provider {
 pub struct Route {
     pub name: String,
     pub matcher: RouteMatcher,
+    pub exact: bool,
     pub requirement: Requirement,
     pub scopes: Option<ScopeRule>,
     pub one_time_jti: bool,
@@ -412,7 +421,9 @@ pub struct Compiled {
 impl Compiled {
     /// The first route the request falls under.
     pub fn route(&self, method: &str, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matcher.matches(method, path))
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(method, path) && (!r.exact || r.matcher.prefix() == path))
     }
     pub fn provider_by_issuer(&self, iss: &str) -> Option<(usize, &Provider)> {
         self.providers
@@ -703,6 +714,7 @@ impl TryFrom<JwtConfig> for Compiled {
             routes.push(Route {
                 name: r.name,
                 matcher,
+                exact: r.exact,
                 requirement: r.requirement,
                 scopes: r.scopes,
                 one_time_jti: r.one_time_jti,

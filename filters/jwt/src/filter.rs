@@ -102,16 +102,26 @@ fn header_values<'h>(
         .map(|(_, v)| v.as_str())
 }
 
-/// Whether a header value is a token for a source with this scheme prefix
-/// (another scheme, e.g. `Basic`, is not ours).
+/// Whether a header value carries a token for a source with this scheme
+/// prefix (another scheme, e.g. `Basic`, is not ours). Read loosely, since
+/// it only decides what to strip: the scheme in any case followed by a space
+/// or a tab, in any element of a comma-joined value (Envoy joins repeated
+/// `Authorization` lines into one).
 fn carries_token(value: &str, prefix: Option<&str>) -> bool {
-    let v = value.trim();
-    match prefix {
-        None => !v.is_empty(),
-        Some(p) => v
-            .get(..p.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(p)),
-    }
+    value.split(',').any(|part| {
+        let v = part.trim();
+        match prefix {
+            None => !v.is_empty(),
+            Some(p) => {
+                let scheme = p.trim_end();
+                v.get(..scheme.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+                    && (scheme.len() == p.len()
+                        || v.get(scheme.len()..)
+                            .is_some_and(|rest| rest.starts_with([' ', '\t'])))
+            }
+        }
+    })
 }
 
 /// Finds the request's token. More than one (repeated header, a header

@@ -18,8 +18,8 @@
 //!   once per interval ([`remote`]);
 //! * **one-time tokens** ([`jti`]): on routes that say so each `jti` is
 //!   accepted once, process-wide, in a bounded time-bucketed store;
-//! * **a verified-token cache** ([`cache`]) per worker, keyed by SHA-256 of
-//!   the token;
+//! * **a verified-token cache** ([`cache`]) per worker, keyed by the token
+//!   itself (exact match), bounded in entries and bytes;
 //! * **identity**: the subject and expiry go to later filters through
 //!   [`filter_core::identity::Identity`] (Envoy filter state), chosen claims
 //!   to the upstream as headers that are stripped from every request first;

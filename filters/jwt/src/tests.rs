@@ -249,6 +249,27 @@ fn open_routes_do_not_forward_a_bearer_token_either() {
         .with_header("authorization", "Basic dXNlcjpwdw==");
     assert_eq!(w.run(&mut h).0, Verdict::Continue);
     assert_eq!(h.header("authorization"), Some("Basic dXNlcjpwdw=="));
+    // Two lines, one of them a bearer token: the header goes, both lines.
+    let mut h = FakeHost::request("GET", "/api/v1/public/x")
+        .with_header("authorization", "Basic dXNlcjpwdw==")
+        .with_header("authorization", &format!("bearer {t}"));
+    assert_eq!(w.run(&mut h).0, Verdict::Continue);
+    assert_eq!(h.header("authorization"), None);
+    // As Envoy hands them over: repeated lines joined with ',', or a tab
+    // after the scheme (a split()-based upstream parser reads both).
+    for v in [
+        format!("Basic x,Bearer {t}"),
+        format!("Bearer\t{t}"),
+        format!("BEARER  {t}"),
+    ] {
+        let mut h = FakeHost::request("GET", "/api/v1/public/x").with_header("authorization", &v);
+        assert_eq!(w.run(&mut h).0, Verdict::Continue);
+        assert_eq!(h.header("authorization"), None, "{v:?}");
+    }
+    let mut h =
+        FakeHost::request("GET", "/api/v1/public/x").with_header("authorization", "Bearerish x");
+    w.run(&mut h);
+    assert_eq!(h.header("authorization"), Some("Bearerish x"));
     // A provider that forwards its tokens keeps them on open routes as well.
     let mut v: Value = serde_json::from_str(WEB).unwrap();
     v["providers"][0]["forward_token"] = true.into();
@@ -258,6 +279,17 @@ fn open_routes_do_not_forward_a_bearer_token_either() {
         h.header("authorization"),
         Some(format!("Bearer {t}").as_str())
     );
+}
+
+#[test]
+fn the_open_health_route_is_exact() {
+    let w = World::web();
+    assert_eq!(w.bearer("GET", "/health", "garbage").0, 0);
+    for p in ["/health/x", "/health/api/v1/users/7"] {
+        let mut h = FakeHost::request("POST", p);
+        w.run(&mut h);
+        assert_eq!(h.response.map(|r| r.status), Some(401), "{p}");
+    }
 }
 
 #[test]

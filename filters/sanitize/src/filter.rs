@@ -55,9 +55,9 @@ pub struct Request {
 /// name (labels of letters, digits, `-` and `_`, one trailing dot allowed),
 /// an IPv4 address in dotted decimal (a name whose last label is numeric
 /// must be one: `1.2.3.256`, `1.2.3.4.5` and `0x7f.1` are not), or a
-/// bracketed IPv6 literal; then optionally `:` and a port of 1–5 digits up
-/// to 65535. Percent-encodings, user info, a second colon or an empty port
-/// are refused.
+/// bracketed IPv6 literal (no zone id); then optionally `:` and a port
+/// 1–65535 without leading zeros. Percent-encodings, user info, a second
+/// colon or an empty port are refused.
 fn valid_authority(a: &str) -> bool {
     let (host, port) = if let Some(rest) = a.strip_prefix('[') {
         let Some((literal, after)) = rest.split_once(']') else {
@@ -80,7 +80,12 @@ fn valid_authority(a: &str) -> bool {
         }
     };
     if let Some(p) = port {
-        let digits = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+        // 1..=65535 written without leading zeros (`a:080` and `a:0` are
+        // read differently by different parsers, or name no port at all).
+        let digits = !p.is_empty()
+            && p.len() <= 5
+            && !p.starts_with('0')
+            && p.bytes().all(|b| b.is_ascii_digit());
         if !digits || p.parse::<u32>().map_or(true, |n| n > 65535) {
             return false;
         }
@@ -616,6 +621,9 @@ mod tests {
             "a.-",
             "*",
             "a:+80",
+            "a:080",
+            "a:0",
+            "[fe80::1%25eth0]",
         ] {
             let mut h = with_authority(a);
             assert_eq!(headers_only(&cfg, &mut h), Verdict::Responded, "{a:?}");
@@ -634,8 +642,10 @@ mod tests {
             "[2001:db8::7]:443",
             "api_v1.example",
             "gateway.test.",
-            "localhost:0",
+            "localhost:1",
             "a:65535",
+            "10.0.0.1.",
+            "[2001:DB8::7]",
             "10.0.0.1",
             "host-1.b2.example:8080",
         ] {
