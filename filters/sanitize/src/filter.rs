@@ -82,11 +82,11 @@ fn valid_authority(a: &str) -> bool {
     if let Some(p) = port {
         // 1..=65535 written without leading zeros (`a:080` and `a:0` are
         // read differently by different parsers, or name no port at all).
-        let digits = !p.is_empty()
-            && p.len() <= 5
-            && !p.starts_with('0')
-            && p.bytes().all(|b| b.is_ascii_digit());
-        if !digits || p.parse::<u32>().map_or(true, |n| n > 65535) {
+        // (digits only: u16's parser would also take a leading `+`)
+        let port_ok = !p.starts_with('0')
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok();
+        if !port_ok {
             return false;
         }
     }
