@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import probe
 from helpers import REPO, echo_stats, web_url  # noqa: F401  (re-exported for tests)
 from stack import Stack, StackError
 
@@ -69,6 +70,8 @@ def stack(_stack_lock) -> Stack:
         config_path=CONFIG,
         overrides=_env_overrides(),
         include_root=os.environ.get("DEMO_STACK_INCLUDE_ROOT") or None,
+        # The test-only probe listener (tests/integration/probe.py).
+        extra_listeners=[probe.write_listener(CONFIG.parent / "probe-listeners.yaml")],
     )
     try:
         running.start()

@@ -193,6 +193,52 @@ def test_every_breaker_lands_on_a_route_that_runs_route_breaker(rendered, gatewa
         assert not runs_route_breaker(first_route(routes, "GET", "/health"))
 
 
+def route_prefixes(node) -> set[str]:
+    """Every `prefix` that is a path (starts with '/') anywhere in a filter's JSON config."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "prefix" and isinstance(value, str) and value.startswith("/"):
+                found.add(value)
+            else:
+                found |= route_prefixes(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= route_prefixes(item)
+    return found
+
+
+@pytest.mark.parametrize("gateway", GATEWAYS)
+def test_sanitize_guards_the_letter_case_of_every_route_of_its_gateway(rendered, gateway):
+    """Paths are case-sensitive (contract): a path that matches a route only
+    when letter case is ignored is refused by sanitize, which knows the
+    routes from its `path.case_sensitive_prefixes` and its own route rules.
+    Every route of the gateway, Envoy's and every filter's, must be there,
+    or `/api/v1/Orders` would meet the catch-all instead of the orders rules."""
+    config = hcm(listeners_by_name(rendered["local"])[gateway])
+    routes = config["route_config"]["virtual_hosts"][0]["routes"]
+    wanted: set[str] = set()
+    for route in routes:
+        match = route["match"]
+        for key in ("path", "prefix", "path_separated_prefix"):
+            if key in match and match[key] != "/":
+                wanted.add(match[key])
+    plugins = {
+        f["name"]: json.loads(f["typed_config"]["config"]["configuration"]["value"])
+        for f in config["http_filters"]
+        if f["name"] != "envoy.filters.http.router"
+    }
+    for name, plugin in plugins.items():
+        wanted |= route_prefixes(plugin.get("routes", []))
+        wanted |= route_prefixes(plugin.get("rules", []))
+        wanted |= route_prefixes(plugin.get("policies", []))
+    sanitize = plugins["sanitize"]
+    guarded = set(sanitize.get("path", {}).get("case_sensitive_prefixes", []))
+    guarded |= {r["prefix"] for r in sanitize.get("routes", [])}
+    assert wanted, gateway
+    assert not wanted - guarded, f"{gateway}: add to sanitize's path.case_sensitive_prefixes"
+
+
 def test_upstream_connections_idle_out_before_the_demo_services_drop_them(rendered):
     """The demo services drop a keep-alive connection after 30 s without a
     request (examples/demo-services: header_read_timeout). Envoy must close

@@ -125,6 +125,31 @@ def test_open_routes_do_not_pass_a_bearer_token_on(stack):
     assert "authorization" not in hdrs
 
 
+def test_optional_routes_pass_on_no_credential_they_did_not_verify(stack):
+    """On an `optional` route (the probe listener, tests/integration/probe.py)
+    a request without a token the filter recognises goes on anonymous; what
+    a lax upstream parser would read as a bearer token goes no further."""
+    from probe import PROBE  # noqa: PLC0415
+
+    def probe(headers: dict[str, str]) -> requests.Response:
+        return requests.get(PROBE + "/opt/items", headers=headers, timeout=TIMEOUT)
+
+    for value in ("Bearer\tforged.token.x", "Basic x, Bearer forged.token.x", "bearer\tforged"):
+        resp = probe({"authorization": value})
+        assert resp.status_code == 200, (value, resp.text)
+        hdrs = seen(resp)["headers"]
+        assert "authorization" not in hdrs, f"{value!r} reached the upstream"
+        assert "x-user-id" not in hdrs, value
+    hdrs = seen(probe({"authorization": "Basic dXNlcjpwdw=="}))["headers"]
+    assert hdrs["authorization"] == "Basic dXNlcjpwdw==", "another scheme is not ours to drop"
+    # A recognised token is verified: a bad one is refused, a good one passes
+    # with the identity and without the token.
+    assert probe({"authorization": "Bearer a.b.c"}).status_code == 401
+    hdrs = seen(probe({"authorization": f"Bearer {mint_token('', sub='opt-user')}"}))["headers"]
+    assert hdrs.get("x-user-id") == "opt-user"
+    assert "authorization" not in hdrs
+
+
 def test_only_health_itself_is_open(stack):
     before = echo_stats()
     assert get("/health").status_code == 200

@@ -302,3 +302,28 @@ def test_a_failing_issuer_serves_the_stale_passport_when_configured(stale_gatewa
     resp = get_user(stale_url, new_user())
     assert resp.status_code == 503
     assert resp.json()["error"] == "passport_unavailable"
+
+
+def test_an_identity_that_would_be_a_dot_segment_of_the_lookup_path_is_never_looked_up():
+    # The probe listener (tests/integration/probe.py) looks users up at
+    # /v1/users/{user}/context. A `sub` of ".." would make that
+    # /v1/users/../context (and %2E%2E is ".." to a server that decodes
+    # first): the issuer is never asked, the caller has no context.
+    from probe import PROBE  # noqa: PLC0415
+
+    def probe_url(path: str) -> str:
+        return PROBE + path
+
+    for sub in ("..", "."):
+        before = issuer_calls()
+        resp = get_user(probe_url, sub)
+        assert resp.status_code == 403, resp.text
+        assert resp.json()["error"] == "unknown_user"
+        assert issuer_calls() == before, f"sub {sub!r} was looked up"
+    # The same listener looks an ordinary user up by that path.
+    user = new_user("probe")
+    before = issuer_calls()
+    resp = get_user(probe_url, user)
+    assert resp.status_code == 200, resp.text
+    assert verify(resp.json()["headers"]["x-passport"])["sub"] == user
+    assert issuer_calls() - before == 1

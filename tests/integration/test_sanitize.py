@@ -25,6 +25,7 @@ from helpers import (
     echo_stats,
     egress_url,
     h2_request,
+    secure_get,
     seen,
     web_url,
 )
@@ -456,3 +457,77 @@ def test_a_header_value_that_is_not_utf8_is_400_and_the_gateway_keeps_serving(ga
     for _ in range(4):
         status, _, body = _send_raw_header(gateway, path, "café".encode())
         assert status == 200, body
+
+
+# Paths are case-sensitive (contract): a path that matches a route only when
+# letter case (or percent-encoding) is ignored meets none of that route's
+# rules at the gateway, yet an upstream that folds case (Spring, IIS) serves
+# it as the route. Found by a probe: with a users:read token, POST
+# /api/v1/Orders with an invalid body and POST /api/v1/Transfers reached the
+# upstream unchanged.
+CASE_VARIANTS = [
+    ("POST", "/api/v1/Orders", {"item_id": "x", "quantity": 100000, "evil": 1}, "/api/v1/orders"),
+    ("POST", "/api/v1/ORDERS", {"item_id": "x", "quantity": 100000}, "/api/v1/orders"),
+    # Envoy decodes unreserved escapes (%4F is 'O') before anyone sees it.
+    ("POST", "/api/v1/%4Frders", {"item_id": "x", "quantity": 100000}, "/api/v1/orders"),
+    ("POST", "/api/v1/Transfers", {"amount": 1}, "/api/v1/transfers"),
+    ("POST", "/API/v1/transfers", {"amount": 1}, "/api/"),
+    ("GET", "/api/V1/users/7", None, "/api/v1/users"),
+    ("GET", "/api/v1/Users/7?size=1000", None, "/api/v1/users"),
+    ("GET", "/HEALTH", None, "/health"),
+    ("GET", "/Api/v1/public/x", None, "/api/"),
+    # Unicode case folding (Java's equalsIgnoreCase): the long s is an 's'.
+    ("POST", "/api/v1/tran%C5%BFfers", {"amount": 1}, "/api/v1/transfers"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,route", CASE_VARIANTS)
+def test_a_path_that_differs_from_a_route_only_by_case_is_400_on_web(method, path, body, route):
+    before = echo_stats()
+    resp = _send_as_written(method, path, json=body, headers=bearer("users:read"))
+    assert resp.status_code == 400, (path, resp.status_code, resp.text)
+    assert resp.json() == {
+        "error": "invalid_path",
+        "message": f"the path differs from the route {route} only by letter case or encoding",
+    }
+    assert resp.headers.get("x-request-id")
+    assert echo_stats() == before, f"{path} reached the upstream"
+
+
+@pytest.mark.parametrize("method,path,body,route", CASE_VARIANTS[:5])
+def test_a_signed_case_variant_is_400_on_app(method, path, body, route):
+    from signing import Signer  # noqa: PLC0415
+
+    raw = json.dumps(body).encode() if body is not None else None
+    headers = Signer.demo(device=f"dev-{uuid.uuid4().hex[:8]}").sign(method, "127.0.0.1:10001", path, raw)
+    if raw is not None:
+        headers["content-type"] = "application/json"
+    before = echo_stats()
+    s = requests.Session()
+    req = requests.Request(method, "http://127.0.0.1:10001/", headers=headers, data=raw).prepare()
+    req.url = "http://127.0.0.1:10001" + path
+    resp = s.send(req, timeout=TIMEOUT)
+    assert resp.status_code == 400, (path, resp.status_code, resp.text)
+    assert resp.json()["error"] == "invalid_path"
+    assert echo_stats() == before, f"{path} reached the upstream"
+
+
+def test_a_case_variant_is_400_on_egress_and_secure():
+    before = echo_stats()
+    resp = requests.get(egress_url("/Partner-A/x"), timeout=TIMEOUT)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"] == "invalid_path"
+    resp = secure_get("/Internal/x", cert="internal-admin")
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"] == "invalid_path"
+    assert echo_stats() == before
+
+
+def test_letter_case_below_a_route_prefix_is_the_upstream_s_business():
+    # Ids and names under a route keep their case: only the route's own
+    # prefix is case-sensitive.
+    resp = requests.get(web_url("/api/v1/users/AbC-7"), headers=bearer("users:read"), timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    assert seen(resp)["path"] == "/api/v1/users/AbC-7"
+    resp = requests.get(web_url("/api/v1/public/Docs/README"), timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text

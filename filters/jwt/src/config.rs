@@ -595,8 +595,13 @@ fn compile_provider(i: usize, p: ProviderConfig) -> Result<Provider, ConfigError
         .map(|alg| {
             let mut v = Validation::new(*alg);
             v.leeway = skew.as_secs();
-            v.validate_exp = true;
-            v.validate_nbf = true;
+            // exp/nbf/iat are checked once, against the proxy's clock
+            // (`token::check_claims`, on the very bytes the signature
+            // covers); jsonwebtoken would check them again against the
+            // process's own clock, a second time source in a decision
+            // that takes `now` as its input. iss/aud are re-checked here.
+            v.validate_exp = false;
+            v.validate_nbf = false;
             v.set_required_spec_claims(&["exp", "iss", "aud"]);
             v.set_issuer(&[p.issuer.as_str()]);
             v.set_audience(&p.audiences);

@@ -124,6 +124,24 @@ fn carries_token(value: &str, prefix: Option<&str>) -> bool {
     })
 }
 
+/// Removes the header sources that carry something token-like
+/// ([`carries_token`]) from a request that goes on without a verified token
+/// (a `none` route, or an `optional` one where no token was recognised), so
+/// no unchecked credential reaches the upstream; unless a provider is set to
+/// forward its tokens.
+fn strip_unverified_tokens<H: HttpHost>(cfg: &Compiled, all: &[(String, String)], host: &mut H) {
+    if cfg.providers.iter().any(|p| p.forward_token) {
+        return;
+    }
+    for s in &cfg.sources {
+        if let TokenSource::Header { name, prefix } = s {
+            if header_values(all, name).any(|v| carries_token(v, prefix.as_deref())) {
+                host.remove_request_header(name);
+            }
+        }
+    }
+}
+
 /// Finds the request's token. More than one (repeated header, a header
 /// holding two, a second source, a repeated cookie) is an error.
 fn find_token(cfg: &Compiled, all: &[(String, String)]) -> Result<Option<Found>, TokenError> {
@@ -305,15 +323,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
         // upstream either (a public service has no business with a user's
         // bearer token): header sources holding one are removed, as on a
         // verified request, unless a provider is set to forward its tokens.
-        if cfg.providers.iter().all(|p| !p.forward_token) {
-            for s in &cfg.sources {
-                if let TokenSource::Header { name, prefix } = s {
-                    if header_values(&all, name).any(|v| carries_token(v, prefix.as_deref())) {
-                        host.remove_request_header(name);
-                    }
-                }
-            }
-        }
+        strip_unverified_tokens(cfg, &all, host);
         return (Verdict::Continue, out);
     }
     let deny = |host: &mut H, out: &mut Outcome, d: Denial| {
@@ -356,6 +366,10 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     };
     let Some(found) = found else {
         if requirement == Requirement::Optional {
+            // No token this filter recognises (`Bearer<TAB>t`, `Basic x,
+            // Bearer t`): the request goes on anonymous, and whatever the
+            // header holds goes no further than an unchecked token would.
+            strip_unverified_tokens(cfg, &all, host);
             out.result = Result_::Anonymous;
             return (Verdict::Continue, out);
         }

@@ -27,11 +27,16 @@ const WEB: &str = include_str!("../../../examples/config/jwt/web.json");
 const JWKS: &str = include_str!("../../../examples/keys/jwks.json");
 const ISS: &str = "https://issuer.demo.local";
 
+/// The tests' clock: fixed, so no test depends on when it runs (a token
+/// minted "now" is checked at the same "now", whatever the wall clock says).
+const NOW: u64 = 1_900_000_000;
+
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    NOW
+}
+
+fn clock() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(NOW)
 }
 
 fn enc(v: &Value) -> String {
@@ -113,7 +118,7 @@ impl World {
     }
 
     fn run(&self, host: &mut FakeHost) -> (Verdict, Outcome) {
-        host.time = SystemTime::now();
+        host.time = clock();
         let env = Env {
             cfg: &self.cfg,
             keys: &self.keys,
@@ -695,6 +700,43 @@ fn optional_routes_pass_without_token_but_not_with_a_bad_one() {
 }
 
 #[test]
+fn optional_routes_strip_credentials_they_did_not_recognise() {
+    let mut v: Value = serde_json::from_str(WEB).unwrap();
+    v["routes"] = json!([{"name": "opt", "prefix": "/opt", "requirement": "optional"}]);
+    let w = World::from(config::load(v.to_string().as_bytes()).unwrap());
+    // The filter reads `Bearer <token>` only; a lax upstream parser reads
+    // these as bearer tokens too, unverified: they must not reach it.
+    for value in [
+        "Bearer\tforged".to_string(),
+        "Basic x, Bearer forged".to_string(),
+        "Basic x,Bearer forged".to_string(),
+        "bearer\tforged".to_string(),
+    ] {
+        let mut h = FakeHost::request("GET", "/opt/x").with_header("authorization", &value);
+        let (verdict, o) = w.run(&mut h);
+        assert_eq!(
+            (verdict, o.result),
+            (Verdict::Continue, Result_::Anonymous),
+            "{value:?}"
+        );
+        assert_eq!(
+            h.header("authorization"),
+            None,
+            "{value:?} reached the upstream"
+        );
+    }
+    // Another scheme alone is not ours: it is left for the upstream.
+    let mut h =
+        FakeHost::request("GET", "/opt/x").with_header("authorization", "Basic dXNlcjpwdw==");
+    assert_eq!(w.run(&mut h).0, Verdict::Continue);
+    assert_eq!(h.header("authorization"), Some("Basic dXNlcjpwdw=="));
+    // A verified token on an optional route is dropped as on a required one.
+    let (s, h) = w.bearer("GET", "/opt/x", &es256(&claims("")));
+    assert_eq!(s, 0);
+    assert_eq!(h.header("authorization"), None);
+}
+
+#[test]
 fn cookie_source_and_forward_token() {
     let mut v: Value = serde_json::from_str(WEB).unwrap();
     v["providers"][0]["sources"] =
@@ -810,7 +852,7 @@ fn expired_cache_entries_are_not_used() {
         shared: &w.shared,
         jti: &w.jti,
     };
-    h.time = SystemTime::now() + Duration::from_secs(10);
+    h.time = clock() + Duration::from_secs(10);
     let (v, o) = on_request_headers(&env, &mut h);
     assert_eq!(v, Verdict::Responded);
     assert!(!o.cache_hit);

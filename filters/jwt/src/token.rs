@@ -12,8 +12,9 @@
 //!    known `kid` whose key allows the `alg`.
 //! 3. **Signature** ([`verify_signature`]): `jsonwebtoken::decode` with the
 //!    provider's `Validation` for that algorithm, backed by
-//!    [`crate::crypto`]; it re-checks `iss`/`aud`/`exp`/`nbf` on the
-//!    verified token.
+//!    [`crate::crypto`]; it re-checks `iss`/`aud` on the verified token
+//!    (the times were checked in step 2 against the proxy's clock, on the
+//!    same signed bytes: no second clock).
 //!
 //! A forged-token flood is therefore mostly refused in steps 1–2, which
 //! cost a base64 decode and a small JSON parse, never an RSA operation.

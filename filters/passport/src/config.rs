@@ -319,8 +319,10 @@ pub struct PathTemplate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Lit(String),
-    User,
-    Device,
+    /// `{user}`; `true` in the query.
+    User(bool),
+    /// `{device}` not droppable; `true` in the query.
+    Device(bool),
     /// `[&]name=` immediately followed by `{device}` up to the next `&` or
     /// the end: dropped when there is no device.
     DeviceParam(String),
@@ -355,7 +357,7 @@ impl PathTemplate {
                 "user" => {
                     saw_user = true;
                     parts.push(Part::Lit(lit.to_string()));
-                    parts.push(Part::User);
+                    parts.push(Part::User(in_query));
                 }
                 "device" => {
                     // `...[?&]device={device}` at a parameter's end → droppable.
@@ -369,7 +371,7 @@ impl PathTemplate {
                         }
                         _ => {
                             parts.push(Part::Lit(lit.to_string()));
-                            parts.push(Part::Device);
+                            parts.push(Part::Device(in_query));
                         }
                     }
                 }
@@ -391,9 +393,24 @@ impl PathTemplate {
         Ok(PathTemplate { parts })
     }
 
-    /// The lookup path for an identity; values percent-encoded.
-    pub fn render(&self, user: &str, device: Option<&str>) -> String {
+    /// The lookup path for an identity; values percent-encoded. `None` when
+    /// a value in the path (not the query) is only dots: `.` and `..` are
+    /// dot-segments, and `%2E%2E` is one too to a server that decodes
+    /// before it resolves them (RFC 3986 §6.2.2.2), so `/v1/users/../x`
+    /// cannot be written safely at all; such an identity is never looked up.
+    pub fn render(&self, user: &str, device: Option<&str>) -> Option<String> {
         let enc = |s: &str| percent_encoding::utf8_percent_encode(s, VALUE).to_string();
+        let dots = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'.');
+        for p in &self.parts {
+            let unsafe_value = match p {
+                Part::User(false) => dots(user),
+                Part::Device(false) => device.is_some_and(dots),
+                _ => false,
+            };
+            if unsafe_value {
+                return None;
+            }
+        }
         let mut out = String::new();
         let mut dropped_first_param = false;
         for p in &self.parts {
@@ -411,8 +428,8 @@ impl PathTemplate {
                     }
                     out.push_str(s);
                 }
-                Part::User => out.push_str(&enc(user)),
-                Part::Device => out.push_str(&enc(device.unwrap_or_default())),
+                Part::User(_) => out.push_str(&enc(user)),
+                Part::Device(_) => out.push_str(&enc(device.unwrap_or_default())),
                 Part::DeviceParam(param) => match device {
                     Some(d) => {
                         out.push_str(param);
@@ -422,7 +439,7 @@ impl PathTemplate {
                 },
             }
         }
-        out
+        Some(out)
     }
 }
 
@@ -578,28 +595,57 @@ mod tests {
     fn path_template_encodes_values() {
         let t = PathTemplate::parse("/v1/context?user={user}&device={device}").unwrap();
         assert_eq!(
-            t.render("a b&c", Some("d/1")),
-            "/v1/context?user=a%20b%26c&device=d%2F1"
+            t.render("a b&c", Some("d/1")).as_deref(),
+            Some("/v1/context?user=a%20b%26c&device=d%2F1")
         );
     }
 
     #[test]
     fn device_parameter_is_dropped_without_a_device() {
         let t = PathTemplate::parse("/v1/context?user={user}&device={device}").unwrap();
-        assert_eq!(t.render("alice", None), "/v1/context?user=alice");
-        let t = PathTemplate::parse("/v1/context?device={device}&user={user}").unwrap();
-        assert_eq!(t.render("alice", None), "/v1/context?user=alice");
         assert_eq!(
-            t.render("alice", Some("d1")),
-            "/v1/context?device=d1&user=alice"
+            t.render("alice", None).as_deref(),
+            Some("/v1/context?user=alice")
+        );
+        let t = PathTemplate::parse("/v1/context?device={device}&user={user}").unwrap();
+        assert_eq!(
+            t.render("alice", None).as_deref(),
+            Some("/v1/context?user=alice")
+        );
+        assert_eq!(
+            t.render("alice", Some("d1")).as_deref(),
+            Some("/v1/context?device=d1&user=alice")
         );
     }
 
     #[test]
     fn device_inside_the_path_is_kept_empty() {
         let t = PathTemplate::parse("/v1/users/{user}/devices/{device}").unwrap();
-        assert_eq!(t.render("u", None), "/v1/users/u/devices/");
-        assert_eq!(t.render("u", Some("d")), "/v1/users/u/devices/d");
+        assert_eq!(t.render("u", None).as_deref(), Some("/v1/users/u/devices/"));
+        assert_eq!(
+            t.render("u", Some("d")).as_deref(),
+            Some("/v1/users/u/devices/d")
+        );
+    }
+
+    #[test]
+    fn an_identity_that_would_be_a_dot_segment_is_never_rendered() {
+        let t = PathTemplate::parse("/v1/users/{user}/devices/{device}").unwrap();
+        assert_eq!(t.render("..", None), None);
+        assert_eq!(t.render(".", Some("d")), None);
+        assert_eq!(t.render("u", Some("..")), None);
+        assert_eq!(t.render("...", None), None);
+        // Dots inside a value are ordinary characters.
+        assert_eq!(
+            t.render("a..b", Some(".d")).as_deref(),
+            Some("/v1/users/a..b/devices/.d")
+        );
+        // In the query, dots are data: no path resolves them.
+        let t = PathTemplate::parse("/v1/context?user={user}&device={device}").unwrap();
+        assert_eq!(
+            t.render("..", Some("..")).as_deref(),
+            Some("/v1/context?user=..&device=..")
+        );
     }
 
     #[test]

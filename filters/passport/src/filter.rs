@@ -114,6 +114,12 @@ where
         user,
         device: device.filter(|d| !d.is_empty()),
     };
+    if cfg.path.render(&key.user, key.device.as_deref()).is_none() {
+        // An identity the lookup path cannot carry (`..` as a path
+        // segment): the issuer is never asked, the caller has no context.
+        strip_client_copies(cfg, host);
+        return Start::Done(finish(cfg, host, &Resolution::Unknown));
+    }
     let id = key.id();
     let now = now_ms(host);
     let index = key.slot(cfg.slots);
@@ -799,8 +805,8 @@ pub(crate) mod tests {
             device: Some("d1".into()),
         };
         assert_eq!(
-            cfg.path.render(&key.user, key.device.as_deref()),
-            "/v1/context?user=u1&device=d1"
+            cfg.path.render(&key.user, key.device.as_deref()).as_deref(),
+            Some("/v1/context?user=u1&device=d1")
         );
         let body = br#"{"user_id":"u1","device_id":"d1","consents":[],"risk_level":"high","tier":"standard"}"#;
         let e = lookup_result(&cfg, &key, Some(200), Some(body), NOW).unwrap();

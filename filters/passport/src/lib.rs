@@ -187,7 +187,15 @@ mod wasm {
         fn dispatch(&self, key: CacheKey, now: u64) -> Result<(), Vec<(u32, Resolution)>> {
             let Some(s) = &self.state else { return Ok(()) };
             let cfg = &s.config;
-            let path = cfg.path.render(&key.user, key.device.as_deref());
+            let Some(path) = cfg.path.render(&key.user, key.device.as_deref()) else {
+                // on_request_headers never waits for such a key; if one got
+                // here, nobody asks the issuer for it.
+                let waiting = s.waiters.borrow_mut().take(&key);
+                return Err(waiting
+                    .into_iter()
+                    .map(|w| (w.id, Resolution::Unknown))
+                    .collect());
+            };
             let headers = vec![
                 (":method", "GET"),
                 (":path", path.as_str()),

@@ -81,6 +81,21 @@ pub struct PathRules {
     /// tied to it. Set false for an upstream whose names end that way.
     #[serde(default = "default_true")]
     pub reject_ambiguous_segments: bool,
+    /// Route prefixes whose letter case is part of their identity (every
+    /// `routes[].prefix` is one too): a path that lies under one of them
+    /// only when letter case and percent-encoding are ignored
+    /// (`/api/v1/Orders`, `/API/v1/transfers`, `/api/v1/%6Frders` for
+    /// `/api/v1/orders`) is refused with 400 `invalid_path`. Envoy's routes
+    /// and the filters' rules are case-sensitive, many upstream frameworks
+    /// are not (Spring, IIS, ASP.NET): such a path would meet none of the
+    /// route's rules (scopes, body rules, one-time `jti`) and still reach the
+    /// route's handler. List every route prefix of the gateway (Envoy's and
+    /// every filter's; `test_envoy_config.py` checks the shipped configs do).
+    /// Case is folded as Unicode simple case folding does (`ſ` is `s`, the
+    /// Kelvin sign is `k`), as Java's `equalsIgnoreCase` would.
+    /// Default: none (only the `routes[].prefix`).
+    #[serde(default)]
+    pub case_sensitive_prefixes: Vec<String>,
 }
 
 fn default_max_path() -> usize {
@@ -97,6 +112,7 @@ impl Default for PathRules {
             max_length: default_max_path(),
             reject_semicolon: true,
             reject_ambiguous_segments: true,
+            case_sensitive_prefixes: Vec::new(),
         }
     }
 }
@@ -285,6 +301,8 @@ pub struct Compiled {
     pub path: PathRules,
     pub query: QueryLimits,
     pub routes: Vec<CompiledRoute>,
+    /// `path.case_sensitive_prefixes` and every route prefix, compiled.
+    pub case_guards: Vec<crate::path::CaseGuard>,
     pub dry_run: bool,
 }
 
@@ -321,6 +339,13 @@ impl TryFrom<SanitizeConfig> for Compiled {
         }
         if c.query.max_params == 0 {
             return Err(ConfigError::at("query.max_params", "must be at least 1"));
+        }
+        let mut case_guards: Vec<crate::path::CaseGuard> = Vec::new();
+        for (i, p) in c.path.case_sensitive_prefixes.iter().enumerate() {
+            let at = format!("path.case_sensitive_prefixes[{i}]");
+            RouteMatcher::new(&at, p, &[])
+                .map_err(|_| ConfigError::at(at, "must start with '/' and hold no '?' or '#'"))?;
+            crate::path::CaseGuard::push_new(&mut case_guards, p);
         }
         let mut routes = Vec::with_capacity(c.routes.len());
         for (i, r) in c.routes.into_iter().enumerate() {
@@ -394,6 +419,7 @@ impl TryFrom<SanitizeConfig> for Compiled {
                     }
                 }
             }
+            crate::path::CaseGuard::push_new(&mut case_guards, &r.prefix);
             routes.push(CompiledRoute {
                 name: r.name,
                 matcher,
@@ -409,6 +435,7 @@ impl TryFrom<SanitizeConfig> for Compiled {
             path: c.path,
             query: c.query,
             routes,
+            case_guards,
             dry_run: c.dry_run,
         })
     }

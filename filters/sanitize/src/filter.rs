@@ -238,6 +238,16 @@ impl Request {
         if let Err(d) = path::check(path_part, full_path.len(), &cfg.path) {
             return self.deny(cfg, host, d);
         }
+        if let Some(g) = path::case_variant(path_part, &cfg.case_guards) {
+            let d = Denial::bad_request(
+                "invalid_path",
+                format!(
+                    "the path differs from the route {} only by letter case or encoding",
+                    g.prefix()
+                ),
+            );
+            return self.deny(cfg, host, d);
+        }
 
         self.route = cfg
             .routes

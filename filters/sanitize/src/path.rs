@@ -113,6 +113,70 @@ pub fn check(path: &str, full_len: usize, rules: &PathRules) -> Result<(), Denia
     Ok(())
 }
 
+/// A route prefix whose letter case is part of its identity
+/// (`path.case_sensitive_prefixes`, every `routes[].prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseGuard {
+    /// The prefix as configured.
+    exact: String,
+    /// The same, case-folded ([`fold`]).
+    folded: String,
+}
+
+impl CaseGuard {
+    /// Adds `prefix` to `guards` unless it is there already.
+    pub fn push_new(guards: &mut Vec<CaseGuard>, prefix: &str) {
+        if guards.iter().all(|g| g.exact != prefix) {
+            guards.push(CaseGuard {
+                exact: prefix.to_string(),
+                folded: fold(prefix),
+            });
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.exact
+    }
+}
+
+/// Unicode case folding of one string, as a case-insensitive matcher reads
+/// it: ASCII letters lower-cased, and every other character upper-cased then
+/// lower-cased (`ſ` → `S` → `s`, the Kelvin sign → `k`, `ı` → `i`).
+fn fold(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_uppercase().flat_map(char::to_lowercase));
+        }
+    }
+    out
+}
+
+/// The guard whose route `path` (no query, already through [`check`])
+/// reaches only when letter case and percent-encoding are ignored: such a
+/// path would meet none of the route's rules at the gateway and still reach
+/// the route's handler upstream if that one folds case or decodes the path
+/// before it matches. A path under a guard's exact prefix is never refused
+/// (`/api/v1/users/ABC` is `/api/v1/users`'s).
+pub fn case_variant<'g>(path: &str, guards: &'g [CaseGuard]) -> Option<&'g CaseGuard> {
+    use filter_core::route::prefix_matches;
+    // The common path: lower case, nothing encoded. It folds to itself, so
+    // only a guard with an upper-case letter can be a case variant of it.
+    if !path.bytes().any(|b| b.is_ascii_uppercase() || b == b'%') {
+        return guards
+            .iter()
+            .filter(|g| g.exact != g.folded)
+            .find(|g| prefix_matches(&g.folded, path) && !prefix_matches(&g.exact, path));
+    }
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let folded = fold(&decoded);
+    guards
+        .iter()
+        .find(|g| prefix_matches(&g.folded, &folded) && !prefix_matches(&g.exact, path))
+}
+
 /// A segment some servers read as another one: a trailing dot (Windows and
 /// IIS drop it; `users.` is `users`) or an encoded space at either end
 /// (trimmed by path matchers that trim tokens).
@@ -126,6 +190,72 @@ fn ambiguous(seg: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn guards(prefixes: &[&str]) -> Vec<CaseGuard> {
+        let mut g = Vec::new();
+        for p in prefixes {
+            CaseGuard::push_new(&mut g, p);
+        }
+        g
+    }
+
+    fn variant_of(path: &str, g: &[CaseGuard]) -> Option<String> {
+        case_variant(path, g).map(|g| g.prefix().to_string())
+    }
+
+    #[test]
+    fn a_path_that_matches_a_route_only_when_case_is_ignored_is_a_case_variant() {
+        let g = guards(&[
+            "/health",
+            "/api/",
+            "/api/v1/orders",
+            "/api/v1/transfers",
+            "/api/v1/keys",
+        ]);
+        for p in [
+            "/api/v1/Orders",
+            "/api/v1/ORDERS/7",
+            "/api/V1/orders",
+            "/API/v1/transfers",
+            "/Api/anything",
+            "/HEALTH",
+            "/api/v1/%6Frders",
+            "/api/v1/%4Frders",
+            "/api/v1/transfer%73",
+            // Unicode case folding: the long s and the Kelvin sign.
+            "/api/v1/tran%C5%BFfers",
+            "/api/v1/%E2%84%AAeys",
+        ] {
+            assert!(variant_of(p, &g).is_some(), "{p} should be refused");
+        }
+    }
+
+    #[test]
+    fn paths_under_a_guarded_prefix_as_written_or_under_none_pass() {
+        let g = guards(&["/health", "/api/", "/api/v1/orders", "/api/v1/Accounts"]);
+        for p in [
+            "/api/v1/orders",
+            "/api/v1/orders/ABC",
+            "/api/v1/users/Bob",
+            "/health",
+            "/Other/Thing",
+            "/api/v1/Accounts/7",
+            "/api/v1/ordersX",
+            "/caf%C3%A9",
+        ] {
+            assert_eq!(variant_of(p, &g), None, "{p} should pass");
+        }
+        // A guard with upper case is guarded on the lower-case path too.
+        assert_eq!(
+            variant_of("/api/v1/accounts/7", &g).as_deref(),
+            Some("/api/v1/Accounts")
+        );
+    }
+
+    #[test]
+    fn no_guards_refuse_nothing() {
+        assert_eq!(variant_of("/API/V1/ORDERS", &[]), None);
+    }
 
     fn ok(p: &str) -> bool {
         check(p, p.len(), &PathRules::default()).is_ok()
