@@ -126,9 +126,13 @@ PROPTEST_RNG_SEED ?= 20261123
 test-rust: ## cargo test --workspace (native; property tests from PROPTEST_RNG_SEED)
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test --workspace
 
-lint: ## rustfmt --check, clippy -D warnings
+# clippy twice: for the host (every target: tests, examples) and for wasm32,
+# where the `#[cfg(target_arch = "wasm32")]` glue that runs inside Envoy's VM
+# is compiled at all (the deny list: unwrap, expect, panic, indexing).
+lint: wasm-target ## rustfmt --check, clippy -D warnings (host and wasm32)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target $(WASM_TARGET) --workspace --exclude demo-services --exclude gatewayctl -- -D warnings
 
 # Every shipped Envoy config, rendered from the one template: the local one,
 # and the compose one with only its path variables pointed at this checkout

@@ -36,6 +36,7 @@ pub mod filter;
 pub mod jti;
 pub mod jwks;
 pub mod pkcs1;
+pub mod refresh;
 pub mod remote;
 pub mod token;
 
@@ -44,8 +45,7 @@ mod tests;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm {
-    use std::cell::{Cell, RefCell};
-    use std::collections::HashMap;
+    use std::cell::RefCell;
     use std::rc::Rc;
     use std::time::Duration;
 
@@ -58,8 +58,9 @@ mod wasm {
     use crate::config::{self, Compiled, Keys};
     use crate::filter::{self, Env, Outcome, ProviderKeys, Result_};
     use crate::jti::JtiStore;
-    use crate::jwks::{self, Strictness};
-    use crate::remote::{self, Freshness};
+    use crate::jwks;
+    use crate::refresh::{Answer, Refresher, Response};
+    use crate::remote;
 
     #[cfg(feature = "standalone")]
     proxy_wasm::main! {{
@@ -169,26 +170,13 @@ mod wasm {
     #[derive(Default)]
     struct Root {
         shared: Option<Rc<Shared>>,
-        /// Per provider: fetch time of the JWKS loaded in this worker.
-        loaded_at: Vec<Option<u64>>,
-        /// In-flight fetches: call token → provider index.
-        calls: HashMap<u32, usize>,
-        in_flight: Vec<bool>,
-        warned_expired: Vec<Cell<bool>>,
+        /// The remote-JWKS loop's state (pure: [`crate::refresh`]).
+        refresher: Refresher,
     }
 
     impl Context for Root {
         fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
-            let Some(pi) = self.calls.remove(&token) else {
-                return;
-            };
-            if let Some(f) = self.in_flight.get_mut(pi) {
-                *f = false;
-            }
             let Some(sh) = self.shared.clone() else {
-                return;
-            };
-            let Some(p) = sh.config.providers.get(pi) else {
                 return;
             };
             let status =
@@ -199,117 +187,67 @@ mod wasm {
             } else {
                 Vec::new()
             };
-            if status != "200" {
-                proxy::increment(sh.metrics.fetch_failed);
-                log::warn!("jwt: JWKS fetch for {} answered status {status:?}", p.name);
-                return;
-            }
-            if let Err(e) = jwks::parse(&body, &p.algorithms, Strictness::SkipBadKeys) {
-                proxy::increment(sh.metrics.fetch_failed);
-                log::warn!("jwt: JWKS fetched for {} is unusable: {e}", p.name);
-                return;
-            }
             let now = ProxyHost.unix_seconds();
-            let entry = remote::encode_entry(now, &body);
-            if let Err(e) = filter_core::shared::SharedData::set(
+            let answer = Answer {
+                token,
+                status: &status,
+                body: &body,
+            };
+            let got = self.refresher.on_response(
+                answer,
+                &sh.config,
+                &mut sh.keys.borrow_mut(),
                 &ProxySharedData,
-                &remote::entry_key(&p.name),
-                &entry,
-                None,
-            ) {
-                log::error!("jwt: storing the JWKS of {} failed: {e}", p.name);
-                return;
+                now,
+            );
+            let name = |pi: usize| sh.config.providers.get(pi).map_or("?", |p| p.name.as_str());
+            match got {
+                Response::NotOurs => {}
+                Response::Stored { provider, bytes } => {
+                    proxy::increment(sh.metrics.fetch_ok);
+                    log::info!("jwt: JWKS of {} fetched ({bytes} bytes)", name(provider));
+                }
+                Response::Failed { provider, reason } => {
+                    proxy::increment(sh.metrics.fetch_failed);
+                    log::warn!("jwt: JWKS fetch for {}: {reason}", name(provider));
+                }
             }
-            proxy::increment(sh.metrics.fetch_ok);
-            log::info!("jwt: JWKS of {} fetched ({} bytes)", p.name, body.len());
-            self.refresh_local(&sh, now);
         }
     }
 
     impl Root {
-        /// Reloads keys from shared data and starts fetches that are due.
+        /// One turn of the remote-JWKS loop: reload, age, start due fetches.
         fn refresh_local(&mut self, sh: &Rc<Shared>, now: u64) {
-            let store = ProxySharedData;
-            let kid_miss: Vec<bool> = std::mem::take(&mut *sh.kid_miss.borrow_mut());
-            *sh.kid_miss.borrow_mut() = vec![false; sh.config.providers.len()];
-            for (pi, p) in sh.config.providers.iter().enumerate() {
-                let Keys::Remote(r) = &p.keys else { continue };
-                let raw = filter_core::shared::SharedData::get(&store, &remote::entry_key(&p.name))
-                    .ok()
-                    .and_then(|(v, _)| v);
-                let entry = raw.as_deref().and_then(remote::decode_entry);
-                let fetched_at = entry.map(|(t, _)| t);
-                // Load a newer document.
-                if let Some((t, body)) = entry {
-                    if self.loaded_at.get(pi).copied().flatten() != Some(t) {
-                        match jwks::parse(body, &p.algorithms, Strictness::SkipBadKeys) {
-                            Ok(set) => {
-                                let mut keys = sh.keys.borrow_mut();
-                                if let Some(k) = keys.get_mut(pi) {
-                                    k.set = Some(Rc::new(set));
-                                    k.generation = k.generation.wrapping_add(1);
-                                }
-                                if let Some(l) = self.loaded_at.get_mut(pi) {
-                                    *l = Some(t);
-                                }
-                            }
-                            Err(e) => log::warn!("jwt: shared JWKS of {} unusable: {e}", p.name),
-                        }
-                    }
-                }
-                // Freshness of what is loaded.
-                if let Some(t) = self.loaded_at.get(pi).copied().flatten() {
-                    let f = remote::freshness(r, t, now);
-                    let mut keys = sh.keys.borrow_mut();
-                    if let Some(k) = keys.get_mut(pi) {
-                        k.stale = f == Freshness::Stale;
-                        if f == Freshness::Expired && k.set.is_some() {
-                            k.set = None;
-                            k.generation = k.generation.wrapping_add(1);
-                            if let Some(w) = self.warned_expired.get(pi) {
-                                if !w.replace(true) {
-                                    log::error!("jwt: JWKS of {} is older than its stale limit; refusing its tokens", p.name);
-                                }
-                            }
-                        } else if f != Freshness::Expired {
-                            if let Some(w) = self.warned_expired.get(pi) {
-                                w.set(false);
-                            }
-                        }
-                    }
-                }
-                let miss = kid_miss.get(pi).copied().unwrap_or(false);
-                let busy = self.in_flight.get(pi).copied().unwrap_or(false);
-                if busy || !remote::wants_fetch(r, fetched_at, now, miss) {
+            let kid_miss = std::mem::replace(
+                &mut *sh.kid_miss.borrow_mut(),
+                vec![false; sh.config.providers.len()],
+            );
+            let due = self.refresher.tick(
+                &sh.config,
+                &mut sh.keys.borrow_mut(),
+                &kid_miss,
+                &ProxySharedData,
+                now,
+            );
+            for pi in due {
+                let Some(p) = sh.config.providers.get(pi) else {
                     continue;
-                }
-                match remote::take_lease(&store, &p.name, now, remote::lease_secs(r)) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        log::warn!("jwt: JWKS lease for {}: {e}", p.name);
-                        continue;
-                    }
-                }
-                let authority = r.authority.clone().unwrap_or_else(|| r.cluster.clone());
+                };
+                let Keys::Remote(r) = &p.keys else { continue };
+                let authority = r.authority.as_deref().unwrap_or(r.cluster.as_str());
                 match self.dispatch_http_call(
                     &r.cluster,
                     vec![
                         (":method", "GET"),
                         (":path", r.path.as_str()),
-                        (":authority", authority.as_str()),
+                        (":authority", authority),
                         ("accept", "application/json"),
                     ],
                     None,
                     vec![],
                     r.timeout.as_duration(),
                 ) {
-                    Ok(token) => {
-                        self.calls.insert(token, pi);
-                        if let Some(f) = self.in_flight.get_mut(pi) {
-                            *f = true;
-                        }
-                    }
+                    Ok(token) => self.refresher.started(token, pi),
                     Err(e) => {
                         proxy::increment(sh.metrics.fetch_failed);
                         log::warn!("jwt: JWKS fetch for {} could not start: {e:?}", p.name);
@@ -362,10 +300,7 @@ mod wasm {
                 kid_miss: RefCell::new(vec![false; n]),
                 jti,
             });
-            self.loaded_at = vec![None; n];
-            self.in_flight = vec![false; n];
-            self.warned_expired = (0..n).map(|_| Cell::new(false)).collect();
-            self.calls.clear();
+            self.refresher = Refresher::new(n);
             if remote {
                 let now = ProxyHost.unix_seconds();
                 self.refresh_local(&shared, now);

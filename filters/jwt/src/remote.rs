@@ -1,5 +1,6 @@
-//! Remote JWKS: the pure half of the fetch loop that the root context runs
-//! on its timer (the proxy-wasm half, `dispatch_http_call`, is in `lib.rs`).
+//! Remote JWKS: the shared-data layout and the time rules of the fetch loop
+//! ([`crate::refresh`] is the loop itself; the root context in `lib.rs`
+//! only runs it on its timer and makes the `dispatch_http_call`s).
 //!
 //! Shared data, per provider (fixed keys, created at configure time):
 //! * `jwt.jwks.v1.<name>`: fetch time (8 bytes LE, Unix seconds) followed by
