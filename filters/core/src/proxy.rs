@@ -157,3 +157,112 @@ pub fn increment_tagged(name: &str, tags: &[(&str, &str)]) {
     });
     increment(id);
 }
+
+/// Defines a gauge metric, logging (not panicking) when the host refuses.
+pub fn gauge(name: &str) -> Option<u32> {
+    define(proxy_wasm::types::MetricType::Gauge, name)
+}
+
+/// Defines a histogram metric, logging (not panicking) when the host refuses.
+pub fn histogram(name: &str) -> Option<u32> {
+    define(proxy_wasm::types::MetricType::Histogram, name)
+}
+
+fn define(kind: proxy_wasm::types::MetricType, name: &str) -> Option<u32> {
+    match hostcalls::define_metric(kind, name) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            log::warn!("could not define metric {name}: {e:?}");
+            None
+        }
+    }
+}
+
+/// Sets a gauge (or records a histogram value) defined with [`gauge`] or
+/// [`histogram`].
+pub fn record(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// The plugin's configuration, parsed and compiled by `load`: what every
+/// filter's `on_configure` starts with. A configuration that does not load
+/// is logged as `<filter>: <error naming the field>` and is `None`, so that
+/// `on_configure` returns false and Envoy refuses it.
+pub fn load_plugin_config<T, E: std::fmt::Display>(
+    filter: &str,
+    load: impl FnOnce(&[u8]) -> Result<T, E>,
+) -> Option<T> {
+    let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    match load(&bytes) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::error!("{filter}: {e}");
+            None
+        }
+    }
+}
+
+/// A filter module's entry point and root-context factory, the same for
+/// every filter: with the crate's `standalone` feature, `proxy_wasm::main!`
+/// installs `$root` (a `fn(context_id) -> Box<dyn RootContext>`) for every
+/// plugin of the module; without it (the suite, which dispatches on
+/// `root_id`), `new_root` is the factory the suite calls. `$init` runs once
+/// at module start, before any root context exists.
+#[macro_export]
+macro_rules! filter_entry {
+    ($root:path) => {
+        $crate::filter_entry!($root, {});
+    };
+    ($root:path, $init:block) => {
+        #[cfg(feature = "standalone")]
+        proxy_wasm::main! {{
+            proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+            $init
+            proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
+                $root(id)
+            });
+        }}
+
+        /// This filter's root context, for the suite module (filters/suite),
+        /// which picks a filter by `root_id`.
+        pub(crate) fn new_root(context_id: u32) -> Box<dyn proxy_wasm::traits::RootContext> {
+            $init
+            $root(context_id)
+        }
+    };
+}
+
+/// A filter's fixed metrics: a struct of metric ids and its `define()`,
+/// which defines each one (`counter`, `gauge` or `histogram` of this
+/// module) at configure time; a metric the host refuses is `None`, logged.
+///
+/// ```ignore
+/// filter_core::metric_set! {
+///     struct Metrics {
+///         hit: counter("passport_hit_total"),
+///         latency: histogram("passport_issuer_latency_ms"),
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! metric_set {
+    ($(#[$meta:meta])* struct $name:ident { $($field:ident: $kind:ident($metric:expr)),* $(,)? }) => {
+        $(#[$meta])*
+        struct $name {
+            $($field: Option<u32>,)*
+        }
+
+        impl $name {
+            fn define() -> Self {
+                $name {
+                    $($field: $crate::proxy::$kind($metric),)*
+                }
+            }
+        }
+    };
+}

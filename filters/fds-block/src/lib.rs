@@ -40,7 +40,7 @@ mod wasm {
     use filter_core::HttpHost;
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+    use proxy_wasm::types::{Action, ContextType, MapType};
 
     use crate::config::{self, Compiled, Feed};
     use crate::entry::Kind;
@@ -49,35 +49,17 @@ mod wasm {
     use crate::index::{Counts, Index};
     use crate::sync::{self, Completed, Keys, Outcome, Poll};
 
-    #[cfg(feature = "standalone")]
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root::new(id)) });
-    }}
+    filter_core::filter_entry!(root);
 
-    /// This filter's root context: what the entry point above installs, and
-    /// what the suite module (filters/suite) picks by `root_id`.
-    pub(crate) fn new_root(context_id: u32) -> Box<dyn RootContext> {
+    fn root(context_id: u32) -> Box<dyn RootContext> {
         Box::new(Root::new(context_id))
     }
 
     /// How often a worker ticks until it has the feed's list for the first time.
     const FAST_TICK: Duration = Duration::from_millis(100);
 
-    fn gauge(name: &str) -> Option<u32> {
-        match hostcalls::define_metric(MetricType::Gauge, name) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                log::warn!("fds-block: could not define metric {name}: {e:?}");
-                None
-            }
-        }
-    }
-
     fn set_gauge(id: Option<u32>, value: usize) {
-        if let Some(id) = id {
-            let _ = hostcalls::record_metric(id, u64::try_from(value).unwrap_or(u64::MAX));
-        }
+        proxy::record(id, u64::try_from(value).unwrap_or(u64::MAX));
     }
 
     fn by_kind<F: Fn(&str) -> Option<u32>>(f: F, fmt: &str) -> [Option<u32>; 4] {
@@ -119,11 +101,11 @@ mod wasm {
                 feed_errors: proxy::counter("fds_block_feed_errors_total"),
                 feed_updates: proxy::counter("fds_block_feed_updates_total"),
                 feed_invalid: proxy::counter("fds_block_feed_invalid_entries_total"),
-                entries: by_kind(gauge, "fds_block_entries_{}"),
-                static_entries: by_kind(gauge, "fds_block_static_entries_{}"),
-                feed_age: gauge("fds_block_feed_age_seconds"),
-                feed_version: gauge("fds_block_feed_version"),
-                feed_failures: gauge("fds_block_feed_consecutive_failures"),
+                entries: by_kind(proxy::gauge, "fds_block_entries_{}"),
+                static_entries: by_kind(proxy::gauge, "fds_block_static_entries_{}"),
+                feed_age: proxy::gauge("fds_block_feed_age_seconds"),
+                feed_version: proxy::gauge("fds_block_feed_version"),
+                feed_failures: proxy::gauge("fds_block_feed_consecutive_failures"),
             }
         }
 
@@ -404,13 +386,8 @@ mod wasm {
 
     impl RootContext for Root {
         fn on_configure(&mut self, _size: usize) -> bool {
-            let bytes = self.get_plugin_configuration().unwrap_or_default();
-            let c = match config::load(&bytes) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::error!("fds-block: {e}");
-                    return false;
-                }
+            let Some(c) = proxy::load_plugin_config("fds-block", config::load) else {
+                return false;
             };
             let metrics = Rc::new(Metrics::define());
             let counts = c.static_index.counts();

@@ -62,17 +62,11 @@ mod wasm {
     use crate::refresh::{Answer, Refresher, Response};
     use crate::remote;
 
-    #[cfg(feature = "standalone")]
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    filter_core::filter_entry!(root, {
         crate::crypto::install();
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-    }}
+    });
 
-    /// This filter's root context: what the entry point above installs, and
-    /// what the suite module (filters/suite) picks by `root_id`.
-    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
-        crate::crypto::install();
+    fn root(_context_id: u32) -> Box<dyn RootContext> {
         Box::new(Root::default())
     }
 
@@ -84,31 +78,20 @@ mod wasm {
     const DRY_RUN_DENIED: &str = "jwt_dry_run_denied_total";
     const ANONYMOUS: &str = "jwt_anonymous_total";
 
-    struct Metrics {
-        allowed: Option<u32>,
-        skipped: Option<u32>,
-        cache_hit: Option<u32>,
-        signature_checked: Option<u32>,
-        rejected_before_crypto: Option<u32>,
-        stale_served: Option<u32>,
-        fetch_ok: Option<u32>,
-        fetch_failed: Option<u32>,
+    filter_core::metric_set! {
+        struct Metrics {
+            allowed: counter("jwt_allowed_total"),
+            skipped: counter("jwt_skipped_total"),
+            cache_hit: counter("jwt_cache_hit_total"),
+            signature_checked: counter("jwt_signature_checked_total"),
+            rejected_before_crypto: counter("jwt_rejected_before_crypto_total"),
+            stale_served: counter("jwt_jwks_stale_served_total"),
+            fetch_ok: counter("jwt_jwks_fetch_ok_total"),
+            fetch_failed: counter("jwt_jwks_fetch_failed_total"),
+        }
     }
 
     impl Metrics {
-        fn define() -> Self {
-            Metrics {
-                allowed: proxy::counter("jwt_allowed_total"),
-                skipped: proxy::counter("jwt_skipped_total"),
-                cache_hit: proxy::counter("jwt_cache_hit_total"),
-                signature_checked: proxy::counter("jwt_signature_checked_total"),
-                rejected_before_crypto: proxy::counter("jwt_rejected_before_crypto_total"),
-                stale_served: proxy::counter("jwt_jwks_stale_served_total"),
-                fetch_ok: proxy::counter("jwt_jwks_fetch_ok_total"),
-                fetch_failed: proxy::counter("jwt_jwks_fetch_failed_total"),
-            }
-        }
-
         fn count(&self, o: &Outcome) {
             // Denials and anonymous requests are labelled by gateway and route
             // (denials also by reason); allowed and skipped requests are not,
@@ -260,13 +243,8 @@ mod wasm {
     impl RootContext for Root {
         fn on_configure(&mut self, _size: usize) -> bool {
             crate::crypto::install();
-            let bytes = self.get_plugin_configuration().unwrap_or_default();
-            let c = match config::load(&bytes) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::error!("jwt: {e}");
-                    return false;
-                }
+            let Some(c) = proxy::load_plugin_config("jwt", config::load) else {
+                return false;
             };
             let jti = JtiStore::new(c.jti_max_entries, c.jti_max_lifetime.as_secs());
             if let Err(e) = jti.ensure_keys(&ProxySharedData) {

@@ -39,24 +39,16 @@ mod wasm {
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+    use proxy_wasm::types::{Action, ContextType, MapType};
 
     use crate::cache::{self, CacheKey};
     use crate::coalesce::{self, Waiter, Waiters};
     use crate::config::{self, Compiled};
     use crate::filter::{self, Finished, LookupError, Resolution, Start};
 
-    #[cfg(feature = "standalone")]
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-            Box::new(Root { id, state: None })
-        });
-    }}
+    filter_core::filter_entry!(root);
 
-    /// This filter's root context: what the entry point above installs, and
-    /// what the suite module (filters/suite) picks by `root_id`.
-    pub(crate) fn new_root(context_id: u32) -> Box<dyn RootContext> {
+    fn root(context_id: u32) -> Box<dyn RootContext> {
         Box::new(Root {
             id: context_id,
             state: None,
@@ -68,40 +60,23 @@ mod wasm {
     const DENIED: &str = "passport_denied_total";
     const DRY_RUN_DENIED: &str = "passport_dry_run_denied_total";
 
-    /// Counters (and one histogram), defined once per plugin configuration.
-    struct Metrics {
-        hit: Option<u32>,
-        miss: Option<u32>,
-        coalesced: Option<u32>,
-        lookup: Option<u32>,
-        stale: Option<u32>,
-        issuer_error: Option<u32>,
-        unknown: Option<u32>,
-        unavailable: Option<u32>,
-        wait_timeout: Option<u32>,
-        latency: Option<u32>,
+    filter_core::metric_set! {
+        /// Counters (and one histogram), defined once per plugin configuration.
+        struct Metrics {
+            hit: counter("passport_hit_total"),
+            miss: counter("passport_miss_total"),
+            coalesced: counter("passport_coalesced_total"),
+            lookup: counter("passport_lookup_total"),
+            stale: counter("passport_stale_served_total"),
+            issuer_error: counter("passport_issuer_error_total"),
+            unknown: counter("passport_unknown_user_total"),
+            unavailable: counter("passport_unavailable_total"),
+            wait_timeout: counter("passport_wait_timeout_total"),
+            latency: histogram("passport_issuer_latency_ms"),
+        }
     }
 
     impl Metrics {
-        fn define() -> Self {
-            Metrics {
-                hit: proxy::counter("passport_hit_total"),
-                miss: proxy::counter("passport_miss_total"),
-                coalesced: proxy::counter("passport_coalesced_total"),
-                lookup: proxy::counter("passport_lookup_total"),
-                stale: proxy::counter("passport_stale_served_total"),
-                issuer_error: proxy::counter("passport_issuer_error_total"),
-                unknown: proxy::counter("passport_unknown_user_total"),
-                unavailable: proxy::counter("passport_unavailable_total"),
-                wait_timeout: proxy::counter("passport_wait_timeout_total"),
-                latency: hostcalls::define_metric(
-                    MetricType::Histogram,
-                    "passport_issuer_latency_ms",
-                )
-                .ok(),
-            }
-        }
-
         /// Counts how a request ended; called with the request as the
         /// effective context (the labels are its gateway and route).
         fn finished(&self, f: Finished) {
@@ -168,9 +143,7 @@ mod wasm {
             let Some((key, started)) = s.waiters.borrow_mut().lookup_finished(token) else {
                 return;
             };
-            if let Some(id) = s.metrics.latency {
-                let _ = hostcalls::record_metric(id, now.saturating_sub(started));
-            }
+            proxy::record(s.metrics.latency, now.saturating_sub(started));
             let result = filter::lookup_result(cfg, &key, status, body.as_deref(), now);
             if let Err(e) = &result {
                 proxy::increment(s.metrics.issuer_error);
@@ -245,31 +218,25 @@ mod wasm {
 
     impl RootContext for Root {
         fn on_configure(&mut self, _size: usize) -> bool {
-            let bytes = self.get_plugin_configuration().unwrap_or_default();
-            match config::load(&bytes) {
-                Ok(c) => {
-                    if let Err(e) = cache::create_slots(&ProxySharedData, &c.gateway, c.slots) {
-                        log::warn!("passport: creating cache slots: {e}");
-                    }
-                    log::info!(
-                        "passport: configured for gateway {} (kid {}, {} cache slots)",
-                        c.gateway,
-                        c.signer.kid(),
-                        c.slots
-                    );
-                    self.state = Some(State {
-                        config: Rc::new(c),
-                        metrics: Rc::new(Metrics::define()),
-                        waiters: Rc::new(RefCell::new(Waiters::default())),
-                        ticking: Rc::new(Cell::new(false)),
-                    });
-                    true
-                }
-                Err(e) => {
-                    log::error!("passport: {e}");
-                    false
-                }
+            let Some(c) = proxy::load_plugin_config("passport", config::load) else {
+                return false;
+            };
+            if let Err(e) = cache::create_slots(&ProxySharedData, &c.gateway, c.slots) {
+                log::warn!("passport: creating cache slots: {e}");
             }
+            log::info!(
+                "passport: configured for gateway {} (kid {}, {} cache slots)",
+                c.gateway,
+                c.signer.kid(),
+                c.slots
+            );
+            self.state = Some(State {
+                config: Rc::new(c),
+                metrics: Rc::new(Metrics::define()),
+                waiters: Rc::new(RefCell::new(Waiters::default())),
+                ticking: Rc::new(Cell::new(false)),
+            });
+            true
         }
 
         fn on_tick(&mut self) {

@@ -55,15 +55,9 @@ mod wasm {
     const QUEUE_MAX: usize = 64;
     const TICK: Duration = Duration::from_millis(200);
 
-    #[cfg(feature = "standalone")]
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-    }}
+    filter_core::filter_entry!(root);
 
-    /// This filter's root context: what the entry point above installs, and
-    /// what the suite module (filters/suite) picks by `root_id`.
-    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+    fn root(_context_id: u32) -> Box<dyn RootContext> {
         Box::new(Root::default())
     }
 
@@ -115,14 +109,10 @@ mod wasm {
 
     impl RootContext for Root {
         fn on_configure(&mut self, _size: usize) -> bool {
-            let bytes = self.get_plugin_configuration().unwrap_or_default();
             let env = |name: &str| std::env::var(name).ok();
-            let c = match config::load(&bytes, &env) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::error!("replay-guard: {e}");
-                    return false;
-                }
+            let Some(c) = proxy::load_plugin_config("replay-guard", |b| config::load(b, &env))
+            else {
+                return false;
             };
             if let Err(e) = c.store.create_keys(&ProxySharedData) {
                 log::error!("replay-guard: cannot create the nonce store keys: {e}");

@@ -38,40 +38,17 @@ mod wasm {
 
     use filter_core::metrics;
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
-    use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+    use proxy_wasm::types::{Action, ContextType, MapType};
 
     use crate::breaker::Phase;
     use crate::config::{self, Compiled};
     use crate::filter::{self, Call, Event};
 
-    #[cfg(feature = "standalone")]
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-    }}
+    filter_core::filter_entry!(root);
 
-    /// This filter's root context: what the entry point above installs, and
-    /// what the suite module (filters/suite) picks by `root_id`.
-    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+    fn root(_context_id: u32) -> Box<dyn RootContext> {
         Box::new(Root::default())
-    }
-
-    fn define(kind: MetricType, name: &str) -> Option<u32> {
-        match hostcalls::define_metric(kind, name) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                log::warn!("route-breaker: could not define metric {name}: {e:?}");
-                None
-            }
-        }
-    }
-
-    fn set_gauge(id: Option<u32>, value: u64) {
-        if let Some(id) = id {
-            let _ = hostcalls::record_metric(id, value);
-        }
     }
 
     /// Metrics of one breaker: `route_breaker_<thing>{gateway=<scope>,route=<route>}`
@@ -101,34 +78,31 @@ mod wasm {
             let tags = [("gateway", scope), ("route", route)];
             let n = |thing: &str| metrics::tagged(&format!("route_breaker_{thing}"), &tags);
             RouteMetrics {
-                state: define(MetricType::Gauge, &n("state")),
-                transitions: define(MetricType::Counter, &n("transitions_total")),
-                opened: define(MetricType::Counter, &n("opened_total")),
-                rejected: define(MetricType::Counter, &n("rejected_total")),
-                dry_run_denied: define(
-                    MetricType::Counter,
-                    &metrics::tagged(
-                        "route_breaker_dry_run_denied_total",
-                        &[
-                            ("gateway", scope),
-                            ("route", route),
-                            ("reason", "circuit_open"),
-                        ],
-                    ),
-                ),
-                calls: define(MetricType::Counter, &n("calls_total")),
-                failures: define(MetricType::Counter, &n("failures_total")),
-                slow_calls: define(MetricType::Counter, &n("slow_calls_total")),
-                failure_rate: define(MetricType::Gauge, &n("failure_rate_percent")),
-                slow_call_rate: define(MetricType::Gauge, &n("slow_call_rate_percent")),
-                store_errors: define(MetricType::Counter, &n("store_errors_total")),
+                state: proxy::gauge(&n("state")),
+                transitions: proxy::counter(&n("transitions_total")),
+                opened: proxy::counter(&n("opened_total")),
+                rejected: proxy::counter(&n("rejected_total")),
+                dry_run_denied: proxy::counter(&metrics::tagged(
+                    "route_breaker_dry_run_denied_total",
+                    &[
+                        ("gateway", scope),
+                        ("route", route),
+                        ("reason", "circuit_open"),
+                    ],
+                )),
+                calls: proxy::counter(&n("calls_total")),
+                failures: proxy::counter(&n("failures_total")),
+                slow_calls: proxy::counter(&n("slow_calls_total")),
+                failure_rate: proxy::gauge(&n("failure_rate_percent")),
+                slow_call_rate: proxy::gauge(&n("slow_call_rate_percent")),
+                store_errors: proxy::counter(&n("store_errors_total")),
                 last_rates: Cell::new(None),
             }
         }
 
         /// Transitions are rare: every one sets the gauge.
         fn observe(&self, phase: Phase) {
-            set_gauge(self.state, phase.gauge());
+            proxy::record(self.state, phase.gauge());
         }
     }
 
@@ -193,8 +167,8 @@ mod wasm {
                         if let Some((f, s)) = rates {
                             let now = (f.round() as u64, s.round() as u64);
                             if m.last_rates.replace(Some(now)) != Some(now) {
-                                set_gauge(m.failure_rate, now.0);
-                                set_gauge(m.slow_call_rate, now.1);
+                                proxy::record(m.failure_rate, now.0);
+                                proxy::record(m.slow_call_rate, now.1);
                             }
                         }
                     }
@@ -218,13 +192,8 @@ mod wasm {
 
     impl RootContext for Root {
         fn on_configure(&mut self, _size: usize) -> bool {
-            let bytes = self.get_plugin_configuration().unwrap_or_default();
-            let config = match config::load(&bytes) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::error!("route-breaker: {e}");
-                    return false;
-                }
+            let Some(config) = proxy::load_plugin_config("route-breaker", config::load) else {
+                return false;
             };
             if let Err(e) = filter::init_store(&config, &ProxySharedData) {
                 log::error!("route-breaker: could not initialise the breaker state: {e}");

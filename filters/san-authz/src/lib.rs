@@ -41,15 +41,9 @@ mod wasm {
     use crate::config::{self, Compiled};
     use crate::filter::{Outcome, Request};
 
-    #[cfg(feature = "standalone")]
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-    }}
+    filter_core::filter_entry!(root);
 
-    /// This filter's root context: what the entry point above installs, and
-    /// what the suite module (filters/suite) picks by `root_id`.
-    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+    fn root(_context_id: u32) -> Box<dyn RootContext> {
         Box::new(Root::default())
     }
 
@@ -58,16 +52,10 @@ mod wasm {
     const DENIED: &str = "san_authz_denied_total";
     const DRY_RUN_DENIED: &str = "san_authz_dry_run_denied_total";
 
-    /// Counters, defined once per plugin configuration.
-    struct Metrics {
-        certificate_rejected: Option<u32>,
-    }
-
-    impl Metrics {
-        fn define() -> Self {
-            Metrics {
-                certificate_rejected: proxy::counter("san_authz_certificate_rejected_total"),
-            }
+    filter_core::metric_set! {
+        /// Counters, defined once per plugin configuration.
+        struct Metrics {
+            certificate_rejected: counter("san_authz_certificate_rejected_total"),
         }
     }
 
@@ -83,26 +71,20 @@ mod wasm {
 
     impl RootContext for Root {
         fn on_configure(&mut self, _size: usize) -> bool {
-            let bytes = self.get_plugin_configuration().unwrap_or_default();
-            match config::load(&bytes) {
-                Ok(c) => {
-                    log::info!(
-                        "san-authz: configured, source {:?}, {} rule(s), {} trusted CA(s){}",
-                        c.source,
-                        c.rules.len(),
-                        c.policy.trusted_cas.len(),
-                        if c.dry_run { ", DRY RUN" } else { "" }
-                    );
-                    self.cache = Rc::new(RefCell::new(SignatureCache::new(c.signature_cache_size)));
-                    self.config = Some(Rc::new(c));
-                    self.metrics = Some(Rc::new(Metrics::define()));
-                    true
-                }
-                Err(e) => {
-                    log::error!("san-authz: {e}");
-                    false
-                }
-            }
+            let Some(c) = proxy::load_plugin_config("san-authz", config::load) else {
+                return false;
+            };
+            log::info!(
+                "san-authz: configured, source {:?}, {} rule(s), {} trusted CA(s){}",
+                c.source,
+                c.rules.len(),
+                c.policy.trusted_cas.len(),
+                if c.dry_run { ", DRY RUN" } else { "" }
+            );
+            self.cache = Rc::new(RefCell::new(SignatureCache::new(c.signature_cache_size)));
+            self.config = Some(Rc::new(c));
+            self.metrics = Some(Rc::new(Metrics::define()));
+            true
         }
 
         fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {

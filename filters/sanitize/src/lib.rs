@@ -38,15 +38,9 @@ mod wasm {
     use crate::config::{self, Compiled};
     use crate::filter::{Outcome, Request};
 
-    #[cfg(feature = "standalone")]
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-    }}
+    filter_core::filter_entry!(root);
 
-    /// This filter's root context: what the entry point above installs, and
-    /// what the suite module (filters/suite) picks by `root_id`.
-    pub(crate) fn new_root(_context_id: u32) -> Box<dyn RootContext> {
+    fn root(_context_id: u32) -> Box<dyn RootContext> {
         Box::new(Root::default())
     }
 
@@ -69,19 +63,13 @@ mod wasm {
 
     impl RootContext for Root {
         fn on_configure(&mut self, _size: usize) -> bool {
-            let bytes = self.get_plugin_configuration().unwrap_or_default();
-            match config::load(&bytes) {
-                Ok(c) => {
-                    log::info!("sanitize: configured with {} route rule(s)", c.routes.len());
-                    self.config = Some(Rc::new(c));
-                    self.allowed_id = proxy::counter(ALLOWED);
-                    true
-                }
-                Err(e) => {
-                    log::error!("sanitize: {e}");
-                    false
-                }
-            }
+            let Some(c) = proxy::load_plugin_config("sanitize", config::load) else {
+                return false;
+            };
+            log::info!("sanitize: configured with {} route rule(s)", c.routes.len());
+            self.config = Some(Rc::new(c));
+            self.allowed_id = proxy::counter(ALLOWED);
+            true
         }
 
         fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
