@@ -232,3 +232,75 @@ def test_an_http2_body_ending_with_trailers_is_digested_whole(stack):
                              b'{"item_id":"a1","quantity":9}', trailers={"x-checksum": "1"})
     assert status == 401 and doc["error"] == "digest_invalid", doc
     assert echo_stats() == before
+
+
+def test_a_flood_by_one_device_does_not_hide_another_devices_replay(stack):
+    """Found by a probe: ~15 invalid signatures and replays in a few seconds
+    emptied a worker's report bucket (burst 10) and a replay by another
+    device never reached the FDS service. Events are now coalesced per
+    suspect and sent at the rate limit, longest waiting first
+    (docs/filters/replay-guard.md, "Reports")."""
+    flooder, other = fresh_signer(), fresh_signer()
+    # Invalid signatures are charged to the client address (their key id is
+    # unverified): a test-only address behind the trusted hop finds them.
+    addr = f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+    xff = {"x-forwarded-for": addr}
+    target = "/api/v1/users/7?size=10"
+    # One keep-alive connection, so every event lands on one Envoy worker
+    # (one report queue): the case the probe found.
+    with requests.Session() as s:
+        def call(headers: dict[str, str], path: str = target) -> requests.Response:
+            return s.get(APP + path, headers={**xff, **headers}, timeout=TIMEOUT)
+
+        used = flooder.sign("GET", AUTHORITY, target)
+        assert call(used).status_code == 200
+        started = time.monotonic()
+        for _ in range(10):
+            bad = flooder.sign("GET", AUTHORITY, target)
+            r = call(bad, "/api/v1/users/8?size=10")  # signed for /users/7
+            assert r.status_code == 401 and denial(r)["error"] == "signature_invalid", r.text
+            r = call(used)
+            assert r.status_code == 401 and denial(r)["error"] == "replay", r.text
+        flood_seconds = time.monotonic() - started
+        victim = other.sign("GET", AUTHORITY, target)
+        assert call(victim).status_code == 200
+        r = call(victim)
+        assert r.status_code == 401 and denial(r)["error"] == "replay", r.text
+        replayed_at = time.monotonic()
+
+    def reports() -> list[dict]:
+        return requests.get(FDS + "/v1/reports", timeout=TIMEOUT).json()["reports"]
+
+    def others() -> list[dict]:
+        return [r for r in reports() if r.get("device") == other.device and r.get("kind") == "replay"]
+
+    found = wait_until(others, timeout=5, interval=0.05, message="the other device's replay report")
+    latency = time.monotonic() - replayed_at
+    assert latency < 3, f"the other device's report took {latency:.1f}s"
+    assert len(found) == 1 and found[0]["count"] == 1, found
+    assert found[0]["verified"] is True and found[0]["user"] == other.user
+
+    # The flooder's 10 replays and its address's 10 invalid signatures all
+    # arrive, coalesced: fewer reports than events, the counts add up.
+    def flood() -> tuple[list[dict], list[dict]] | None:
+        all_reports = reports()
+        replays = [r for r in all_reports if r.get("device") == flooder.device and r.get("kind") == "replay"]
+        invalid = [r for r in all_reports
+                   if r.get("kind") == "invalid_signature" and (r.get("client") or "").rsplit(":", 1)[0] == addr]
+        done = sum(r["count"] for r in replays) >= 10 and sum(r["count"] for r in invalid) >= 10
+        return (replays, invalid) if done else None
+
+    replays, invalid = wait_until(flood, timeout=10, message="every flood event counted at the FDS service")
+    assert sum(r["count"] for r in replays) == 10, replays
+    assert sum(r["count"] for r in invalid) == 10, invalid
+    for r in replays + invalid:
+        assert r["source"] == "replay-guard" and r["count"] >= 1, r
+        assert r["at"] == r["first_at"] <= r["last_at"], r
+        assert r["path"] in ("/api/v1/users/7", "/api/v1/users/8"), r
+    assert all(r["verified"] is False and r["device"] is None for r in invalid), invalid
+    # The unverified suspect's sample is the key id it claimed.
+    assert all(r["keyid"].startswith(flooder.device + ":") for r in invalid), invalid
+    # At one report per suspect per 200 ms tick, a flood shorter than nine
+    # ticks cannot yield one report per event.
+    if flood_seconds < 1.8:
+        assert len(replays) < 10 and len(invalid) < 10, (flood_seconds, replays, invalid)

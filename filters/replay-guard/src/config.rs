@@ -165,6 +165,16 @@ pub struct ReportsConfig {
     /// Reports a worker may send at once after a quiet period (default 10).
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// Suspects a worker keeps pending at most, 1 to 4096 (default 256):
+    /// events are coalesced per suspect (device, user and kind when the
+    /// signature verified; client address and kind when it did not) and
+    /// sent at the rate above. Unverified suspects hold at most half of the
+    /// table; a new verified suspect evicts the newest unverified one, any
+    /// other newcomer finding no room is dropped and counted in the next
+    /// report's `suppressed`. About 2 KiB per suspect at most.
+    #[serde(default = "default_max_suspects")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_suspects: usize,
 }
 
 fn default_max_age() -> ConfigDuration {
@@ -205,6 +215,9 @@ fn default_per_minute() -> u32 {
 }
 fn default_burst() -> u32 {
     10
+}
+fn default_max_suspects() -> usize {
+    crate::coalesce::DEFAULT_MAX_SUSPECTS
 }
 
 /// A covered component as the gateway computes it.
@@ -274,6 +287,8 @@ pub struct Reports {
     pub timeout: std::time::Duration,
     pub per_minute: u32,
     pub burst: u32,
+    /// Bound of the pending table ([`crate::coalesce`]), per worker.
+    pub max_suspects: usize,
 }
 
 /// The ready-to-use configuration, shared by every request context.
@@ -495,6 +510,15 @@ impl Compiled {
                         "must be between 1 and 1000",
                     ));
                 }
+                if r.max_suspects == 0 || r.max_suspects > crate::coalesce::MAX_MAX_SUSPECTS {
+                    return Err(ConfigError::at(
+                        "reports.max_suspects",
+                        format!(
+                            "must be between 1 and {}",
+                            crate::coalesce::MAX_MAX_SUSPECTS
+                        ),
+                    ));
+                }
                 let t = r.timeout.as_duration();
                 if t.is_zero() || t.as_secs() > 60 {
                     return Err(ConfigError::at(
@@ -509,6 +533,7 @@ impl Compiled {
                     timeout: t,
                     per_minute: r.per_minute,
                     burst: r.burst,
+                    max_suspects: r.max_suspects,
                 })
             }
         };
@@ -568,6 +593,17 @@ mod tests {
         assert_eq!(c.default_components, DEFAULT_COMPONENTS);
         assert_eq!(c.secrets[0].key.len(), 32);
         assert!(c.reports.is_none());
+        let c = load(
+            br#"{"master_secrets":[{"version":"1","env":"K1"}],"reports":{"cluster":"fds"}}"#,
+            &env,
+        )
+        .unwrap();
+        let r = c.reports.unwrap();
+        assert_eq!((r.per_minute, r.burst, r.max_suspects), (60, 10, 256));
+        assert_eq!(
+            (r.path.as_str(), r.authority.as_str()),
+            ("/v1/reports", "fds")
+        );
     }
 
     #[test]
@@ -637,6 +673,18 @@ mod tests {
             (
                 format!(r#"{{{s},"reports":{{"cluster":"fds","per_minute":0}}}}"#),
                 "reports.per_minute",
+            ),
+            (
+                format!(r#"{{{s},"reports":{{"cluster":"fds","max_suspects":0}}}}"#),
+                "reports.max_suspects",
+            ),
+            (
+                format!(r#"{{{s},"reports":{{"cluster":"fds","max_suspects":4097}}}}"#),
+                "reports.max_suspects",
+            ),
+            (
+                format!(r#"{{{s},"reports":{{"cluster":"fds","max_suspect":9}}}}"#),
+                "reports.max_suspect",
             ),
             (format!(r#"{{{s},"unknown":1}}"#), "unknown"),
         ] {

@@ -26,7 +26,7 @@ use crate::config::Compiled;
 use crate::digest;
 use crate::keyid::{derive_key, KeyId, KeyIdError};
 use crate::nonce::{self, NonceError};
-use crate::report::{Report, ReportKind};
+use crate::report::{Event, ReportKind};
 use crate::sig::{self, RequestView, SigError};
 
 pub const SIGNATURE_INPUT: &str = "signature-input";
@@ -75,8 +75,9 @@ pub struct Request {
     /// last DATA frame, is no body, as `content-length: 0` is not).
     body_must_be_empty: bool,
     pub outcome: Outcome,
-    /// A report for the FDS service, taken by the glue.
-    pub report: Option<Report>,
+    /// A suspicious event for the FDS service, taken by the glue (which
+    /// coalesces events per suspect, [`crate::coalesce`]).
+    pub report: Option<Event>,
     /// `dry_run` of the config this request runs under.
     dry_run: bool,
     /// Envoy gateway/route names, read on a denial (decision log) and
@@ -153,8 +154,7 @@ impl Request {
         let client = host
             .property(&["source", "address"])
             .and_then(|b| String::from_utf8(b).ok());
-        self.report = Some(Report {
-            source: "replay-guard",
+        self.report = Some(Event {
             kind,
             keyid: keyid.chars().take(200).collect(),
             device: who.map(|(d, _)| d.to_string()),
@@ -165,7 +165,6 @@ impl Request {
             client,
             request_id: self.request_id.clone(),
             at: host.unix_seconds(),
-            suppressed: 0,
         });
     }
 

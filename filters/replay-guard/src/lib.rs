@@ -18,8 +18,9 @@
 //! * the verified device and user handed to fds-block and passport through
 //!   filter state ([`filter_core::identity`]);
 //! * reports of invalid signatures, digest mismatches and replays to the
-//!   FDS service, sent from the root context without delaying the denial
-//!   and rate-limited per worker ([`report`]).
+//!   FDS service, sent from the root context without delaying the denial,
+//!   coalesced per suspect in a bounded table and rate-limited per worker
+//!   ([`report`], [`coalesce`]).
 //!
 //! Every failure is a 401 JSON denial naming the check in general terms
 //! (413 for a body too large to buffer). The decision code lives in
@@ -27,6 +28,7 @@
 //! [`filter`], plain Rust tested natively; the proxy-wasm glue below only
 //! moves data. Config reference: `docs/filters/replay-guard.md`.
 
+pub mod coalesce;
 pub mod config;
 pub mod digest;
 pub mod filter;
@@ -38,7 +40,6 @@ pub mod sig;
 #[cfg(target_arch = "wasm32")]
 mod wasm {
     use std::cell::RefCell;
-    use std::collections::VecDeque;
     use std::rc::Rc;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -47,12 +48,10 @@ mod wasm {
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, ContextType};
 
+    use crate::coalesce::{Recorded, ReportQueue};
     use crate::config::{self, Compiled};
     use crate::filter::{Outcome, Request};
-    use crate::report::RateLimiter;
 
-    /// Reports waiting for the next tick, at most this many.
-    const QUEUE_MAX: usize = 64;
     const TICK: Duration = Duration::from_millis(200);
 
     filter_core::filter_entry!(root);
@@ -73,6 +72,7 @@ mod wasm {
         store_refused: Option<u32>,
         reports_sent: Option<u32>,
         reports_dropped: Option<u32>,
+        report_suspects_evicted: Option<u32>,
     }
 
     impl Metrics {
@@ -84,21 +84,30 @@ mod wasm {
                 store_refused: proxy::counter("replay_guard_nonce_store_refused_total"),
                 reports_sent: proxy::counter("replay_guard_reports_sent_total"),
                 reports_dropped: proxy::counter("replay_guard_reports_dropped_total"),
+                report_suspects_evicted: proxy::counter(
+                    "replay_guard_report_suspects_evicted_total",
+                ),
             }
         }
     }
 
-    /// Reports handed from request contexts to the root context.
-    struct Outbox {
-        limiter: RateLimiter,
-        queue: VecDeque<Vec<u8>>,
+    fn increment_by(id: Option<u32>, n: u64) {
+        if let (Some(id), Ok(n @ 1..)) = (id, i64::try_from(n)) {
+            let _ = proxy_wasm::hostcalls::increment_metric(id, n);
+        }
+    }
+
+    fn now_ms(t: std::time::SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     #[derive(Default)]
     struct Root {
         config: Option<Rc<Compiled>>,
         metrics: Option<Rc<Metrics>>,
-        outbox: Option<Rc<RefCell<Outbox>>>,
+        /// Report events handed from request contexts to the root context.
+        outbox: Option<Rc<RefCell<ReportQueue>>>,
     }
 
     impl Context for Root {
@@ -126,10 +135,11 @@ mod wasm {
                 c.store.memory_at_bound()
             );
             if let Some(r) = &c.reports {
-                self.outbox = Some(Rc::new(RefCell::new(Outbox {
-                    limiter: RateLimiter::new(r.per_minute, r.burst),
-                    queue: VecDeque::new(),
-                })));
+                self.outbox = Some(Rc::new(RefCell::new(ReportQueue::new(
+                    r.per_minute,
+                    r.burst,
+                    r.max_suspects,
+                ))));
                 self.set_tick_period(TICK);
             }
             self.config = Some(Rc::new(c));
@@ -143,8 +153,10 @@ mod wasm {
                 return;
             };
             let Some(r) = &cfg.reports else { return };
-            let pending: Vec<Vec<u8>> = outbox.borrow_mut().queue.drain(..).collect();
-            for body in pending {
+            // The decision (which suspects, how many) is the queue's.
+            let due = outbox.borrow_mut().drain(now_ms(self.get_current_time()));
+            for rep in due {
+                let body = rep.body();
                 let headers = vec![
                     (":method", "POST"),
                     (":path", r.path.as_str()),
@@ -154,7 +166,8 @@ mod wasm {
                 match self.dispatch_http_call(&r.cluster, headers, Some(&body), vec![], r.timeout) {
                     Ok(_) => proxy::increment(m.reports_sent),
                     Err(e) => {
-                        proxy::increment(m.reports_dropped);
+                        outbox.borrow_mut().send_failed(&rep);
+                        increment_by(m.reports_dropped, rep.count);
                         log::warn!(
                             "replay-guard: report to cluster {} failed: {e:?}",
                             r.cluster
@@ -183,7 +196,7 @@ mod wasm {
     struct Http {
         config: Rc<Compiled>,
         metrics: Rc<Metrics>,
-        outbox: Option<Rc<RefCell<Outbox>>>,
+        outbox: Option<Rc<RefCell<ReportQueue>>>,
         req: Request,
         buffered: usize,
         counted: bool,
@@ -192,19 +205,16 @@ mod wasm {
     impl Http {
         /// Counts the outcome once and queues a report, if any.
         fn after(&mut self, v: Verdict) -> Action {
-            if let Some(mut rep) = self.req.report.take() {
-                if let Some(outbox) = &self.outbox {
-                    let now_ms = self
-                        .get_current_time()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    let mut o = outbox.borrow_mut();
-                    match o.limiter.allow(now_ms) {
-                        Some(suppressed) if o.queue.len() < QUEUE_MAX => {
-                            rep.suppressed = suppressed;
-                            o.queue.push_back(rep.body());
-                        }
-                        _ => proxy::increment(self.metrics.reports_dropped),
+            if let (Some(event), Some(outbox)) = (self.req.report.take(), &self.outbox) {
+                match outbox.borrow_mut().record(event) {
+                    Recorded::Coalesced | Recorded::New => {}
+                    Recorded::NewEvicting { dropped } => {
+                        proxy::increment(self.metrics.report_suspects_evicted);
+                        increment_by(self.metrics.reports_dropped, dropped);
+                    }
+                    Recorded::Refused => {
+                        proxy::increment(self.metrics.report_suspects_evicted);
+                        proxy::increment(self.metrics.reports_dropped);
                     }
                 }
             }

@@ -1,12 +1,15 @@
-//! Reports of invalid signatures and replays to the FDS service: the event,
-//! its JSON body, and the per-worker token bucket that keeps an attack from
-//! turning the gateway into a flood. Sending is the glue's job (one
-//! `dispatch_http_call` from the root context, never awaited).
+//! Reports of invalid signatures and replays to the FDS service: the event
+//! the request logic records ([`Event`]), the JSON body the FDS service
+//! receives ([`Report`]), and the per-worker token bucket ([`RateLimiter`])
+//! that keeps an attack from turning the gateway into a flood. Events are
+//! coalesced per suspect before they are sent ([`crate::coalesce`]).
+//! Sending is the glue's job (one `dispatch_http_call` from the root
+//! context, never awaited).
 
 use serde::Serialize;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportKind {
     /// The signature did not verify (HMAC mismatch).
@@ -17,12 +20,37 @@ pub enum ReportKind {
     Replay,
 }
 
-/// One suspicious event, as the FDS service receives it.
+/// One suspicious event, as the request logic saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: ReportKind,
+    /// The key id the request claimed (verified only when `verified`).
+    pub keyid: String,
+    /// The verified device (`None` when the key id is only claimed).
+    pub device: Option<String>,
+    /// The verified user (`None` when the key id is only claimed).
+    pub user: Option<String>,
+    /// The signature verified, so `device` and `user` are the key's.
+    pub verified: bool,
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Envoy's resolved client address (`ip:port`).
+    pub client: Option<String>,
+    pub request_id: Option<String>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// One report, as the FDS service receives it: one suspect, one or more of
+/// its events. The fields up to `at` describe one request, the *sample*:
+/// the first event this report counts. The JSON shape is a superset of the
+/// one-event-per-report shape (`count`, `first_at`, `last_at` were added).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub source: &'static str,
     pub kind: ReportKind,
-    /// The key id the request claimed (verified only for `replay` and `digest_mismatch`).
+    /// The key id the sample claimed (verified only for `replay` and `digest_mismatch`).
     pub keyid: String,
     pub device: Option<String>,
     pub user: Option<String>,
@@ -33,10 +61,18 @@ pub struct Report {
     /// Envoy's resolved client address.
     pub client: Option<String>,
     pub request_id: Option<String>,
-    /// Unix seconds.
+    /// Unix seconds of the sample (= `first_at`).
     pub at: u64,
-    /// Reports this worker dropped (rate limit) since its previous report.
+    /// Events this worker dropped (pending table full, report not sent)
+    /// since its previous report, whatever their suspect: counted in no
+    /// report's `count`.
     pub suppressed: u64,
+    /// Events of this suspect this report stands for (at least 1): those
+    /// since the previous report of the same suspect from this worker.
+    pub count: u64,
+    /// Unix seconds of the first and last of those events.
+    pub first_at: u64,
+    pub last_at: u64,
 }
 
 impl Report {
@@ -53,8 +89,6 @@ pub struct RateLimiter {
     /// Tokens × 60000 (milli-token-minutes) so refills stay integral.
     tokens: u64,
     last_ms: u64,
-    /// Dropped since the last allowed report.
-    pub suppressed: u64,
 }
 
 impl RateLimiter {
@@ -64,25 +98,34 @@ impl RateLimiter {
             per_minute,
             tokens: u64::from(burst) * 60_000,
             last_ms: 0,
-            suppressed: 0,
         }
     }
 
-    /// Takes a token at `now_ms`; `Some(suppressed_before)` when allowed.
-    pub fn allow(&mut self, now_ms: u64) -> Option<u64> {
+    fn refill(&mut self, now_ms: u64) {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         if self.last_ms == 0 || elapsed > 0 {
             let cap = u64::from(self.burst) * 60_000;
-            self.tokens =
-                (self.tokens + elapsed.saturating_mul(u64::from(self.per_minute))).min(cap);
+            self.tokens = self
+                .tokens
+                .saturating_add(elapsed.saturating_mul(u64::from(self.per_minute)))
+                .min(cap);
             self.last_ms = now_ms;
         }
-        if self.tokens >= 60_000 {
+    }
+
+    /// Whether a token is available at `now_ms`, without taking it.
+    pub fn ready(&mut self, now_ms: u64) -> bool {
+        self.refill(now_ms);
+        self.tokens >= 60_000
+    }
+
+    /// Takes a token at `now_ms`; false when the bucket is empty.
+    pub fn allow(&mut self, now_ms: u64) -> bool {
+        if self.ready(now_ms) {
             self.tokens -= 60_000;
-            Some(std::mem::take(&mut self.suppressed))
+            true
         } else {
-            self.suppressed += 1;
-            None
+            false
         }
     }
 }
@@ -95,25 +138,33 @@ mod tests {
     fn burst_then_steady_rate() {
         let mut r = RateLimiter::new(60, 3);
         let t0 = 1_000_000;
-        assert!((0..3).all(|_| r.allow(t0).is_some()));
-        assert_eq!(r.allow(t0), None);
-        assert_eq!(r.allow(t0 + 500), None);
+        assert!((0..3).all(|_| r.allow(t0)));
+        assert!(!r.allow(t0));
+        assert!(!r.allow(t0 + 500));
         // 60/min = one per second
-        assert_eq!(r.allow(t0 + 1000), Some(2));
-        assert_eq!(r.allow(t0 + 1000), None);
+        assert!(r.allow(t0 + 1000));
+        assert!(!r.allow(t0 + 1000));
     }
 
     #[test]
     fn a_flood_sends_at_most_burst_plus_rate() {
         let mut r = RateLimiter::new(60, 10);
         let sent = (0..100_000u64)
-            .filter(|i| r.allow(5_000_000 + i / 100).is_some())
+            .filter(|i| r.allow(5_000_000 + i / 100))
             .count(); // 100k attempts within one second
         assert_eq!(sent, 10, "the burst, and no refill before a full second");
     }
 
     #[test]
-    fn report_body_is_json_with_kind_in_snake_case() {
+    fn ready_does_not_take_a_token() {
+        let mut r = RateLimiter::new(60, 1);
+        assert!(r.ready(1_000) && r.ready(1_000));
+        assert!(r.allow(1_000));
+        assert!(!r.ready(1_000));
+    }
+
+    #[test]
+    fn report_body_is_json_with_kind_in_snake_case_and_the_coalescing_fields() {
         let rep = Report {
             source: "replay-guard",
             kind: ReportKind::Replay,
@@ -127,9 +178,35 @@ mod tests {
             request_id: Some("r".into()),
             at: 1,
             suppressed: 0,
+            count: 3,
+            first_at: 1,
+            last_at: 2,
         };
         let v: serde_json::Value = serde_json::from_slice(&rep.body()).unwrap();
         assert_eq!(v["kind"], "replay");
         assert_eq!(v["source"], "replay-guard");
+        // Every field of the one-event shape is still there.
+        for f in [
+            "keyid",
+            "device",
+            "user",
+            "verified",
+            "method",
+            "path",
+            "client",
+            "request_id",
+            "at",
+            "suppressed",
+        ] {
+            assert!(v.get(f).is_some(), "{f} missing: {v}");
+        }
+        assert_eq!(
+            (
+                v["count"].as_u64(),
+                v["first_at"].as_u64(),
+                v["last_at"].as_u64()
+            ),
+            (Some(3), Some(1), Some(2))
+        );
     }
 }
