@@ -97,6 +97,9 @@ sign_leaf() {
   rm -f "$WORK/$name.csr" "$ext"
 }
 
+# A client's leaf: san-authz refuses a client certificate that is a CA, whose
+# keyUsage lacks digitalSignature or whose extendedKeyUsage lacks clientAuth
+# (docs/filters/san-authz.md, "The leaf profile").
 client_section() { # <section> <URI SAN>
   cat <<EOF
 [$1]

@@ -8,6 +8,9 @@
   trusted TLS-terminating hop (plain HTTP in, XFCC forwarded as the hop sent
   it). The test plays the hop, so it can present certificates no TLS
   handshake would accept: expired, or from another CA.
+* The leaf profile (a client's certificate, not a CA's, with clientAuth and
+  digitalSignature where it lists usages), in both modes, with certificates
+  made on the spot and signed with the committed demo CA key.
 """
 
 from __future__ import annotations
@@ -216,10 +219,24 @@ def xfcc_element(pem: str, uri_text: str | None = None, with_hash: bool = True, 
     return ";".join(parts)
 
 
-def make_cert(san: str, *, days_from: int, days_to: int, ca: str | None = "ca") -> str:
+def make_cert(
+    san: str,
+    *,
+    days_from: int,
+    days_to: int,
+    ca: str | None = "ca",
+    is_ca: bool = False,
+    key_usage: set[str] | None = None,
+    eku: list | None = None,
+    key_path: Path | None = None,
+) -> str:
     """A client certificate with `san`, valid from/to the given day offsets,
     signed by the demo CA (`ca="ca"`), another committed CA, or (None) a key
-    made up on the spot that claims to be the demo CA."""
+    made up on the spot that claims to be the demo CA. basicConstraints
+    CA=`is_ca`; keyUsage with the named bits (`cryptography`'s argument
+    names, e.g. "digital_signature") and extendedKeyUsage with the given
+    OIDs, each only when given. With `key_path`, the private key is written
+    there (PEM) so that the certificate can be presented in a handshake."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -243,9 +260,19 @@ def make_cert(san: str, *, days_from: int, days_to: int, ca: str | None = "ca") 
         .not_valid_before(now + datetime.timedelta(days=days_from))
         .not_valid_after(now + datetime.timedelta(days=days_to))
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(san)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
+    if key_usage is not None:
+        bits = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+                "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+        assert key_usage <= set(bits), key_usage
+        cert = cert.add_extension(x509.KeyUsage(**{b: b in key_usage for b in bits}), critical=True)
+    if eku is not None:
+        cert = cert.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    cert = cert.sign(ca_key, hashes.SHA256())
+    if key_path is not None:
+        key_path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -404,3 +431,129 @@ def test_xfcc_mode_uses_only_the_last_element(edge):
 def test_xfcc_mode_without_xfcc_or_with_garbage_is_403(edge):
     assert_forbidden(edge.get("/partner/v1/billing/x", None))
     assert_forbidden(edge.get("/partner/v1/billing/x", 'Cert="unterminated'))
+
+
+# ------------------------------------------------------- the leaf profile
+#
+# A client certificate must be a client's: not a CA (basicConstraints
+# CA=true), keyUsage (when present) allowing digitalSignature,
+# extendedKeyUsage (when present) listing clientAuth. The certificates are
+# made here, signed with the committed demo CA key, so they pass every other
+# check (issuer, validity, SAN: the partner's).
+
+
+def _eku(name: str):
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    return {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH,
+            "any": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}[name]
+
+
+#: name -> (make_cert arguments, the reason san-authz denies it with)
+LEAF_VIOLATIONS = {
+    "ca-true": (dict(is_ca=True, key_usage={"digital_signature", "key_cert_sign"}, eku=["client"]),
+                "ca_certificate"),
+    "eku-server-auth-only": (dict(key_usage={"digital_signature"}, eku=["server"]), "eku_without_client_auth"),
+    "eku-any-only": (dict(key_usage={"digital_signature"}, eku=["any"]), "eku_without_client_auth"),
+    "key-usage-without-digital-signature": (dict(key_usage={"key_encipherment"}, eku=["client"]),
+                                            "key_usage_without_digital_signature"),
+    "key-usage-key-agreement-only": (dict(key_usage={"key_agreement"}, eku=["client"]),
+                                     "key_usage_without_digital_signature"),
+}
+
+
+def leaf(san: str = PARTNER, key_path: Path | None = None, **kw) -> str:
+    if "eku" in kw:
+        kw["eku"] = [_eku(e) for e in kw["eku"]]
+    return make_cert(san, days_from=-1, days_to=30, key_path=key_path, **kw)
+
+
+def denied(reason: str, admin: str | None = None) -> int:
+    """san_authz_denied_total{reason=<reason>}, summed over gateways and routes."""
+    url = f"{admin}/stats" if admin else admin_url("/stats")
+    text = requests.get(url, params={"filter": "san_authz_denied_total"}, timeout=TIMEOUT).text
+    total = 0
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key.endswith("san_authz_denied_total") and f"reason=.={reason};.;" in key:
+            total += int(value)
+    return total
+
+
+def present(tmp_path: Path, name: str, pem: str) -> tuple[str, str]:
+    """(certificate, key) files of a generated certificate whose key `leaf`
+    wrote to tmp_path/<name>.key."""
+    cert = tmp_path / f"{name}.pem"
+    cert.write_text(pem)
+    return str(cert), str(tmp_path / f"{name}.key")
+
+
+def test_a_ca_certificate_from_the_demo_ca_is_403_on_the_secure_gateway_and_never_reaches_the_upstream(tmp_path):
+    # Envoy's handshake accepts it (the demo CA issued it, and BoringSSL
+    # does not refuse CA=true on a client's leaf): san-authz is what stops it.
+    kw, reason = LEAF_VIOLATIONS["ca-true"]
+    ca_leaf = present(tmp_path, "ca-true", leaf(key_path=tmp_path / "ca-true.key", **kw))
+    before, reason_before = echo_stats(), denied(reason)
+    rejected_before = metric("san_authz_certificate_rejected_total")
+    resp = requests.get(secure_url("/partner/v1/billing/invoices"), cert=ca_leaf, verify=str(CA),
+                        headers={"x-request-id": "san-rid-leaf"}, timeout=TIMEOUT)
+    assert_forbidden(resp)
+    assert resp.headers["x-request-id"] == "san-rid-leaf"
+    assert echo_stats() == before
+    wait_until(lambda: denied(reason) > reason_before, timeout=5, message=f"denied_total{{reason={reason}}}")
+    assert metric("san_authz_certificate_rejected_total") > rejected_before
+    # Control: the same SAN and issuer, CA=false, is the partner.
+    ok = present(tmp_path, "ok", leaf(key_path=tmp_path / "ok.key", **dict(kw, is_ca=False)))
+    resp = requests.get(secure_url("/partner/v1/billing/invoices"), cert=ok, verify=str(CA), timeout=TIMEOUT)
+    assert seen(resp)["headers"][SAN_HEADER] == PARTNER
+
+
+@pytest.mark.parametrize(
+    ("violation", "refused_by"),
+    [
+        # Envoy's certificate verification (BoringSSL's "ssl_client"
+        # purpose): extendedKeyUsage without clientAuth, anyExtendedKeyUsage
+        # not counting.
+        ("eku-server-auth-only", "fail_verify_error"),
+        ("eku-any-only", "fail_verify_error"),
+        # BoringSSL's own check of the client's CertificateVerify: the key
+        # that signs it must allow digitalSignature (keyAgreement does not do).
+        ("key-usage-without-digital-signature", "connection_error"),
+        ("key-usage-key-agreement-only", "connection_error"),
+    ],
+)
+def test_a_client_certificate_without_client_usage_fails_the_secure_handshake(tmp_path, violation, refused_by):
+    # san-authz refuses the same certificates in xfcc mode (below), where no
+    # handshake of ours saw them.
+    kw, _ = LEAF_VIOLATIONS[violation]
+    files = present(tmp_path, violation, leaf(key_path=tmp_path / f"{violation}.key", **kw))
+    before, errors = echo_stats(), secure_ssl_stat(refused_by)
+    with pytest.raises(requests.exceptions.ConnectionError):  # SSLError is one
+        requests.get(secure_url("/partner/v1/billing/invoices"), cert=files, verify=str(CA), timeout=TIMEOUT)
+    assert echo_stats() == before
+    wait_until(lambda: secure_ssl_stat(refused_by) > errors, timeout=5,
+               message=f"listener 10443 ssl.{refused_by}")
+
+
+def secure_ssl_stat(name: str) -> int:
+    """An Envoy TLS counter of the 10443 listener (ssl.<name>)."""
+    suffix = f"_10443.ssl.{name}"
+    text = requests.get(admin_url("/stats"), params={"filter": suffix}, timeout=TIMEOUT).text
+    return sum(int(v) for k, _, v in (line.partition(": ") for line in text.splitlines()) if k.endswith(suffix))
+
+
+@pytest.mark.parametrize("violation", sorted(LEAF_VIOLATIONS))
+def test_xfcc_mode_refuses_a_certificate_that_is_not_a_client_leaf(edge, violation):
+    kw, reason = LEAF_VIOLATIONS[violation]
+    pem = leaf(**kw)
+    before, reason_before = echo_stats(), denied(reason, edge.admin)
+    assert_forbidden(edge.get("/partner/v1/billing/invoices", xfcc_element(pem, PARTNER)))
+    assert echo_stats() == before
+    wait_until(lambda: denied(reason, edge.admin) > reason_before, timeout=5,
+               message=f"denied_total{{reason={reason}}}")
+
+
+def test_xfcc_mode_accepts_a_client_leaf_with_or_without_usage_extensions(edge):
+    for kw in (dict(key_usage={"digital_signature"}, eku=["client"]), dict(eku=["server", "client"]), {}):
+        resp = edge.get("/partner/v1/billing/invoices", xfcc_element(leaf(**kw), PARTNER))
+        assert seen(resp)["headers"][SAN_HEADER] == PARTNER, kw

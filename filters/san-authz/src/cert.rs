@@ -1,6 +1,7 @@
 //! The client certificate itself: PEM/DER decoding, SAN extraction, the
-//! validity window, the XFCC `Hash=` binding and (optionally) the issuer's
-//! signature against configured CA certificates. Everything the filter
+//! validity window, the leaf profile of a TLS client certificate (not a CA,
+//! `digitalSignature` and `clientAuth` allowed), the XFCC `Hash=` binding and
+//! the issuer's signature against configured CA certificates. Everything the filter
 //! decides about a caller comes from here, never from the `URI=`/`DNS=`
 //! text of an XFCC element.
 
@@ -9,11 +10,13 @@ use std::fmt::Write;
 
 use p256::ecdsa::signature::Verifier;
 use sha2::{Digest, Sha256};
+use x509_parser::asn1_rs::{Any, Sequence, Tag};
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_SIG_ECDSA_WITH_SHA256,
-    OID_SIG_ECDSA_WITH_SHA384,
+    Oid, OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_SIG_ECDSA_WITH_SHA256,
+    OID_SIG_ECDSA_WITH_SHA384, OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_EXTENDED_KEY_USAGE,
+    OID_X509_EXT_KEY_USAGE,
 };
 use x509_parser::prelude::FromDer;
 
@@ -43,6 +46,16 @@ pub enum CertError {
     BadSanExtension,
     #[error("the certificate was not issued by a trusted CA")]
     UntrustedIssuer,
+    #[error("the certificate is a CA certificate (basicConstraints CA=true), not a client's")]
+    CaCertificate,
+    #[error("the certificate's keyUsage does not allow digitalSignature")]
+    KeyUsage,
+    #[error("the certificate's extendedKeyUsage does not allow clientAuth")]
+    ExtendedKeyUsage,
+    #[error(
+        "the certificate's basicConstraints, keyUsage or extendedKeyUsage is invalid or repeated"
+    )]
+    BadUsageExtension,
 }
 
 impl CertError {
@@ -58,6 +71,10 @@ impl CertError {
             CertError::TooManySans(_) => "too_many_sans",
             CertError::BadSanExtension => "bad_san_extension",
             CertError::UntrustedIssuer => "untrusted_issuer",
+            CertError::CaCertificate => "ca_certificate",
+            CertError::KeyUsage => "key_usage_without_digital_signature",
+            CertError::ExtendedKeyUsage => "eku_without_client_auth",
+            CertError::BadUsageExtension => "bad_usage_extension",
         }
     }
 }
@@ -254,9 +271,101 @@ pub struct Policy {
     pub max_sans: usize,
 }
 
+/// The one extension with this OID, parsed: `Ok(None)` when absent; an
+/// extension that appears twice (RFC 5280 §4.2 forbids it) or that
+/// x509-parser could not parse is an error, never "absent".
+fn unique_extension<'c, 'a>(
+    cert: &'c X509Certificate<'a>,
+    oid: &Oid<'_>,
+) -> Result<Option<&'c ParsedExtension<'a>>, CertError> {
+    let ext: Option<&X509Extension<'a>> = cert
+        .get_extension_unique(oid)
+        .map_err(|_| CertError::BadUsageExtension)?;
+    match ext.map(X509Extension::parsed_extension) {
+        Some(ParsedExtension::ParseError { .. } | ParsedExtension::UnsupportedExtension { .. }) => {
+            Err(CertError::BadUsageExtension)
+        }
+        other => Ok(other),
+    }
+}
+
+/// The leaf profile of a TLS client certificate: rustls-webpki's
+/// end-entity rules for client authentication (no CA as a leaf, clientAuth
+/// when an EKU is listed) plus BoringSSL's keyUsage rule for a client key:
+///
+/// * `basicConstraints` CA=true is refused (a CA certificate is not a
+///   client; absent or CA=false is a leaf);
+/// * `keyUsage`, when present, must allow `digitalSignature` (the client
+///   signs the handshake with this key); absent: no restriction;
+/// * `extendedKeyUsage`, when present, must list `id-kp-clientAuth`;
+///   `anyExtendedKeyUsage` does not count (webpki and NSS ignore it, and
+///   BoringSSL's `ssl_client` purpose check, which Envoy runs on a client
+///   certificate, refuses it too); absent: no restriction (RFC 5280
+///   §4.2.1.12, and what webpki, Go and BoringSSL accept).
+///
+/// A repeated or unparsable one of these extensions is refused.
+pub fn check_client_leaf(cert: &X509Certificate<'_>) -> Result<(), CertError> {
+    match unique_extension(cert, &OID_X509_EXT_BASIC_CONSTRAINTS)? {
+        Some(ParsedExtension::BasicConstraints(bc)) if bc.ca => {
+            return Err(CertError::CaCertificate)
+        }
+        None | Some(ParsedExtension::BasicConstraints(_)) => {}
+        Some(_) => return Err(CertError::BadUsageExtension),
+    }
+    match unique_extension(cert, &OID_X509_EXT_KEY_USAGE)? {
+        Some(ParsedExtension::KeyUsage(ku)) if !ku.digital_signature() => {
+            return Err(CertError::KeyUsage)
+        }
+        None | Some(ParsedExtension::KeyUsage(_)) => {}
+        Some(_) => return Err(CertError::BadUsageExtension),
+    }
+    match unique_extension(cert, &OID_X509_EXT_EXTENDED_KEY_USAGE)? {
+        None => {}
+        Some(ParsedExtension::ExtendedKeyUsage(eku)) => {
+            // x509-parser 0.18 (asn1-rs 0.7) reads each element of the
+            // SEQUENCE as an OID whatever its tag: an INTEGER holding
+            // clientAuth's bytes would pass as clientAuth. Only real OIDs.
+            let raw = cert
+                .get_extension_unique(&OID_X509_EXT_EXTENDED_KEY_USAGE)
+                .ok()
+                .flatten()
+                .map(|e| e.value);
+            if !raw.is_some_and(sequence_of_oids) {
+                return Err(CertError::BadUsageExtension);
+            }
+            if !eku.client_auth {
+                return Err(CertError::ExtendedKeyUsage);
+            }
+        }
+        Some(_) => return Err(CertError::BadUsageExtension),
+    }
+    Ok(())
+}
+
+/// Is `der` exactly one DER SEQUENCE whose elements are all OBJECT
+/// IDENTIFIERs (and at least one: RFC 5280 `SIZE (1..MAX)`)?
+fn sequence_of_oids(der: &[u8]) -> bool {
+    use x509_parser::asn1_rs::FromDer;
+    let Ok((rest, seq)) = Sequence::from_der(der) else {
+        return false;
+    };
+    let mut items: &[u8] = &seq.content;
+    if !rest.is_empty() || items.is_empty() {
+        return false;
+    }
+    while !items.is_empty() {
+        match Any::from_der(items) {
+            Ok((next, any)) if any.tag() == Tag::Oid => items = next,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Checks a DER certificate at `now` (Unix seconds): parseable, inside its
-/// validity window, issued by a trusted CA when any is configured, and with
-/// at least one URI or DNS SAN (at most `max_sans`).
+/// validity window, a client leaf ([`check_client_leaf`]), issued by a
+/// trusted CA when any is configured, and with at least one URI or DNS SAN
+/// (at most `max_sans`).
 pub fn verify(
     der: &[u8],
     now: i64,
@@ -272,6 +381,9 @@ pub fn verify(
     if now > not_after {
         return Err(CertError::Expired);
     }
+    // Before the issuer's signature: cheap, and every request (a signature
+    // cache hit skips only the ECDSA verification).
+    check_client_leaf(&cert)?;
     if !policy.trusted_cas.is_empty() {
         let key: [u8; 32] = Sha256::digest(der).into();
         if !cache.hit(&key, now) {
@@ -427,7 +539,7 @@ mod tests {
 
     #[test]
     fn san_count_is_bounded() {
-        let der = der_from_pem(&demo("server")).unwrap();
+        let der = der_from_pem(&demo("partner-billing")).unwrap();
         let p = Policy {
             trusted_cas: vec![],
             max_sans: 0,
@@ -454,6 +566,228 @@ mod tests {
         let mut der = der_from_pem(&demo("stranger")).unwrap();
         der.push(0);
         assert_eq!(verify(&der, now(), &p, &mut cache()), Err(CertError::Der));
+    }
+
+    #[test]
+    fn demo_clients_pass_the_leaf_checks_and_the_server_certificate_does_not() {
+        for name in [
+            "partner-billing",
+            "internal-admin",
+            "stranger",
+            "other-ca-client",
+        ] {
+            let der = der_from_pem(&demo(name)).unwrap();
+            assert_eq!(
+                check_client_leaf(&parse_der(&der).unwrap()),
+                Ok(()),
+                "{name}"
+            );
+        }
+        // serverAuth only: a server's certificate does not authenticate a client.
+        let der = der_from_pem(&demo("server")).unwrap();
+        assert_eq!(
+            verify(&der, now(), &policy(&["ca"]), &mut cache()),
+            Err(CertError::ExtendedKeyUsage)
+        );
+        // The CA itself presented as a client.
+        let der = der_from_pem(&demo("ca")).unwrap();
+        assert_eq!(
+            verify(&der, now(), &policy(&["ca"]), &mut cache()),
+            Err(CertError::CaCertificate)
+        );
+    }
+
+    /// The leaf profile, on certificates made inside the tests by a CA the
+    /// policy trusts (so the issuer check passes and only the profile decides).
+    mod leaf_profile {
+        use super::*;
+        use crate::testcerts::{
+            raw_extension, Client, TestCa, BASIC_CONSTRAINTS, EXT_KEY_USAGE, KEY_USAGE,
+        };
+        use rcgen::{
+            BasicConstraints, ExtendedKeyUsagePurpose as Eku, IsCa, KeyUsagePurpose as Ku,
+        };
+
+        fn check(ca: &TestCa, client: &Client) -> Result<Verified, CertError> {
+            let p = Policy {
+                trusted_cas: vec![TrustedCa::from_pem(&ca.pem()).unwrap()],
+                max_sans: 32,
+            };
+            verify(&client.der, now(), &p, &mut cache())
+        }
+
+        /// Without trusted_cas (connection mode): the profile is still checked.
+        fn check_without_cas(client: &Client) -> Result<Verified, CertError> {
+            verify(&client.der, now(), &policy(&[]), &mut cache())
+        }
+
+        #[test]
+        fn client_leaf_with_the_demo_profile_is_accepted() {
+            let ca = TestCa::new();
+            let v = check(&ca, &ca.client(|_| {})).unwrap();
+            assert_eq!(v.sans.uris, [crate::testcerts::PARTNER]);
+        }
+
+        #[test]
+        fn leaf_with_ca_true_is_refused() {
+            let ca = TestCa::new();
+            let leaf = ca.client(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained));
+            assert_eq!(check(&ca, &leaf), Err(CertError::CaCertificate));
+            assert_eq!(check_without_cas(&leaf), Err(CertError::CaCertificate));
+            let leaf = ca.client(|p| {
+                p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+                p.key_usages = vec![Ku::DigitalSignature, Ku::KeyCertSign];
+            });
+            assert_eq!(check(&ca, &leaf), Err(CertError::CaCertificate));
+            assert_eq!(CertError::CaCertificate.reason(), "ca_certificate");
+        }
+
+        #[test]
+        fn leaf_without_basic_constraints_is_a_leaf() {
+            let ca = TestCa::new();
+            assert!(check(&ca, &ca.client(|p| p.is_ca = IsCa::NoCa)).is_ok());
+        }
+
+        #[test]
+        fn leaf_whose_key_usage_lacks_digital_signature_is_refused() {
+            let ca = TestCa::new();
+            for usages in [
+                vec![Ku::KeyEncipherment],
+                // static-DH client authentication: not something TLS 1.2
+                // ECDHE or 1.3 uses; the client signs CertificateVerify
+                vec![Ku::KeyAgreement],
+                vec![Ku::ContentCommitment, Ku::KeyCertSign],
+            ] {
+                let leaf = ca.client(|p| p.key_usages = usages.clone());
+                assert_eq!(check(&ca, &leaf), Err(CertError::KeyUsage), "{usages:?}");
+                assert_eq!(check_without_cas(&leaf), Err(CertError::KeyUsage));
+            }
+            assert_eq!(
+                CertError::KeyUsage.reason(),
+                "key_usage_without_digital_signature"
+            );
+        }
+
+        #[test]
+        fn leaf_with_digital_signature_among_other_key_usages_is_accepted() {
+            let ca = TestCa::new();
+            let leaf =
+                ca.client(|p| p.key_usages = vec![Ku::KeyEncipherment, Ku::DigitalSignature]);
+            assert!(check(&ca, &leaf).is_ok());
+        }
+
+        #[test]
+        fn leaf_without_key_usage_is_accepted() {
+            let ca = TestCa::new();
+            assert!(check(&ca, &ca.client(|p| p.key_usages.clear())).is_ok());
+        }
+
+        #[test]
+        fn leaf_without_client_auth_eku_is_refused() {
+            let ca = TestCa::new();
+            for ekus in [
+                vec![Eku::ServerAuth],
+                vec![Eku::CodeSigning, Eku::EmailProtection],
+                vec![Eku::Other(vec![1, 3, 6, 1, 4, 1, 99999, 1])],
+            ] {
+                let leaf = ca.client(|p| p.extended_key_usages = ekus.clone());
+                assert_eq!(
+                    check(&ca, &leaf),
+                    Err(CertError::ExtendedKeyUsage),
+                    "{ekus:?}"
+                );
+                assert_eq!(check_without_cas(&leaf), Err(CertError::ExtendedKeyUsage));
+            }
+            assert_eq!(
+                CertError::ExtendedKeyUsage.reason(),
+                "eku_without_client_auth"
+            );
+        }
+
+        #[test]
+        fn leaf_with_only_any_extended_key_usage_is_refused() {
+            // webpki, NSS and BoringSSL's ssl_client purpose do not let
+            // anyExtendedKeyUsage stand in for clientAuth; neither do we.
+            let ca = TestCa::new();
+            let leaf = ca.client(|p| p.extended_key_usages = vec![Eku::Any]);
+            assert_eq!(check(&ca, &leaf), Err(CertError::ExtendedKeyUsage));
+        }
+
+        #[test]
+        fn leaf_with_client_auth_among_other_ekus_is_accepted() {
+            let ca = TestCa::new();
+            for ekus in [
+                vec![Eku::ServerAuth, Eku::ClientAuth],
+                vec![Eku::Any, Eku::ClientAuth],
+            ] {
+                let leaf = ca.client(|p| p.extended_key_usages = ekus.clone());
+                assert!(check(&ca, &leaf).is_ok(), "{ekus:?}");
+            }
+        }
+
+        #[test]
+        fn leaf_without_eku_is_accepted() {
+            let ca = TestCa::new();
+            let leaf = ca.client(|p| p.extended_key_usages.clear());
+            assert!(check(&ca, &leaf).is_ok());
+        }
+
+        #[test]
+        fn repeated_usage_extension_is_refused() {
+            let ca = TestCa::new();
+            // rcgen writes its own extension; the raw one repeats it with a
+            // value that would pass alone.
+            let dup_eku = raw_extension(
+                EXT_KEY_USAGE,
+                // SEQUENCE { id-kp-clientAuth }
+                &[
+                    0x30, 0x0a, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02,
+                ],
+            );
+            let dup_ku = raw_extension(KEY_USAGE, &[0x03, 0x02, 0x07, 0x80]);
+            let dup_bc = raw_extension(BASIC_CONSTRAINTS, &[0x30, 0x00]);
+            for ext in [dup_eku, dup_ku, dup_bc] {
+                let leaf = ca.client(|p| p.custom_extensions = vec![ext.clone()]);
+                assert_eq!(check(&ca, &leaf), Err(CertError::BadUsageExtension));
+            }
+        }
+
+        #[test]
+        fn unparsable_usage_extension_is_refused_not_ignored() {
+            let ca = TestCa::new();
+            // Wrong types, bad lengths, an INTEGER where an OID or a BOOLEAN
+            // belongs (one holding clientAuth's bytes, one cA=TRUE): present
+            // but unreadable is never taken for absent, nor read leniently.
+            for (oid, content) in [
+                (KEY_USAGE, &[0x05, 0x00][..]),
+                (KEY_USAGE, &[0x03, 0x05, 0x07, 0x80][..]),
+                (EXT_KEY_USAGE, &[0x30, 0x03, 0x02, 0x01, 0x01][..]),
+                (EXT_KEY_USAGE, &[0x30, 0x05, 0x06, 0x01][..]),
+                (EXT_KEY_USAGE, &[0x05, 0x00][..]),
+                (
+                    EXT_KEY_USAGE,
+                    &[
+                        0x30, 0x0a, 0x02, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02,
+                    ][..],
+                ),
+                (BASIC_CONSTRAINTS, &[0x04, 0x00][..]),
+                (BASIC_CONSTRAINTS, &[0x30, 0x03, 0x01, 0x01][..]),
+                // cA TRUE written as an INTEGER
+                (BASIC_CONSTRAINTS, &[0x30, 0x03, 0x02, 0x01, 0xff][..]),
+            ] {
+                let leaf = ca.client(|p| {
+                    p.key_usages.clear();
+                    p.extended_key_usages.clear();
+                    p.is_ca = IsCa::NoCa;
+                    p.custom_extensions = vec![raw_extension(oid, content)];
+                });
+                assert_eq!(
+                    check(&ca, &leaf),
+                    Err(CertError::BadUsageExtension),
+                    "{oid:?} {content:02x?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub enum Source {
     Connection,
     /// A trusted hop in front terminated TLS: the `Cert=` of the LAST
     /// element of `x-forwarded-client-cert` (the one that hop appended).
-    /// Only safe when nothing but that hop can reach this listener.
+    /// Only safe when nothing but that hop can reach this listener, and
+    /// only with `trusted_cas` (required): a header proves nothing about
+    /// who issued the certificate in it.
     Xfcc,
 }
 
@@ -68,8 +70,9 @@ pub struct IdentityConfig {
     pub source: Source,
     /// PEM CA certificates (EC P-256/P-384). When set, the client
     /// certificate must be signed directly by one of them (no
-    /// intermediates). Recommended with `xfcc`; with `connection` Envoy's TLS
-    /// validation already did this (default: none).
+    /// intermediates). Required (at least one) with `xfcc`, where the
+    /// certificate comes from a header; optional with `connection`, where
+    /// Envoy's TLS handshake already validated the chain (default: none).
     #[serde(default)]
     pub trusted_cas: Vec<String>,
     /// `xfcc` only: refuse an element without `Hash=` (default false; when
@@ -309,6 +312,18 @@ impl TryFrom<SanAuthzConfig> for Compiled {
                 TrustedCa::from_pem(pem)
                     .map_err(|e| ConfigError::at(format!("identity.trusted_cas[{i}]"), e))?,
             );
+        }
+        // A certificate read from a header is only as good as its issuer:
+        // without a CA list, any self-made certificate in the last XFCC
+        // element would be believed. The connection's peer certificate was
+        // validated by Envoy's handshake (the listener's trusted_ca).
+        if id.source == Source::Xfcc && trusted_cas.is_empty() {
+            return Err(ConfigError::at(
+                "identity.trusted_cas",
+                "required with source \"xfcc\": at least one CA certificate (PEM) \
+                 that issued the clients' certificates (the certificate comes from \
+                 a header, whose issuer nothing else checks)",
+            ));
         }
         if id.max_sans == 0 {
             return Err(ConfigError::at("identity.max_sans", "must be at least 1"));

@@ -526,6 +526,110 @@ mod tests {
         assert_eq!(h.response.unwrap().status, 403);
     }
 
+    /// Every leaf-profile violation, on a certificate the source would
+    /// otherwise accept: denied with the usual 403 body, reason named,
+    /// counted as a certificate rejection, no identity, no SAN header.
+    fn assert_leaf_refused(cfg: &Compiled, mut h: FakeHost, reason: &str) {
+        h = h.with_header("x-gateway-client-san", PARTNER);
+        let (v, d) = run(cfg, &mut h);
+        assert_eq!(v, Verdict::Responded, "{reason}");
+        assert_eq!(d.reason, Some(reason));
+        assert!(d.certificate_rejected);
+        let r = h.response.as_ref().unwrap();
+        assert_eq!(r.status, 403);
+        assert_eq!(r.json()["error"], "forbidden");
+        assert_eq!(h.header("x-gateway-client-san"), None);
+        assert_eq!(Identity::read(&h), None);
+    }
+
+    mod leaf_profile {
+        use super::*;
+        use crate::testcerts::{Client, TestCa};
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa,
+            KeyUsagePurpose as Ku,
+        };
+
+        type Edit = fn(&mut CertificateParams);
+
+        /// Each violation, the reason it is denied with.
+        const VIOLATIONS: [(Edit, &str); 4] = [
+            (
+                |p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained),
+                "ca_certificate",
+            ),
+            (
+                |p| p.key_usages = vec![Ku::KeyEncipherment],
+                "key_usage_without_digital_signature",
+            ),
+            (
+                |p| p.extended_key_usages = vec![Eku::ServerAuth],
+                "eku_without_client_auth",
+            ),
+            (
+                |p| p.extended_key_usages = vec![Eku::Any],
+                "eku_without_client_auth",
+            ),
+        ];
+
+        fn with_peer(leaf: &Client) -> FakeHost {
+            now_host("GET", "/partner/v1/billing/x")
+                .with_property(&PEER_CERTIFICATE, leaf.pem.as_bytes())
+        }
+
+        fn with_xfcc(leaf: &Client) -> FakeHost {
+            now_host("GET", "/partner/v1/billing/x")
+                .with_header("x-forwarded-client-cert", &xfcc_for(&leaf.pem, PARTNER))
+        }
+
+        /// behind-edge.json with the test's CA in place of the demo CA.
+        fn behind_edge_trusting(ca: &TestCa) -> Compiled {
+            let mut cfg: serde_json::Value = serde_json::from_slice(include_bytes!(
+                "../../../examples/config/san-authz/behind-edge.json"
+            ))
+            .unwrap();
+            cfg["identity"]["trusted_cas"] = serde_json::json!([ca.pem()]);
+            load(cfg.to_string().as_bytes()).unwrap()
+        }
+
+        #[test]
+        fn connection_certificate_violating_the_leaf_profile_is_refused() {
+            let ca = TestCa::new();
+            // The well-formed client passes (secure.json checks no issuer:
+            // the handshake did), so each refusal below is the profile's.
+            let good = ca.client(|_| {});
+            assert_eq!(run(&secure(), &mut with_peer(&good)).0, Verdict::Continue);
+            for (edit, reason) in VIOLATIONS {
+                assert_leaf_refused(&secure(), with_peer(&ca.client(edit)), reason);
+            }
+        }
+
+        #[test]
+        fn xfcc_certificate_violating_the_leaf_profile_is_refused() {
+            let ca = TestCa::new();
+            let cfg = behind_edge_trusting(&ca);
+            let good = ca.client(|_| {});
+            let (v, d) = run(&cfg, &mut with_xfcc(&good));
+            assert_eq!(v, Verdict::Continue, "{d:?}");
+            for (edit, reason) in VIOLATIONS {
+                assert_leaf_refused(&cfg, with_xfcc(&ca.client(edit)), reason);
+            }
+        }
+
+        #[test]
+        fn dry_run_lets_a_leaf_violation_through_without_identity() {
+            let ca = TestCa::new();
+            let mut cfg = secure();
+            cfg.dry_run = true;
+            let leaf = ca.client(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained));
+            let mut h = with_peer(&leaf);
+            let (v, d) = run(&cfg, &mut h);
+            assert_eq!((v, d.outcome), (Verdict::Continue, Outcome::DryRunDenied));
+            assert_eq!(d.reason, Some("ca_certificate"));
+            assert_eq!(Identity::read(&h), None);
+        }
+    }
+
     #[test]
     fn malformed_or_oversized_xfcc_is_denied() {
         let cfg = behind_edge();

@@ -6,9 +6,11 @@
 //!   `connection.peer_certificate`), or, behind a trusted TLS-terminating
 //!   hop (`source: "xfcc"`), the `Cert=` of the LAST `x-forwarded-client-cert`
 //!   element, bound to its `Hash=`; every URI and DNS SAN of the certificate,
-//!   its validity window, and optionally its issuer's signature against
-//!   configured CA certificates. The `URI=`/`DNS=` text of XFCC is never
-//!   used.
+//!   its validity window, its leaf profile (not a CA; keyUsage and
+//!   extendedKeyUsage, when present, allow `digitalSignature` and
+//!   `clientAuth`) and its issuer's signature against configured CA
+//!   certificates (required with `xfcc`). The `URI=`/`DNS=` text of XFCC is
+//!   never used.
 //! * **an allow list of rules**: SAN matchers (exact URI, DNS, SPIFFE trust
 //!   domain, SPIFFE path prefix) → hosts, path prefixes (on the normalised
 //!   path, segment-aware) and methods. Anything no rule allows is a 403 JSON
@@ -26,6 +28,8 @@ pub mod config;
 pub mod filter;
 pub mod path;
 pub mod san;
+#[cfg(test)]
+mod testcerts;
 pub mod xfcc;
 
 #[cfg(target_arch = "wasm32")]

@@ -49,6 +49,41 @@ fn schema_is_current() {
 }
 
 #[test]
+fn xfcc_mode_without_trusted_cas_is_refused() {
+    // Absent and empty alike: a certificate read from a header is only as
+    // good as its issuer, and nothing else checks that issuer.
+    for identity in [
+        r#"{"source":"xfcc"}"#,
+        r#"{"source":"xfcc","trusted_cas":[]}"#,
+        r#"{"source":"xfcc","trusted_cas":[],"require_hash":true}"#,
+    ] {
+        let json = format!(r#"{{"identity":{identity},"rules":[]}}"#);
+        let e = san_authz::config::load(json.as_bytes()).unwrap_err();
+        assert_eq!(e.path, "identity.trusted_cas", "{json}: {e}");
+        assert!(e.to_string().contains("xfcc"), "{e}");
+    }
+    // behind-edge.json without its CA: refused too.
+    let mut cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("examples/config/san-authz/behind-edge.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["identity"]["trusted_cas"] = serde_json::json!([]);
+    let e = san_authz::config::load(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.path, "identity.trusted_cas");
+}
+
+#[test]
+fn connection_mode_needs_no_trusted_cas() {
+    // Envoy's handshake validated the peer certificate's chain.
+    for json in [
+        r#"{"rules":[]}"#,
+        r#"{"identity":{"source":"connection"},"rules":[]}"#,
+    ] {
+        assert!(san_authz::config::load(json.as_bytes()).is_ok(), "{json}");
+    }
+}
+
+#[test]
 fn broken_configs_name_the_field() {
     let cases: &[(&str, &str)] = &[
         (r#"{}"#, "."),
