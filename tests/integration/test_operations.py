@@ -263,7 +263,11 @@ def test_sanitize_dry_run_lets_a_would_be_denial_through_and_counts_it(variant):
 
 
 def test_drift_reports_nothing_for_the_stack_the_repository_renders(stack):
-    proc = subprocess.run([str(_gatewayctl()), "--repo", str(REPO), "drift", "--admin", admin_url().rstrip("/")],
+    # The test stack runs the repository's render plus the tests' probe
+    # listener (tests/integration/probe.py), which drift is told about.
+    probe = [arg for f in stack.extra_listeners for arg in ("--extra", str(f))]
+    proc = subprocess.run([str(_gatewayctl()), "--repo", str(REPO), "drift", "--admin", admin_url().rstrip("/"),
+                           *probe],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no drift" in proc.stdout

@@ -170,7 +170,12 @@ pub fn compare(repo: &Chains, live: &Chains) -> Vec<String> {
 }
 
 /// Renders the repository's Envoy config with `envoy/render.py` and reads it.
-pub fn render_repo(repo: &Path, profile: &str, include_root: Option<&Path>) -> Result<Value> {
+pub fn render_repo(
+    repo: &Path,
+    profile: &str,
+    include_root: Option<&Path>,
+    extra: &[PathBuf],
+) -> Result<Value> {
     let out: PathBuf = std::env::temp_dir().join(format!(
         "gatewayctl-drift-{}-{}.yaml",
         std::process::id(),
@@ -182,6 +187,9 @@ pub fn render_repo(repo: &Path, profile: &str, include_root: Option<&Path>) -> R
         .arg(&out);
     if let Some(root) = include_root {
         cmd.arg("--include-root").arg(root);
+    }
+    for f in extra {
+        cmd.arg("--extra").arg(f);
     }
     let res = cmd.output().context("running python3 envoy/render.py")?;
     if !res.status.success() {

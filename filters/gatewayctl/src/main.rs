@@ -117,8 +117,12 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         include_root: Option<PathBuf>,
         /// Compare with this already rendered file instead of running render.py.
-        #[arg(long, value_name = "FILE", conflicts_with = "include_root")]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["include_root", "extra"])]
         rendered: Option<PathBuf>,
+        /// Extra listeners the live Envoy was rendered with (render.py
+        /// --extra: the benchmark's listeners, the tests' probe listener).
+        #[arg(long, value_name = "FILE")]
+        extra: Vec<PathBuf>,
     },
 }
 
@@ -287,13 +291,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             profile,
             include_root,
             rendered,
+            extra,
         } => {
             let repo_doc = match rendered {
                 Some(f) => drift::read_yaml(
                     &std::fs::read_to_string(&f)
                         .with_context(|| format!("reading {}", f.display()))?,
                 )?,
-                None => drift::render_repo(&repo, &profile, include_root.as_deref())?,
+                None => drift::render_repo(&repo, &profile, include_root.as_deref(), &extra)?,
             };
             let want = drift::from_bootstrap(&repo_doc);
             if want.is_empty() {

@@ -65,29 +65,15 @@ mod wasm {
     const DENIED: &str = "replay_guard_denied_total";
     const DRY_RUN_DENIED: &str = "replay_guard_dry_run_denied_total";
 
-    struct Metrics {
-        open: Option<u32>,
-        invalid_signature: Option<u32>,
-        replay: Option<u32>,
-        store_refused: Option<u32>,
-        reports_sent: Option<u32>,
-        reports_dropped: Option<u32>,
-        report_suspects_evicted: Option<u32>,
-    }
-
-    impl Metrics {
-        fn define() -> Self {
-            Metrics {
-                open: proxy::counter("replay_guard_open_total"),
-                invalid_signature: proxy::counter("replay_guard_invalid_signature_total"),
-                replay: proxy::counter("replay_guard_replay_total"),
-                store_refused: proxy::counter("replay_guard_nonce_store_refused_total"),
-                reports_sent: proxy::counter("replay_guard_reports_sent_total"),
-                reports_dropped: proxy::counter("replay_guard_reports_dropped_total"),
-                report_suspects_evicted: proxy::counter(
-                    "replay_guard_report_suspects_evicted_total",
-                ),
-            }
+    filter_core::metric_set! {
+        struct Metrics {
+            open: counter("replay_guard_open_total"),
+            invalid_signature: counter("replay_guard_invalid_signature_total"),
+            replay: counter("replay_guard_replay_total"),
+            store_refused: counter("replay_guard_nonce_store_refused_total"),
+            reports_sent: counter("replay_guard_reports_sent_total"),
+            reports_dropped: counter("replay_guard_reports_dropped_total"),
+            report_suspects_evicted: counter("replay_guard_report_suspects_evicted_total"),
         }
     }
 
