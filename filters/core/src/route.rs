@@ -4,10 +4,15 @@
 
 use crate::config::ConfigError;
 
-/// A compiled path-prefix + methods matcher.
+/// A compiled route rule: a path prefix (or, with `exact`, the whole path)
+/// plus a method set. Every filter's route rules compile to this one type,
+/// so a path means the same thing to every filter of a gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatcher {
     prefix: String,
+    /// The path must be `prefix` itself (an open `/health` must not open
+    /// `/health/anything`).
+    exact: bool,
     /// Upper-case methods; empty means any method.
     methods: Vec<String>,
 }
@@ -43,8 +48,22 @@ impl RouteMatcher {
         }
         Ok(RouteMatcher {
             prefix: prefix.to_string(),
+            exact: false,
             methods: ms,
         })
+    }
+
+    /// A matcher of the path `path` itself, nothing below it
+    /// ([`RouteMatcher::new`] with `exact`).
+    #[must_use]
+    pub fn exact(mut self, exact: bool) -> Self {
+        self.exact = exact;
+        self
+    }
+
+    /// Whether only the path itself matches.
+    pub fn is_exact(&self) -> bool {
+        self.exact
     }
 
     pub fn prefix(&self) -> &str {
@@ -57,8 +76,11 @@ impl RouteMatcher {
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
     }
 
-    /// Path part only ([`prefix_matches`]).
+    /// Path part only: the path itself when exact, else [`prefix_matches`].
     pub fn matches_path(&self, path: &str) -> bool {
+        if self.exact {
+            return path == self.prefix;
+        }
         prefix_matches(&self.prefix, path)
     }
 }
@@ -113,6 +135,25 @@ pub fn split_path(full: &str) -> (&str, Option<&str>) {
     match no_fragment.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (no_fragment, None),
+    }
+}
+
+#[cfg(test)]
+mod exact_tests {
+    use super::*;
+
+    #[test]
+    fn an_exact_rule_matches_the_path_itself_only() {
+        let m = RouteMatcher::new("r", "/health", &["GET".into()])
+            .unwrap()
+            .exact(true);
+        assert!(m.matches("GET", "/health"));
+        for p in ["/health/x", "/health;x", "/healthz", "/health/"] {
+            assert!(!m.matches("GET", p), "{p}");
+        }
+        assert!(!m.matches("POST", "/health"));
+        let prefix = RouteMatcher::new("r", "/health", &[]).unwrap();
+        assert!(prefix.matches("POST", "/health/x") && !prefix.is_exact());
     }
 }
 

@@ -393,7 +393,6 @@ impl Provider {
 pub struct Route {
     pub name: String,
     pub matcher: RouteMatcher,
-    pub exact: bool,
     pub requirement: Requirement,
     pub scopes: Option<ScopeRule>,
     pub one_time_jti: bool,
@@ -421,9 +420,7 @@ pub struct Compiled {
 impl Compiled {
     /// The first route the request falls under.
     pub fn route(&self, method: &str, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.matcher.matches(method, path) && (!r.exact || r.matcher.prefix() == path))
+        self.routes.iter().find(|r| r.matcher.matches(method, path))
     }
     pub fn provider_by_issuer(&self, iss: &str) -> Option<(usize, &Provider)> {
         self.providers
@@ -691,7 +688,7 @@ impl TryFrom<JwtConfig> for Compiled {
             if r.name.is_empty() {
                 return Err(ConfigError::at(format!("{at}.name"), "must not be empty"));
             }
-            let matcher = RouteMatcher::new(&at, &r.prefix, &r.methods)?;
+            let matcher = RouteMatcher::new(&at, &r.prefix, &r.methods)?.exact(r.exact);
             if let Some(s) = &r.scopes {
                 if r.requirement == Requirement::None {
                     return Err(ConfigError::at(
@@ -719,7 +716,6 @@ impl TryFrom<JwtConfig> for Compiled {
             routes.push(Route {
                 name: r.name,
                 matcher,
-                exact: r.exact,
                 requirement: r.requirement,
                 scopes: r.scopes,
                 one_time_jti: r.one_time_jti,

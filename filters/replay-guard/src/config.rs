@@ -259,7 +259,6 @@ impl Component {
 pub struct CompiledRoute {
     pub name: String,
     pub matcher: RouteMatcher,
-    pub exact: bool,
     pub open: bool,
     /// Component identifiers that must be covered (as written in Signature-Input).
     pub components: Vec<String>,
@@ -312,9 +311,7 @@ pub struct Compiled {
 impl Compiled {
     /// The first route that matches, if any.
     pub fn route(&self, method: &str, path: &str) -> Option<&CompiledRoute> {
-        self.routes
-            .iter()
-            .find(|r| r.matcher.matches(method, path) && (!r.exact || r.matcher.prefix() == path))
+        self.routes.iter().find(|r| r.matcher.matches(method, path))
     }
 }
 
@@ -439,7 +436,7 @@ impl Compiled {
             if r.name.is_empty() {
                 return Err(ConfigError::at(format!("{at}.name"), "must not be empty"));
             }
-            let matcher = RouteMatcher::new(&at, &r.prefix, &r.methods)?;
+            let matcher = RouteMatcher::new(&at, &r.prefix, &r.methods)?.exact(r.exact);
             if r.open && r.components.is_some() {
                 return Err(ConfigError::at(
                     format!("{at}.components"),
@@ -456,7 +453,6 @@ impl Compiled {
             routes.push(CompiledRoute {
                 name: r.name,
                 matcher,
-                exact: r.exact,
                 open: r.open,
                 components,
             });

@@ -53,6 +53,9 @@ pub struct RouteRule {
     /// and `route_name` is required; with both, both must match.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// Match the path exactly instead of as a prefix (default false).
+    #[serde(default)]
+    pub exact: bool,
     /// Methods (upper case); empty or absent means every method.
     #[serde(default)]
     pub methods: Vec<String>,
@@ -377,7 +380,7 @@ impl TryFrom<RouteBreakerConfig> for Compiled {
                     ))
                 }
             };
-            let matcher = RouteMatcher::new(&at, prefix, &r.methods)?;
+            let matcher = RouteMatcher::new(&at, prefix, &r.methods)?.exact(r.exact);
             let bat = format!("{at}.breaker");
             let settings = compile_settings(&bat, &r.breaker)?;
             let mut failure_statuses = Vec::with_capacity(r.breaker.failure_statuses.len());

@@ -180,15 +180,14 @@ pub struct PathRuleConfig {
 /// A compiled path rule.
 #[derive(Debug, Clone)]
 pub struct PathMatcher {
+    /// `prefix` or, exact, `path` (filter_core's one route rule type).
     route: RouteMatcher,
-    /// Exact path only (no prefix semantics).
-    exact: bool,
 }
 
 impl PathMatcher {
     /// Does the normalised `path` (no query) with `method` match?
     pub fn matches(&self, method: &str, path: &str) -> bool {
-        (!self.exact || path == self.route.prefix()) && self.route.matches(method, path)
+        self.route.matches(method, path)
     }
 }
 
@@ -385,13 +384,15 @@ impl TryFrom<SanAuthzConfig> for Compiled {
                         ))
                     }
                 };
-                let route = RouteMatcher::new(&pat, text, &p.methods).map_err(|mut e| {
-                    if exact && e.path.ends_with(".prefix") {
-                        e.path = format!("{pat}.path");
-                    }
-                    e
-                })?;
-                paths.push(PathMatcher { route, exact });
+                let route = RouteMatcher::new(&pat, text, &p.methods)
+                    .map_err(|mut e| {
+                        if exact && e.path.ends_with(".prefix") {
+                            e.path = format!("{pat}.path");
+                        }
+                        e
+                    })?
+                    .exact(exact);
+                paths.push(PathMatcher { route });
             }
             rules.push(Rule {
                 name: r.name,

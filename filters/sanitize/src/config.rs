@@ -160,6 +160,9 @@ pub struct RouteRule {
     pub name: String,
     /// Path prefix, matched at segment boundaries on the normalised path.
     pub prefix: String,
+    /// Match the path exactly instead of as a prefix (default false).
+    #[serde(default)]
+    pub exact: bool,
     /// Methods (upper case); empty or absent means every method.
     #[serde(default)]
     pub methods: Vec<String>,
@@ -353,7 +356,7 @@ impl TryFrom<SanitizeConfig> for Compiled {
             if r.name.is_empty() {
                 return Err(ConfigError::at(format!("{at}.name"), "must not be empty"));
             }
-            let matcher = RouteMatcher::new(&at, &r.prefix, &r.methods)?;
+            let matcher = RouteMatcher::new(&at, &r.prefix, &r.methods)?.exact(r.exact);
             let max_body_bytes = match r.max_body_bytes {
                 Some(v) => {
                     check_body_limit(&format!("{at}.max_body_bytes"), v)?;
