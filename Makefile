@@ -202,7 +202,7 @@ bench-tools: ## install the load generator (wrk) if missing
 
 ISTIO_REGISTRY ?=
 
-istio: build-wasm build-suite venv ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter, suite EnvoyFilter; ISTIO_REGISTRY=host/path to change registry)
+istio: build-wasm build-suite venv gatewayctl ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter, suite EnvoyFilter; ISTIO_REGISTRY=host/path to change registry)
 	$(VPY) istio/generate.py $(if $(ISTIO_REGISTRY),--registry $(ISTIO_REGISTRY))
 
 images: build-wasm build-suite venv ## OCI images (Istio compat shape) of every filter and the suite under build/images/, digests and sizes
@@ -213,7 +213,7 @@ image-tools: ## install skopeo and docker-registry (apt-get) if missing
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   skopeo docker-registry) >/dev/null; }
 
-test-istio: images image-tools ## manifests vs Istio CRDs + real Envoy, images, push/pull via a loopback registry
+test-istio: images image-tools gatewayctl ## manifests vs Istio CRDs + real Envoy, images, push/pull via a loopback registry
 	REQUIRE_REGISTRY_TOOLS=1 $(VPY) -m pytest tests/istio $(PYTEST_ARGS)
 
 # ------------------------------------------------------------------------ ops

@@ -17,7 +17,9 @@ Inputs, never copied by hand:
 
 Outputs (docs/istio.md explains each):
   istio/generated/images.json                         registry, tag, digests and sizes per image
-  istio/generated/<gw>/wasmplugin/                    one WasmPlugin per filter + kustomization.yaml
+  istio/generated/<gw>/wasmplugin/                    one WasmPlugin per filter + kustomization.yaml, or,
+                                                      for a chain that holds request headers for the body
+                                                      (below), only REFUSED.md saying why
   istio/generated/<gw>/envoyfilter/                   the same chain as ONE EnvoyFilter (ECDS, vm_id,
                                                       allow_on_headers_stop_iteration) + kustomization.yaml
   istio/generated/<gw>/suite/                         that EnvoyFilter on the suite image (suite.wasm, one
@@ -25,14 +27,29 @@ Outputs (docs/istio.md explains each):
   istio/generated/<gw>/upstreams/                     EnvoyFilter adding the clusters the filter configs
                                                       name (fds, issuer), when the gateway needs any
 
-Standard library + PyYAML.
+WasmPlugin and request bodies: istiod builds a WasmPlugin's Envoy Wasm filter
+without `allow_on_headers_stop_iteration` (it cannot be set), and without it a
+filter that holds the request headers while it reads the body never gets the
+body (proxy-wasm-cpp-host turns its pause into StopAllIterationAndWatermark):
+the request waits until Envoy's timeouts. So every WasmPlugin's pluginConfig is
+asked, through `gatewayctl body-hold` (the filter crate's own
+`Compiled::body_hold`), which of its settings hold the headers; a gateway with
+any gets no WasmPlugin at all (a partial chain would skip a check), and its
+wasmplugin/REFUSED.md names the filters, the fields and the EnvoyFilter to use.
+`WASMPLUGIN_CONFIG` first switches sanitize's count of unannounced body sizes
+(which holds) to its 411 answer (which does not).
+
+Standard library + PyYAML; cargo builds gatewayctl.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +94,15 @@ PLACEMENT: dict[str, tuple[str, int]] = {
     "route-breaker": ("STATS", 900),  # last before Istio's stats/router, sees upstream outcomes
 }
 PHASE_ORDER = ("AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE")
+
+# What a WasmPlugin's pluginConfig changes from the example config. istiod
+# cannot set allow_on_headers_stop_iteration, so sanitize must not hold the
+# headers to count a body of unannounced size: it answers 411 instead
+# (docs/filters/sanitize.md, `unknown_length_body`). Anything else that still
+# holds the headers refuses the gateway's WasmPlugins (module docstring).
+WASMPLUGIN_CONFIG: dict[str, dict] = {
+    "sanitize": {"unknown_length_body": "refuse"},
+}
 
 FAIL_STRATEGY = {"FAIL_CLOSED": "FAIL_CLOSE", "UNSPECIFIED": "FAIL_CLOSE", "FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}
 
@@ -145,6 +171,112 @@ def labels(f_gateway: str, filter_name: str | None = None) -> dict[str, str]:
     return out
 
 
+# ------------------------------------------------------- body hold (gatewayctl)
+
+@functools.lru_cache(maxsize=1)
+def gatewayctl() -> Path:
+    """target/release/gatewayctl, built (or found current) by cargo once per run."""
+    cargo = os.environ.get("CARGO", "cargo")
+    try:
+        subprocess.run([cargo, "build", "--release", "-q", "-p", "gatewayctl"], cwd=chain.REPO, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"cannot build gatewayctl (it judges which configs hold request headers): {e}") from e
+    return chain.REPO / "target" / "release" / "gatewayctl"
+
+
+@functools.lru_cache(maxsize=None)
+def _body_hold(filter_name: str, config_json: str) -> tuple[tuple[str, str], ...]:
+    proc = subprocess.run([str(gatewayctl()), "body-hold", filter_name, "-", "--json"], input=config_json,
+                          capture_output=True, text=True, check=False, cwd=chain.REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"gatewayctl body-hold {filter_name}: {proc.stdout.strip()} {proc.stderr.strip()}")
+    return tuple((h["field"], h["reason"]) for h in json.loads(proc.stdout))
+
+
+def body_hold(filter_name: str, config: dict) -> list[tuple[str, str]]:
+    """(field, reason) of every setting of `config` that makes the filter hold
+    the request headers while it reads the body: the filter's own Rust code
+    decides (`gatewayctl body-hold`, Compiled::body_hold). Empty: the config
+    runs correctly without allow_on_headers_stop_iteration."""
+    return list(_body_hold(filter_name, json.dumps(config, sort_keys=True)))
+
+
+def plugin_config(f: chain.Filter) -> dict:
+    """The WasmPlugin's pluginConfig: the example config with WASMPLUGIN_CONFIG applied."""
+    out = copy.deepcopy(f.config)
+    out.update(copy.deepcopy(WASMPLUGIN_CONFIG.get(f.name, {})))
+    return out
+
+
+class WasmPluginRefused(Exception):
+    """A gateway whose chain holds request headers for the body under WasmPlugin."""
+
+    def __init__(self, gateway: str, holds: list[tuple[chain.Filter, str, str]]):
+        self.gateway = gateway
+        self.holds = holds  # (filter, field, reason)
+        super().__init__(refusal_message(gateway, holds))
+
+
+def refusal_message(gateway: str, holds: list[tuple[chain.Filter, str, str]]) -> str:
+    lines = [f"{gateway}: no WasmPlugin generated: its chain holds the request headers while it reads the body:"]
+    for f, field, reason in holds:
+        lines.append(f"  {f.name} ({rel(f.config_file)}) `{field}`: {reason}")
+    lines += [
+        "That needs Envoy's allow_on_headers_stop_iteration: true on the Wasm filter, which a WasmPlugin",
+        "cannot set (istiod builds the filter without it): the body would never reach the filter and the",
+        "request would wait until Envoy's timeouts. Use the EnvoyFilter, which sets it:",
+        f"  kubectl apply -k istio/generated/{gateway}/envoyfilter   (or istio/generated/{gateway}/suite)",
+        "(docs/istio.md, \"WasmPlugin and request bodies\")",
+    ]
+    return "\n".join(lines)
+
+
+def check_body_hold(f: chain.Filter) -> None:
+    """The Envoy template must set allow_on_headers_stop_iteration exactly on the
+    filters whose configuration holds the headers (else the local stack and
+    the EnvoyFilter would hang, or set a flag nothing needs)."""
+    holds = body_hold(f.name, f.config)
+    if bool(holds) != f.allow_on_headers_stop_iteration:
+        fields = ", ".join(field for field, _ in holds) or "nothing"
+        raise SystemExit(
+            f"envoy/envoy.yaml.tmpl: {f.gateway}/{f.name} has allow_on_headers_stop_iteration "
+            f"{str(f.allow_on_headers_stop_iteration).lower()} but its configuration ({rel(f.config_file)}) "
+            f"holds the request headers for: {fields}")
+
+
+def wasm_plugins(gateway: str, filters: list[chain.Filter], images: dict[str, oci.Image], registry: str) -> list[dict]:
+    """The gateway's WasmPlugins, or WasmPluginRefused when any pluginConfig
+    would hold the request headers for the body (all or nothing: a chain
+    without one of its filters would skip that filter's checks)."""
+    holds = [(f, field, reason) for f in filters for field, reason in body_hold(f.name, plugin_config(f))]
+    if holds:
+        raise WasmPluginRefused(gateway, holds)
+    return [wasm_plugin(f, images[f.name], registry) for f in filters]
+
+
+def refusals(chains: dict[str, list[chain.Filter]]) -> dict[str, WasmPluginRefused]:
+    """gateway -> why it gets no WasmPlugin (gateways that get them are absent)."""
+    out = {}
+    for gateway, filters in chains.items():
+        holds = [(f, field, reason) for f in filters for field, reason in body_hold(f.name, plugin_config(f))]
+        if holds:
+            out[gateway] = WasmPluginRefused(gateway, holds)
+    return out
+
+
+REFUSED_NOTE = """# No WasmPlugin for the {gateway} gateway
+
+GENERATED by istio/generate.py (`make istio`): do not edit.
+
+```
+{message}
+```
+
+This directory has no kustomization.yaml on purpose: `kubectl apply -k` of it
+fails instead of installing a gateway whose body checks would hang.
+"""
+
+
 # ---------------------------------------------------------------- WasmPlugin
 
 def wasm_plugin(f: chain.Filter, image: oci.Image, registry: str) -> dict:
@@ -166,7 +298,7 @@ def wasm_plugin(f: chain.Filter, image: oci.Image, registry: str) -> dict:
         # Secrets come from the gateway's environment (a Kubernetes Secret in
         # the gateway Deployment), never from the manifest.
         spec["vmConfig"] = {"env": [{"name": k, "valueFrom": "HOST"} for k in f.env_keys]}
-    spec["pluginConfig"] = copy.deepcopy(f.config)
+    spec["pluginConfig"] = plugin_config(f)
     return {
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
@@ -343,6 +475,11 @@ def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
     }
     files["images.json"] = json.dumps(summary, indent=2) + "\n"
 
+    for filters in chains.values():
+        for f in filters:
+            check_body_hold(f)
+    refused = refusals(chains)
+
     for gateway, filters in chains.items():
         ns = GATEWAY_WORKLOADS[gateway]["namespace"]
         needed = sorted(set().union(*(clusters_named(f.config) for f in filters))) if filters else []
@@ -359,18 +496,25 @@ def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
                 [kustomization(ns, ["upstreams.yaml"])], header("istio/generate.py"))
             upstream_dirs = ["../upstreams"]
 
-        plugin_files = []
-        for f in filters:
-            name = f"{plugin_name(f)}.yaml"
-            files[f"{gateway}/wasmplugin/{name}"] = dump(
-                [wasm_plugin(f, images[f.name], registry)],
-                header(f"envoy/envoy.yaml.tmpl (listener {gateway}, filter {f.name})",
-                       rel(f.config_file) + " (pluginConfig)",
-                       f"{rel(f.wasm)} -> image sha256:{images[f.name].manifest_digest}"),
-            )
-            plugin_files.append(name)
-        files[f"{gateway}/wasmplugin/kustomization.yaml"] = dump(
-            [kustomization(ns, upstream_dirs + plugin_files)], header("istio/generate.py"))
+        if gateway in refused:
+            files[f"{gateway}/wasmplugin/REFUSED.md"] = REFUSED_NOTE.format(
+                gateway=gateway, message=str(refused[gateway]))
+        else:
+            plugin_files = []
+            for f, plugin in zip(filters, wasm_plugins(gateway, filters, images, registry), strict=True):
+                name = f"{plugin_name(f)}.yaml"
+                overridden = sorted(WASMPLUGIN_CONFIG.get(f.name, {}))
+                files[f"{gateway}/wasmplugin/{name}"] = dump(
+                    [plugin],
+                    header(f"envoy/envoy.yaml.tmpl (listener {gateway}, filter {f.name})",
+                           rel(f.config_file) + " (pluginConfig"
+                           + (f"; {', '.join(overridden)} from WASMPLUGIN_CONFIG in istio/generate.py)"
+                              if overridden else ")"),
+                           f"{rel(f.wasm)} -> image sha256:{images[f.name].manifest_digest}"),
+                )
+                plugin_files.append(name)
+            files[f"{gateway}/wasmplugin/kustomization.yaml"] = dump(
+                [kustomization(ns, upstream_dirs + plugin_files)], header("istio/generate.py"))
 
         sources = (f"envoy/envoy.yaml.tmpl (listener {gateway}: " + " -> ".join(f.name for f in filters) + ")",
                    *(rel(f.config_file) for f in filters))
@@ -441,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     write(files)
     print(f"wrote {len(files)} files under {rel(OUT)}")
+    for refusal in refusals(chain.chains()).values():
+        print(refusal, file=sys.stderr)
     return 0
 
 

@@ -40,8 +40,24 @@ def manifests(generated) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="session")
+def refused(chains) -> dict[str, generate.WasmPluginRefused]:
+    """gateway -> why it gets no WasmPlugin (its chain holds request headers for the body)."""
+    return generate.refusals(chains)
+
+
+@pytest.fixture(scope="session")
+def would_be_plugins(chains) -> dict[str, list[dict]]:
+    """gateway -> the WasmPlugins generate.wasm_plugin builds for its chain, the
+    refused gateways included (what a WasmPlugin install of them would be)."""
+    registry = generate.recorded_registry()
+    images = {name: generate.oci.image_for(name, path) for name, path in chain.packaged_modules(chains).items()}
+    return {gateway: [generate.wasm_plugin(f, images[f.name], registry) for f in filters]
+            for gateway, filters in chains.items()}
+
+
+@pytest.fixture(scope="session")
 def plugins(manifests) -> dict[str, list[dict]]:
-    """gateway -> its WasmPlugins (generation order)."""
+    """gateway -> its generated WasmPlugins (generation order); refused gateways are absent."""
     out: dict[str, list[dict]] = {}
     for doc in manifests.values():
         if doc["kind"] == "WasmPlugin":

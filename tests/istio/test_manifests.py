@@ -6,9 +6,14 @@
   its CEL rules (tests/istio/crd.py), and mutated copies do not;
 * sorting each gateway's WasmPlugins the way istiod does (phase, then priority
   descending) gives the chain of envoy/envoy.yaml.tmpl;
-* every pluginConfig is the example JSON, passes the filter's own JSON Schema
-  (filters/<name>/config.schema.json, generated from its Rust config types) and
-  survives the protobuf Struct (double) round trip Istio puts it through;
+* a gateway whose chain would hold request headers for the body under
+  WasmPlugin (no allow_on_headers_stop_iteration) gets no WasmPlugin, and a
+  REFUSED.md naming the filters, fields and the EnvoyFilter to use; no
+  generated WasmPlugin holds them (the filters' own code judges, via gatewayctl);
+* every pluginConfig is the example JSON (with WASMPLUGIN_CONFIG applied),
+  passes the filter's own JSON Schema (filters/<name>/config.schema.json,
+  generated from its Rust config types) and survives the protobuf Struct
+  (double) round trip Istio puts it through;
 * `sha256` is the manifest digest of the image built from the current module.
 The real filters' own config parsers judge the same configs in test_envoy_equivalence.py.
 """
@@ -16,6 +21,7 @@ The real filters' own config parsers judge the same configs in test_envoy_equiva
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -86,9 +92,12 @@ def test_crd_extract_is_current():
             pytest.fail(f"{crd.EXTRACT_FILE.name} differs from {crd.SHARED_CRD_FILE}: rerun with UPDATE_CRDS=1")
 
 
-def test_every_gateway_and_filter_is_covered(chains, plugins, manifests):
-    assert set(plugins) == set(chain.GATEWAYS)
+def test_every_gateway_and_filter_is_covered(chains, plugins, refused, manifests, generated):
+    assert set(plugins) == set(chain.GATEWAYS) - set(refused)
     for gateway, filters in chains.items():
+        if gateway in refused:
+            assert [p for p in generated if p.startswith(f"{gateway}/wasmplugin/")] == [f"{gateway}/wasmplugin/REFUSED.md"]
+            continue
         names = sorted(p["metadata"]["name"] for p in plugins[gateway])
         assert names == sorted(f"{gateway}-{f.name}" for f in filters)
     envoy_filters = {d["metadata"]["name"] for d in manifests.values() if d["kind"] == "EnvoyFilter"}
@@ -135,7 +144,7 @@ def _first(manifests, kind, name_part=""):
         "no-url", "selector-labels-is-not-wasmplugin", "bad-name", "selector-and-targetRefs", "wildcard-label",
         "ftp-url", "host-env-with-value", "duplicate-env"])
 def test_a_broken_wasmplugin_fails_validation(manifests, mutate, expected):
-    doc = _first(manifests, "WasmPlugin", "web-sanitize")
+    doc = _first(manifests, "WasmPlugin", "secure-sanitize")
     assert crd.validate(doc) == []
     mutate(doc)
     errors = crd.validate(doc)
@@ -144,9 +153,9 @@ def test_a_broken_wasmplugin_fails_validation(manifests, mutate, expected):
 
 def test_the_gateway_api_variant_with_target_refs_is_valid(manifests):
     """docs/istio.md: attach to a Kubernetes Gateway with targetRefs instead of the selector."""
-    doc = _first(manifests, "WasmPlugin", "web-sanitize")
+    doc = _first(manifests, "WasmPlugin", "secure-sanitize")
     del doc["spec"]["selector"]
-    doc["spec"]["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "web"}]
+    doc["spec"]["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "secure"}]
     assert crd.validate(doc) == []
     doc["spec"]["targetRefs"][0]["namespace"] = "other"
     assert any("cross namespace" in e for e in crd.validate(doc))
@@ -176,14 +185,19 @@ def test_a_cel_rule_without_a_python_twin_is_an_error():
 
 # ------------------------------------------------------------- chain order
 
-def test_istio_ordering_reproduces_each_envoy_chain(chains, plugins):
+def test_istio_ordering_reproduces_each_envoy_chain(chains, plugins, would_be_plugins):
+    # the generated WasmPlugins, and the refused gateways' would-be ones (the
+    # same builder: right as soon as Istio can set the flag)
     for gateway, filters in chains.items():
-        ordered = [p["metadata"]["labels"]["gateway-filters.io/filter"] for p in istio_order(plugins[gateway])]
-        assert ordered == [f.name for f in filters], gateway
+        for items in (plugins.get(gateway), would_be_plugins[gateway]):
+            if items is None:
+                continue
+            ordered = [p["metadata"]["labels"]["gateway-filters.io/filter"] for p in istio_order(items)]
+            assert ordered == [f.name for f in filters], gateway
 
 
-def test_priorities_are_unique_within_a_phase_on_every_gateway(plugins):
-    for gateway, items in plugins.items():
+def test_priorities_are_unique_within_a_phase_on_every_gateway(would_be_plugins):
+    for gateway, items in would_be_plugins.items():
         keys = [(p["spec"]["phase"], p["spec"]["priority"]) for p in items]
         assert len(keys) == len(set(keys)), (gateway, keys)
 
@@ -217,8 +231,11 @@ def test_envoyfilter_keeps_the_settings_wasmplugin_cannot_express(chains, manife
             assert c.get("allow_on_headers_stop_iteration", False) == f.allow_on_headers_stop_iteration
             assert c["failure_policy"] == f.failure_policy == "FAIL_CLOSED"
             assert json.loads(c["configuration"]["value"]) == f.config
+            # set exactly where the filter's own code says the config holds the
+            # headers for the body (generate.check_body_hold enforces it too)
+            assert c.get("allow_on_headers_stop_iteration", False) == bool(generate.body_hold(f.name, f.config)), f
     # the body-checking filters are the ones that need it
-    assert {f.name for fs in chains.values() for f in fs if f.allow_on_headers_stop_iteration} >= {"sanitize", "replay-guard"}
+    assert {f.name for fs in chains.values() for f in fs if f.allow_on_headers_stop_iteration} == {"sanitize", "replay-guard"}
 
 
 def _without_vm(doc: dict) -> dict:
@@ -266,6 +283,8 @@ def test_wasmplugin_fields(chains, plugins):
     version = chain.workspace_version()
     registry = generate.recorded_registry()
     for gateway, filters in chains.items():
+        if gateway not in plugins:
+            continue
         by_filter = {p["metadata"]["labels"]["gateway-filters.io/filter"]: p for p in plugins[gateway]}
         for f in filters:
             spec = by_filter[f.name]["spec"]
@@ -281,9 +300,9 @@ def test_wasmplugin_fields(chains, plugins):
 
 def test_sha256_pins_the_image_manifest_digest_of_the_current_module(chains, plugins, manifests):
     images = {name: oci.image_for(name, path) for name, path in chain.packaged_modules(chains).items()}
-    for gateway, filters in chains.items():
-        by_filter = {p["metadata"]["labels"]["gateway-filters.io/filter"]: p for p in plugins[gateway]}
-        for f in filters:
+    for gateway, items in plugins.items():
+        by_filter = {p["metadata"]["labels"]["gateway-filters.io/filter"]: p for p in items}
+        for f in chains[gateway]:
             image = images[f.name]
             assert by_filter[f.name]["spec"]["sha256"] == image.manifest_digest
             assert by_filter[f.name]["spec"]["sha256"] != image.wasm_sha256  # not the module's own hash
@@ -296,26 +315,102 @@ def test_sha256_pins_the_image_manifest_digest_of_the_current_module(chains, plu
                     assert remote["sha256"] == images[name].manifest_digest
 
 
-def test_secrets_come_from_the_gateway_environment_never_the_manifest(chains, plugins):
-    replay = [p for p in plugins["app"] if p["metadata"]["name"] == "app-replay-guard"][0]
+def test_secrets_come_from_the_gateway_environment_never_the_manifest(would_be_plugins, manifests, generated):
+    # app is refused as a WasmPlugin (replay-guard holds the headers for the
+    # body); the builder still declares the secret as a HOST variable
+    replay = [p for p in would_be_plugins["app"] if p["metadata"]["name"] == "app-replay-guard"][0]
     envs = replay["spec"]["vmConfig"]["env"]
     assert envs == [{"name": "REPLAY_GUARD_MASTER_V1", "valueFrom": "HOST"}]
     declared = {s["env"] for s in replay["spec"]["pluginConfig"]["master_secrets"]}
     assert declared == {e["name"] for e in envs}
+    app = envoy_filter_doc(manifests, "app")
+    keys = {k for p in app["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG"
+            for k in p["patch"]["value"]["typed_config"]["config"]["vm_config"]["environment_variables"].get(
+                "host_env_keys", [])}
+    assert keys == {"REPLAY_GUARD_MASTER_V1"}
     secret = (chain.REPO / "examples" / "keys" / "app-master.key").read_text().strip()
-    for gateway_plugins in plugins.values():
-        for p in gateway_plugins:
-            assert secret not in json.dumps(p)
+    for path, text in generated.items():
+        assert secret not in text, path
 
 
 # ------------------------------------------------------------- pluginConfig
 
-def test_plugin_config_is_the_example_json(chains, plugins):
-    for gateway, filters in chains.items():
-        by_filter = {p["metadata"]["labels"]["gateway-filters.io/filter"]: p for p in plugins[gateway]}
-        for f in filters:
+def test_plugin_config_is_the_example_json_with_the_wasmplugin_overrides(chains, plugins):
+    # the one override: sanitize answers 411 to a body of unannounced size
+    # instead of holding the headers to count it
+    assert generate.WASMPLUGIN_CONFIG == {"sanitize": {"unknown_length_body": "refuse"}}
+    for gateway, items in plugins.items():
+        by_filter = {p["metadata"]["labels"]["gateway-filters.io/filter"]: p for p in items}
+        for f in chains[gateway]:
             example = json.loads(f.config_file.read_text(encoding="utf-8"))
+            example.update(generate.WASMPLUGIN_CONFIG.get(f.name, {}))
             assert by_filter[f.name]["spec"]["pluginConfig"] == example, f.config_file
+
+
+# ------------------------------------------------ WasmPlugin and request bodies
+
+def test_the_gateways_whose_chain_holds_request_headers_get_no_wasmplugin(refused, generated):
+    # web: sanitize's orders JSON rule; app: that rule and replay-guard's
+    # Content-Digest check. secure and egress hold nothing once sanitize
+    # answers 411 to unannounced body sizes.
+    assert sorted(refused) == ["app", "web"]
+    expected = {
+        "web": [("sanitize", "routes[1].body")],
+        "app": [("sanitize", "routes[1].body"), ("replay-guard", "routes[1]"),
+                ("replay-guard", "required_components")],
+    }
+    for gateway, refusal in refused.items():
+        assert [(f.name, field) for f, field, _ in refusal.holds] == expected[gateway]
+        message = str(refusal)
+        assert message.startswith(f"{gateway}: no WasmPlugin generated")
+        for f, field, reason in refusal.holds:
+            assert f"{f.name} ({f.config_file.relative_to(chain.REPO)}) `{field}`: {reason}" in message
+        assert "allow_on_headers_stop_iteration" in message
+        assert f"kubectl apply -k istio/generated/{gateway}/envoyfilter" in message
+        note = generated[f"{gateway}/wasmplugin/REFUSED.md"]
+        assert message in note and "no kustomization.yaml" in note
+    assert "replay-guard" in str(refused["app"]) and "Content-Digest" in str(refused["app"])
+    assert '"orders"' in str(refused["web"])
+
+
+def test_no_generated_wasmplugin_holds_the_request_headers(plugins):
+    # judged by each filter's own code (gatewayctl body-hold -> Compiled::body_hold)
+    assert plugins
+    for items in plugins.values():
+        for p in items:
+            name = p["metadata"]["labels"]["gateway-filters.io/filter"]
+            assert generate.body_hold(name, p["spec"]["pluginConfig"]) == [], p["metadata"]["name"]
+
+
+def test_the_refusal_follows_the_configuration(chains):
+    """Derived from each pluginConfig, not from a list of gateways: give
+    egress's sanitize a JSON body rule and egress is refused too."""
+    images = {name: oci.image_for(name, path) for name, path in chain.packaged_modules(chains).items()}
+    registry = generate.recorded_registry()
+    egress = chains["egress"]
+    assert len(generate.wasm_plugins("egress", egress, images, registry)) == len(egress)
+    config = copy.deepcopy(egress[0].config)
+    assert egress[0].name == "sanitize"
+    config["routes"] = [{"name": "upload", "prefix": "/partner-a/upload", "body": {"fields": {}}}]
+    changed = [dataclasses.replace(egress[0], config=config)] + egress[1:]
+    with pytest.raises(generate.WasmPluginRefused) as err:
+        generate.wasm_plugins("egress", changed, images, registry)
+    assert [(f.name, field) for f, field, _ in err.value.holds] == [("sanitize", "routes[0].body")]
+    assert "istio/generated/egress/envoyfilter" in str(err.value)
+    with pytest.raises(generate.WasmPluginRefused):
+        generate.wasm_plugins("web", chains["web"], images, registry)
+
+
+def test_the_template_sets_the_flag_exactly_where_a_config_holds_the_headers(chains):
+    for filters in chains.values():
+        for f in filters:
+            generate.check_body_hold(f)
+    sanitize = chains["web"][0]
+    with pytest.raises(SystemExit, match="allow_on_headers_stop_iteration false .* routes\\[1\\].body"):
+        generate.check_body_hold(dataclasses.replace(sanitize, allow_on_headers_stop_iteration=False))
+    route_breaker = chains["web"][-1]
+    with pytest.raises(SystemExit, match="holds the request headers for: nothing"):
+        generate.check_body_hold(dataclasses.replace(route_breaker, allow_on_headers_stop_iteration=True))
 
 
 def test_plugin_config_survives_istios_struct_round_trip(plugins):

@@ -286,6 +286,36 @@ pub fn validate_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A configuration setting that makes a filter hold the request headers
+/// while it reads the body: its `on_http_request_headers` answers `Pause`
+/// and it waits for the body callbacks before the headers may go on.
+///
+/// Envoy delivers the body to a Wasm filter that paused on the headers only
+/// with the filter's `allow_on_headers_stop_iteration: true`. Without it
+/// (Envoy's default, and all that Istio's `WasmPlugin` can produce)
+/// proxy-wasm-cpp-host turns the pause into `StopAllIterationAndWatermark`:
+/// the body is buffered in front of the filter, the filter never sees it, and
+/// the request waits until one of Envoy's timeouts. Each body-reading filter
+/// lists these settings from its compiled config (`body_hold`), `gatewayctl
+/// body-hold` prints them, and istio/generate.py refuses a `WasmPlugin` for
+/// a chain that has any (docs/istio.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyHold {
+    /// The setting's field path (`routes[3].body`).
+    pub field: String,
+    /// What it holds the headers for.
+    pub reason: String,
+}
+
+impl BodyHold {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        BodyHold {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,11 @@ impl RouteMatcher {
         &self.prefix
     }
 
+    /// The methods it is limited to (upper case); empty: any method.
+    pub fn methods(&self) -> &[String] {
+        &self.methods
+    }
+
     /// Does the request (method, path without query) fall under this route?
     pub fn matches(&self, method: &str, path: &str) -> bool {
         self.matches_path(path)

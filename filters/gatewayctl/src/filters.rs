@@ -3,7 +3,7 @@
 //! so a config that passes here is one Envoy accepts (modulo secrets read
 //! from the environment at configure time, see [`Filter::validate`]).
 
-use filter_core::config::ConfigError;
+use filter_core::config::{BodyHold, ConfigError};
 
 /// One filter of the suite.
 #[derive(Debug, Clone, Copy)]
@@ -13,6 +13,10 @@ pub struct Filter {
     /// The wasm module's root_id/vm_id (the crate's lib name).
     pub root_id: &'static str,
     load: fn(&[u8]) -> Result<(), ConfigError>,
+    /// The config's settings that hold the request headers for the body
+    /// (the filter crate's own `Compiled::body_hold`; none for a filter that
+    /// never reads the body).
+    body_hold: fn(&[u8]) -> Result<Vec<BodyHold>, ConfigError>,
     schema: fn() -> serde_json::Value,
 }
 
@@ -35,42 +39,49 @@ pub const ALL: &[Filter] = &[
         name: "sanitize",
         root_id: "sanitize",
         load: |b| sanitize::config::load(b).map(drop),
+        body_hold: |b| sanitize::config::load(b).map(|c| c.body_hold()),
         schema: || value(sanitize::config::schema()),
     },
     Filter {
         name: "jwt",
         root_id: "jwt",
         load: |b| jwt::config::load(b).map(drop),
+        body_hold: |b| jwt::config::load(b).map(|_| Vec::new()),
         schema: || value(jwt::config::schema()),
     },
     Filter {
         name: "replay-guard",
         root_id: "replay_guard",
         load: |b| replay_guard::config::load(b, &replay_guard_env).map(drop),
+        body_hold: |b| replay_guard::config::load(b, &replay_guard_env).map(|c| c.body_hold()),
         schema: || value(replay_guard::config::schema()),
     },
     Filter {
         name: "fds-block",
         root_id: "fds_block",
         load: |b| fds_block::config::load(b).map(drop),
+        body_hold: |b| fds_block::config::load(b).map(|_| Vec::new()),
         schema: || value(fds_block::config::schema()),
     },
     Filter {
         name: "passport",
         root_id: "passport",
         load: |b| passport::config::load(b).map(drop),
+        body_hold: |b| passport::config::load(b).map(|_| Vec::new()),
         schema: || value(passport::config::schema()),
     },
     Filter {
         name: "san-authz",
         root_id: "san_authz",
         load: |b| san_authz::config::load(b).map(drop),
+        body_hold: |b| san_authz::config::load(b).map(|_| Vec::new()),
         schema: || value(san_authz::config::schema()),
     },
     Filter {
         name: "route-breaker",
         root_id: "route_breaker",
         load: |b| route_breaker::config::load(b).map(drop),
+        body_hold: |b| route_breaker::config::load(b).map(|_| Vec::new()),
         schema: || value(route_breaker::config::schema()),
     },
 ];
@@ -84,6 +95,14 @@ impl Filter {
     /// The filter config's JSON Schema.
     pub fn schema(&self) -> serde_json::Value {
         (self.schema)()
+    }
+
+    /// Loads `bytes` with the filter's own code and lists the settings that
+    /// make it hold the request headers while it reads the body: such a
+    /// config needs Envoy's `allow_on_headers_stop_iteration: true`, which
+    /// an Istio `WasmPlugin` cannot set (docs/istio.md).
+    pub fn body_hold(&self, bytes: &[u8]) -> Result<Vec<BodyHold>, ConfigError> {
+        (self.body_hold)(bytes)
     }
 }
 
@@ -106,6 +125,20 @@ mod tests {
         assert_eq!(find("replay_guard").unwrap().name, "replay-guard");
         assert_eq!(find("route-breaker").unwrap().root_id, "route_breaker");
         assert!(find("nope").is_none());
+    }
+
+    #[test]
+    fn only_the_body_reading_filters_hold_the_headers_for_the_body() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config");
+        for f in ALL {
+            for e in std::fs::read_dir(root.join(f.name)).unwrap() {
+                let p = e.unwrap().path();
+                let holds = f.body_hold(&std::fs::read(&p).unwrap()).unwrap();
+                let reads_body = matches!(f.name, "sanitize" | "replay-guard");
+                assert_eq!(!holds.is_empty(), reads_body, "{}: {holds:?}", p.display());
+            }
+        }
+        assert!(find("sanitize").unwrap().body_hold(b"{not json").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! gatewayctl validate --all
 //! gatewayctl validate-manifest istio/generated
 //! gatewayctl schema jwt
+//! gatewayctl body-hold sanitize examples/config/sanitize/web.json [--json]
 //! gatewayctl token --scope orders:write [--sub user-1] [--kid demo-es256] [--ttl 300] [--jti auto]
 //! gatewayctl sign POST http://127.0.0.1:10001/api/v1/orders --body '{"item_id":"a","quantity":1}'
 //! gatewayctl drift --admin http://127.0.0.1:9901
@@ -66,6 +67,18 @@ enum Cmd {
     },
     /// Print a filter's config JSON Schema.
     Schema { filter: String },
+    /// List the config settings that make the filter hold the request headers while it
+    /// reads the body: they need Envoy's allow_on_headers_stop_iteration, which an Istio
+    /// WasmPlugin cannot set (none listed: the config runs correctly without it).
+    BodyHold {
+        /// Filter name (sanitize, jwt, replay-guard, fds-block, passport, san-authz, route-breaker).
+        filter: String,
+        /// The JSON config file (`-`: standard input).
+        file: PathBuf,
+        /// Print a JSON array of {"field", "reason"} objects instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mint a demo JWT for the web gateway (demo keys under examples/keys).
     Token {
         /// Space-separated scopes, e.g. "orders:write users:read".
@@ -210,6 +223,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "{}",
                 serde_json::to_string_pretty(&filter(&name)?.schema())?
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BodyHold {
+            filter: name,
+            file,
+            json,
+        } => {
+            let f = filter(&name)?;
+            let bytes = if file.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .context("reading standard input")?;
+                b
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let holds = match f.body_hold(&bytes) {
+                Ok(h) => h,
+                Err(e) => {
+                    println!("INVALID {}: {e}", file.display());
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            if json {
+                let list: Vec<serde_json::Value> = holds
+                    .iter()
+                    .map(|h| serde_json::json!({"field": h.field, "reason": h.reason}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else if holds.is_empty() {
+                println!("{}: never holds the request headers for the body", f.name);
+            } else {
+                for h in &holds {
+                    println!("{}: {}", h.field, h.reason);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Token {

@@ -85,6 +85,24 @@ fn plugin_filter(doc: &Value) -> Option<&'static Filter> {
         .max_by_key(|f| f.name.len())
 }
 
+/// Why a WasmPlugin's configuration cannot work: it holds the request
+/// headers while it reads the body, which needs Envoy's
+/// `allow_on_headers_stop_iteration: true`; istiod cannot set it, so such a
+/// request would wait for its body until Envoy's timeouts.
+fn body_hold_message(filter: &Filter, holds: &[filter_core::config::BodyHold]) -> String {
+    let fields: Vec<String> = holds
+        .iter()
+        .map(|h| format!("`spec.pluginConfig.{}` ({})", h.field, h.reason))
+        .collect();
+    format!(
+        "{} config holds the request headers while it reads the body: {}. That needs Envoy's \
+         allow_on_headers_stop_iteration, which a WasmPlugin cannot set (the request would hang): \
+         use the gateway's EnvoyFilter (istio/generated/<gateway>/envoyfilter/, docs/istio.md)",
+        filter.name,
+        fields.join("; ")
+    )
+}
+
 /// YAML files under `path` (itself when it is a file), sorted.
 fn yaml_files(path: &Path) -> Vec<PathBuf> {
     if path.is_dir() {
@@ -148,17 +166,21 @@ pub fn manifests(path: &Path) -> Result<Vec<Report>> {
                 None => Some("spec.pluginConfig: missing".to_string()),
                 Some(cfg) => {
                     let bytes = serde_json::to_vec(cfg).unwrap_or_default();
-                    filter.validate(&bytes).err().map(|e| {
-                        let field = if e.path == "." {
-                            "spec.pluginConfig".to_string()
-                        } else {
-                            format!("spec.pluginConfig.{}", e.path)
-                        };
-                        format!(
-                            "{} config: invalid at `{field}`: {}",
-                            filter.name, e.message
-                        )
-                    })
+                    match filter.body_hold(&bytes) {
+                        Err(e) => {
+                            let field = if e.path == "." {
+                                "spec.pluginConfig".to_string()
+                            } else {
+                                format!("spec.pluginConfig.{}", e.path)
+                            };
+                            Some(format!(
+                                "{} config: invalid at `{field}`: {}",
+                                filter.name, e.message
+                            ))
+                        }
+                        Ok(holds) if !holds.is_empty() => Some(body_hold_message(filter, &holds)),
+                        Ok(_) => None,
+                    }
                 }
             };
             out.push(Report { what, error });
@@ -184,5 +206,29 @@ mod tests {
         let by_name = doc("metadata: {name: web-route-breaker}");
         assert_eq!(plugin_filter(&by_name).unwrap().name, "route-breaker");
         assert!(plugin_filter(&doc("metadata: {name: web-unknown}")).is_none());
+    }
+
+    #[test]
+    fn a_wasmplugin_that_would_hold_the_headers_for_the_body_is_invalid() {
+        let dir = std::env::temp_dir().join(format!("gatewayctl-body-hold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("plugins.yaml");
+        std::fs::write(
+            &file,
+            "kind: WasmPlugin\nmetadata: {name: web-sanitize}\nspec:\n  pluginConfig:\n    routes:\n    - {name: orders, prefix: /o, body: {fields: {}}}\n\
+             ---\nkind: WasmPlugin\nmetadata: {name: egress-sanitize}\nspec:\n  pluginConfig: {unknown_length_body: refuse}\n\
+             ---\nkind: WasmPlugin\nmetadata: {name: egress-route-breaker}\nspec:\n  pluginConfig: {name: egress}\n",
+        )
+        .unwrap();
+        let reports = manifests(&file).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(reports.len(), 3);
+        let e = reports[0].error.as_deref().unwrap();
+        assert!(e.contains("`spec.pluginConfig.routes[0].body`"), "{e}");
+        assert!(e.contains("`spec.pluginConfig.unknown_length_body`"), "{e}");
+        assert!(e.contains("allow_on_headers_stop_iteration"), "{e}");
+        assert!(e.contains("envoyfilter"), "{e}");
+        assert_eq!(reports[1].error, None, "{:?}", reports[1].error);
+        assert_eq!(reports[2].error, None, "{:?}", reports[2].error);
     }
 }

@@ -7,7 +7,7 @@
 //! (in Envoy: `vm_config.environment_variables`, see the docs page).
 
 use base64::Engine;
-use filter_core::config::{validate_header_name, ConfigError};
+use filter_core::config::{validate_header_name, BodyHold, ConfigError};
 use filter_core::duration::ConfigDuration;
 use filter_core::route::RouteMatcher;
 use schemars::JsonSchema;
@@ -312,6 +312,40 @@ impl Compiled {
     /// The first route that matches, if any.
     pub fn route(&self, method: &str, path: &str) -> Option<&CompiledRoute> {
         self.routes.iter().find(|r| r.matcher.matches(method, path))
+    }
+
+    /// The settings that make replay-guard hold the request headers while it
+    /// reads the body ([`BodyHold`]). Every signed request that may carry a
+    /// body (no end-of-stream on the headers) is held until its
+    /// Content-Digest is checked, in a dry run too: so each route that is not
+    /// `open`, and the requests that match no route (`required_components`),
+    /// unless an open route before them takes every request (prefix `/`, any
+    /// method, not exact). Conservative: a route shadowed by an earlier one
+    /// is still listed. Empty only when no request needs a signature.
+    pub fn body_hold(&self) -> Vec<BodyHold> {
+        const WHY: &str =
+            "a signed request with a body is held until its Content-Digest is checked";
+        let mut out = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.open {
+                if r.matcher.prefix() == "/"
+                    && !r.matcher.is_exact()
+                    && r.matcher.methods().is_empty()
+                {
+                    return out;
+                }
+                continue;
+            }
+            out.push(BodyHold::new(
+                format!("routes[{i}]"),
+                format!("route {:?}: {WHY}", r.name),
+            ));
+        }
+        out.push(BodyHold::new(
+            "required_components",
+            format!("requests on no route: {WHY}"),
+        ));
+        out
     }
 }
 

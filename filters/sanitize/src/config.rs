@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use filter_core::config::{validate_header_name, ConfigError};
+use filter_core::config::{validate_header_name, BodyHold, ConfigError};
 use filter_core::route::RouteMatcher;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,10 +20,18 @@ pub const MAX_BODY_LIMIT: u64 = 16 * 1024 * 1024;
 pub struct SanitizeConfig {
     /// Largest request body accepted on any route, in bytes (default 65536).
     /// A larger `content-length` is refused at once with 413; a body without
-    /// one is counted as it arrives and refused with 413 when it passes the
-    /// limit, before anything reaches the upstream.
+    /// one is handled as `unknown_length_body` says.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+    /// A request body whose size no `content-length` announces (HTTP/1.1
+    /// chunked; HTTP/2 or HTTP/3 without `content-length`): `"count"`
+    /// (default) holds the headers, counts the body as it arrives and refuses
+    /// it with 413 when it passes the limit, before anything reaches the
+    /// upstream (this needs Envoy's `allow_on_headers_stop_iteration: true`);
+    /// `"refuse"` answers 411 `length_required` at once and never holds the
+    /// headers, for hosts that cannot set that flag (Istio's `WasmPlugin`).
+    #[serde(default)]
+    pub unknown_length_body: UnknownLengthBody,
     /// Request headers removed before anything else runs.
     #[serde(default)]
     pub remove_headers: HeaderRemoval,
@@ -44,6 +52,18 @@ pub struct SanitizeConfig {
 
 fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY_BYTES
+}
+
+/// What to do with a request body of unannounced size (see
+/// [`SanitizeConfig::unknown_length_body`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownLengthBody {
+    /// Hold the headers and count the body against the limit (413 past it).
+    #[default]
+    Count,
+    /// Refuse it with 411 `length_required`, without holding the headers.
+    Refuse,
 }
 
 /// Headers a client must never send: removed from every request.
@@ -299,6 +319,7 @@ pub struct CompiledRoute {
 #[derive(Debug, Clone)]
 pub struct Compiled {
     pub max_body_bytes: u64,
+    pub unknown_length_body: UnknownLengthBody,
     pub remove_exact: Vec<String>,
     pub remove_prefixes: Vec<String>,
     pub path: PathRules,
@@ -313,6 +334,44 @@ impl Compiled {
     /// The first route that matches, if any.
     pub fn route(&self, method: &str, path: &str) -> Option<&CompiledRoute> {
         self.routes.iter().find(|r| r.matcher.matches(method, path))
+    }
+
+    /// The settings that make sanitize hold the request headers while it
+    /// reads the body ([`BodyHold`]; empty: it never does, and runs correctly
+    /// without Envoy's `allow_on_headers_stop_iteration`). These are exactly
+    /// the cases where `Request::on_headers` answers `WaitBody`: a route
+    /// with a JSON body rule, and a body without `content-length` under
+    /// `unknown_length_body: "count"`; a dry run never holds (it lets the
+    /// headers go on and only logs). The native test
+    /// `body_hold_lists_exactly_what_waits_for_the_body` checks the two
+    /// against each other.
+    pub fn body_hold(&self) -> Vec<BodyHold> {
+        if self.dry_run {
+            return Vec::new();
+        }
+        let mut out: Vec<BodyHold> = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.body.is_some())
+            .map(|(i, r)| {
+                BodyHold::new(
+                    format!("routes[{i}].body"),
+                    format!(
+                        "route {:?}: the JSON body rule reads the whole body before the headers go on",
+                        r.name
+                    ),
+                )
+            })
+            .collect();
+        if self.unknown_length_body == UnknownLengthBody::Count {
+            out.push(BodyHold::new(
+                "unknown_length_body",
+                "\"count\" (the default): a body without content-length is counted before the \
+                 headers go on (\"refuse\" answers 411 instead and holds nothing)",
+            ));
+        }
+        out
     }
 }
 
@@ -433,6 +492,7 @@ impl TryFrom<SanitizeConfig> for Compiled {
         }
         Ok(Compiled {
             max_body_bytes: c.max_body_bytes,
+            unknown_length_body: c.unknown_length_body,
             remove_exact: c.remove_headers.exact,
             remove_prefixes: c.remove_headers.prefixes,
             path: c.path,

@@ -6,7 +6,7 @@ use filter_core::decision::{self, Decision, RouteNames};
 use filter_core::route::split_path;
 use filter_core::{headers, Denial, HttpHost, Verdict};
 
-use crate::config::Compiled;
+use crate::config::{Compiled, UnknownLengthBody};
 use crate::{body, path, query};
 
 /// What happened to a request, for logs and metrics.
@@ -294,6 +294,10 @@ impl Request {
             return self.deny(cfg, host, too_large(self.limit));
         }
         let has_body = !end_of_stream && declared != Some(0);
+        if has_body && declared.is_none() && cfg.unknown_length_body == UnknownLengthBody::Refuse {
+            // Counting would hold the headers (see config::Compiled::body_hold).
+            return self.deny(cfg, host, length_required());
+        }
         if route.is_some_and(|r| r.body.is_some()) {
             if !has_body {
                 return self.deny(
@@ -447,6 +451,14 @@ impl Request {
 
 fn too_large(limit: u64) -> Denial {
     Denial::payload_too_large(format!("the request body exceeds {limit} bytes"))
+}
+
+fn length_required() -> Denial {
+    Denial::new(
+        411,
+        "length_required",
+        "a request body must announce its size with content-length",
+    )
 }
 
 #[cfg(test)]
