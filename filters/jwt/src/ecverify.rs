@@ -502,6 +502,131 @@ where {
         assert!(!key.verify_digest(&Sha256::digest(b"test"), &sig));
     }
 
+    /// Scalars whose digits sit where the table code changes gear: 0, 1,
+    /// 2, 3, n − 1, n − 2, and 2^i, 2^i − 1 and n − 2^i for i at the bottom,
+    /// around each run boundary k·L and at the top bits.
+    fn edge_scalars<C: Curve>() -> Vec<C::Scalar> {
+        let bits = field_len::<C>() * 8;
+        let l = run_len::<C>();
+        let mut at = vec![0, 1, 7, 8, bits - 2, bits - 1];
+        for k in 1..PIECES {
+            at.extend([k * l - 1, k * l, k * l + 1]);
+        }
+        let pow = |i: usize| {
+            let mut b = FieldBytes::<C>::default();
+            let len = b.len();
+            b[len - 1 - i / 8] |= 1 << (i % 8);
+            Option::<C::Scalar>::from(C::Scalar::from_repr(b)).unwrap()
+        };
+        let one = C::Scalar::ONE;
+        let mut out = vec![
+            C::Scalar::ZERO,
+            one,
+            C::Scalar::from(2),
+            C::Scalar::from(3),
+            -one,
+            -one - one,
+        ];
+        for i in at {
+            let p = pow(i);
+            out.extend([p, p - one, -p]);
+        }
+        out
+    }
+
+    /// A scalar of the property test: one of [`edge_scalars`] or random
+    /// bytes reduced mod n.
+    #[derive(Debug, Clone)]
+    enum ScalarChoice {
+        Edge(proptest::sample::Index),
+        Random(Vec<u8>),
+    }
+
+    fn pick<C: Curve>(c: &ScalarChoice) -> C::Scalar {
+        match c {
+            ScalarChoice::Edge(i) => {
+                let e = edge_scalars::<C>();
+                e[i.index(e.len())]
+            }
+            ScalarChoice::Random(b) => {
+                let bytes = field_bytes::<C>(&b[..field_len::<C>()]).unwrap();
+                <C::Scalar as Reduce<C::Uint>>::reduce_bytes(&bytes)
+            }
+        }
+    }
+
+    /// A key's point `Q = d·G` (d from bytes, reduced) and its tables.
+    fn test_key<C: Curve>(d: &[u8]) -> (C::ProjectivePoint, PreparedKey<C>) {
+        let d = pick::<C>(&ScalarChoice::Random(d.to_vec()));
+        let q = C::ProjectivePoint::generator() * d;
+        (
+            q,
+            PreparedKey::<C> {
+                q_tables: tables::<C>(q, W_Q),
+            },
+        )
+    }
+
+    /// `lincomb` (tables, wNAF runs, one doubling chain) against the
+    /// crates' own scalar multiplication `u1·G + u2·Q`.
+    fn lincomb_agrees<C: Curve>(
+        (q, key): &(C::ProjectivePoint, PreparedKey<C>),
+        u1: C::Scalar,
+        u2: C::Scalar,
+    ) -> bool {
+        key.lincomb(&u1, &u2) == C::ProjectivePoint::generator() * u1 + *q * u2
+    }
+
+    #[test]
+    fn lincomb_agrees_with_the_crates_on_every_edge_scalar() {
+        fn run<C: Curve>() {
+            let key = test_key::<C>(&[0x5a; 48]);
+            let edges = edge_scalars::<C>();
+            let z = C::Scalar::ZERO;
+            for (i, u) in edges.iter().enumerate() {
+                let other = edges[(i * 7 + 3) % edges.len()];
+                for (u1, u2) in [(*u, z), (z, *u), (*u, other)] {
+                    assert!(lincomb_agrees::<C>(&key, u1, u2), "edge {i}");
+                }
+            }
+        }
+        run::<p256::NistP256>();
+        run::<p384::NistP384>();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: filter_core::testing::cases(64),
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn lincomb_agrees_with_the_crates_scalar_multiplication(
+            p384 in proptest::prelude::any::<bool>(),
+            d in proptest::collection::vec(proptest::prelude::any::<u8>(), 48),
+            u1 in scalar_choice(),
+            u2 in scalar_choice(),
+        ) {
+            type P256 = p256::NistP256;
+            type P384 = p384::NistP384;
+            let ok = if p384 {
+                lincomb_agrees::<P384>(&test_key::<P384>(&d), pick::<P384>(&u1), pick::<P384>(&u2))
+            } else {
+                lincomb_agrees::<P256>(&test_key::<P256>(&d), pick::<P256>(&u1), pick::<P256>(&u2))
+            };
+            proptest::prop_assert!(ok);
+        }
+    }
+
+    fn scalar_choice() -> impl proptest::strategy::Strategy<Value = ScalarChoice> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<proptest::sample::Index>().prop_map(ScalarChoice::Edge),
+            proptest::collection::vec(any::<u8>(), 48).prop_map(ScalarChoice::Random),
+        ]
+    }
+
     #[test]
     fn keys_are_cached_by_content_with_a_bound() {
         let sec1 = p256_key(1).verifying_key().to_encoded_point(false);

@@ -1,5 +1,6 @@
-//! RSASSA-PKCS1-v1_5 verification (RS256/384/512) with the key's Montgomery
-//! parameters computed once, when the key is loaded.
+//! RSA signature verification for JWS: RSASSA-PKCS1-v1_5 (RS256/384/512)
+//! and RSASSA-PSS (PS256/384/512), with the key's Montgomery parameters
+//! computed once, when the key is loaded.
 //!
 //! Why not the `rsa` crate on this path: `rsa` 0.9 exponentiates with a
 //! generic 4-bit-window `modpow` over heap-allocated big integers and derives
@@ -12,12 +13,26 @@
 //! one multiplication for e = 65537). Measured with
 //! `examples/verify_bench.rs` under V8: ~330 µs per RS256 verification.
 //!
-//! The padding is checked the way RFC 8017 §8.2.2 specifies, by *encoding*:
-//! the expected `EM = 0x00 0x01 FF…FF 0x00 DigestInfo(hash) H` is built
-//! and compared with the whole recovered block, so there is no parser to
-//! fool (the Bleichenbacher '06 class of forgeries needs one). Signatures of
-//! the wrong length or not below the modulus are refused first (§8.2.2 1–2).
-//! RSASSA-PSS stays with the `rsa` crate (src/crypto.rs).
+//! Both paddings start with the same RSAVP1 step: a signature of the wrong
+//! length or not below the modulus is refused before any arithmetic (RFC
+//! 8017 §8.2.2 steps 1–2, §8.1.2 steps 1–2).
+//!
+//! PKCS#1 v1.5 ([`PreparedKey::verify`]) is checked the way RFC 8017 §8.2.2
+//! specifies, by *encoding*: the expected `EM = 0x00 0x01 FF…FF 0x00
+//! DigestInfo(hash) H` is built and compared with the whole recovered block,
+//! so there is no parser to fool (the Bleichenbacher '06 class of forgeries
+//! needs one).
+//!
+//! PSS ([`PreparedKey::verify_pss`]) is EMSA-PSS-VERIFY (§9.1.2) step by
+//! step, with the parameters RFC 7518 §3.5 fixes for JWS: MGF1 over the same
+//! hash and a salt exactly as long as the hash (a signature with another
+//! salt length is refused). When the modulus has 8·j + 1 bits the encoded
+//! message is one octet shorter than the modulus, and that leading octet
+//! must be zero (§8.1.2 step 2c).
+//!
+//! The `rsa` crate is not linked into the module; it is the reference the
+//! tests compare with (tests/differential.rs), next to Wycheproof's vectors
+//! (tests/wycheproof.rs).
 //!
 //! The exponentiation is variable-time only in the public exponent; nothing
 //! here handles a secret.
@@ -29,7 +44,7 @@ use crypto_bigint::modular::runtime_mod::{DynResidue, DynResidueParams};
 use crypto_bigint::{Encoding, Uint, U2048, U3072, U4096};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-/// The hash of an RS* algorithm.
+/// The hash of an RS* or PS* algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hash {
     Sha256,
@@ -150,7 +165,7 @@ enum Width {
     B4096(Box<Modulus<{ U4096::LIMBS }>>),
 }
 
-/// An RSA public key ready for PKCS#1 v1.5 verification.
+/// An RSA public key ready for PKCS#1 v1.5 and PSS verification.
 pub struct PreparedKey {
     /// Modulus length in bytes (the signature length).
     k: usize,
@@ -415,6 +430,8 @@ pub(crate) mod tests {
     }
 
     /// The `rsa` crate's verdict: PKCS#1 v1.5, or PSS with salt = hash length.
+    /// (Its untyped `verify` path: for PSS that one does not check s < n;
+    /// tests/differential.rs compares with the typed verifying keys.)
     fn rsa_crate_verifies(
         k: &rsa::RsaPublicKey,
         h: Hash,
