@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::signer::Signer;
+pub use crate::signer::SigningKey;
 
 /// Claims the filter sets itself; the issuer's context can never override them.
 pub const RESERVED_CLAIMS: &[&str] = &["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "ctx_iat"];
@@ -131,23 +132,6 @@ fn default_claims() -> Vec<String> {
         .into_iter()
         .map(String::from)
         .collect()
-}
-
-/// An ES256 private key: its `kid` and where the PKCS#8 PEM comes from,
-/// exactly one of `pem` (inline; demo only) or `env` (an environment
-/// variable of the Wasm VM: Envoy `vm_config.environment_variables`).
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SigningKey {
-    /// The `kid` header of every passport signed with this key.
-    pub kid: String,
-    /// The PKCS#8 PEM itself. Demo only: a config is not a secret store.
-    #[serde(default)]
-    pub pem: Option<String>,
-    /// Name of the VM environment variable that holds the PKCS#8 PEM
-    /// (`vm_config.environment_variables.key_values` or `host_env_keys`).
-    #[serde(default)]
-    pub env: Option<String>,
 }
 
 /// The shared cache (process-wide, shared by every worker).

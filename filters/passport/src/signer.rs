@@ -8,15 +8,32 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use filter_core::config::ConfigError;
 use p256::ecdsa::signature::Signer as _;
-use p256::ecdsa::{Signature, SigningKey};
+use p256::ecdsa::{Signature, SigningKey as EcKey};
 use p256::pkcs8::DecodePrivateKey;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use crate::config;
+/// An ES256 private key: its `kid` and where the PKCS#8 PEM comes from,
+/// exactly one of `pem` (inline; demo only) or `env` (an environment
+/// variable of the Wasm VM: Envoy `vm_config.environment_variables`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    /// The `kid` header of every passport signed with this key.
+    pub kid: String,
+    /// The PKCS#8 PEM itself. Demo only: a config is not a secret store.
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// Name of the VM environment variable that holds the PKCS#8 PEM
+    /// (`vm_config.environment_variables.key_values` or `host_env_keys`).
+    #[serde(default)]
+    pub env: Option<String>,
+}
 
 /// The signing key and its precomputed protected header.
 pub struct Signer {
     kid: String,
-    key: SigningKey,
+    key: EcKey,
     /// base64url of `{"alg":"ES256","typ":"JWT","kid":...}` followed by '.'.
     header: String,
 }
@@ -50,7 +67,7 @@ impl Signer {
         } else {
             pem.to_string()
         };
-        let key = SigningKey::from_pkcs8_pem(pem.trim())
+        let key = EcKey::from_pkcs8_pem(pem.trim())
             .map_err(|_| "not a PKCS#8 PEM P-256 private key".to_string())?;
         let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid});
         let header = URL_SAFE_NO_PAD.encode(header.to_string()) + ".";
@@ -63,7 +80,7 @@ impl Signer {
 
     /// The signer a config names: the inline PEM or the VM environment
     /// variable (exactly one of them).
-    pub fn from_config(k: &config::SigningKey) -> Result<Self, ConfigError> {
+    pub fn from_config(k: &SigningKey) -> Result<Self, ConfigError> {
         let pem = match (&k.pem, &k.env) {
             (Some(pem), None) => pem.clone(),
             (None, Some(var)) => std::env::var(var).map_err(|_| {
@@ -179,7 +196,7 @@ pub(crate) mod tests {
 
     #[test]
     fn env_key_that_is_not_set_names_the_field() {
-        let k = config::SigningKey {
+        let k = SigningKey {
             kid: "k".into(),
             pem: None,
             env: Some("PASSPORT_TEST_UNSET_VAR".into()),
@@ -188,7 +205,7 @@ pub(crate) mod tests {
             Signer::from_config(&k).unwrap_err().path,
             "token.signing_key.env"
         );
-        let both = config::SigningKey {
+        let both = SigningKey {
             kid: "k".into(),
             pem: Some(demo_pem()),
             env: Some("X".into()),
@@ -202,7 +219,7 @@ pub(crate) mod tests {
     #[test]
     fn env_key_is_read_from_the_environment() {
         std::env::set_var("PASSPORT_TEST_KEY_SET", demo_pem());
-        let k = config::SigningKey {
+        let k = SigningKey {
             kid: "k".into(),
             pem: None,
             env: Some("PASSPORT_TEST_KEY_SET".into()),
