@@ -204,7 +204,7 @@ def to_suite(text: str, wasm_dir: str) -> str:
     (vm_id "suite"): the module is compiled once, every gateway's filters are
     root contexts of that VM (each keeps its root_id and configuration), and
     their shared-data keys and queues are namespaced per filter (jwt.*,
-    replay_guard.*, passport/*, route-breaker/*, fds*), so one vm_id is safe."""
+    replay-guard/*, passport/*, route-breaker/*, fds-block/*: filter_core::shared::key), so one vm_id is safe."""
     try:
         import yaml  # noqa: PLC0415 (only the suite build needs it)
     except ImportError as exc:

@@ -24,6 +24,33 @@ pub enum SharedError {
 /// A value and the CAS token it was read with (`None` when the key is absent).
 pub type Versioned = (Option<Vec<u8>>, Option<u32>);
 
+/// The one shared-data key convention of every filter:
+/// `<filter>/<store>/<part>/<part>...`, e.g. `jwt/jti.v1/300/17`,
+/// `replay-guard/nonce/42/3`, `fds-block/feed/fds/fds/%2Fv1%2Fblocklist/list`.
+/// `filter` is the artifact name (`jwt`, `replay-guard`, ...), `store` names
+/// the data and its layout version; every part is percent-encoded for `/`
+/// and `%`, so a part that holds a path or a configured name can never read
+/// as two parts, and two keys are equal only when every part is. All VMs of
+/// one `vm_id` (under Istio's `WasmPlugin`: every plugin of the gateway)
+/// share one namespace; the filter prefix keeps ours apart.
+pub fn key(filter: &str, store: &str, parts: &[&dyn std::fmt::Display]) -> String {
+    let mut k = String::with_capacity(filter.len() + store.len() + 8 * parts.len() + 2);
+    k.push_str(filter);
+    k.push('/');
+    k.push_str(store);
+    for p in parts {
+        k.push('/');
+        for c in p.to_string().chars() {
+            match c {
+                '%' => k.push_str("%25"),
+                '/' => k.push_str("%2F"),
+                c => k.push(c),
+            }
+        }
+    }
+    k
+}
+
 /// Process-wide key/value store with compare-and-swap.
 pub trait SharedData {
     fn get(&self, key: &str) -> Result<Versioned, SharedError>;
@@ -105,6 +132,25 @@ impl SharedData for MemorySharedData {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_filter_store_and_parts_and_parts_never_run_together() {
+        assert_eq!(key("jwt", "jti.v1", &[&300, &17]), "jwt/jti.v1/300/17");
+        assert_eq!(
+            key("fds-block", "feed", &[&"fds", &"/v1/blocklist", &"list"]),
+            "fds-block/feed/fds/%2Fv1%2Fblocklist/list"
+        );
+        assert_ne!(
+            key("passport", "slot", &[&"a/b", &"c"]),
+            key("passport", "slot", &[&"a", &"b/c"])
+        );
+        assert_ne!(key("x", "s", &[&"%2F"]), key("x", "s", &[&"/"]));
     }
 }
 

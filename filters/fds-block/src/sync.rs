@@ -39,10 +39,12 @@ impl Keys {
     /// gateways of one process polling the same feed share one fetcher and
     /// one list.
     pub fn new(cluster: &str, authority: &str, path: &str) -> Keys {
-        let prefix = format!("fds_block|{cluster}|{authority}|{path}");
+        let key = |what: &str| {
+            filter_core::shared::key("fds-block", "feed", &[&cluster, &authority, &path, &what])
+        };
         Keys {
-            state: format!("{prefix}|state"),
-            list: format!("{prefix}|list"),
+            state: key("state"),
+            list: key("list"),
         }
     }
 }

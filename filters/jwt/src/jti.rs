@@ -2,7 +2,7 @@
 //! through proxy-wasm shared data (compare-and-swap, see
 //! [`filter_core::shared`]).
 //!
-//! Layout: [`BUCKETS`] fixed keys `jwt.jti.v1.<W>.<slot>`, created at
+//! Layout: [`BUCKETS`] fixed keys `jwt/jti.v1/<W>/<slot>`, created at
 //! configure time (shared data has no delete and its first insert is not
 //! CAS-protected). A token goes to the bucket of its expiry: epoch =
 //! ⌊(exp + skew) / W⌋, slot = epoch mod [`BUCKETS`]. A bucket's value is its
@@ -65,7 +65,7 @@ impl JtiStore {
     }
 
     pub fn key(&self, slot: usize) -> String {
-        format!("jwt.jti.v1.{}.{}", self.width, slot)
+        filter_core::shared::key("jwt", "jti.v1", &[&self.width, &slot])
     }
 
     /// Creates the bucket keys that do not exist yet (configure time).

@@ -9,7 +9,7 @@
 //! [`SharedData`] seam, and tested natively.
 //!
 //! Per provider with remote keys the loop:
-//! 1. loads the process-wide copy (`jwt.jwks.v1.<name>`, see
+//! 1. loads the process-wide copy (`jwt/jwks.v1/<name>`, see
 //!    [`crate::remote`]) when its fetch time differs from the loaded one
 //!    (generation bumped, so cached verifications with the old keys die);
 //! 2. marks the loaded set stale past `cache_duration`, and drops it past

@@ -3,11 +3,11 @@
 //! only runs it on its timer and makes the `dispatch_http_call`s).
 //!
 //! Shared data, per provider (fixed keys, created at configure time):
-//! * `jwt.jwks.v1.<name>`: fetch time (8 bytes LE, Unix seconds) followed by
+//! * `jwt/jwks.v1/<name>`: fetch time (8 bytes LE, Unix seconds) followed by
 //!   the JWKS document as fetched. Every worker reads it on each tick and
 //!   reloads its keys when the fetch time changes, so one fetch serves the
 //!   whole process.
-//! * `jwt.jwks.v1.<name>.lease`: a Unix time (8 bytes LE) before which no
+//! * `jwt/jwks-lease.v1/<name>`: a Unix time (8 bytes LE) before which no
 //!   worker starts another fetch. A worker takes the lease with
 //!   compare-and-swap, so at most one fetch per `retry_interval` runs in the
 //!   process, whether it is a scheduled refresh, a retry after a failure,
@@ -23,11 +23,11 @@ use filter_core::shared::{update, SharedData, SharedError, Update};
 use crate::config::RemoteJwks;
 
 pub fn entry_key(provider: &str) -> String {
-    format!("jwt.jwks.v1.{provider}")
+    filter_core::shared::key("jwt", "jwks.v1", &[&provider])
 }
 
 pub fn lease_key(provider: &str) -> String {
-    format!("jwt.jwks.v1.{provider}.lease")
+    filter_core::shared::key("jwt", "jwks-lease.v1", &[&provider])
 }
 
 /// Creates the provider's keys if absent (configure time).

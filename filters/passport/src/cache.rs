@@ -1,7 +1,7 @@
 //! The shared cache: a fixed array of slots in proxy-wasm shared data, seen
 //! by every worker of the Envoy process.
 //!
-//! Layout: `cache.slots` keys `passport/<gateway>/<index>`, created at
+//! Layout: `cache.slots` keys `passport/slot/<gateway>/<index>`, created at
 //! configure time and only ever updated with compare-and-swap afterwards. A
 //! user (+ device) maps to one slot by FNV-1a hash (direct-mapped); each slot
 //! is one small JSON document ([`Slot`]) holding at most
@@ -57,7 +57,7 @@ impl CacheKey {
 
 /// The shared-data key of a slot.
 pub fn slot_name(gateway: &str, index: u32) -> String {
-    format!("passport/{gateway}/{index}")
+    filter_core::shared::key("passport", "slot", &[&gateway, &index])
 }
 
 /// One slot's document.

@@ -75,7 +75,7 @@ impl StoreLayout {
     }
 
     fn key(slot: u64, shard: u32) -> String {
-        format!("replay_guard.nonce.{slot}.{shard}")
+        filter_core::shared::key("replay-guard", "nonce", &[&slot, &shard])
     }
 
     /// Creates every key that does not exist yet (an empty slot). Keys that

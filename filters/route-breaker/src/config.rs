@@ -24,7 +24,7 @@ pub const MAX_NAME_LEN: usize = 64;
 pub struct RouteBreakerConfig {
     /// The scope of this configuration's breakers, e.g. the gateway
     /// (`web`). Breaker state lives in shared data under
-    /// `route-breaker/<name>/<route>`, shared by every plugin with the same
+    /// `route-breaker/breaker/<name>/<route>`, shared by every plugin with the same
     /// `vm_id`: listeners that must not share breakers need distinct names.
     /// Lower-case letters, digits, `-` and `_`.
     pub name: String,
@@ -396,7 +396,7 @@ impl TryFrom<RouteBreakerConfig> for Compiled {
                 route_name: r.route_name.clone(),
                 settings,
                 failure_statuses,
-                key: format!("route-breaker/{}/{}", c.name, r.name),
+                key: filter_core::shared::key("route-breaker", "breaker", &[&c.name, &r.name]),
             });
         }
         let uses_route_name = routes.iter().any(|r| r.route_name.is_some());
@@ -435,7 +435,7 @@ mod tests {
         assert_eq!(s.wait_duration_in_open_state_ms, 60_000);
         assert_eq!(s.permitted_number_of_calls_in_half_open_state, 10);
         assert_eq!(c.routes[0].failure_statuses, vec![(500, 599)]);
-        assert_eq!(c.routes[0].key, "route-breaker/web/a");
+        assert_eq!(c.routes[0].key, "route-breaker/breaker/web/a");
         assert!(!c.uses_route_name);
     }
 

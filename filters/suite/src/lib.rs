@@ -10,8 +10,9 @@
 //! docs/performance.md has the measurements and when to pick which build.
 //!
 //! Sharing a VM is safe because the filters' shared-data keys have disjoint
-//! prefixes (`jwt.`, `replay_guard.`, `fds_block|`, `passport/`,
-//! `route-breaker/`; sanitize and san-authz keep none) and their metrics are
+//! prefixes, the filter's own name (`filter_core::shared::key`: `jwt/`,
+//! `replay-guard/`, `fds-block/`, `passport/`, `route-breaker/`; sanitize and
+//! san-authz keep none) and their metrics are
 //! named `<filter>_...`.
 
 /// The `root_id`s this module serves (those of the per-filter builds).
