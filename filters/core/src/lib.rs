@@ -17,6 +17,8 @@
 //!   filters (jwt, replay-guard, san-authz) to the ones after them.
 //! * [`decision`]: the one structured log line per denial (docs/operations.md).
 //! * [`metrics`]: labelled counter names (Envoy tag extraction).
+//! * [`request`]: the pure decision seam ([`request::RequestView`] in,
+//!   [`request::Decision`] out) that every build's host adapter applies.
 //! * [`original`]: the client's `:path`/body saved before a rewrite, for
 //!   signature verification after sanitize.
 
@@ -29,6 +31,7 @@ pub mod host;
 pub mod identity;
 pub mod metrics;
 pub mod original;
+pub mod request;
 pub mod route;
 pub mod shared;
 #[cfg(feature = "testing")]
