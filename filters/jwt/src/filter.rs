@@ -1,15 +1,17 @@
-//! jwt's per-request logic, written against [`HttpHost`] and [`SharedData`]
-//! so that it runs natively against fakes and in Envoy through the thin
-//! proxy-wasm glue in `lib.rs`.
+//! jwt's per-request logic: [`decide`] is the whole decision on the request
+//! headers as a pure function (a [`RequestView`] in, a [`RequestDecision`]
+//! of header edits, identity and denial out; state behind the
+//! [`SharedData`] seam), and [`on_request_headers`] the thin adapter that
+//! feeds it from an [`HttpHost`] and applies what it decided.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use filter_core::decision::{self, Decision, RouteNames};
+use filter_core::decision::{self, RouteNames};
 use filter_core::identity::{Identity, Source};
-use filter_core::route::split_path;
+use filter_core::request::{Decision as RequestDecision, Edits, RequestView};
 use filter_core::shared::SharedData;
-use filter_core::{headers, Denial, HttpHost, Verdict};
+use filter_core::{Denial, HttpHost, Verdict};
 
 use crate::cache::{TokenCache, Verified};
 use crate::config::{Compiled, Provider, Requirement, TokenSource};
@@ -129,14 +131,14 @@ fn carries_token(value: &str, prefix: Option<&str>) -> bool {
 /// (a `none` route, or an `optional` one where no token was recognised), so
 /// no unchecked credential reaches the upstream; unless a provider is set to
 /// forward its tokens.
-fn strip_unverified_tokens<H: HttpHost>(cfg: &Compiled, all: &[(String, String)], host: &mut H) {
+fn strip_unverified_tokens(cfg: &Compiled, all: &[(String, String)], edits: &mut Edits) {
     if cfg.providers.iter().any(|p| p.forward_token) {
         return;
     }
     for s in &cfg.sources {
         if let TokenSource::Header { name, prefix } = s {
             if header_values(all, name).any(|v| carries_token(v, prefix.as_deref())) {
-                host.remove_request_header(name);
+                edits.remove(name);
             }
         }
     }
@@ -290,78 +292,100 @@ fn invalid_token(challenge: &str, e: &TokenError) -> Denial {
     )
 }
 
-/// The request-headers callback: the whole decision.
+/// The request-headers callback: reads the headers once, runs [`decide`]
+/// and applies its decision (the thin host adapter; a denial in dry run
+/// keeps only the edits).
 pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     env: &Env<'_, S>,
     host: &mut H,
 ) -> (Verdict, Outcome) {
+    let all = host.request_headers();
+    let req = RequestView::new(&all);
+    // The clock is read only when a token is checked (one host call less on
+    // open routes and on requests without a token).
+    let mut clock: Option<u64> = None;
+    let (decision, mut out) = decide(env, &req, || {
+        *clock.get_or_insert_with(|| host.unix_seconds())
+    });
+    let Some(d) = decision.denial() else {
+        return (decision.apply(host, req.request_id), out);
+    };
+    let cfg = env.cfg;
+    let names = out
+        .names
+        .get_or_insert_with(|| decision::route_names(&*host));
+    // `code` is the reply's error code; `reason` (the token check that
+    // failed) is the metric label and stays in the debug log.
+    decision::Decision::denial("jwt", req.method, d.status, d.code)
+        .dry_run(cfg.dry_run)
+        .at(names)
+        .request_id(req.request_id)
+        .trace_id(decision::trace_id(&all).as_deref())
+        .emit();
+    log::debug!(
+        "jwt deny code={} reason={} path={}",
+        d.code,
+        out.code.unwrap_or("-"),
+        req.path()
+    );
+    if cfg.dry_run {
+        if let RequestDecision::Deny(edits, _) = &decision {
+            edits.apply(host);
+        }
+        return (Verdict::Continue, out);
+    }
+    (decision.apply(host, req.request_id), out)
+}
+
+/// The whole decision on the request headers, without a host call: which
+/// headers go (client copies of the forwarded claims, unverified tokens),
+/// which are set (claims), the identity handed on, or the denial. `now`
+/// is the proxy's clock in Unix seconds, asked for only when a token is
+/// checked. The token cache and the `jti` store in `env` are the worker's
+/// and the process's state (the latter behind the `SharedData` seam).
+pub fn decide<S: SharedData + ?Sized>(
+    env: &Env<'_, S>,
+    req: &RequestView<'_>,
+    now: impl FnOnce() -> u64,
+) -> (RequestDecision, Outcome) {
     let mut out = Outcome::default();
     let cfg = env.cfg;
-    let all = host.request_headers();
-    let mut method = "";
-    let mut full_path = "";
-    let mut request_id: Option<&str> = None;
-    for (n, v) in &all {
-        match n.as_str() {
-            headers::METHOD => method = v,
-            headers::PATH => full_path = v,
-            headers::REQUEST_ID => request_id = Some(v),
-            _ => {}
-        }
-    }
+    let all = req.headers;
+    let mut edits = Edits::default();
     // Forwarded-claim headers are ours alone: strip client copies on every route.
     for h in &cfg.forwarded_headers {
-        if all.iter().any(|(n, _)| n == h) {
-            host.remove_request_header(h);
+        if req.has(h) {
+            edits.remove(h);
         }
     }
-    let (path, _) = split_path(full_path);
-    let route = cfg.route(method, path);
+    let path = req.path();
+    let route = cfg.route(req.method, path);
     let requirement = route.map_or(cfg.default_requirement, |r| r.requirement);
     if requirement == Requirement::None {
         // The token is not checked here, and it must not ride along to the
         // upstream either (a public service has no business with a user's
         // bearer token): header sources holding one are removed, as on a
         // verified request, unless a provider is set to forward its tokens.
-        strip_unverified_tokens(cfg, &all, host);
-        return (Verdict::Continue, out);
+        strip_unverified_tokens(cfg, all, &mut edits);
+        return (RequestDecision::Continue(edits), out);
     }
-    let deny = |host: &mut H, out: &mut Outcome, d: Denial| {
+    let deny = |out: &mut Outcome, edits: Edits, d: Denial| {
         out.result = if cfg.dry_run {
             Result_::DryRunDenied
         } else {
             Result_::Denied
         };
         out.code.get_or_insert(d.code);
-        let names = out
-            .names
-            .get_or_insert_with(|| decision::route_names(&*host));
-        // `code` is the reply's error code; `reason` (the token check that
-        // failed) is the metric label and stays in the debug log.
-        Decision::denial("jwt", method, d.status, d.code)
-            .dry_run(cfg.dry_run)
-            .at(names)
-            .request_id(request_id)
-            .trace_id(decision::trace_id(&all).as_deref())
-            .emit();
-        log::debug!(
-            "jwt deny code={} reason={} rule={}",
-            d.code,
-            out.code.unwrap_or("-"),
-            route.map_or("-", |r| r.name.as_str())
-        );
-        if cfg.dry_run {
-            return Verdict::Continue;
-        }
-        d.send(host, request_id);
-        Verdict::Responded
+        log::debug!("jwt deny rule={}", route.map_or("-", |r| r.name.as_str()));
+        RequestDecision::Deny(edits, d)
     };
 
-    let found = match find_token(cfg, &all) {
+    let found = match find_token(cfg, all) {
         Ok(f) => f,
         Err(e) => {
             out.code = Some(e.code());
-            return (deny(host, &mut out, invalid_token(&cfg.challenge, &e)), out);
+            let d = invalid_token(&cfg.challenge, &e);
+            return (deny(&mut out, edits, d), out);
         }
     };
     let Some(found) = found else {
@@ -369,16 +393,16 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
             // No token this filter recognises (`Bearer<TAB>t`, `Basic x,
             // Bearer t`): the request goes on anonymous, and whatever the
             // header holds goes no further than an unchecked token would.
-            strip_unverified_tokens(cfg, &all, host);
+            strip_unverified_tokens(cfg, all, &mut edits);
             out.result = Result_::Anonymous;
-            return (Verdict::Continue, out);
+            return (RequestDecision::Continue(edits), out);
         }
         let d = Denial::unauthorized("missing_token", "a bearer token is required")
             .with_header("www-authenticate", cfg.challenge.clone());
-        return (deny(host, &mut out, d), out);
+        return (deny(&mut out, edits, d), out);
     };
 
-    let now = host.unix_seconds();
+    let now = now();
     let cached = env.cache.borrow_mut().get(&found.token, now, |pi| {
         env.keys.get(pi).map_or(0, |k| k.generation)
     });
@@ -397,23 +421,19 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
             }
             Err(e) => {
                 out.code = Some(e.code());
-                return (deny(host, &mut out, invalid_token(&cfg.challenge, &e)), out);
+                let d = invalid_token(&cfg.challenge, &e);
+                return (deny(&mut out, edits, d), out);
             }
         },
     };
     let Some(p) = cfg.providers.get(v.provider) else {
-        return (
-            deny(
-                host,
-                &mut out,
-                invalid_token(&cfg.challenge, &TokenError::Issuer),
-            ),
-            out,
-        );
+        let d = invalid_token(&cfg.challenge, &TokenError::Issuer);
+        return (deny(&mut out, edits, d), out);
     };
     if let Err(e) = source_allowed(cfg, p, found.source) {
         out.code = Some(e.code());
-        return (deny(host, &mut out, invalid_token(&cfg.challenge, &e)), out);
+        let d = invalid_token(&cfg.challenge, &e);
+        return (deny(&mut out, edits, d), out);
     }
 
     if let Some(rule) = route.and_then(|r| r.scopes.as_ref()) {
@@ -430,7 +450,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
                     cfg.challenge
                 ),
             );
-            return (deny(host, &mut out, d), out);
+            return (deny(&mut out, edits, d), out);
         }
     }
 
@@ -441,7 +461,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
                 &cfg.challenge,
                 &TokenError::BadClaims("jti is required on this route"),
             );
-            return (deny(host, &mut out, d), out);
+            return (deny(&mut out, edits, d), out);
         };
         match env
             .jti
@@ -454,7 +474,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
                         "www-authenticate",
                         format!("{}, error=\"invalid_token\", error_description=\"token has already been used\"", cfg.challenge),
                     );
-                return (deny(host, &mut out, d), out);
+                return (deny(&mut out, edits, d), out);
             }
             Ok(Recorded::LifetimeTooLong) => {
                 out.code = Some("lifetime_too_long");
@@ -462,7 +482,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
                     &cfg.challenge,
                     &TokenError::BadClaims("token lifetime is too long for a one-time route"),
                 );
-                return (deny(host, &mut out, d), out);
+                return (deny(&mut out, edits, d), out);
             }
             Ok(Recorded::Full { retry_after }) => {
                 log::warn!(
@@ -473,7 +493,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
                     "one-time tokens cannot be recorded right now",
                 )
                 .with_header("retry-after", retry_after.to_string());
-                return (deny(host, &mut out, d), out);
+                return (deny(&mut out, edits, d), out);
             }
             Err(e) => {
                 log::error!("jwt: jti store: {e}");
@@ -482,7 +502,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
                     "one-time tokens cannot be checked right now",
                 )
                 .with_header("retry-after", "1");
-                return (deny(host, &mut out, d), out);
+                return (deny(&mut out, edits, d), out);
             }
         }
     }
@@ -491,15 +511,15 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     let mut id = Identity::new(Source::Jwt);
     id.user = v.sub.clone();
     id.exp = Some(v.exp);
-    id.publish(host);
+    edits.identity = Some(id);
     for (name, value) in &v.forward {
-        host.set_request_header(name, value);
+        edits.set.push((name.clone(), value.clone()));
     }
     if !p.forward_token {
         if let Some(TokenSource::Header { name, .. }) = cfg.sources.get(found.source) {
-            host.remove_request_header(name);
+            edits.remove(name);
         }
     }
     out.result = Result_::Allowed;
-    (Verdict::Continue, out)
+    (RequestDecision::Continue(edits), out)
 }

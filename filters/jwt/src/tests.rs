@@ -991,3 +991,97 @@ mod arbitrary_input {
         });
     }
 }
+
+/// The pure core, without a host: plain values in, a decision out.
+mod decide {
+    use super::*;
+    use crate::filter::decide;
+    use filter_core::request::{Decision, RequestView};
+
+    fn run(w: &World, headers: &[(&str, &str)]) -> (Decision, Outcome) {
+        let all: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let env = Env {
+            cfg: &w.cfg,
+            keys: &w.keys,
+            cache: &w.cache,
+            shared: &w.shared,
+            jti: &w.jti,
+        };
+        decide(&env, &RequestView::new(&all), now)
+    }
+
+    #[test]
+    fn a_verified_token_becomes_edits_and_an_identity() {
+        let w = World::web();
+        let t = format!("Bearer {}", rs256(&claims("users:read")));
+        let (d, o) = run(
+            &w,
+            &[
+                (":method", "GET"),
+                (":path", "/api/v1/users/1"),
+                ("authorization", &t),
+                ("x-user-id", "forged"),
+            ],
+        );
+        assert_eq!(o.result, Result_::Allowed);
+        let Decision::Continue(e) = d else {
+            panic!("denied: {d:?}")
+        };
+        assert!(e.remove.contains(&"authorization".to_string()));
+        assert!(
+            e.remove.contains(&"x-user-id".to_string()),
+            "client copy stripped"
+        );
+        assert!(e
+            .set
+            .contains(&("x-user-id".to_string(), "user-42".to_string())));
+        assert_eq!(e.identity.and_then(|i| i.user).as_deref(), Some("user-42"));
+    }
+
+    #[test]
+    fn a_missing_scope_is_a_403_denial_and_no_identity() {
+        let w = World::web();
+        let t = format!("Bearer {}", rs256(&claims("")));
+        let (d, o) = run(
+            &w,
+            &[
+                (":method", "GET"),
+                (":path", "/api/v1/users/1"),
+                ("authorization", &t),
+            ],
+        );
+        assert_eq!(o.result, Result_::Denied);
+        let Decision::Deny(e, denial) = d else {
+            panic!("allowed")
+        };
+        assert_eq!((denial.status, denial.code), (403, "insufficient_scope"));
+        assert!(e.identity.is_none());
+    }
+
+    #[test]
+    fn an_open_route_never_reads_the_clock() {
+        let w = World::web();
+        let all = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/api/v1/public/x".to_string()),
+            ("authorization".to_string(), "Bearer x".to_string()),
+        ];
+        let env = Env {
+            cfg: &w.cfg,
+            keys: &w.keys,
+            cache: &w.cache,
+            shared: &w.shared,
+            jti: &w.jti,
+        };
+        let (d, _) = decide(&env, &RequestView::new(&all), || -> u64 {
+            panic!("the clock was read on an open route")
+        });
+        let Decision::Continue(e) = d else {
+            panic!("denied")
+        };
+        assert_eq!(e.remove, vec!["authorization".to_string()]);
+    }
+}
