@@ -239,6 +239,25 @@ def test_a_user_api_block_leaves_that_users_other_apis_open(feed):
     assert resp.status_code == 200, resp.text
 
 
+def test_a_user_api_block_holds_for_other_spellings_of_the_api(feed):
+    # /api/v1/payments is no gateway route: sanitize's case guard does not
+    # know it, and an upstream that folds case serves /api/v1/Payments as
+    # it. The block must hold for every spelling.
+    user = "fds-frank"
+    token = helpers.bearer("", sub=user)
+
+    def pay(path: str) -> requests.Response:
+        return requests.post(web_url(path), json={"amount": 1}, headers=token, timeout=TIMEOUT)
+
+    block("user_api", user, api="POST /api/v1/payments")
+    assert_blocked(now_blocked(lambda: pay("/api/v1/payments")))
+    before = echo_stats()
+    for path in ("/api/v1/Payments", "/api/v1/PAYMENTS/7"):
+        assert_blocked(pay(path))
+    assert echo_stats() == before
+    assert pay("/api/v1/paymentsx").status_code == 200
+
+
 def test_a_device_block_on_the_app_gateway(feed):
     target = "/api/v1/users/fds-erin"
     authority = f"{helpers.HOST}:{helpers.LISTENERS['app']}"

@@ -99,7 +99,22 @@ impl Api {
                 return false;
             }
         }
-        filter_core::route::prefix_matches(&self.prefix, path)
+        if filter_core::route::prefix_matches(&self.prefix, path) {
+            return true;
+        }
+        // A block on an API holds for every spelling an upstream may serve
+        // as that API: other letter case (case-insensitive frameworks) and
+        // percent-encoded letters. Blocking more is the safe direction.
+        let spelled = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase() || b == b'%');
+        if spelled(path) || spelled(&self.prefix) {
+            let fold = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .to_lowercase()
+            };
+            return filter_core::route::prefix_matches(&fold(&self.prefix), &fold(path));
+        }
+        false
     }
 
     pub fn to_spec(&self) -> String {
@@ -223,6 +238,23 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_block_holds_for_other_letter_case_and_encodings() {
+        let a = Api::parse("POST /api/v1/payments").unwrap();
+        for p in [
+            "/api/v1/payments",
+            "/api/v1/Payments/7",
+            "/API/V1/PAYMENTS",
+            "/api/v1/%70ayments",
+        ] {
+            assert!(a.matches("POST", p), "{p}");
+        }
+        for p in ["/api/v1/paymentsx", "/api/v1/Orders"] {
+            assert!(!a.matches("POST", p), "{p}");
+        }
+        assert!(!a.matches("GET", "/API/v1/payments"));
+    }
 
     #[test]
     fn ip_values_are_normalised_to_their_network() {
