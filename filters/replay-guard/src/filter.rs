@@ -1,7 +1,11 @@
-//! replay-guard's per-request logic, written against [`HttpHost`] and
-//! [`SharedData`] so that it runs natively against
-//! [`filter_core::host::FakeHost`] / [`filter_core::shared::MemorySharedData`]
-//! and in Envoy through the thin proxy-wasm glue in `lib.rs`.
+//! replay-guard's per-request host adapters: read the request through
+//! [`HttpHost`] (the header map once, the `:path` and body sanitize saved,
+//! the clock), call the pure decision core in [`decide`], apply its
+//! [`Ruling`], and keep what the glue in `lib.rs` needs for metrics and
+//! reports ([`Request::outcome`], [`Request::report`], [`Request::names`]).
+//! Runs natively against [`filter_core::host::FakeHost`] /
+//! [`filter_core::shared::MemorySharedData`] and in Envoy through the thin
+//! proxy-wasm glue.
 //!
 //! Order of checks (cheap and client-independent first; nothing is recorded
 //! before the signature verifies):
@@ -16,156 +20,80 @@
 //! 8. nonce recorded in the shared store (replay → 401);
 //! 9. identity published for fds-block and passport; the request continues.
 
+pub mod decide;
+
 use filter_core::decision::{self, Decision, RouteNames};
-use filter_core::identity::{Identity, Source};
-use filter_core::route::split_path;
+use filter_core::request::RequestView;
 use filter_core::shared::SharedData;
-use filter_core::{headers, original, Denial, HttpHost, Verdict};
+use filter_core::{original, HttpHost, Verdict};
 
 use crate::config::Compiled;
-use crate::digest;
-use crate::keyid::{derive_key, KeyId, KeyIdError};
-use crate::nonce::{self, NonceError};
-use crate::report::{Event, ReportKind};
-use crate::sig::{self, RequestView, SigError};
+use crate::report::Event;
 
-pub const SIGNATURE_INPUT: &str = "signature-input";
-pub const SIGNATURE: &str = "signature";
-pub const CONTENT_DIGEST: &str = "content-digest";
-
-/// What happened to a request, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Outcome {
-    /// Not decided yet (waiting for the body).
-    #[default]
-    Pending,
-    /// An open route: no signature needed.
-    Open,
-    /// Signature, digest and nonce all good.
-    Verified,
-    /// Refused; the code says why.
-    Denied(&'static str),
-    /// Dry run: would have been refused (code), let through without an identity.
-    DryRunDenied(&'static str),
-}
-
-/// A request whose signature verified, waiting for its body.
-#[derive(Debug, Clone)]
-struct Verified {
-    keyid: String,
-    device: String,
-    user: String,
-    expiry: u64,
-    nonce: String,
-    created: u64,
-    /// The Content-Digest field, when covered.
-    digest: Option<String>,
-}
+pub use decide::{
+    decide_body, decide_body_chunk, decide_headers, BodyChunk, BodyState, HeadersStep, Outcome,
+    Ruling, Verified, CONTENT_DIGEST, SIGNATURE, SIGNATURE_INPUT,
+};
 
 /// Per-request state.
 #[derive(Debug, Default)]
 pub struct Request {
     request_id: Option<String>,
     method: String,
-    path: String,
-    verified: Option<Verified>,
-    waiting_body: bool,
-    /// No `content-length` and no covered digest: the body that follows
-    /// must turn out empty (an empty chunked body, or HTTP/2 with an empty
-    /// last DATA frame, is no body, as `content-length: 0` is not).
-    body_must_be_empty: bool,
+    /// The verified signature while the headers are held for the body.
+    pending: Option<BodyState>,
     pub outcome: Outcome,
     /// A suspicious event for the FDS service, taken by the glue (which
     /// coalesces events per suspect, [`crate::coalesce`]).
     pub report: Option<Event>,
-    /// `dry_run` of the config this request runs under.
-    dry_run: bool,
     /// Envoy gateway/route names, read on a denial (decision log) and
     /// reused by the glue for the metric labels.
     pub names: Option<RouteNames>,
 }
 
-fn unauthorized(code: &'static str, message: &'static str) -> Denial {
-    Denial::unauthorized(code, message).with_header("www-authenticate", "Signature")
-}
-
-fn digest_missing() -> Denial {
-    unauthorized(
-        "digest_missing",
-        "a request with a body must carry a Content-Digest covered by the signature",
-    )
-}
-
-fn sig_denial(e: &SigError) -> Denial {
-    match e {
-        SigError::Missing => unauthorized(
-            "signature_missing",
-            "the request must carry Signature-Input and Signature headers",
-        ),
-        SigError::Malformed(_) | SigError::AbsentComponent(_) => unauthorized(
-            "signature_malformed",
-            "the signature headers are malformed or name a component the request lacks",
-        ),
-        SigError::UnsupportedAlg => unauthorized(
-            "signature_malformed",
-            "the signature algorithm is not supported (hmac-sha256)",
-        ),
-        SigError::MissingParam(_) => unauthorized(
-            "signature_malformed",
-            "the signature must carry created, nonce and keyid parameters",
-        ),
-    }
-}
-
 impl Request {
-    /// Refuses the request (or, in dry run, logs and counts the refusal and
-    /// lets the request through without an identity or a report).
-    fn deny<H: HttpHost>(&mut self, host: &mut H, d: Denial) -> Verdict {
-        self.waiting_body = false;
-        self.verified = None;
-        // Denial path only: two property reads and one header read.
-        let names = decision::route_names(&*host);
-        let trace_id = decision::trace_id(&host.request_headers());
-        Decision::denial("replay-guard", &self.method, d.status, d.code)
-            .dry_run(self.dry_run)
-            .at(&names)
-            .request_id(self.request_id.as_deref())
-            .trace_id(trace_id.as_deref())
-            .emit();
-        self.names = Some(names);
-        if self.dry_run {
-            self.outcome = Outcome::DryRunDenied(d.code);
-            self.report = None;
-            return Verdict::Continue;
-        }
-        self.outcome = Outcome::Denied(d.code);
-        d.send(host, self.request_id.as_deref());
-        Verdict::Responded
-    }
-
-    fn report<H: HttpHost>(
+    /// Applies a ruling: the report (with the client address, one property
+    /// read), the decision log line on a refusal (dry run included; two
+    /// property reads, and the header map unless `headers` is given), then
+    /// the identity hand-over or the local reply.
+    fn settle<H: HttpHost>(
         &mut self,
-        host: &H,
-        kind: ReportKind,
-        keyid: &str,
-        who: Option<(&str, &str)>,
-        verified: bool,
-    ) {
-        let client = host
-            .property(&["source", "address"])
-            .and_then(|b| String::from_utf8(b).ok());
-        self.report = Some(Event {
-            kind,
-            keyid: keyid.chars().take(200).collect(),
-            device: who.map(|(d, _)| d.to_string()),
-            user: who.map(|(_, u)| u.to_string()),
-            verified,
-            method: self.method.clone(),
-            path: self.path.chars().take(512).collect(),
-            client,
-            request_id: self.request_id.clone(),
-            at: host.unix_seconds(),
-        });
+        host: &mut H,
+        ruling: Ruling,
+        headers: Option<&[(String, String)]>,
+    ) -> Verdict {
+        let Ruling {
+            decision: apply,
+            outcome,
+            report,
+            dry_run_denial,
+        } = ruling;
+        self.outcome = outcome;
+        if let Some(mut event) = report {
+            event.client = host
+                .property(&["source", "address"])
+                .and_then(|b| String::from_utf8(b).ok());
+            self.report = Some(event);
+        } else if dry_run_denial.is_some() {
+            self.report = None;
+        }
+        if let Some(d) = apply.denial().or(dry_run_denial.as_ref()) {
+            self.pending = None;
+            // Denial path only: two property reads (and one header read).
+            let names = decision::route_names(&*host);
+            let trace_id = match headers {
+                Some(h) => decision::trace_id(h),
+                None => decision::trace_id(&host.request_headers()),
+            };
+            Decision::denial("replay-guard", &self.method, d.status, d.code)
+                .dry_run(dry_run_denial.is_some())
+                .at(&names)
+                .request_id(self.request_id.as_deref())
+                .trace_id(trace_id.as_deref())
+                .emit();
+            self.names = Some(names);
+        }
+        apply.apply(host, self.request_id.as_deref())
     }
 
     /// Request headers arrived.
@@ -176,200 +104,23 @@ impl Request {
         store: &S,
         end_of_stream: bool,
     ) -> Verdict {
-        self.dry_run = cfg.dry_run;
         let all = host.request_headers();
-        let mut current_path = "";
-        let mut authority = "";
-        let mut scheme = "";
-        let mut content_length: Option<&str> = None;
-        let mut sig_input: Vec<&str> = Vec::new();
-        let mut sig_value: Vec<&str> = Vec::new();
-        let mut digest_field: Vec<&str> = Vec::new();
-        for (n, v) in &all {
-            match n.as_str() {
-                headers::METHOD => self.method.clone_from(v),
-                headers::PATH => current_path = v,
-                headers::AUTHORITY => authority = v,
-                ":scheme" => scheme = v,
-                headers::CONTENT_LENGTH => content_length = Some(v),
-                headers::REQUEST_ID => self.request_id = Some(v.clone()),
-                SIGNATURE_INPUT => sig_input.push(v),
-                SIGNATURE => sig_value.push(v),
-                CONTENT_DIGEST => digest_field.push(v),
-                _ => {}
-            }
-        }
+        let view = RequestView::new(&all);
+        self.method = view.method.to_string();
+        self.request_id = view.request_id.map(str::to_string);
         // The signature covers what the client sent: sanitize saves the
         // original :path before it rewrites the query.
         let saved = original::path(host);
-        let full_path = saved.as_deref().unwrap_or(current_path);
-        let (path, query) = split_path(full_path);
-        self.path = path.to_string();
-        let route = cfg.route(&self.method, path);
-        if route.is_some_and(|r| r.open) {
-            self.outcome = Outcome::Open;
-            return Verdict::Continue;
-        }
-        let required = route.map_or(&cfg.default_components, |r| &r.components);
-
-        // Repeated fields combine with "," (RFC 9110 §5.3); dictionaries allow it.
-        let join = |v: &[&str]| (!v.is_empty()).then(|| v.join(", "));
-        let sig = match sig::parse(
-            join(&sig_input).as_deref(),
-            join(&sig_value).as_deref(),
-            cfg.label.as_deref(),
-        ) {
-            Ok(s) => s,
-            Err(e) => return self.deny(host, sig_denial(&e)),
-        };
-
         let now = host.unix_seconds();
-        let now_i = i64::try_from(now).unwrap_or(i64::MAX);
-        let (max_age, max_skew) = (
-            i64::try_from(cfg.max_age).unwrap_or(i64::MAX),
-            i64::try_from(cfg.max_skew).unwrap_or(i64::MAX),
-        );
-        if sig.created < 0
-            || sig.created > now_i.saturating_add(max_skew)
-            || sig.created < now_i.saturating_sub(max_age)
-        {
-            return self.deny(
-                host,
-                unauthorized(
-                    "signature_stale",
-                    "the signature's created time is outside the accepted window",
-                ),
-            );
-        }
-        if let Some(exp) = sig.expires {
-            if exp <= now_i || exp < sig.created {
-                return self.deny(
-                    host,
-                    unauthorized("signature_expired", "the signature has expired"),
-                );
+        match decide_headers(cfg, &view, saved.as_deref(), store, now, end_of_stream) {
+            HeadersStep::WaitBody(state) => {
+                // Hold the headers until the body is checked: a request
+                // that fails reaches the upstream not at all.
+                self.pending = Some(state);
+                Verdict::WaitBody
             }
+            HeadersStep::Done(ruling) => self.settle(host, ruling, Some(&all)),
         }
-        let nonce_len = sig.nonce.chars().count();
-        if nonce_len < cfg.min_nonce_length || nonce_len > cfg.max_nonce_length {
-            return self.deny(
-                host,
-                unauthorized(
-                    "signature_malformed",
-                    "the signature's nonce has an unacceptable length",
-                ),
-            );
-        }
-        let key = match KeyId::parse(&sig.keyid) {
-            Ok(k) => k,
-            Err(_) => {
-                return self.deny(
-                    host,
-                    unauthorized(
-                        "key_invalid",
-                        "the key id must be <device>:<user>:<expiry>[:<version>]",
-                    ),
-                )
-            }
-        };
-        match key.check_time(now, cfg.max_key_lifetime) {
-            Ok(()) => {}
-            Err(KeyIdError::Expired) => {
-                return self.deny(
-                    host,
-                    unauthorized("key_expired", "the signing key has expired"),
-                )
-            }
-            Err(_) => {
-                return self.deny(
-                    host,
-                    unauthorized("key_invalid", "the signing key's lifetime is too long"),
-                )
-            }
-        }
-
-        let covers = |name: &str| sig.components.iter().any(|c| c == name);
-        if !required.iter().all(|c| covers(c)) {
-            return self.deny(
-                host,
-                unauthorized(
-                    "signature_coverage",
-                    "the signature does not cover the components this route requires",
-                ),
-            );
-        }
-        if query.is_some()
-            && !(covers("@query") || covers("@request-target") || covers("@target-uri"))
-        {
-            return self.deny(
-                host,
-                unauthorized("signature_coverage", "the signature must cover @query"),
-            );
-        }
-        // A body is announced by a non-zero content-length; without one, a
-        // body may still follow (chunked, HTTP/2) or turn out empty.
-        let has_body = !end_of_stream && content_length.is_some_and(|l| l.trim() != "0");
-        let length_unknown = !end_of_stream && content_length.is_none();
-        let digest_covered = covers(CONTENT_DIGEST);
-        if (has_body || !digest_field.is_empty()) && !digest_covered {
-            return self.deny(host, digest_missing());
-        }
-        self.body_must_be_empty = length_unknown && !digest_covered;
-
-        let view = RequestView {
-            method: &self.method,
-            authority,
-            scheme,
-            path,
-            query,
-            headers: &all,
-        };
-        let base = match sig::signature_base(&sig, &view) {
-            Ok(b) => b,
-            Err(e) => return self.deny(host, sig_denial(&e)),
-        };
-        let secrets: Vec<&[u8]> = match key.version {
-            Some(v) => match cfg.secrets.iter().find(|s| s.version == v) {
-                Some(s) => vec![s.key.as_slice()],
-                None => {
-                    return self.deny(
-                        host,
-                        unauthorized("key_invalid", "the key id names an unknown key version"),
-                    )
-                }
-            },
-            None => cfg.secrets.iter().map(|s| s.key.as_slice()).collect(),
-        };
-        // Every candidate is computed (no early exit): the time does not
-        // tell which secret matched.
-        let mut ok = false;
-        for master in secrets {
-            let k = derive_key(master, &sig.keyid);
-            ok |= sig::verify_hmac(&k, base.as_bytes(), &sig.value);
-        }
-        if !ok {
-            self.report(host, ReportKind::InvalidSignature, &sig.keyid, None, false);
-            return self.deny(
-                host,
-                unauthorized("signature_invalid", "the request signature does not verify"),
-            );
-        }
-
-        self.verified = Some(Verified {
-            keyid: sig.keyid.clone(),
-            device: key.device.to_string(),
-            user: key.user.to_string(),
-            expiry: key.expiry,
-            nonce: sig.nonce.clone(),
-            created: u64::try_from(sig.created).unwrap_or(0),
-            digest: digest_covered.then(|| digest_field.join(", ")),
-        });
-        if !end_of_stream {
-            // Hold the headers until the body is checked: a request that
-            // fails reaches the upstream not at all.
-            self.waiting_body = true;
-            return Verdict::WaitBody;
-        }
-        self.finish(cfg, host, store, Some(&[]))
     }
 
     /// Request body data arrived; `buffered` is everything buffered so far.
@@ -384,23 +135,29 @@ impl Request {
         if matches!(self.outcome, Outcome::Denied(_)) {
             return Verdict::Responded;
         }
-        if !self.waiting_body {
+        let Some(state) = &self.pending else {
             return Verdict::Continue;
+        };
+        match decide_body_chunk(cfg, state, buffered, end_of_stream) {
+            BodyChunk::Wait => Verdict::WaitBody,
+            BodyChunk::Refuse(ruling) => self.settle(host, ruling, None),
+            BodyChunk::Complete => {
+                let Some(state) = self.pending.take() else {
+                    return Verdict::Continue;
+                };
+                // sanitize saves the client's body before it re-encodes it.
+                let body = if state.needs_body() {
+                    original::body(host)
+                        .or_else(|| host.request_body(cfg.max_body_bytes as usize))
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let now = host.unix_seconds();
+                let ruling = decide_body(cfg, state, &body, store, now);
+                self.settle(host, ruling, None)
+            }
         }
-        if self.body_must_be_empty && buffered > 0 {
-            return self.deny(host, digest_missing());
-        }
-        if buffered as u64 > cfg.max_body_bytes {
-            return self.deny(
-                host,
-                Denial::payload_too_large("the request body is too large to verify"),
-            );
-        }
-        if !end_of_stream {
-            return Verdict::WaitBody;
-        }
-        self.waiting_body = false;
-        self.finish(cfg, host, store, None)
     }
 
     /// Trailers arrived: the body is complete.
@@ -413,99 +170,6 @@ impl Request {
     ) -> Verdict {
         self.on_body(cfg, host, store, buffered, true)
     }
-
-    /// Digest (with `body`, or the buffered body when `None`), nonce, identity.
-    fn finish<H: HttpHost, S: SharedData + ?Sized>(
-        &mut self,
-        cfg: &Compiled,
-        host: &mut H,
-        store: &S,
-        body: Option<&[u8]>,
-    ) -> Verdict {
-        let Some(v) = self.verified.take() else {
-            return self.deny(
-                host,
-                unauthorized("signature_missing", "the request is not signed"),
-            );
-        };
-        if let Some(field) = &v.digest {
-            // sanitize saves the client's body before it re-encodes it.
-            let owned;
-            let bytes: &[u8] = match body {
-                Some(b) => b,
-                None => {
-                    owned = original::body(host)
-                        .or_else(|| host.request_body(cfg.max_body_bytes as usize))
-                        .unwrap_or_default();
-                    &owned
-                }
-            };
-            if let Err(e) = digest::check(field, bytes) {
-                if e == digest::DigestError::Mismatch {
-                    self.report(
-                        host,
-                        ReportKind::DigestMismatch,
-                        &v.keyid,
-                        Some((&v.device, &v.user)),
-                        true,
-                    );
-                }
-                let d = match e {
-                    digest::DigestError::Mismatch => unauthorized(
-                        "digest_invalid",
-                        "the body does not match its Content-Digest",
-                    ),
-                    _ => unauthorized(
-                        "digest_invalid",
-                        "the Content-Digest is malformed or uses no supported algorithm (sha-256, sha-512)",
-                    ),
-                };
-                return self.deny(host, d);
-            }
-        }
-        match nonce::record(&cfg.store, store, &v.keyid, &v.nonce, v.created) {
-            Ok(()) => {}
-            Err(NonceError::Replay) => {
-                self.report(
-                    host,
-                    ReportKind::Replay,
-                    &v.keyid,
-                    Some((&v.device, &v.user)),
-                    true,
-                );
-                return self.deny(
-                    host,
-                    unauthorized("replay", "this signature's nonce was already used"),
-                );
-            }
-            Err(e) => {
-                // Our store's trouble, not the client's credential: 503 with
-                // Retry-After (like jwt's full jti store). A full key frees
-                // when the current `created` bucket ends.
-                log::warn!("replay-guard: nonce store refused a nonce: {e}");
-                let retry = match e {
-                    NonceError::Full => {
-                        let b = cfg.store.bucket.max(1);
-                        b - host.unix_seconds() % b
-                    }
-                    _ => 1,
-                };
-                let d = Denial::unavailable(
-                    "replay_check_unavailable",
-                    "the nonce could not be recorded; retry later with a new signature",
-                )
-                .with_header("retry-after", retry.to_string());
-                return self.deny(host, d);
-            }
-        }
-        let mut id = Identity::new(Source::Signature);
-        id.user = Some(v.user);
-        id.device = Some(v.device);
-        id.exp = Some(v.expiry);
-        id.publish(host);
-        self.outcome = Outcome::Verified;
-        Verdict::Continue
-    }
 }
 
 #[cfg(test)]
@@ -513,8 +177,10 @@ mod tests {
     use super::*;
     use crate::config::load;
     use crate::keyid::hmac_sha256;
+    use crate::report::ReportKind;
     use base64::Engine;
     use filter_core::host::FakeHost;
+    use filter_core::identity::{Identity, Source};
     use filter_core::shared::MemorySharedData;
     use sha2::{Digest, Sha256};
 
@@ -1041,6 +707,231 @@ mod tests {
         assert!(h.response.is_none());
         assert_eq!(r.on_body(&c, &mut h, &s, 2500, true), Verdict::Continue);
         assert_eq!(Identity::read(&h), None);
+    }
+
+    #[test]
+    fn the_adapter_reads_the_header_map_once_and_a_denial_at_the_headers_reuses_it() {
+        let (c, s) = (cfg(), store(&cfg()));
+        // open: the header map and the saved :path
+        let mut h = FakeHost::request("GET", "/health");
+        run(&c, &s, &mut h);
+        assert_eq!(h.calls.get(), 2);
+        // verified: + the identity hand-over
+        let mut h = Signer::get("/api/v1/users/7").host();
+        run(&c, &s, &mut h);
+        assert_eq!(h.calls.get(), 3);
+        // refused at the headers: + route names (2) + the reply; the trace
+        // id comes from the header map already read
+        let mut h = FakeHost::request("GET", "/api/v1/users/7");
+        run(&c, &s, &mut h);
+        assert_eq!(h.calls.get(), 5);
+        // a replay: + the client address for the report
+        let mut h = Signer::get("/api/v1/users/7").host();
+        run(&c, &s, &mut h);
+        assert_eq!(h.calls.get(), 6);
+    }
+
+    /// The decision core called directly: header lists, body bytes, the
+    /// clock and the original path as plain values, no host.
+    mod decision_core {
+        use super::*;
+        use filter_core::request::{Decision, Edits};
+        use filter_core::Denial;
+
+        /// The signed request's header list (the `FakeHost` only builds it).
+        fn headers(signer: &Signer) -> Vec<(String, String)> {
+            signer.host().headers
+        }
+
+        fn headers_step(
+            c: &Compiled,
+            s: &MemorySharedData,
+            hs: &[(String, String)],
+            end_of_stream: bool,
+        ) -> HeadersStep {
+            decide_headers(c, &RequestView::new(hs), None, s, NOW, end_of_stream)
+        }
+
+        fn ruling(step: HeadersStep) -> Ruling {
+            match step {
+                HeadersStep::Done(r) => r,
+                HeadersStep::WaitBody(state) => panic!("waits for a body: {state:?}"),
+            }
+        }
+
+        fn denial(r: &Ruling) -> &Denial {
+            match &r.decision {
+                Decision::Deny(edits, d) => {
+                    assert!(edits.is_empty(), "{edits:?}");
+                    d
+                }
+                Decision::Continue(_) => panic!("continued: {r:?}"),
+            }
+        }
+
+        #[test]
+        fn a_valid_signed_get_continues_with_the_signer_identity_and_no_report() {
+            let (c, s) = (cfg(), store(&cfg()));
+            let hs = headers(&Signer::get("/api/v1/users/7?size=10"));
+            let r = ruling(headers_step(&c, &s, &hs, true));
+            assert_eq!(r.outcome, Outcome::Verified);
+            assert_eq!((r.report, r.dry_run_denial), (None, None));
+            let Decision::Continue(Edits {
+                remove,
+                set,
+                identity: Some(id),
+            }) = r.decision
+            else {
+                panic!("{:?}", r.decision);
+            };
+            assert!(remove.is_empty() && set.is_empty());
+            assert_eq!(id.source, Source::Signature);
+            assert_eq!(id.device.as_deref(), Some("phone-1"));
+            assert_eq!(id.user.as_deref(), Some("alice"));
+            assert_eq!(id.exp, Some(NOW + 600));
+        }
+
+        #[test]
+        fn the_same_signed_get_a_second_time_is_a_reported_replay() {
+            let (c, s) = (cfg(), store(&cfg()));
+            let hs = headers(&Signer::get("/api/v1/users/7"));
+            let first = ruling(headers_step(&c, &s, &hs, true));
+            assert_eq!(first.outcome, Outcome::Verified);
+            let again = ruling(headers_step(&c, &s, &hs, true));
+            assert_eq!(again.outcome, Outcome::Denied("replay"));
+            let d = denial(&again);
+            assert_eq!((d.status, d.code), (401, "replay"));
+            assert_eq!(
+                d.headers,
+                vec![("www-authenticate", "Signature".to_string())]
+            );
+            let rep = again.report.unwrap();
+            assert_eq!(rep.kind, ReportKind::Replay);
+            assert!(rep.verified);
+            assert_eq!(
+                (rep.device.as_deref(), rep.user.as_deref()),
+                (Some("phone-1"), Some("alice"))
+            );
+            assert_eq!(
+                (rep.method.as_str(), rep.path.as_str()),
+                ("GET", "/api/v1/users/7")
+            );
+            assert_eq!(rep.request_id.as_deref(), Some("test-rid"));
+            assert_eq!(rep.at, NOW);
+            assert_eq!(rep.client, None, "the adapter fills the client address in");
+        }
+
+        #[test]
+        fn a_signed_post_waits_with_its_expected_digest_and_a_body_that_does_not_match_it_is_denied(
+        ) {
+            let (c, s) = (cfg(), store(&cfg()));
+            let sent = br#"{"quantity":1}"#;
+            let hs = headers(&Signer::post("/api/v1/orders", sent));
+            let HeadersStep::WaitBody(state) = headers_step(&c, &s, &hs, false) else {
+                panic!("decided at the headers");
+            };
+            let expected = format!("sha-256=:{}:", b64(&Sha256::digest(sent)));
+            assert_eq!(state.verified.digest.as_deref(), Some(expected.as_str()));
+            assert!(state.needs_body() && !state.body_must_be_empty);
+            assert_eq!(decide_body_chunk(&c, &state, 5, false), BodyChunk::Wait);
+            assert_eq!(
+                decide_body_chunk(&c, &state, sent.len(), true),
+                BodyChunk::Complete
+            );
+            let r = decide_body(&c, state.clone(), br#"{"quantity":9}"#, &s, NOW);
+            assert_eq!(r.outcome, Outcome::Denied("digest_invalid"));
+            assert_eq!(denial(&r).status, 401);
+            let rep = r.report.unwrap();
+            assert_eq!(rep.kind, ReportKind::DigestMismatch);
+            assert!(rep.verified);
+            // the refusal recorded no nonce: the body as signed still passes
+            let r = decide_body(&c, state, sent, &s, NOW);
+            assert_eq!(r.outcome, Outcome::Verified);
+        }
+
+        #[test]
+        fn a_body_chunk_past_max_body_bytes_is_refused_with_413_before_the_body_is_complete() {
+            let (c, s) = (cfg(), store(&cfg()));
+            let hs = headers(&Signer::post("/api/v1/orders", b"{}"));
+            let HeadersStep::WaitBody(state) = headers_step(&c, &s, &hs, false) else {
+                panic!("decided at the headers");
+            };
+            let BodyChunk::Refuse(r) = decide_body_chunk(&c, &state, 1025, false) else {
+                panic!("not refused");
+            };
+            assert_eq!(
+                (denial(&r).status, denial(&r).code),
+                (413, "body_too_large")
+            );
+        }
+
+        #[test]
+        fn an_expired_key_id_is_denied_at_the_headers_without_a_report() {
+            let (c, s) = (cfg(), store(&cfg()));
+            let mut signer = Signer::get("/api/v1/users/7");
+            signer.keyid = format!("phone-1:alice:{}", NOW - 1);
+            let r = ruling(headers_step(&c, &s, &headers(&signer), true));
+            assert_eq!(r.outcome, Outcome::Denied("key_expired"));
+            let d = denial(&r);
+            assert_eq!(
+                (d.status, d.code, d.message.as_ref()),
+                (401, "key_expired", "the signing key has expired")
+            );
+            assert_eq!(r.report, None);
+        }
+
+        #[test]
+        fn the_original_path_handed_over_by_sanitize_is_what_is_verified() {
+            let (c, s) = (cfg(), store(&cfg()));
+            let mut hs = headers(&Signer::get("/api/v1/users/7"));
+            for (n, v) in &mut hs {
+                if n == ":path" {
+                    *v = "/api/v1/users/7?size=20".into();
+                }
+            }
+            let view = RequestView::new(&hs);
+            let r = ruling(decide_headers(&c, &view, None, &s, NOW, true));
+            assert_eq!(r.outcome, Outcome::Denied("signature_coverage"));
+            let r = ruling(decide_headers(
+                &c,
+                &view,
+                Some("/api/v1/users/7"),
+                &s,
+                NOW,
+                true,
+            ));
+            assert_eq!(r.outcome, Outcome::Verified);
+        }
+
+        #[test]
+        fn an_open_route_continues_without_edits() {
+            let (c, s) = (cfg(), store(&cfg()));
+            let hs = FakeHost::request("GET", "/health").headers;
+            let r = ruling(headers_step(&c, &s, &hs, true));
+            assert_eq!(r.outcome, Outcome::Open);
+            assert_eq!(r.decision, Decision::Continue(Edits::default()));
+        }
+
+        #[test]
+        fn in_dry_run_a_refusal_continues_without_identity_or_report_and_keeps_the_denial_for_the_log(
+        ) {
+            let mut c = cfg();
+            c.dry_run = true;
+            let s = store(&c);
+            let hs = headers(&Signer::get("/api/v1/users/7"));
+            assert_eq!(
+                ruling(headers_step(&c, &s, &hs, true)).outcome,
+                Outcome::Verified
+            );
+            let r = ruling(headers_step(&c, &s, &hs, true));
+            assert_eq!(r.outcome, Outcome::DryRunDenied("replay"));
+            assert_eq!(r.decision, Decision::Continue(Edits::default()));
+            assert_eq!(r.report, None);
+            assert_eq!(
+                r.denial().map(|d| (d.status, d.code)),
+                Some((401, "replay"))
+            );
+        }
     }
 
     /// Arbitrary signature headers and bodies: nothing the demo master secret

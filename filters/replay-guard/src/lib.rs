@@ -26,7 +26,17 @@
 //! (413 for a body too large to buffer). The decision code lives in
 //! [`config`], [`sig`], [`digest`], [`keyid`], [`nonce`], [`report`] and
 //! [`filter`], plain Rust tested natively; the proxy-wasm glue below only
-//! moves data. Config reference: `docs/filters/replay-guard.md`.
+//! moves data. The per-request decision is a pure core,
+//! [`filter::decide`]: [`filter::decide_headers`] takes the header map read
+//! once ([`filter_core::request::RequestView`]), the `:path` sanitize saved,
+//! the nonce store and the clock as values, and either decides or hands
+//! back the verified signature's [`filter::BodyState`] for
+//! [`filter::decide_body_chunk`] / [`filter::decide_body`]; each decision is
+//! a [`filter::Ruling`] (the [`filter_core::request::Decision`] to apply,
+//! the outcome, the report to queue), with no host call. The
+//! `Request::on_headers` / `on_body` / `on_trailers` adapters in [`filter`]
+//! read the host, call the core and apply the ruling.
+//! Config reference: `docs/filters/replay-guard.md`.
 
 pub mod coalesce;
 pub mod config;
