@@ -22,6 +22,7 @@
 
 pub mod body;
 pub mod config;
+pub mod decide;
 pub mod filter;
 pub mod path;
 pub mod query;
