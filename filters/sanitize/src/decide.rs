@@ -450,3 +450,170 @@ fn length_required() -> Denial {
         "a request body must announce its size with content-length",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+    use filter_core::host::FakeHost;
+
+    fn web() -> Compiled {
+        load(include_bytes!("../../../examples/config/sanitize/web.json")).unwrap()
+    }
+
+    /// A request's header map as one read gives it.
+    fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut h = vec![
+            (":method".to_string(), method.to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), "gateway.test".to_string()),
+            ("x-request-id".to_string(), "rid".to_string()),
+        ];
+        h.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        h
+    }
+
+    fn decide(method: &str, path: &str, extra: &[(&str, &str)], eos: bool) -> HeadersDecision {
+        decide_headers(
+            &web(),
+            &RequestView::new(&request(method, path, extra)),
+            eos,
+        )
+    }
+
+    #[test]
+    fn the_headers_a_gateway_asserts_are_removed_and_nothing_else_is_touched() {
+        let d = decide(
+            "GET",
+            "/api/v1/public/x",
+            &[
+                ("x-passport", "forged"),
+                ("x-user-id", "admin"),
+                ("x-user-id", "again"),
+                ("x-gateway-identity", "x"),
+                ("accept", "application/json"),
+            ],
+            true,
+        );
+        let mut want = Edits::default();
+        for n in ["x-passport", "x-user-id", "x-gateway-identity"] {
+            want.remove(n);
+        }
+        assert_eq!(d.decision, Decision::Continue(want));
+        assert_eq!((d.rewrite, d.body), (None, None));
+    }
+
+    #[test]
+    fn a_size_past_the_clamp_rewrites_the_path_and_keeps_the_clients_for_the_verifier() {
+        let d = decide("GET", "/api/v1/users/7?size=1000", &[], true);
+        assert_eq!(
+            d.edits().set,
+            vec![(":path".to_string(), "/api/v1/users/7?size=100".to_string())]
+        );
+        assert_eq!(
+            d.rewrite,
+            Some(QueryRewrite {
+                original_path: "/api/v1/users/7?size=1000".into(),
+                query: "size=100".into(),
+            })
+        );
+        // applied: the hand-over is a filter-state write, the rewrite a header set
+        let mut h = FakeHost::request("GET", "/api/v1/users/7?size=1000");
+        assert_eq!(d.apply(&mut h, Some("rid")), Verdict::Continue);
+        assert_eq!(h.header(":path"), Some("/api/v1/users/7?size=100"));
+        assert_eq!(
+            filter_core::original::path(&h).as_deref(),
+            Some("/api/v1/users/7?size=1000")
+        );
+        // in range: nothing to rewrite
+        let d = decide("GET", "/api/v1/users/7?size=50", &[], true);
+        assert_eq!((d.edits().is_empty(), d.rewrite), (true, None));
+    }
+
+    #[test]
+    fn a_path_that_differs_from_a_route_only_by_case_is_refused_and_the_strip_still_applies() {
+        let d = decide("GET", "/API/v1/Users/7", &[("x-user-id", "admin")], true);
+        let denial = d.denial().unwrap();
+        assert_eq!((denial.status, denial.code), (400, "invalid_path"));
+        assert!(denial.message.contains("letter case"), "{}", denial.message);
+        assert_eq!(d.edits().remove, vec!["x-user-id".to_string()]);
+        assert_eq!(d.body, None);
+    }
+
+    #[test]
+    fn an_order_is_held_for_its_body_and_an_unknown_field_is_stripped_from_it() {
+        let cfg = web();
+        let d = decide(
+            "POST",
+            "/api/v1/orders",
+            &[("content-type", "application/json")],
+            false,
+        );
+        let state = d.body.unwrap();
+        assert_eq!(state.step, BodyStep::Check { route: 1 });
+        assert_eq!(state.limit, 65536);
+        let sent = br#"{"item_id":"a","quantity":2,"admin":true}"#;
+        let size = sent.len() as u64;
+        // partway: no bytes needed, keep holding
+        assert!(!state.needs_bytes(size, false));
+        assert_eq!(
+            decide_body(&cfg, &state, size, None, false),
+            BodyDecision::Wait
+        );
+        assert!(state.needs_bytes(size, true));
+        assert_eq!(
+            decide_body(&cfg, &state, size, Some(sent), true),
+            BodyDecision::Rewrite(BodyRewrite {
+                original: sent,
+                body: br#"{"item_id":"a","quantity":2}"#.to_vec(),
+            })
+        );
+        // an exact order passes unchanged; no body at all is refused
+        let exact = br#"{"item_id":"a","quantity":2}"#;
+        assert_eq!(
+            decide_body(&cfg, &state, exact.len() as u64, Some(exact), true),
+            BodyDecision::Continue
+        );
+        let BodyDecision::Deny(d) = decide_body(&cfg, &state, 0, None, true) else {
+            panic!("an absent body passed");
+        };
+        assert_eq!((d.status, d.code), (400, "invalid_body"));
+    }
+
+    #[test]
+    fn a_body_past_the_limit_is_413_whether_declared_or_counted() {
+        let cfg = web();
+        // declared: refused at the headers
+        let d = decide(
+            "POST",
+            "/api/v1/public/upload",
+            &[("content-length", "65537")],
+            false,
+        );
+        let denial = d.denial().unwrap();
+        assert_eq!((denial.status, denial.code), (413, "body_too_large"));
+        // counted: held, then refused as soon as the count passes the limit
+        let d = decide("POST", "/api/v1/public/upload", &[], false);
+        let state = d.body.unwrap();
+        assert_eq!(
+            state,
+            BodyState {
+                step: BodyStep::Count,
+                limit: 65536
+            }
+        );
+        assert!(
+            !state.needs_bytes(65536, true),
+            "a counted body is never read"
+        );
+        assert_eq!(
+            decide_body(&cfg, &state, 65536, None, true),
+            BodyDecision::Continue
+        );
+        let BodyDecision::Deny(d) = decide_body(&cfg, &state, 65537, None, false) else {
+            panic!("an oversized body was held on");
+        };
+        assert_eq!(d.status, 413);
+        assert_eq!(d.message, "the request body exceeds 65536 bytes");
+    }
+}
