@@ -1,13 +1,15 @@
-//! sanitize's per-request logic, written against [`HttpHost`] so that it runs
-//! natively against [`filter_core::host::FakeHost`] and in Envoy through the
-//! thin proxy-wasm glue in `lib.rs`.
+//! sanitize's per-request adapter, written against [`HttpHost`] so that it
+//! runs natively against [`filter_core::host::FakeHost`] and in Envoy
+//! through the thin proxy-wasm glue in `lib.rs`: it reads the headers once,
+//! asks the pure core ([`crate::decide`]) and applies the answer (or, in a
+//! dry run, only logs it), and emits the decision log.
 
-use filter_core::decision::{self, Decision, RouteNames};
-use filter_core::route::split_path;
-use filter_core::{headers, Denial, HttpHost, Verdict};
+use filter_core::decision::{self, RouteNames};
+use filter_core::request::{Decision, RequestView};
+use filter_core::{Denial, HttpHost, Verdict};
 
-use crate::config::{Compiled, UnknownLengthBody};
-use crate::{body, path, query};
+use crate::config::Compiled;
+use crate::decide::{decide_body, decide_headers, BodyDecision, BodyState};
 
 /// What happened to a request, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,24 +23,11 @@ pub enum Outcome {
     Denied,
 }
 
-/// How the body is handled after the headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum BodyMode {
-    /// Nothing to do with the body.
-    #[default]
-    Pass,
-    /// Count it against the limit (no content-length was given).
-    Count,
-    /// Buffer it and check it against the route's JSON rule.
-    Check,
-}
-
 /// Per-request state.
 #[derive(Debug, Default)]
 pub struct Request {
-    route: Option<usize>,
-    body_mode: BodyMode,
-    limit: u64,
+    /// Set while the body is held (or, in a dry run, watched).
+    body: Option<BodyState>,
     request_id: Option<String>,
     method: String,
     trace_id: Option<String>,
@@ -50,94 +39,6 @@ pub struct Request {
     pub names: Option<RouteNames>,
 }
 
-/// `host[:port]` as RFC 9110 §7.2 allows in `Host`/`:authority`, read
-/// strictly, so that every component after us sees the same host: a DNS-style
-/// name (labels of letters, digits, `-` and `_`, one trailing dot allowed),
-/// an IPv4 address in dotted decimal (a name whose last label is numeric
-/// must be one: `1.2.3.256`, `1.2.3.4.5` and `0x7f.1` are not), or a
-/// bracketed IPv6 literal (no zone id); then optionally `:` and a port
-/// 1–65535 without leading zeros. Percent-encodings, user info, a second
-/// colon or an empty port are refused.
-fn valid_authority(a: &str) -> bool {
-    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
-        let Some((literal, after)) = rest.split_once(']') else {
-            return false;
-        };
-        if literal.parse::<std::net::Ipv6Addr>().is_err() {
-            return false;
-        }
-        match after {
-            "" => return true,
-            _ => match after.strip_prefix(':') {
-                Some(port) => (None, Some(port)),
-                None => return false,
-            },
-        }
-    } else {
-        match a.split_once(':') {
-            Some((h, p)) => (Some(h), Some(p)),
-            None => (Some(a), None),
-        }
-    };
-    if let Some(p) = port {
-        // 1..=65535 written without leading zeros (`a:080` and `a:0` are
-        // read differently by different parsers, or name no port at all).
-        // (digits only: u16's parser would also take a leading `+`)
-        let port_ok = !p.starts_with('0')
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && p.parse::<u16>().is_ok();
-        if !port_ok {
-            return false;
-        }
-    }
-    host.is_none_or(valid_host_name)
-}
-
-/// A name or dotted-decimal IPv4 address (see [`valid_authority`]).
-fn valid_host_name(h: &str) -> bool {
-    let name = h.strip_suffix('.').unwrap_or(h);
-    if name.is_empty() || name.len() > 253 {
-        return false;
-    }
-    let labels_ok = name.split('.').all(|l| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    if !labels_ok {
-        return false;
-    }
-    let last = name.rsplit('.').next().unwrap_or(name);
-    let numeric = last.bytes().all(|b| b.is_ascii_digit())
-        || (last.len() > 1 && last.get(..2).is_some_and(|x| x.eq_ignore_ascii_case("0x")));
-    !numeric || name.parse::<std::net::Ipv4Addr>().is_ok()
-}
-
-/// Whether a body may be read as JSON: labelled `application/json` or
-/// `application/*+json`, or not labelled at all (many clients send JSON
-/// without a content type; the body is checked either way), and no
-/// `charset` but UTF-8.
-fn is_json(content_type: Option<&str>) -> bool {
-    let Some(ct) = content_type else { return true };
-    let mut parts = ct.split(';');
-    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let json =
-        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
-    // JSON on the wire is UTF-8 (RFC 8259 8.1): a body labelled otherwise
-    // would be read one way here and another way upstream.
-    let utf8 = parts.all(|p| {
-        let (name, value) = p.split_once('=').unwrap_or((p, ""));
-        !name.trim().eq_ignore_ascii_case("charset") || {
-            let v = value.trim().trim_matches('"');
-            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
-        }
-    });
-    json && utf8
-}
-
 impl Request {
     fn deny<H: HttpHost>(&mut self, cfg: &Compiled, host: &mut H, d: Denial) -> Verdict {
         self.outcome = Outcome::Denied;
@@ -145,7 +46,7 @@ impl Request {
         let names = self
             .names
             .get_or_insert_with(|| decision::route_names(host));
-        Decision::denial("sanitize", &self.method, d.status, d.code)
+        decision::Decision::denial("sanitize", &self.method, d.status, d.code)
             .dry_run(cfg.dry_run)
             .at(names)
             .request_id(self.request_id.as_deref())
@@ -158,6 +59,15 @@ impl Request {
         Verdict::Responded
     }
 
+    /// Holds the headers for the body, or (dry run) lets them go on.
+    fn wait(cfg: &Compiled) -> Verdict {
+        if cfg.dry_run {
+            Verdict::Continue
+        } else {
+            Verdict::WaitBody
+        }
+    }
+
     /// Request headers arrived.
     pub fn on_headers<H: HttpHost>(
         &mut self,
@@ -167,185 +77,34 @@ impl Request {
     ) -> Verdict {
         // One host call for every header: we need several and must scan names for prefixes.
         let all = host.request_headers();
-        let mut method = "";
-        let mut full_path = "";
-        let mut content_length: Option<&str> = None;
-        let mut content_type: Option<&str> = None;
-        let mut content_encoding: Option<&str> = None;
-        let mut to_remove: Vec<&str> = Vec::new();
-        let mut not_utf8: Option<&str> = None;
-        let mut authority: Option<&str> = None;
-        for (n, v) in &all {
-            // The host hands invalid UTF-8 over as U+FFFD (filter_core::proxy::text).
-            if not_utf8.is_none() && v.contains(char::REPLACEMENT_CHARACTER) {
-                not_utf8 = Some(n);
-            }
-            match n.as_str() {
-                headers::METHOD => method = v,
-                headers::PATH => full_path = v,
-                headers::CONTENT_LENGTH => content_length = Some(v),
-                headers::CONTENT_TYPE => content_type = Some(v),
-                headers::CONTENT_ENCODING => content_encoding = Some(v),
-                headers::REQUEST_ID => self.request_id = Some(v.clone()),
-                headers::AUTHORITY => authority = Some(v),
-                _ => {}
-            }
-            let named = cfg.remove_exact.iter().any(|e| e == n)
-                || cfg
-                    .remove_prefixes
-                    .iter()
-                    .any(|p| n.starts_with(p.as_str()));
-            if named && !to_remove.contains(&n.as_str()) {
-                to_remove.push(n);
-            }
-        }
-        self.method = method.to_string();
+        let view = RequestView::new(&all);
+        self.request_id = view.request_id.map(str::to_string);
+        self.method = view.method.to_string();
         self.trace_id = decision::trace_id(&all);
+        let d = decide_headers(cfg, &view, end_of_stream);
+
         if !cfg.dry_run {
-            for n in &to_remove {
-                host.remove_request_header(n);
+            d.apply_edits(host);
+        } else {
+            let remove = &d.edits().remove;
+            if !remove.is_empty() {
+                log::info!("sanitize dry-run: would remove headers {remove:?}");
             }
-        } else if !to_remove.is_empty() {
-            log::info!("sanitize dry-run: would remove headers {to_remove:?}");
-        }
-
-        if let Some(name) = not_utf8 {
-            // Never forwarded: an upstream would read the bytes its own way.
-            return self.deny(
-                cfg,
-                host,
-                Denial::bad_request(
-                    "invalid_header",
-                    format!("the value of header {name} is not valid UTF-8"),
-                ),
-            );
-        }
-
-        if authority.is_some_and(|a| !valid_authority(a)) {
-            // Two Host lines reach us joined ("a,b"): RFC 9112 wants 400,
-            // and an upstream would pick either one.
-            return self.deny(
-                cfg,
-                host,
-                Denial::bad_request(
-                    "invalid_header",
-                    "the Host header is not a single valid host[:port]",
-                ),
-            );
-        }
-
-        let (path_part, query_part) = split_path(full_path);
-        if let Err(d) = path::check(path_part, full_path.len(), &cfg.path) {
-            return self.deny(cfg, host, d);
-        }
-        if let Some(g) = path::case_variant(path_part, &cfg.case_guards) {
-            let d = Denial::bad_request(
-                "invalid_path",
-                format!(
-                    "the path differs from the route {} only by letter case or encoding",
-                    g.prefix()
-                ),
-            );
-            return self.deny(cfg, host, d);
-        }
-
-        self.route = cfg
-            .routes
-            .iter()
-            .position(|r| r.matcher.matches(method, path_part));
-        let route = self.route.and_then(|i| cfg.routes.get(i));
-        let rules = route.map_or(&[][..], |r| r.query.as_slice());
-        match query::apply(query_part, &cfg.query, rules) {
-            Err(d) => return self.deny(cfg, host, d),
-            Ok(Some(q)) => {
-                let new_path = if q.is_empty() {
-                    path_part.to_string()
-                } else {
-                    format!("{path_part}?{q}")
-                };
-                self.outcome = Outcome::Rewritten;
-                if cfg.dry_run {
-                    log::info!("sanitize dry-run: would rewrite query to {q:?}");
-                } else {
-                    // A signature verifier after us (replay-guard) checks
-                    // what the client sent.
-                    filter_core::original::save_path(host, full_path);
-                    host.set_request_header(headers::PATH, &new_path);
-                }
+            if let Some(r) = &d.rewrite {
+                log::info!("sanitize dry-run: would rewrite query to {:?}", r.query);
             }
-            Ok(None) => {}
         }
-
-        self.limit = route.map_or(cfg.max_body_bytes, |r| r.max_body_bytes);
-        let declared: Option<u64> = match content_length {
-            None => None,
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    return self.deny(
-                        cfg,
-                        host,
-                        Denial::bad_request("invalid_request", "invalid content-length"),
-                    )
-                }
-            },
-        };
-        if declared.is_some_and(|n| n > self.limit) {
-            return self.deny(cfg, host, too_large(self.limit));
+        if d.rewrite.is_some() {
+            self.outcome = Outcome::Rewritten;
         }
-        let has_body = !end_of_stream && declared != Some(0);
-        if has_body && declared.is_none() && cfg.unknown_length_body == UnknownLengthBody::Refuse {
-            // Counting would hold the headers (see config::Compiled::body_hold).
-            return self.deny(cfg, host, length_required());
+        if let Decision::Deny(_, denial) = d.decision {
+            return self.deny(cfg, host, denial);
         }
-        if route.is_some_and(|r| r.body.is_some()) {
-            if !has_body {
-                return self.deny(
-                    cfg,
-                    host,
-                    Denial::bad_request("invalid_body", "a JSON object body is required"),
-                );
-            }
-            if !is_json(content_type) {
-                return self.deny(
-                    cfg,
-                    host,
-                    Denial::bad_request(
-                        "unsupported_media_type",
-                        "the body must be UTF-8 JSON (content-type: application/json)",
-                    ),
-                );
-            }
-            // A compressed body cannot be checked, and what is not checked
-            // must not pass: only an identity body meets the JSON rule.
-            if content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
-                return self.deny(
-                    cfg,
-                    host,
-                    Denial::bad_request(
-                        "unsupported_media_type",
-                        "the body must not be content-encoded (send it uncompressed)",
-                    ),
-                );
-            }
-            self.body_mode = BodyMode::Check;
-            return if cfg.dry_run {
-                Verdict::Continue
-            } else {
-                Verdict::WaitBody
-            };
+        self.body = d.body;
+        match self.body {
+            Some(_) => Self::wait(cfg),
+            None => Verdict::Continue,
         }
-        if has_body && declared.is_none() {
-            // No length announced: hold the headers and count, so an oversized
-            // body is refused before the upstream sees anything.
-            self.body_mode = BodyMode::Count;
-            return if cfg.dry_run {
-                Verdict::Continue
-            } else {
-                Verdict::WaitBody
-            };
-        }
-        Verdict::Continue
     }
 
     /// Request body data arrived; `buffered` is everything buffered so far.
@@ -359,25 +118,17 @@ impl Request {
         if self.outcome == Outcome::Denied && !cfg.dry_run {
             return Verdict::Responded;
         }
-        if self.body_mode == BodyMode::Pass {
+        let Some(state) = self.body else {
             return Verdict::Continue;
-        }
-        if buffered as u64 > self.limit {
-            self.body_mode = BodyMode::Pass;
-            return self.deny(cfg, host, too_large(self.limit));
-        }
-        if !end_of_stream {
-            return if cfg.dry_run {
-                Verdict::Continue
-            } else {
-                Verdict::WaitBody
-            };
-        }
-        let bytes = match self.rule(cfg) {
-            Some(_) if self.body_mode == BodyMode::Check => host.request_body(buffered),
-            _ => None,
         };
-        self.finish(cfg, host, bytes)
+        let size = buffered as u64;
+        let bytes = if state.needs_bytes(size, end_of_stream) {
+            host.request_body(buffered)
+        } else {
+            None
+        };
+        let d = decide_body(cfg, &state, size, bytes.as_deref(), end_of_stream);
+        self.apply_body(cfg, host, d)
     }
 
     /// Request trailers arrived: the body is complete, and no body callback
@@ -389,76 +140,43 @@ impl Request {
         if self.outcome == Outcome::Denied && !cfg.dry_run {
             return Verdict::Responded;
         }
-        if self.body_mode == BodyMode::Pass {
+        let Some(state) = self.body else {
             return Verdict::Continue;
-        }
+        };
         // One read of at most limit + 1 bytes gives both the size and the body
         // (a host returns what it has when asked for more).
-        let want = usize::try_from(self.limit.saturating_add(1)).unwrap_or(usize::MAX);
+        let want = usize::try_from(state.limit.saturating_add(1)).unwrap_or(usize::MAX);
         let bytes = host.request_body(want).filter(|b| !b.is_empty());
-        if bytes.as_ref().map_or(0, Vec::len) as u64 > self.limit {
-            self.body_mode = BodyMode::Pass;
-            return self.deny(cfg, host, too_large(self.limit));
-        }
-        self.finish(cfg, host, bytes)
+        let size = bytes.as_ref().map_or(0, Vec::len) as u64;
+        let d = decide_body(cfg, &state, size, bytes.as_deref(), true);
+        self.apply_body(cfg, host, d)
     }
 
-    fn rule<'c>(&self, cfg: &'c Compiled) -> Option<&'c crate::config::JsonBodyRule> {
-        self.route
-            .and_then(|i| cfg.routes.get(i))
-            .and_then(|r| r.body.as_ref())
-    }
-
-    /// The whole body is here (`bytes`: read only when a JSON rule applies).
-    fn finish<H: HttpHost>(
+    /// Applies a body decision; the body step is over unless it waits.
+    fn apply_body<H: HttpHost>(
         &mut self,
         cfg: &Compiled,
         host: &mut H,
-        bytes: Option<Vec<u8>>,
+        d: BodyDecision<'_>,
     ) -> Verdict {
-        let mode = std::mem::take(&mut self.body_mode);
-        if mode == BodyMode::Count {
-            return Verdict::Continue;
+        if d != BodyDecision::Wait {
+            self.body = None;
         }
-        let Some(rule) = self.rule(cfg) else {
-            return Verdict::Continue;
-        };
-        let Some(bytes) = bytes else {
-            return self.deny(
-                cfg,
-                host,
-                Denial::bad_request("invalid_body", "a JSON object body is required"),
-            );
-        };
-        match body::check(&bytes, rule) {
-            Err(d) => self.deny(cfg, host, d),
-            Ok(None) => Verdict::Continue,
-            Ok(Some(new_body)) => {
+        match d {
+            BodyDecision::Wait => Self::wait(cfg),
+            BodyDecision::Continue => Verdict::Continue,
+            BodyDecision::Deny(denial) => self.deny(cfg, host, denial),
+            BodyDecision::Rewrite(r) => {
                 self.outcome = Outcome::Rewritten;
                 if cfg.dry_run {
                     log::info!("sanitize dry-run: would rewrite the body");
                 } else {
-                    filter_core::original::save_body(host, &bytes);
-                    host.replace_request_body(&new_body);
-                    // Headers are still held, so the length can follow the new body.
-                    host.set_request_header(headers::CONTENT_LENGTH, &new_body.len().to_string());
+                    r.apply(host);
                 }
                 Verdict::Continue
             }
         }
     }
-}
-
-fn too_large(limit: u64) -> Denial {
-    Denial::payload_too_large(format!("the request body exceeds {limit} bytes"))
-}
-
-fn length_required() -> Denial {
-    Denial::new(
-        411,
-        "length_required",
-        "a request body must announce its size with content-length",
-    )
 }
 
 #[cfg(test)]

@@ -16,12 +16,21 @@
 //!   type → 415). Bodies are buffered only on routes with a body rule, or
 //!   when no `content-length` announces the size.
 //!
-//! The decision code lives in [`config`], [`path`], [`query`], [`body`] and
-//! [`filter`], plain Rust tested natively; the proxy-wasm glue below only
-//! moves data in and out. Config reference: `docs/filters/sanitize.md`.
+//! The decision code lives in [`config`], [`path`], [`query`] and [`body`],
+//! and is put together by the pure core in [`decide`]:
+//! [`decide::decide_headers`] (a `filter_core::request::RequestView` in, a
+//! [`decide::HeadersDecision`] out: header edits, the query rewrite with the
+//! client's original `:path`, the body state, or a denial) and
+//! [`decide::decide_body`] (a [`decide::BodyDecision`]), none of which calls
+//! the host. [`filter`] holds the adapters (`Request::on_headers`, `on_body`,
+//! `on_trailers`): they read the headers once, call the core, apply its
+//! answer (or log it in a dry run) and emit the decision log. All of it is
+//! plain Rust tested natively; the proxy-wasm glue below only moves data in
+//! and out. Config reference: `docs/filters/sanitize.md`.
 
 pub mod body;
 pub mod config;
+pub mod decide;
 pub mod filter;
 pub mod path;
 pub mod query;
