@@ -40,11 +40,18 @@ pub fn key(filter: &str, store: &str, parts: &[&dyn std::fmt::Display]) -> Strin
     k.push_str(store);
     for p in parts {
         k.push('/');
-        for c in p.to_string().chars() {
-            match c {
-                '%' => k.push_str("%25"),
-                '/' => k.push_str("%2F"),
-                c => k.push(c),
+        let start = k.len();
+        // Written in place; escaped only when it needs it (passport builds
+        // a slot key on every request).
+        let _ = std::fmt::Write::write_fmt(&mut k, format_args!("{p}"));
+        if k.get(start..).is_some_and(|w| w.contains(['/', '%'])) {
+            let written = k.split_off(start);
+            for c in written.chars() {
+                match c {
+                    '%' => k.push_str("%25"),
+                    '/' => k.push_str("%2F"),
+                    c => k.push(c),
+                }
             }
         }
     }

@@ -377,6 +377,18 @@ impl PathTemplate {
         Ok(PathTemplate { parts })
     }
 
+    /// Whether [`PathTemplate::render`] writes a path for this identity
+    /// (no value in the path part is only dots). Cheap: no allocation, so
+    /// it runs on every request, cache hits included.
+    pub fn renders(&self, user: &str, device: Option<&str>) -> bool {
+        let dots = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'.');
+        !self.parts.iter().any(|p| match p {
+            Part::User(false) => dots(user),
+            Part::Device(false) => device.is_some_and(dots),
+            _ => false,
+        })
+    }
+
     /// The lookup path for an identity; values percent-encoded. `None` when
     /// a value in the path (not the query) is only dots: `.` and `..` are
     /// dot-segments, and `%2E%2E` is one too to a server that decodes
@@ -384,16 +396,8 @@ impl PathTemplate {
     /// cannot be written safely at all; such an identity is never looked up.
     pub fn render(&self, user: &str, device: Option<&str>) -> Option<String> {
         let enc = |s: &str| percent_encoding::utf8_percent_encode(s, VALUE).to_string();
-        let dots = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'.');
-        for p in &self.parts {
-            let unsafe_value = match p {
-                Part::User(false) => dots(user),
-                Part::Device(false) => device.is_some_and(dots),
-                _ => false,
-            };
-            if unsafe_value {
-                return None;
-            }
+        if !self.renders(user, device) {
+            return None;
         }
         let mut out = String::new();
         let mut dropped_first_param = false;

@@ -114,7 +114,7 @@ where
         user,
         device: device.filter(|d| !d.is_empty()),
     };
-    if cfg.path.render(&key.user, key.device.as_deref()).is_none() {
+    if !cfg.path.renders(&key.user, key.device.as_deref()) {
         // An identity the lookup path cannot carry (`..` as a path
         // segment): the issuer is never asked, the caller has no context.
         strip_client_copies(cfg, host);
