@@ -134,6 +134,35 @@ pub fn segment_without_params(seg: &str) -> &str {
     seg.get(..end).unwrap_or(seg)
 }
 
+/// Unicode case folding of one string, as a case-insensitive matcher reads
+/// it: ASCII letters lower-cased, and every other character upper-cased then
+/// lower-cased (`ſ` → `S` → `s`, the Kelvin sign → `k`, `ı` → `i`).
+pub fn fold_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_uppercase().flat_map(char::to_lowercase));
+        }
+    }
+    out
+}
+
+/// A path as an upstream that decodes before it matches and ignores letter
+/// case reads it: percent-decoded (invalid UTF-8 lossily), then
+/// [`fold_case`]d. Two paths such an upstream serves alike compare equal.
+pub fn case_folded(path: &str) -> String {
+    fold_case(&percent_encoding::percent_decode_str(path).decode_utf8_lossy())
+}
+
+/// Whether `path` needs [`case_folded`] at all: without an upper-case ASCII
+/// letter or a `%` (non-ASCII bytes are not in an Envoy-normalised path) it
+/// folds to itself.
+pub fn may_fold(path: &str) -> bool {
+    path.bytes().any(|b| b.is_ascii_uppercase() || b == b'%')
+}
+
 /// Splits `:path` into the path and the query (without `?`).
 pub fn split_path(full: &str) -> (&str, Option<&str>) {
     let no_fragment = full.split_once('#').map_or(full, |(p, _)| p);

@@ -105,14 +105,9 @@ impl Api {
         // A block on an API holds for every spelling an upstream may serve
         // as that API: other letter case (case-insensitive frameworks) and
         // percent-encoded letters. Blocking more is the safe direction.
-        let spelled = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase() || b == b'%');
-        if spelled(path) || spelled(&self.prefix) {
-            let fold = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .to_lowercase()
-            };
-            return filter_core::route::prefix_matches(&fold(&self.prefix), &fold(path));
+        use filter_core::route::{case_folded, may_fold, prefix_matches};
+        if may_fold(path) || may_fold(&self.prefix) {
+            return prefix_matches(&case_folded(&self.prefix), &case_folded(path));
         }
         false
     }

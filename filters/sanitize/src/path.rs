@@ -119,7 +119,7 @@ pub fn check(path: &str, full_len: usize, rules: &PathRules) -> Result<(), Denia
 pub struct CaseGuard {
     /// The prefix as configured.
     exact: String,
-    /// The same, case-folded ([`fold`]).
+    /// The same, case-folded ([`filter_core::route::fold_case`]).
     folded: String,
 }
 
@@ -129,7 +129,7 @@ impl CaseGuard {
         if guards.iter().all(|g| g.exact != prefix) {
             guards.push(CaseGuard {
                 exact: prefix.to_string(),
-                folded: fold(prefix),
+                folded: filter_core::route::fold_case(prefix),
             });
         }
     }
@@ -139,21 +139,6 @@ impl CaseGuard {
     }
 }
 
-/// Unicode case folding of one string, as a case-insensitive matcher reads
-/// it: ASCII letters lower-cased, and every other character upper-cased then
-/// lower-cased (`ſ` → `S` → `s`, the Kelvin sign → `k`, `ı` → `i`).
-fn fold(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_ascii() {
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.extend(c.to_uppercase().flat_map(char::to_lowercase));
-        }
-    }
-    out
-}
-
 /// The guard whose route `path` (no query, already through [`check`])
 /// reaches only when letter case and percent-encoding are ignored: such a
 /// path would meet none of the route's rules at the gateway and still reach
@@ -161,17 +146,16 @@ fn fold(s: &str) -> String {
 /// before it matches. A path under a guard's exact prefix is never refused
 /// (`/api/v1/users/ABC` is `/api/v1/users`'s).
 pub fn case_variant<'g>(path: &str, guards: &'g [CaseGuard]) -> Option<&'g CaseGuard> {
-    use filter_core::route::prefix_matches;
+    use filter_core::route::{case_folded, may_fold, prefix_matches};
     // The common path: lower case, nothing encoded. It folds to itself, so
     // only a guard with an upper-case letter can be a case variant of it.
-    if !path.bytes().any(|b| b.is_ascii_uppercase() || b == b'%') {
+    if !may_fold(path) {
         return guards
             .iter()
             .filter(|g| g.exact != g.folded)
             .find(|g| prefix_matches(&g.folded, path) && !prefix_matches(&g.exact, path));
     }
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    let folded = fold(&decoded);
+    let folded = case_folded(path);
     guards
         .iter()
         .find(|g| prefix_matches(&g.folded, &folded) && !prefix_matches(&g.exact, path))
