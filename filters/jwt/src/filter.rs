@@ -303,10 +303,7 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     let req = RequestView::new(&all);
     // The clock is read only when a token is checked (one host call less on
     // open routes and on requests without a token).
-    let mut clock: Option<u64> = None;
-    let (decision, mut out) = decide(env, &req, || {
-        *clock.get_or_insert_with(|| host.unix_seconds())
-    });
+    let (decision, mut out) = decide(env, &req, || host.unix_seconds());
     let Some(d) = decision.denial() else {
         return (decision.apply(host, req.request_id), out);
     };
