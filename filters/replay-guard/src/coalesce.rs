@@ -292,22 +292,12 @@ impl ReportQueue {
             };
             self.stats.sent = self.stats.sent.saturating_add(p.count);
             self.stats.reports += 1;
-            let s = p.sample;
             out.push(Report {
                 source: "replay-guard",
-                kind: s.kind,
-                keyid: s.keyid,
-                device: s.device,
-                user: s.user,
-                verified: s.verified,
-                method: s.method,
-                path: s.path,
-                client: s.client,
-                request_id: s.request_id,
-                at: s.at,
+                first_at: p.sample.at,
+                sample: p.sample,
                 suppressed: std::mem::take(&mut self.dropped_since),
                 count: p.count,
-                first_at: s.at,
                 last_at: p.last_at,
             });
         }
@@ -402,10 +392,13 @@ mod tests {
         let out = q.drain(T0);
         assert_eq!(out.len(), 1);
         let r = &out[0];
-        assert_eq!((r.count, r.first_at, r.last_at, r.at), (5, 100, 104, 100));
-        assert_eq!(r.device.as_deref(), Some("a"));
         assert_eq!(
-            r.request_id.as_deref(),
+            (r.count, r.first_at, r.last_at, r.sample.at),
+            (5, 100, 104, 100)
+        );
+        assert_eq!(r.sample.device.as_deref(), Some("a"));
+        assert_eq!(
+            r.sample.request_id.as_deref(),
             Some("rid-a"),
             "the first event is the sample"
         );
@@ -453,8 +446,11 @@ mod tests {
         let out = q.drain(T0);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].count, 53);
-        assert_eq!(out[0].keyid, "victim:alice:1");
-        assert_eq!((out[0].device.as_ref(), out[0].verified), (None, false));
+        assert_eq!(out[0].sample.keyid, "victim:alice:1");
+        assert_eq!(
+            (out[0].sample.device.as_ref(), out[0].sample.verified),
+            (None, false)
+        );
     }
 
     #[test]
@@ -496,12 +492,12 @@ mod tests {
         let next = q.drain(T0 + 1000);
         assert_eq!(next.len(), 1);
         assert_eq!(
-            (next[0].device.as_deref(), next[0].count),
+            (next[0].sample.device.as_deref(), next[0].count),
             (Some("flooder"), 199)
         );
         let next = q.drain(T0 + 2000);
         assert_eq!(
-            (next[0].device.as_deref(), next[0].count),
+            (next[0].sample.device.as_deref(), next[0].count),
             (Some("other"), 1)
         );
         conserved(&q);
@@ -516,7 +512,7 @@ mod tests {
         for d in ["a", "b", "c"] {
             q.record(replay(d));
         }
-        let order: Vec<bool> = q.drain(T0).iter().map(|r| r.verified).collect();
+        let order: Vec<bool> = q.drain(T0).iter().map(|r| r.sample.verified).collect();
         assert_eq!(order, [true, false, true, false, true, false, false, false]);
     }
 
@@ -564,7 +560,7 @@ mod tests {
         assert_eq!(q.record(replay("e")), Recorded::Refused);
         assert_eq!(q.stats().suspects_evicted, 3);
         let out = q.drain(T0);
-        let devices: Vec<_> = out.iter().map(|r| r.device.as_deref()).collect();
+        let devices: Vec<_> = out.iter().map(|r| r.sample.device.as_deref()).collect();
         assert_eq!(devices, [Some("a"), Some("b"), Some("c"), Some("d")]);
         assert_eq!(
             out[0].suppressed, 4,
@@ -608,11 +604,11 @@ mod tests {
         e.request_id = Some("r".repeat(10_000));
         q.record(e);
         let r = q.drain(T0).remove(0);
-        assert_eq!(r.keyid.len(), MAX_KEYID);
-        assert!(r.path.len() <= MAX_PATH && r.path.len() > MAX_PATH - 4);
-        assert_eq!(r.method.len(), MAX_METHOD);
-        assert_eq!(r.request_id.map(|s| s.len()), Some(MAX_REQUEST_ID));
-        assert_eq!(r.client.map(|s| s.len()), Some(MAX_CLIENT));
+        assert_eq!(r.sample.keyid.len(), MAX_KEYID);
+        assert!(r.sample.path.len() <= MAX_PATH && r.sample.path.len() > MAX_PATH - 4);
+        assert_eq!(r.sample.method.len(), MAX_METHOD);
+        assert_eq!(r.sample.request_id.map(|s| s.len()), Some(MAX_REQUEST_ID));
+        assert_eq!(r.sample.client.map(|s| s.len()), Some(MAX_CLIENT));
     }
 
     /// Heap and inline bytes the queue holds: the table's and the queues'
@@ -746,7 +742,7 @@ mod tests {
                     }
                     now += TICK_MS;
                     for r in q.drain(now) {
-                        let other = r.device.as_deref() == Some("other") || r.keyid == "other:x:1";
+                        let other = r.sample.device.as_deref() == Some("other") || r.sample.keyid == "other:x:1";
                         if other && reported_at.is_none() {
                             reported_at = Some(now);
                         }

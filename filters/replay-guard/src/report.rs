@@ -20,8 +20,9 @@ pub enum ReportKind {
     Replay,
 }
 
-/// One suspicious event, as the request logic saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One suspicious event, as the request logic saw it (and, as a report's
+/// sample, as the FDS service receives it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
     pub kind: ReportKind,
     /// The key id the request claimed (verified only when `verified`).
@@ -43,26 +44,17 @@ pub struct Event {
 }
 
 /// One report, as the FDS service receives it: one suspect, one or more of
-/// its events. The fields up to `at` describe one request, the *sample*:
-/// the first event this report counts. The JSON shape is a superset of the
+/// its events. `sample` describes one request: the first event this
+/// report counts. The JSON shape is a superset of the
 /// one-event-per-report shape (`count`, `first_at`, `last_at` were added).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub source: &'static str,
-    pub kind: ReportKind,
-    /// The key id the sample claimed (verified only for `replay` and `digest_mismatch`).
-    pub keyid: String,
-    pub device: Option<String>,
-    pub user: Option<String>,
-    pub verified: bool,
-    pub method: String,
-    /// Path without the query.
-    pub path: String,
-    /// Envoy's resolved client address.
-    pub client: Option<String>,
-    pub request_id: Option<String>,
-    /// Unix seconds of the sample (= `first_at`).
-    pub at: u64,
+    /// The first event this report counts, its fields inline (`kind`,
+    /// `keyid`, `device`, `user`, `verified`, `method`, `path`, `client`,
+    /// `request_id`, `at` = `first_at`): the one-event shape, unchanged.
+    #[serde(flatten)]
+    pub sample: Event,
     /// Events this worker dropped (pending table full, report not sent)
     /// since its previous report, whatever their suspect: counted in no
     /// report's `count`.
@@ -167,16 +159,18 @@ mod tests {
     fn report_body_is_json_with_kind_in_snake_case_and_the_coalescing_fields() {
         let rep = Report {
             source: "replay-guard",
-            kind: ReportKind::Replay,
-            keyid: "d:u:1".into(),
-            device: Some("d".into()),
-            user: Some("u".into()),
-            verified: true,
-            method: "GET".into(),
-            path: "/api/v1/x".into(),
-            client: None,
-            request_id: Some("r".into()),
-            at: 1,
+            sample: Event {
+                kind: ReportKind::Replay,
+                keyid: "d:u:1".into(),
+                device: Some("d".into()),
+                user: Some("u".into()),
+                verified: true,
+                method: "GET".into(),
+                path: "/api/v1/x".into(),
+                client: None,
+                request_id: Some("r".into()),
+                at: 1,
+            },
             suppressed: 0,
             count: 3,
             first_at: 1,
