@@ -272,6 +272,15 @@ mod tests {
                     .collect(),
             }
         }
+        /// A worker that fetched the JWKS at t = 1000 (call 1).
+        fn loaded(cfg: &Compiled, store: &MemorySharedData) -> Self {
+            let mut w = Worker::new(cfg, store);
+            assert_eq!(w.tick(cfg, store, 1000, false), vec![0]);
+            w.r.started(1, 0);
+            w.answer(cfg, store, 1, "200", JWKS, 1000);
+            w
+        }
+
         fn tick(
             &mut self,
             cfg: &Compiled,
@@ -347,10 +356,7 @@ mod tests {
     fn a_failed_fetch_keeps_the_old_keys_and_is_retried_after_the_lease() {
         let cfg = config();
         let store = MemorySharedData::new();
-        let mut w = Worker::new(&cfg, &store);
-        w.tick(&cfg, &store, 1000, false);
-        w.r.started(1, 0);
-        w.answer(&cfg, &store, 1, "200", JWKS, 1000);
+        let mut w = Worker::loaded(&cfg, &store);
         // Due for a refresh at 80 % of 300 s.
         assert_eq!(w.tick(&cfg, &store, 1239, false), Vec::<usize>::new());
         assert_eq!(w.tick(&cfg, &store, 1240, false), vec![0]);
@@ -376,10 +382,7 @@ mod tests {
     fn keys_go_stale_then_expire_and_tokens_fail_closed() {
         let cfg = config();
         let store = MemorySharedData::new();
-        let mut w = Worker::new(&cfg, &store);
-        w.tick(&cfg, &store, 1000, false);
-        w.r.started(1, 0);
-        w.answer(&cfg, &store, 1, "200", JWKS, 1000);
+        let mut w = Worker::loaded(&cfg, &store);
         let generation = w.keys[0].generation;
         w.r.started(99, 0); // every later fetch stays in flight (never answers)
         w.tick(&cfg, &store, 1300, false);
@@ -405,10 +408,7 @@ mod tests {
     fn an_unknown_kid_asks_for_a_fetch_before_the_refresh_is_due() {
         let cfg = config();
         let store = MemorySharedData::new();
-        let mut w = Worker::new(&cfg, &store);
-        w.tick(&cfg, &store, 1000, false);
-        w.r.started(1, 0);
-        w.answer(&cfg, &store, 1, "200", JWKS, 1000);
+        let mut w = Worker::loaded(&cfg, &store);
         assert_eq!(w.tick(&cfg, &store, 1010, false), Vec::<usize>::new());
         assert_eq!(w.tick(&cfg, &store, 1010, true), vec![0]);
         // ... but no more often than the lease allows (a kid flood).
