@@ -213,7 +213,7 @@ image-tools: ## install skopeo and docker-registry (apt-get) if missing
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   skopeo docker-registry) >/dev/null; }
 
-test-istio: images image-tools gatewayctl ## manifests vs Istio CRDs + real Envoy, images, push/pull via a loopback registry
+test-istio: images image-tools gatewayctl http2-tools ## manifests vs Istio CRDs + real Envoy, images, push/pull via a loopback registry
 	REQUIRE_REGISTRY_TOOLS=1 $(VPY) -m pytest tests/istio $(PYTEST_ARGS)
 
 # ------------------------------------------------------------------------ ops
