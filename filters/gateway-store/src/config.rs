@@ -27,10 +27,11 @@ const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
 #[derive(Debug, Parser)]
 #[command(name = "gateway-store", version)]
 pub struct Cli {
-    /// Address to serve HTTP/1.1 and h2c on (port 0: any free port; the
-    /// ready line names the one bound).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: SocketAddr,
+    /// Where to serve HTTP/1.1 and h2c: `HOST:PORT` (port 0: any free port;
+    /// the ready line names the one bound) or `unix:/PATH`, a Unix socket
+    /// (Envoy's `pipe` address: no TCP stack on the way, docs/gateway-store.md).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub listen: Listen,
     /// Redis to use: redis://HOST:PORT or redis+unix:///PATH (no credentials
     /// in the URL, database 0).
     #[arg(long, value_name = "URL")]
@@ -67,7 +68,7 @@ pub struct Cli {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: Listen,
     pub store: StoreConfig,
     pub namespaces: Namespaces,
     pub timeout_ms: u64,
@@ -145,6 +146,37 @@ impl Config {
             max_connections: cli.max_connections,
         })
     }
+}
+
+/// Where the store listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    /// A Unix stream socket at this path.
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `HOST:PORT` or `unix:/ABSOLUTE/PATH`.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        let p = std::path::PathBuf::from(path);
+        if !p.is_absolute() || path.len() > 100 {
+            return Err("unix: needs an absolute path of at most 100 bytes".into());
+        }
+        return Ok(Listen::Unix(p));
+    }
+    s.parse::<SocketAddr>()
+        .map(Listen::Tcp)
+        .map_err(|e| format!("{s:?}: {e} (HOST:PORT or unix:/PATH)"))
 }
 
 /// Reads a password file, refusing anything that is not a small file.
@@ -230,6 +262,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:18090");
+        assert_eq!(
+            parse_listen("unix:/run/gateway-store.sock"),
+            Ok(Listen::Unix("/run/gateway-store.sock".into()))
+        );
+        assert!(parse_listen("unix:relative.sock").is_err());
+        assert!(parse_listen("localhost").is_err());
         assert_eq!(
             c.namespaces.names(),
             ["web.jwt", "app.replay-guard", "internal.oidc"]

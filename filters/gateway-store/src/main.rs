@@ -18,8 +18,8 @@ mod app {
     use std::time::Duration;
 
     use clap::Parser as _;
-    use gateway_store::config::{read_password_file, Cli, Config};
-    use gateway_store::server::{self, App};
+    use gateway_store::config::{read_password_file, Cli, Config, Listen};
+    use gateway_store::server::{self, App, Listener};
     use gateway_store::store::Store;
     use tokio::net::TcpListener;
 
@@ -53,6 +53,21 @@ mod app {
         code
     }
 
+    /// Binds a Unix socket at `path`, replacing a stale socket left by an
+    /// earlier run (never any other kind of file), readable and writable by
+    /// the owner and its group only (Envoy runs beside it, in the same pod).
+    fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+        use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(path)?;
+            }
+        }
+        let listener = tokio::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(listener)
+    }
+
     async fn run(config: Config) -> ExitCode {
         let store = match Store::new(config.store.clone()) {
             Ok(store) => Arc::new(store),
@@ -61,16 +76,24 @@ mod app {
                 return ExitCode::from(2);
             }
         };
-        let listener = match TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
+        let bound = match &config.listen {
+            Listen::Tcp(addr) => TcpListener::bind(addr).await.map(|l| {
+                let local = l
+                    .local_addr()
+                    .map_or_else(|_| addr.to_string(), |a| a.to_string());
+                (Listener::Tcp(l), local)
+            }),
+            Listen::Unix(path) => {
+                bind_unix(path).map(|l| (Listener::Unix(l), config.listen.to_string()))
+            }
+        };
+        let (listener, local) = match bound {
+            Ok(bound) => bound,
             Err(e) => {
                 eprintln!("gateway-store: cannot listen on {}: {e}", config.listen);
                 return ExitCode::FAILURE;
             }
         };
-        let local = listener
-            .local_addr()
-            .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
         let app = Arc::new(App {
             store: Arc::clone(&store),
             namespaces: config.namespaces.clone(),

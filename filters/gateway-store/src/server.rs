@@ -219,9 +219,37 @@ fn empty(status: StatusCode) -> Resp {
     resp
 }
 
+/// A bound listener: TCP or a Unix socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// An accepted connection.
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(Conn, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Conn::Tcp(s), peer.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Conn::Unix(s), "unix socket".to_string()))
+            }
+        }
+    }
+}
+
 /// Accepts connections forever, at most `max_connections` at once (further
 /// clients wait in the listen backlog), serving HTTP/1.1 and h2c.
-pub async fn serve(listener: TcpListener, app: Arc<App>, max_connections: usize) {
+pub async fn serve(listener: Listener, app: Arc<App>, max_connections: usize) {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -249,7 +277,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, max_connections: usize)
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let builder = Arc::clone(&builder);
         tokio::spawn(async move {
@@ -258,7 +285,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, max_connections: usize)
                 let app = Arc::clone(&app);
                 async move { Ok::<_, Infallible>(handle(app, req).await) }
             });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            let served = match stream {
+                Conn::Tcp(s) => builder.serve_connection(TokioIo::new(s), svc).await,
+                Conn::Unix(s) => builder.serve_connection(TokioIo::new(s), svc).await,
+            };
+            if let Err(e) = served {
                 // A client closing its keep-alive connection is not news.
                 let quiet = e
                     .downcast_ref::<hyper::Error>()

@@ -895,3 +895,41 @@ fn measure_claim_latency_rss_and_cpu() {
     );
     assert_eq!(http.stats()["claimed"], 200 + CLAIMS + total);
 }
+
+#[test]
+fn a_unix_socket_listener_serves_the_same_api() {
+    let dir = TempDir::new();
+    let sock = dir.0.join("store.sock");
+    // a stale socket of an earlier run is replaced
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-store"))
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .args(["--redis-url", &format!("redis://127.0.0.1:{}", free_port())])
+        .args(["--namespace", "web.jwt"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(
+        first.trim(),
+        format!("gateway-store ready on unix:{}", sock.display())
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660);
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    conn.write_all(b"GET /stats HTTP/1.1\r\nhost: store\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"claims\""), "{answer}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

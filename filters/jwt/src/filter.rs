@@ -714,9 +714,9 @@ fn recorded_denial(
 }
 
 /// The decision once the shared store has answered a [`PendingClaim`]
-/// (`now`: the proxy's clock, Unix seconds). The answer is recorded in this
-/// process's `jti` store too, so a replay seen here again is refused
-/// without a round trip. No answer in time: 503 `replay_check_unavailable`
+/// (`now`: the proxy's clock, Unix seconds). A replay it refused is
+/// recorded in this process's `jti` store too, so the same replay seen here
+/// again is refused without a round trip. No answer in time: 503 `replay_check_unavailable`
 /// with `Retry-After`, or, if the config opts into it, this process's
 /// store decides alone.
 pub fn finish_claim<S: SharedData + ?Sized>(
@@ -734,16 +734,17 @@ pub fn finish_claim<S: SharedData + ?Sized>(
             .record(env.shared, &p.issuer, &p.jti, p.exp, p.skew, now)
     };
     let denial = match answer {
-        ClaimAnswer::Claimed => {
-            // A cache: a full bucket or an unreadable store only costs a
-            // round trip on a later replay.
+        // First use: nothing is written here. The cache holds the replays
+        // the shared store has refused, so legitimate traffic neither pays
+        // for a shared-data write nor grows the bucket every one-time
+        // request reads (an 8-byte hash per token, copied in full).
+        ClaimAnswer::Claimed => None,
+        ClaimAnswer::Taken => {
+            // A cache: a full bucket or an unreadable store only costs
+            // another round trip on the next replay.
             if let Err(e) = record() {
                 log::debug!("jwt: jti cache: {e}");
             }
-            None
-        }
-        ClaimAnswer::Taken => {
-            let _ = record();
             Some(replayed(cfg))
         }
         ClaimAnswer::Unavailable => match cfg.shared_store.as_ref().map(|s| s.on_unavailable) {

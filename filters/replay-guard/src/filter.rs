@@ -420,7 +420,14 @@ mod tests {
         assert_eq!((v, r.outcome), (Verdict::Continue, Outcome::Verified));
         assert_eq!(r.claim_answer, Some(ClaimAnswer::Claimed));
         assert_eq!(Identity::read(&h).unwrap().user.as_deref(), Some("alice"));
-        // the same request again on this replica: refused from the cache
+        // the same request again: nothing was cached for a first use, so
+        // the shared store is asked; once it refused, this replica knows
+        let mut h = Signer::get("/api/v1/users/7").host();
+        let (v, mut r) = run_to_claim(&c, &s, &mut h);
+        assert_eq!(v, Verdict::WaitCallout);
+        let p = r.take_claim().unwrap();
+        let v = r.on_claim_answer(&c, &mut h, &s, *p, ClaimAnswer::Taken);
+        assert_eq!((v, r.local_replay), (Verdict::Responded, false));
         let mut h = Signer::get("/api/v1/users/7").host();
         let (v, r) = run_to_claim(&c, &s, &mut h);
         assert_eq!(v, Verdict::Responded);

@@ -562,8 +562,8 @@ pub fn decide_body<S: SharedData + ?Sized>(
 }
 
 /// The ruling once the shared store has answered a [`PendingNonce`]
-/// (`now`: the proxy's clock). The answer is recorded in `store` too, so a
-/// replay seen here again is refused without a round trip. No answer in
+/// (`now`: the proxy's clock). A replay it refused is recorded in `store`
+/// too, so the same replay seen here again is refused without a round trip. No answer in
 /// time: 503 `replay_check_unavailable` with `Retry-After` (no report: the
 /// client did nothing wrong), or, if the config opts into it, this
 /// process's store decides alone.
@@ -588,15 +588,15 @@ pub fn finish_claim<S: SharedData + ?Sized>(
         now,
     };
     let mut ruling = match answer {
-        ClaimAnswer::Claimed => {
-            // A cache: a full key only costs a round trip on a later replay.
+        // First use: nothing is written here (the cache holds the replays
+        // the shared store refused, so legitimate traffic pays no
+        // shared-data write and keeps the keys it reads small).
+        ClaimAnswer::Claimed => allowed(v),
+        ClaimAnswer::Taken => {
+            // A cache: a full key only costs another round trip next time.
             if let Err(e) = nonce::record(&cfg.store, store, &v.keyid, &v.nonce, v.created) {
                 log::debug!("replay-guard: nonce cache: {e}");
             }
-            allowed(v)
-        }
-        ClaimAnswer::Taken => {
-            let _ = nonce::record(&cfg.store, store, &v.keyid, &v.nonce, v.created);
             replay(cfg, &subject, &v, false)
         }
         ClaimAnswer::Unavailable => match cfg.shared_store.as_ref().map(|s| s.on_unavailable) {

@@ -71,6 +71,10 @@ pub enum Probe {
     HeaderMap(u32),
     SetProperty(u32),
     Script(Vec<Op>),
+    /// One `dispatch_http_call` per request to the cluster `gateway_store`
+    /// (`GET /stats`, no Redis), the request held until it answers: what
+    /// Envoy spends on a callout, without any filter's own work.
+    Callout,
 }
 
 impl Probe {
@@ -91,6 +95,7 @@ impl Probe {
             return Probe::None;
         };
         match kind {
+            "callout" => Probe::Callout,
             "property" => Probe::Property(n),
             "header" => Probe::Header(n),
             "metric" => Probe::Metric(n),
@@ -160,11 +165,31 @@ mod wasm {
         probe: Rc<Probe>,
         counter: u32,
     }
-    impl Context for Noop {}
+    impl Context for Noop {
+        fn on_http_call_response(&mut self, _t: u32, _h: usize, _b: usize, _tr: usize) {
+            // as the filters do: read the status, then let the request go
+            let _ = self.get_http_call_response_header(":status");
+            self.resume_http_request();
+        }
+    }
     impl HttpContext for Noop {
         fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
             match *self.probe {
                 Probe::None => {}
+                Probe::Callout => {
+                    let headers = vec![
+                        (":method", "GET"),
+                        (":path", "/stats"),
+                        (":authority", "gateway_store"),
+                    ];
+                    let timeout = std::time::Duration::from_secs(1);
+                    if self
+                        .dispatch_http_call("gateway_store", headers, None, vec![], timeout)
+                        .is_ok()
+                    {
+                        return Action::Pause;
+                    }
+                }
                 Probe::Script(ref ops) => {
                     for op in ops {
                         self.run(op);
