@@ -19,10 +19,13 @@
 //! * [`metrics`]: labelled counter names (Envoy tag extraction).
 //! * [`request`]: the pure decision seam ([`request::RequestView`] in,
 //!   [`request::Decision`] out) that every build's host adapter applies.
+//! * [`context`]: the chain build's per-request context (one header read,
+//!   batched writes, hand-overs in VM memory) in front of the host.
 //! * [`original`]: the client's `:path`/body saved before a rewrite, for
 //!   signature verification after sanitize.
 
 pub mod config;
+pub mod context;
 pub mod decision;
 pub mod denial;
 pub mod duration;

@@ -403,7 +403,7 @@ mod wasm {
                 }
                 let slot = slot_for(&feed.keys);
                 self.fast = slot.index.borrow().is_none();
-                self.set_tick_period(if self.fast { FAST_TICK } else { feed.tick() });
+                proxy::set_tick_period(if self.fast { FAST_TICK } else { feed.tick() });
                 self.slot = Some(slot);
             }
             log::info!(
@@ -434,7 +434,7 @@ mod wasm {
                 sync_slot(&slot, &config, &metrics);
                 if self.fast && slot.index.borrow().is_some() {
                     self.fast = false;
-                    self.set_tick_period(feed.tick());
+                    proxy::set_tick_period(feed.tick());
                 }
             }
             self.poll(feed, &metrics, now_ms);

@@ -282,7 +282,7 @@ mod wasm {
             if remote {
                 let now = ProxyHost.unix_seconds();
                 self.refresh_local(&shared, now);
-                self.set_tick_period(Duration::from_secs(1));
+                proxy::set_tick_period(Duration::from_secs(1));
             }
             self.shared = Some(shared);
             true

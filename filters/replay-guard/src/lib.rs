@@ -136,7 +136,7 @@ mod wasm {
                     r.burst,
                     r.max_suspects,
                 ))));
-                self.set_tick_period(TICK);
+                proxy::set_tick_period(TICK);
             }
             self.config = Some(Rc::new(c));
             self.metrics = Some(Rc::new(Metrics::define()));
