@@ -12,9 +12,11 @@ SHELL := bash
 WASM_FILTERS ?= sanitize jwt replay-guard fds-block passport route-breaker san-authz
 WASM_TARGET  := wasm32-wasip1
 # Which modules the rendered Envoy configs run: `filters` (one .wasm per
-# filter, the default) or `suite` (suite.wasm: all seven filters, one VM per
-# gateway; docs/performance.md). Read by envoy/render.py, so make run, test,
-# validate and bench all follow it: `make run WASM_BUILD=suite`.
+# filter, the default), `suite` (suite.wasm: all seven filters, one VM per
+# gateway; docs/performance.md) or `chain` (chain.wasm: ONE Envoy filter per
+# gateway running its filters in order; docs/chain.md). Read by
+# envoy/render.py, so make run, test, validate and bench all follow it:
+# `make run WASM_BUILD=chain`.
 WASM_BUILD   ?= filters
 export WASM_BUILD
 # cargo's modules, and the ones Envoy loads: the same after Binaryen's
@@ -45,7 +47,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv run test test-rust \
-        lint validate test-integration test-suite build-suite bench bench-verify bench-chain bench-tools demo-material compose-config render clean distclean \
+        lint validate test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools
 
 help: ## list the targets
@@ -92,12 +94,18 @@ build-wasm: wasm-target wasm-opt ## the filters' modules (build/wasm/<name>.wasm
 	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(WASM_FILTERS))
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,$(WASM_FILTERS))
 	@if [ "$(WASM_BUILD)" = suite ]; then $(MAKE) --no-print-directory build-suite; fi
+	@if [ "$(WASM_BUILD)" = chain ]; then $(MAKE) --no-print-directory build-chain; fi
 
 # Its own cargo invocation: cargo unifies features per build, and the suite
 # links the filters WITHOUT their `standalone` entry point.
 build-suite: wasm-target wasm-opt ## suite.wasm: all seven filters in one module (filters/suite)
 	$(CARGO) build --release --target $(WASM_TARGET) -p suite
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,suite)
+
+# Like the suite: its own cargo invocation (the filters without `standalone`).
+build-chain: wasm-target wasm-opt ## chain.wasm: one Envoy filter per gateway running its filters in order (filters/chain)
+	$(CARGO) build --release --target $(WASM_TARGET) -p chain
+	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,chain)
 
 build-native:
 	$(CARGO) build --release -p demo-services -p gatewayctl
@@ -159,6 +167,12 @@ http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if
 # the shipped per-filter config, so it is left out here.
 test-suite: build build-suite venv http2-tools ## integration tests against suite.wasm (WASM_BUILD=suite)
 	WASM_BUILD=suite $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py $(PYTEST_ARGS)
+
+# The integration tests against the chain build (each gateway's filters in
+# one Envoy filter, chain.wasm). test_envoy_config.py checks the shape of the
+# shipped per-filter config, so it is left out here, as for the suite.
+test-chain: build build-chain venv http2-tools ## integration tests against chain.wasm (WASM_BUILD=chain)
+	WASM_BUILD=chain $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py $(PYTEST_ARGS)
 
 bench: build venv bench-tools ## gateways vs bare Envoy and a no-op wasm floor, one interleaved run (docs/performance.md)
 	$(CARGO) build --release --target $(WASM_TARGET) -p noop
