@@ -174,10 +174,11 @@ test-suite: build build-suite venv http2-tools ## integration tests against suit
 test-chain: build build-chain venv http2-tools ## integration tests against chain.wasm (WASM_BUILD=chain)
 	WASM_BUILD=chain $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py $(PYTEST_ARGS)
 
-bench: build venv bench-tools ## gateways vs bare Envoy and a no-op wasm floor, one interleaved run (docs/performance.md)
+bench: build venv bench-tools ## gateways vs bare Envoy and a no-op wasm floor; filters, suite and chain builds side by side, one interleaved run (docs/performance.md)
 	$(CARGO) build --release --target $(WASM_TARGET) -p noop
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,noop)
 	$(MAKE) --no-print-directory build-suite
+	$(MAKE) --no-print-directory build-chain
 	$(VPY) tests/bench/run.py $(BENCH_ARGS)
 
 # The pure verifier built for wasm32-wasip1 and run under Node's V8 (the
@@ -198,13 +199,16 @@ bench-verify: venv wasm-target wasm-opt ## jwt verification micro-bench in V8 (n
 # route-breaker) over the fake host, built for wasm32-wasip1 and run under
 # Node's V8: each filter's own code per request, without Envoy's host calls
 # (docs/performance.md, "Where the web chain's time goes"). Needs node >= 18.
-bench-chain: venv wasm-target ## the web chain's wasm-side µs per filter in V8 (node), cached token
+bench-chain: venv wasm-target ## the web chain's wasm-side µs per filter in V8 (node), cached token; host calls per request, per-filter vs chain
 	@command -v node >/dev/null || { echo "bench-chain needs node (>= 18) on PATH" >&2; exit 1; }
 	@mkdir -p build/bench
 	$(VPY) tests/bench/mint_tokens.py 1 > build/bench/chain-tokens.txt
 	@# Own target dir: the example links the filters without `standalone`.
 	CARGO_TARGET_DIR=build/bench/target-chain $(CARGO) build --release --target $(WASM_TARGET) -p suite --example chain_bench
 	node --no-warnings --no-liftoff tests/bench/wasi-run.mjs build/bench/target-chain/$(WASM_TARGET)/release/examples/chain_bench.wasm build/bench/chain-tokens.txt
+	@# Host calls per request: per-filter vs the chain build's one request
+	@# context (filters/chain/tests/host_calls.rs, over a counting fake host).
+	$(CARGO) test -q -p chain --test host_calls -- --nocapture
 
 bench-tools: ## install the load generator (wrk) if missing
 	@command -v wrk >/dev/null || { echo "installing wrk"; \

@@ -105,14 +105,21 @@ pub fn load(bytes: &[u8]) -> Result<Compiled, ConfigError> {
 
 fn compile(c: ChainConfig) -> Result<Compiled, ConfigError> {
     if c.filters.is_empty() {
-        return Err(ConfigError::at("filters", "a chain needs at least one filter"));
+        return Err(ConfigError::at(
+            "filters",
+            "a chain needs at least one filter",
+        ));
     }
     let mut parts: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(c.filters.len());
     for (i, p) in c.filters.iter().enumerate() {
         let Some(name) = FILTERS.iter().copied().find(|f| *f == p.name) else {
             return Err(ConfigError::at(
                 format!("filters[{i}].name"),
-                format!("unknown filter {:?} (known: {})", p.name, FILTERS.join(", ")),
+                format!(
+                    "unknown filter {:?} (known: {})",
+                    p.name,
+                    FILTERS.join(", ")
+                ),
             ));
         };
         if parts.iter().any(|(n, _)| *n == name) {
@@ -236,10 +243,13 @@ mod tests {
         assert_eq!(e.path, "filters");
         let e = load(br#"{"filters":[{"name":"jwt","config":{}}],"extra":1}"#).unwrap_err();
         assert_eq!(e.path, "extra");
-        let e = load(br#"{"filters":[{"name":"jwt","config":{}}],"disabled_on_routes":{"h":["sanitize"]}}"#)
-            .unwrap_err();
+        let e = load(
+            br#"{"filters":[{"name":"jwt","config":{}}],"disabled_on_routes":{"h":["sanitize"]}}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.path, "disabled_on_routes.h[0]");
-        let e = load(br#"{"filters":[{"name":"jwt","config":{}}],"export":["secret"]}"#).unwrap_err();
+        let e =
+            load(br#"{"filters":[{"name":"jwt","config":{}}],"export":["secret"]}"#).unwrap_err();
         assert_eq!(e.path, "export[0]");
     }
 

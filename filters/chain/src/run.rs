@@ -247,11 +247,15 @@ mod tests {
 
     impl Stage for Fake {
         fn headers(&mut self, eos: bool) -> Step {
-            self.log.borrow_mut().push(format!("{}:headers({eos})", self.name));
+            self.log
+                .borrow_mut()
+                .push(format!("{}:headers({eos})", self.name));
             self.on_headers
         }
         fn body(&mut self, size: usize, eos: bool) -> Step {
-            self.log.borrow_mut().push(format!("{}:body({size},{eos})", self.name));
+            self.log
+                .borrow_mut()
+                .push(format!("{}:body({size},{eos})", self.name));
             if eos {
                 self.at_end
             } else {
@@ -259,7 +263,9 @@ mod tests {
             }
         }
         fn trailers(&mut self) -> Step {
-            self.log.borrow_mut().push(format!("{}:trailers", self.name));
+            self.log
+                .borrow_mut()
+                .push(format!("{}:trailers", self.name));
             self.at_end
         }
         fn reads_body(&self) -> bool {
@@ -363,7 +369,10 @@ mod tests {
         let mut r = Run::default();
         assert_eq!(r.headers(&mut s.stages, false), Hold);
         assert_eq!(r.body(&mut s.stages, 5, true), Replied);
-        assert_eq!(s.log(), ["sanitize:headers(false)", "sanitize:body(5,true)"]);
+        assert_eq!(
+            s.log(),
+            ["sanitize:headers(false)", "sanitize:body(5,true)"]
+        );
     }
 
     #[test]
@@ -443,13 +452,19 @@ mod tests {
         assert_eq!(r.resume(&mut s.stages, 0), Continue);
         assert_eq!(
             s.log(),
-            ["replay:headers(false)", "replay:body(4,true)", "fds:headers(false)"]
+            [
+                "replay:headers(false)",
+                "replay:body(4,true)",
+                "fds:headers(false)"
+            ]
         );
     }
 
     #[test]
     fn a_callout_answered_with_a_denial_ends_the_request() {
-        let mut s = Script::new().stage("passport", Hold).stage("breaker", Continue);
+        let mut s = Script::new()
+            .stage("passport", Hold)
+            .stage("breaker", Continue);
         let mut r = Run::default();
         r.headers(&mut s.stages, true);
         r.mark_replied();
@@ -479,7 +494,11 @@ mod tests {
         assert_eq!(r.body(&mut s.stages, 3, true), Continue);
         assert_eq!(
             s.log(),
-            ["sanitize:headers(false)", "jwt:headers(false)", "sanitize:body(3,true)"]
+            [
+                "sanitize:headers(false)",
+                "jwt:headers(false)",
+                "sanitize:body(3,true)"
+            ]
         );
     }
 }

@@ -305,10 +305,7 @@ impl RootContext for Root {
             stages,
             ctx,
         }));
-        shared
-            .requests
-            .borrow_mut()
-            .insert(id, Rc::downgrade(&req));
+        shared.requests.borrow_mut().insert(id, Rc::downgrade(&req));
         Some(Box::new(Http { id, shared, req }))
     }
 
@@ -342,7 +339,9 @@ impl Member {
 impl Stage for Member {
     fn headers(&mut self, end_of_stream: bool) -> Step {
         hooks::set_stage(self.index);
-        let a = self.http.on_http_request_headers(self.headers, end_of_stream);
+        let a = self
+            .http
+            .on_http_request_headers(self.headers, end_of_stream);
         self.step(a)
     }
     fn body(&mut self, size: usize, end_of_stream: bool) -> Step {
@@ -442,7 +441,9 @@ impl Http {
             .property(&["xds", "route_name"])
             .and_then(|v| String::from_utf8(v).ok())
             .unwrap_or_default();
-        cfg.disabled_on(&route).map(<[bool]>::to_vec).unwrap_or_default()
+        cfg.disabled_on(&route)
+            .map(<[bool]>::to_vec)
+            .unwrap_or_default()
     }
 }
 
