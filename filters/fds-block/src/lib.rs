@@ -19,11 +19,13 @@
 //! key); which entry matched and its reason go to the debug log only;
 //! `dry_run` logs and counts without blocking.
 //!
-//! Decision code: [`entry`], [`index`], [`feed`], [`sync`], [`filter`],
+//! Decision code: [`decide`] (the request decision, pure), [`entry`],
+//! [`index`], [`feed`], [`sync`], [`filter`] (its host adapter),
 //! [`config`] (plain Rust, tested natively). The proxy-wasm glue below only
 //! moves data in and out. Reference: `docs/filters/fds-block.md`.
 
 pub mod config;
+pub mod decide;
 pub mod entry;
 pub mod feed;
 pub mod filter;
