@@ -27,6 +27,7 @@
 pub mod cache;
 pub mod coalesce;
 pub mod config;
+pub mod decide;
 pub mod filter;
 pub mod signer;
 
