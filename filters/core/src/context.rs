@@ -334,7 +334,10 @@ mod tests {
             assert_eq!(h.request_header(":path").as_deref(), Some("/a?size=100"));
             // A single read answers the first value, as Envoy does.
             assert_eq!(h.request_header("x-multi").as_deref(), Some("a"));
-            assert!(h.request_headers().iter().any(|(n, v)| n == "x-user" && v == "u"));
+            assert!(h
+                .request_headers()
+                .iter()
+                .any(|(n, v)| n == "x-user" && v == "u"));
         }
         // One host call so far: the map read; nothing written yet.
         assert_eq!(raw.calls.get(), 1);
@@ -407,7 +410,10 @@ mod tests {
         ctx.flush(&mut raw);
         assert_eq!(raw.calls.get(), 2);
         assert_eq!(raw.header("x-drop"), None);
-        assert_eq!((raw.header("x-a"), raw.header("x-b")), (Some("1"), Some("2")));
+        assert_eq!(
+            (raw.header("x-a"), raw.header("x-b")),
+            (Some("1"), Some("2"))
+        );
     }
 
     #[test]
@@ -435,7 +441,10 @@ mod tests {
             id.user = Some("u1".into());
             id.publish(&mut h);
             original::save_path(&mut h, "/orig");
-            assert_eq!(Identity::read(&h).and_then(|i| i.user).as_deref(), Some("u1"));
+            assert_eq!(
+                Identity::read(&h).and_then(|i| i.user).as_deref(),
+                Some("u1")
+            );
             assert_eq!(original::path(&h).as_deref(), Some("/orig"));
         }
         assert_eq!(raw.calls.get(), 0, "no host call for the hand-over");
