@@ -106,7 +106,11 @@ BUDGET = {
 # set_http_request_headers per request instead of one call per changed
 # header): the A/B of the batched write.
 BUILD_PORTS = {"suite": {"web": 10200, "app": 10201, "secure": 10643},
-               "chain": {"web": 10300, "app": 10301, "secure": 10743},
+               "chain": {"web": 10300, "app": 10301, "secure": 10743,
+                         # the web chain cut after k filters (k = 1..4), as
+                         # one chain filter: each filter's share in the chain
+                         "bench_sanitize": 10314, "bench_web_2": 10330,
+                         "bench_web_3": 10331, "bench_web_4": 10332},
                "chain-map": {"web": 10400, "app": 10401, "secure": 10843}}
 
 # Bridge (mTLS client) ports: plain HTTP in, mTLS out.
@@ -266,6 +270,11 @@ def build_targets(mat: Material) -> list[dict]:
             T(f"app signed {build}", "builds", ports["app"], "bare", feed="signed", lat=True),
             T(f"secure {build}", "builds", bridge, "tls bare", path="/partner/v1/billing/bench", lat=True),
         ]
+        if "bench_sanitize" in ports:
+            t += [T(f"{build} web:{k} {name}", "share-chain", ports[listener], "bare", headers=auth)
+                  for k, (listener, name) in enumerate((("bench_sanitize", "sanitize"), ("bench_web_2", "+jwt"),
+                                                        ("bench_web_3", "+fds-block"), ("bench_web_4", "+passport"),
+                                                        ("web", "+route-breaker")), start=1)]
     return t
 
 
@@ -279,7 +288,8 @@ def build_listeners() -> Path:
         module = build.split("-")[0]
         if not (WASM_DIR / f"{module}.wasm").exists():
             continue
-        cfg = yaml.safe_load(render_mod.render("local", wasm_build=module))
+        extra = [LISTENERS_YAML, probe_listeners()] if any(k.startswith("bench_") for k in ports) else []
+        cfg = yaml.safe_load(render_mod.render("local", wasm_build=module, extra_listeners=extra))
         for lis in cfg["static_resources"]["listeners"]:
             if lis["name"] not in ports:
                 continue
@@ -866,6 +876,16 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                          "GET /api/v1/users/1 (base: bare)",
                          ["chain", "port", "req/s", "×base", "+CPU µs", "filter added", "its share µs"], trs)
                    + (f"\nfloors of the same pass (no-op filters, no work): {'; '.join(floors)}\n" if floors else ""))
+    if sec("share-chain"):
+        trs, prev = [], None
+        for r in sec("share-chain"):
+            filt = r["target"].split(" ", 2)[2].lstrip("+")
+            share = r["added_cpu_us"] if prev is None else round(r["added_cpu_us"] - prev, 1)
+            trs.append([r["target"], r["port"], r["rps"], r["rps_ratio"], r["added_cpu_us"], filt, share])
+            prev = r["added_cpu_us"]
+        out.append(table("Each filter's share in the chain build: the web chain cut after k filters, each cut ONE "
+                         "chain filter (chain.wasm), cached token, GET /api/v1/users/1 (base: bare)",
+                         ["chain", "port", "req/s", "×base", "+CPU µs", "filter added", "its share µs"], trs))
     if sec("mimic"):
         rows_m = [std(r) for r in sec("web") if r["target"] in ("web", "noop x5 own VMs", "noop x5 one VM")] + [std(r) for r in sec("mimic")]
         out.append(table("Mimic: five no-op filters (own VMs) making the web chain's host calls, no filter code "
