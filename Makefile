@@ -12,9 +12,11 @@ SHELL := bash
 WASM_FILTERS ?= sanitize jwt replay-guard fds-block passport route-breaker san-authz
 WASM_TARGET  := wasm32-wasip1
 # Which modules the rendered Envoy configs run: `filters` (one .wasm per
-# filter, the default) or `suite` (suite.wasm: all seven filters, one VM per
-# gateway; docs/performance.md). Read by envoy/render.py, so make run, test,
-# validate and bench all follow it: `make run WASM_BUILD=suite`.
+# filter, the default), `suite` (suite.wasm: all seven filters, one VM per
+# gateway; docs/performance.md) or `chain` (chain.wasm: ONE Envoy filter per
+# gateway running its filters in order; docs/chain.md). Read by
+# envoy/render.py, so make run, test, validate and bench all follow it:
+# `make run WASM_BUILD=chain`.
 WASM_BUILD   ?= filters
 export WASM_BUILD
 # cargo's modules, and the ones Envoy loads: the same after Binaryen's
@@ -45,7 +47,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run test test-rust \
-        lint validate test-integration test-suite build-suite bench bench-verify bench-chain bench-tools demo-material compose-config render clean distclean \
+        lint validate test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools
 
 help: ## list the targets
@@ -102,12 +104,18 @@ build-wasm: wasm-target wasm-opt ## the filters' modules (build/wasm/<name>.wasm
 	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(WASM_FILTERS))
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,$(WASM_FILTERS))
 	@if [ "$(WASM_BUILD)" = suite ]; then $(MAKE) --no-print-directory build-suite; fi
+	@if [ "$(WASM_BUILD)" = chain ]; then $(MAKE) --no-print-directory build-chain; fi
 
 # Its own cargo invocation: cargo unifies features per build, and the suite
 # links the filters WITHOUT their `standalone` entry point.
 build-suite: wasm-target wasm-opt ## suite.wasm: all seven filters in one module (filters/suite)
 	$(CARGO) build --release --target $(WASM_TARGET) -p suite
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,suite)
+
+# Like the suite: its own cargo invocation (the filters without `standalone`).
+build-chain: wasm-target wasm-opt ## chain.wasm: one Envoy filter per gateway running its filters in order (filters/chain)
+	$(CARGO) build --release --target $(WASM_TARGET) -p chain
+	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,chain)
 
 build-native:
 	$(CARGO) build --release -p demo-services -p gatewayctl -p gateway-store
@@ -126,7 +134,13 @@ compose-config: ## render the docker-compose Envoy configs into build/compose/en
 
 # ----------------------------------------------------------------------- test
 
-test: build venv test-rust lint validate test-integration test-istio test-ops ## everything CI runs
+# The integration suite runs twice: against the per-filter modules and
+# against the chain build (docs/chain.md). Each pass is ~4 min on 2 cores,
+# well inside CI's budget; the second pass leaves out only what does not
+# depend on the build (test_envoy_config.py: the shipped per-filter config's
+# shape; test_module_exports.py reads the sources and every built module in
+# either pass). The suite build keeps its own target (make test-suite).
+test: build venv test-rust lint validate test-integration test-chain test-istio test-ops ## everything CI runs
 
 # The property tests (proptest: the filters' arbitrary-input tests, the
 # breaker model) draw their cases from this seed, so `make test` is
@@ -150,12 +164,13 @@ lint: wasm-target ## rustfmt --check, clippy -D warnings (host and wasm32)
 # (the container paths do not exist here). Envoy's validate mode loads the
 # wasm modules and runs their on_configure, so the filter JSON configs are
 # checked too.
-validate: build-wasm venv compose-config ## render + envoy --mode validate every shipped config
+validate: build-wasm build-chain venv compose-config ## render + envoy --mode validate every shipped config
 	@mkdir -p build/validate
-	$(PYTHON) envoy/render.py --profile local -o build/validate/local.yaml
-	$(PYTHON) envoy/render.py --profile local --replica 2 -o build/validate/local-2.yaml
-	$(PYTHON) envoy/render.py --profile compose --local-paths -o build/validate/compose.yaml
-	@for f in build/validate/local.yaml build/validate/local-2.yaml build/validate/compose.yaml; do \
+	$(PYTHON) envoy/render.py --profile local --wasm-build filters -o build/validate/local.yaml
+	$(PYTHON) envoy/render.py --profile local --wasm-build filters --replica 2 -o build/validate/local-2.yaml
+	$(PYTHON) envoy/render.py --profile compose --local-paths --wasm-build filters -o build/validate/compose.yaml
+	$(VPY) envoy/render.py --profile local --wasm-build chain -o build/validate/chain.yaml
+	@for f in build/validate/local.yaml build/validate/local-2.yaml build/validate/compose.yaml build/validate/chain.yaml; do \
 	  $(ENVOY) --mode validate --disable-hot-restart --log-level error -c "$$f"; done
 
 test-integration: build venv redis http2-tools ## pytest against the real Envoy (tests/integration)
@@ -172,10 +187,18 @@ http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if
 test-suite: build build-suite venv redis http2-tools ## integration tests against suite.wasm (WASM_BUILD=suite)
 	WASM_BUILD=suite $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py $(PYTEST_ARGS)
 
-bench: build venv redis bench-tools ## gateways vs bare Envoy and a no-op wasm floor, one interleaved run (docs/performance.md)
+# The integration tests against the chain build (each gateway's filters in
+# one Envoy filter, chain.wasm). test_envoy_config.py checks the shape of the
+# shipped per-filter config, so it is left out here, as for the suite.
+test-chain: build build-chain venv redis http2-tools ## integration tests against chain.wasm (WASM_BUILD=chain)
+	WASM_BUILD=chain $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py \
+	  --ignore tests/integration/test_module_exports.py $(PYTEST_ARGS)
+
+bench: build venv redis bench-tools ## gateways vs bare Envoy and a no-op wasm floor; filters, suite and chain builds side by side, one interleaved run (docs/performance.md)
 	$(CARGO) build --release --target $(WASM_TARGET) -p noop
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,noop)
 	$(MAKE) --no-print-directory build-suite
+	$(MAKE) --no-print-directory build-chain
 	$(VPY) tests/bench/run.py $(BENCH_ARGS)
 
 # The pure verifier built for wasm32-wasip1 and run under Node's V8 (the
@@ -196,13 +219,16 @@ bench-verify: venv wasm-target wasm-opt ## jwt verification micro-bench in V8 (n
 # route-breaker) over the fake host, built for wasm32-wasip1 and run under
 # Node's V8: each filter's own code per request, without Envoy's host calls
 # (docs/performance.md, "Where the web chain's time goes"). Needs node >= 18.
-bench-chain: venv wasm-target ## the web chain's wasm-side µs per filter in V8 (node), cached token
+bench-chain: venv wasm-target ## the web chain's wasm-side µs per filter in V8 (node), cached token; host calls per request, per-filter vs chain
 	@command -v node >/dev/null || { echo "bench-chain needs node (>= 18) on PATH" >&2; exit 1; }
 	@mkdir -p build/bench
 	$(VPY) tests/bench/mint_tokens.py 1 > build/bench/chain-tokens.txt
 	@# Own target dir: the example links the filters without `standalone`.
 	CARGO_TARGET_DIR=build/bench/target-chain $(CARGO) build --release --target $(WASM_TARGET) -p suite --example chain_bench
 	node --no-warnings --no-liftoff tests/bench/wasi-run.mjs build/bench/target-chain/$(WASM_TARGET)/release/examples/chain_bench.wasm build/bench/chain-tokens.txt
+	@# Host calls per request: per-filter vs the chain build's one request
+	@# context (filters/chain/tests/host_calls.rs, over a counting fake host).
+	$(CARGO) test -q -p chain --test host_calls -- --nocapture
 
 bench-tools: ## install the load generator (wrk) if missing
 	@command -v wrk >/dev/null || { echo "installing wrk"; \

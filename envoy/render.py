@@ -29,7 +29,12 @@ points every block of the seven filter modules at ${WASM_DIR}/suite.wasm with
 ONE vm_id ("suite") for the whole process: the module is compiled once and
 runs in one VM per worker, each filter of each gateway keeping its root_id and
 configuration; the environment variables of all filters are merged into that
-VM's config. See docs/performance.md.
+VM's config. "chain" replaces each gateway's filter blocks by ONE filter that
+runs ${WASM_DIR}/chain.wasm (vm_id "chain") with the ordered list of that
+gateway's filters and their configurations as its configuration; per-route
+`disabled` FilterConfigs of those filters become the chain's
+`disabled_on_routes`; a listener without wasm filters stays as it is. See
+docs/chain.md and docs/performance.md.
 
 Standard library only, so that it runs before any virtualenv exists (the
 suite build alone needs PyYAML: the project venv has it).
@@ -101,7 +106,7 @@ DEFAULT_OUTPUT = {
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 MARKERS = ("# @extra-listeners", "# @extra-clusters")
-WASM_BUILDS = ("filters", "suite")
+WASM_BUILDS = ("filters", "suite", "chain")
 #: The per-filter modules that suite.wasm contains (by file name).
 SUITE_MODULES = frozenset({
     "sanitize.wasm", "jwt.wasm", "replay_guard.wasm", "fds_block.wasm",
@@ -284,6 +289,151 @@ def to_suite(text: str, wasm_dir: str) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
 
 
+#: Per-filter module file name -> the filter's name in a chain configuration.
+CHAIN_NAMES = {
+    "sanitize.wasm": "sanitize", "jwt.wasm": "jwt", "replay_guard.wasm": "replay-guard",
+    "fds_block.wasm": "fds-block", "passport.wasm": "passport",
+    "route_breaker.wasm": "route-breaker", "san_authz.wasm": "san-authz",
+}
+
+
+def _wasm_module(http: dict) -> str | None:
+    """The per-filter module file name an HTTP filter block runs, or None."""
+    tc = http.get("typed_config", {})
+    if not tc.get("@type", "").endswith(".filters.http.wasm.v3.Wasm"):
+        return None
+    code = tc.get("config", {}).get("vm_config", {}).get("code", {}).get("local", {}).get("filename", "")
+    name = Path(code).name
+    return name if name in CHAIN_NAMES else None
+
+
+def _route_disables(route_config: dict, names: dict[str, str], where: str) -> dict[str, list[str]]:
+    """Route name -> chain filters disabled there, from (and removed from) the
+    routes' typed_per_filter_config. `names`: Envoy filter name -> chain name."""
+    out: dict[str, list[str]] = {}
+    seen: dict[str, list[str]] = {}
+
+    def take(tpfc: dict) -> list[str]:
+        off = []
+        for key in list(tpfc):
+            if key in names:
+                v = tpfc.pop(key)
+                if not (isinstance(v, dict) and v.get("disabled") is True):
+                    raise RenderError(f"{where}: chain build: per-route config of {key} other than 'disabled: true' is not supported")
+                off.append(names[key])
+        return off
+
+    for vh in route_config.get("virtual_hosts", []):
+        if take(vh.get("typed_per_filter_config", {})):
+            raise RenderError(f"{where}: chain build: a virtual host disables a filter (disable it per route)")
+        if vh.get("typed_per_filter_config") == {}:
+            del vh["typed_per_filter_config"]
+        for r in vh.get("routes", []):
+            tpfc = r.get("typed_per_filter_config", {})
+            off = sorted(take(tpfc))
+            if "typed_per_filter_config" in r and not tpfc:
+                del r["typed_per_filter_config"]
+            rname = r.get("name")
+            if rname is None:
+                if off:
+                    raise RenderError(f"{where}: chain build: a route that disables a filter needs a name")
+                continue
+            if seen.setdefault(rname, off) != off:
+                raise RenderError(f"{where}: chain build: routes named {rname!r} disable different filters")
+            if off:
+                out[rname] = off
+    return out
+
+
+def to_chain(text: str, wasm_dir: str) -> str:
+    """The rendered config `text` with each HTTP connection manager's filter
+    blocks of the seven filters replaced by ONE filter running
+    `wasm_dir`/chain.wasm (vm_id "chain", one VM per worker for the process):
+    its configuration is {"filters": [{"name", "config"}...], "disabled_on_routes"}
+    in the gateway's order, each filter's configuration unchanged."""
+    try:
+        import yaml  # noqa: PLC0415 (only the suite and chain builds need it)
+    except ImportError as exc:
+        raise RenderError("the chain build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
+    cfg = json.loads(json.dumps(yaml.safe_load(text)))
+    chains = []
+    for listener in cfg.get("static_resources", {}).get("listeners", []):
+        for fc in listener.get("filter_chains", []):
+            for net in fc.get("filters", []):
+                hcm = net.get("typed_config", {})
+                filters = hcm.get("http_filters", [])
+                idx = [i for i, h in enumerate(filters) if _wasm_module(h)]
+                if not idx:
+                    continue
+                where = f"listener {listener.get('name')}"
+                if idx != list(range(idx[0], idx[-1] + 1)):
+                    raise RenderError(f"{where}: chain build: the gateway's wasm filters must be adjacent")
+                blocks = [filters[i] for i in idx]
+                parts, names, stop_iter = [], {}, False
+                for h in blocks:
+                    conf = h["typed_config"]["config"]
+                    chain_name = CHAIN_NAMES[_wasm_module(h)]
+                    names[h.get("name", chain_name)] = chain_name
+                    value = conf.get("configuration", {}).get("value", "")
+                    try:
+                        part = json.loads(value)
+                    except ValueError as exc:
+                        raise RenderError(f"{where}: {chain_name}'s configuration is not JSON: {exc}") from exc
+                    parts.append({"name": chain_name, "config": part})
+                    stop_iter = stop_iter or bool(conf.get("allow_on_headers_stop_iteration"))
+                    if conf.get("failure_policy", "FAIL_CLOSED") != "FAIL_CLOSED":
+                        raise RenderError(f"{where}: chain build: {chain_name} is not FAIL_CLOSED")
+                doc: dict = {"filters": parts}
+                rc = hcm.get("route_config")
+                if rc is not None:
+                    off = _route_disables(rc, names, where)
+                    if off:
+                        doc["disabled_on_routes"] = off
+                chain_conf = {
+                    "name": f"chain-{listener.get('name')}",
+                    "root_id": "chain",
+                    "vm_config": {},
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": json.dumps(doc, separators=(",", ":"), ensure_ascii=False),
+                    },
+                    "failure_policy": "FAIL_CLOSED",
+                }
+                if stop_iter:
+                    chain_conf["allow_on_headers_stop_iteration"] = True
+                chains.append((chain_conf, [b["typed_config"]["config"] for b in blocks]))
+                hcm["http_filters"] = filters[: idx[0]] + [{
+                    "name": "chain",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                        "config": chain_conf,
+                    },
+                }] + filters[idx[-1] + 1:]
+    if not chains:
+        return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
+    # One VM for every gateway's chain: one vm_config, the filters'
+    # environments merged (a clash is an error).
+    env: dict[str, str] = {}
+    host_keys: list[str] = []
+    runtime = "envoy.wasm.runtime.v8"
+    for _, confs in chains:
+        for conf in confs:
+            runtime = conf["vm_config"].get("runtime", runtime)
+            ev = conf["vm_config"].get("environment_variables", {})
+            for k, v in ev.get("key_values", {}).items():
+                if env.get(k, v) != v:
+                    raise RenderError(f"chain build: environment variable {k} differs between filters")
+                env[k] = v
+            host_keys += [k for k in ev.get("host_env_keys", []) if k not in host_keys]
+    vm = {"vm_id": "chain", "runtime": runtime, "code": {"local": {"filename": f"{wasm_dir}/chain.wasm"}}}
+    if env or host_keys:
+        vm["environment_variables"] = {**({"key_values": env} if env else {}),
+                                       **({"host_env_keys": host_keys} if host_keys else {})}
+    for chain_conf, _ in chains:
+        chain_conf["vm_config"] = json.loads(json.dumps(vm))
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
+
+
 def variables_for(profile: str, local_paths: bool = False, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     if profile not in PROFILES:
         raise RenderError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
@@ -311,7 +461,7 @@ def render(
 ) -> str:
     """The rendered Envoy config as text. Raises RenderError on any problem.
 
-    wasm_build: "filters" or "suite" (module docstring); None reads the
+    wasm_build: "filters", "suite" or "chain" (module docstring); None reads the
     WASM_BUILD environment variable (default "filters")."""
     wasm_build = wasm_build or os.environ.get("WASM_BUILD") or "filters"
     if wasm_build not in WASM_BUILDS:
@@ -344,12 +494,14 @@ def render(
     text = splice(text, MARKERS[1], clusters)
     if wasm_build == "suite":
         text = to_suite(text, values["WASM_DIR"])
+    elif wasm_build == "chain":
+        text = to_chain(text, values["WASM_DIR"])
     text = to_replica(text, replica)
     header = (
         f"# GENERATED by envoy/render.py --profile {profile}"
         f"{' --local-paths' if local_paths else ''}"
         f"{f' --replica {replica}' if replica != 1 else ''}"
-        f"{' --wasm-build suite' if wasm_build == 'suite' else ''} from envoy/envoy.yaml.tmpl - do not edit.\n"
+        f"{' --wasm-build ' + wasm_build if wasm_build != 'filters' else ''} from envoy/envoy.yaml.tmpl - do not edit.\n"
     )
     return header + text
 
@@ -377,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replica", type=int, choices=REPLICAS, default=1,
                         help="2: the second Envoy replica (listener ports + 100, admin 9902, sidecar 18091)")
     parser.add_argument("--wasm-build", choices=WASM_BUILDS, default=None,
-                        help="filters: one module per filter; suite: suite.wasm, one VM per worker "
-                             "(default: $WASM_BUILD, else filters)")
+                        help="filters: one module per filter; suite: suite.wasm, one VM per worker; "
+                             "chain: chain.wasm, one filter per gateway (default: $WASM_BUILD, else filters)")
     args = parser.parse_args(argv)
 
     overrides = {}

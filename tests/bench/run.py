@@ -26,6 +26,11 @@ BENCH_SKIP=suite,fds saves about 2):
   memory pass Envoy --concurrency 2: the full config vs a bare-only config
               (the rendered config minus every listener with a wasm filter):
               VmRSS and start-up time to admin /ready.
+  builds      (in the main pass) the web, app and secure gateways again as the
+              suite build (suite.wasm, one VM) and the chain build (chain.wasm,
+              ONE Envoy filter per gateway) on their own ports, in the same
+              interleaved rounds as the per-filter gateways: the three builds
+              side by side against the same baselines (docs/chain.md).
   suite pass  the same stack with WASM_BUILD=suite (suite.wasm: all seven
               filters in one module, one VM per gateway): web, app and mTLS
               chains again with their baselines, compared side by side with
@@ -100,8 +105,21 @@ BUDGET = {
     "claim_p99_us": 1000.0,
 }
 
+# The web, app and secure gateways of the suite and chain builds, beside the
+# per-filter ones in the main pass (copies of the rendered listeners).
+# "chain-map" is the chain with header_writes "map" (one
+# set_http_request_headers per request instead of one call per changed
+# header): the A/B of the batched write.
+BUILD_PORTS = {"suite": {"web": 10200, "app": 10201, "secure": 10643},
+               "chain": {"web": 10300, "app": 10301, "secure": 10743,
+                         # the web chain cut after k filters (k = 1..4), as
+                         # one chain filter: each filter's share in the chain
+                         "bench_sanitize": 10314, "bench_web_2": 10330,
+                         "bench_web_3": 10331, "bench_web_4": 10332},
+               "chain-map": {"web": 10400, "app": 10401, "secure": 10843}}
+
 # Bridge (mTLS client) ports: plain HTTP in, mTLS out.
-BRIDGE = {10110: 10443, 10111: 10013}
+BRIDGE = {10110: 10443, 10111: 10013, 10112: 10643, 10113: 10743, 10114: 10843}
 BRIDGE_ADMIN = 9911
 
 
@@ -264,6 +282,66 @@ def main_targets(mat: Material) -> list[dict]:
     ]
     t += [T(f"probe {kind}", "hostcall", port, "bare") for kind, port in PROBES.items()]
     return t
+
+
+def build_targets(mat: Material) -> list[dict]:
+    """The suite and chain builds' gateways (BUILD_PORTS), in the main pass."""
+    auth = {"authorization": f"Bearer {mat.cached}"}
+    t = []
+    for build in BUILD_PORTS:
+        if not (WASM_DIR / f"{build.split('-')[0]}.wasm").exists():
+            continue
+        ports = BUILD_PORTS[build]
+        bridge = {v: k for k, v in BRIDGE.items()}[ports["secure"]]
+        t += [
+            T(f"web {build}", "builds", ports["web"], "bare", headers=auth, lat=True, floor_of="noop"),
+            T(f"web public {build}", "builds", ports["web"], "bare", path="/api/v1/public/bench", lat=True),
+            T(f"app signed {build}", "builds", ports["app"], "bare", feed="signed", lat=True),
+            T(f"secure {build}", "builds", bridge, "tls bare", path="/partner/v1/billing/bench", lat=True),
+        ]
+        if "bench_sanitize" in ports:
+            t += [T(f"{build} web:{k} {name}", "share-chain", ports[listener], "bare", headers=auth)
+                  for k, (listener, name) in enumerate((("bench_sanitize", "sanitize"), ("bench_web_2", "+jwt"),
+                                                        ("bench_web_3", "+fds-block"), ("bench_web_4", "+passport"),
+                                                        ("web", "+route-breaker")), start=1)]
+    return t
+
+
+def build_listeners() -> Path:
+    """The web, app and secure listeners as the suite and chain builds render
+    them, on BUILD_PORTS (a render.py extra file for the main pass)."""
+    import yaml  # noqa: PLC0415 (the venv has it)
+
+    items = []
+    for build, ports in BUILD_PORTS.items():
+        module = build.split("-")[0]
+        if not (WASM_DIR / f"{module}.wasm").exists():
+            continue
+        extra = [LISTENERS_YAML, probe_listeners()] if any(k.startswith("bench_") for k in ports) else []
+        cfg = yaml.safe_load(render_mod.render("local", wasm_build=module, extra_listeners=extra))
+        for lis in cfg["static_resources"]["listeners"]:
+            if lis["name"] not in ports:
+                continue
+            lis = json.loads(json.dumps(lis))
+            lis["address"]["socket_address"]["port_value"] = ports[lis["name"]]
+            lis["name"] = f"{lis['name']}_{build.replace('-', '_')}"
+            for fc in lis["filter_chains"]:
+                for net in fc["filters"]:
+                    tc = net.get("typed_config", {})
+                    if "stat_prefix" in tc:
+                        tc["stat_prefix"] = f"{tc['stat_prefix']}_{build.replace('-', '_')}"
+                    for h in tc.get("http_filters", []):
+                        if build == "chain-map" and h.get("name") == "chain":
+                            conf = h["typed_config"]["config"]["configuration"]
+                            doc = json.loads(conf["value"])
+                            doc["header_writes"] = "map"
+                            conf["value"] = json.dumps(doc, separators=(",", ":"))
+            items.append(lis)
+    path = OUT / "build-listeners.yaml"
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text("# the suite and chain builds' gateways (tests/bench/run.py)\n"
+                    + yaml.safe_dump(items, sort_keys=False, default_flow_style=False, width=1 << 20))
+    return path
 
 
 def suite_targets(mat: Material) -> list[dict]:
@@ -640,9 +718,10 @@ def probe_listeners() -> Path:
 
 
 def make_stack(include_root: Path | None = None, overrides: dict | None = None, name: str = "envoy.yaml",
-               concurrency: int = 1, extra: bool = True) -> stack_mod.Stack:
+               concurrency: int = 1, extra: bool = True, builds: list[Path] | None = None) -> stack_mod.Stack:
+    builds = builds or []
     return stack_mod.Stack(
-        extra_listeners=[LISTENERS_YAML, probe_listeners(), local_store_listeners()] if extra else [],
+        extra_listeners=[LISTENERS_YAML, probe_listeners(), local_store_listeners(), *builds] if extra else [],
         replicas=1,
         include_root=include_root,
         overrides=overrides,
@@ -681,9 +760,10 @@ def passport_miss(mat: Material, n: int = 30) -> dict:
 
 
 def main_pass(mat: Material, args, only, build: str = "filters") -> tuple[list[dict], dict | None]:
-    ts = only(main_targets(mat) if build == "filters" else suite_targets(mat))
+    ts = only(main_targets(mat) + build_targets(mat) if build == "filters" else suite_targets(mat))
     os.environ["WASM_BUILD"] = build  # read by envoy/render.py
-    st = make_stack(name="envoy.yaml" if build == "filters" else "envoy-suite.yaml")
+    extra = [build_listeners()] if build == "filters" and any(t["section"] == "builds" for t in ts) else []
+    st = make_stack(name="envoy.yaml" if build == "filters" else "envoy-suite.yaml", builds=extra)
     bridge = None
     with st:
         pid = st.envoy_pid()
@@ -777,20 +857,23 @@ def memory_pass(mat: Material) -> dict:
                 out[name] = {"ready_s": round(ready, 3), "rss_mb": round(rss_mb(p.pid), 1)}
             finally:
                 stop(p)
-        if (WASM_DIR / "suite.wasm").exists():
-            suite = OUT / "envoy-suite-c2.yaml"
-            suite.write_text(render_mod.render("local", wasm_build="suite"))
-            p, ready = launch_envoy(suite, 2, OUT / "logs" / "envoy-suite-c2.log")
+        for build in ("suite", "chain"):
+            if not (WASM_DIR / f"{build}.wasm").exists():
+                continue
+            cfg = OUT / f"envoy-{build}-c2.yaml"
+            cfg.write_text(render_mod.render("local", wasm_build=build))
+            p, ready = launch_envoy(cfg, 2, OUT / "logs" / f"envoy-{build}-c2.log")
             try:
                 touch(mat, gateways=True)
                 time.sleep(SETTLE_S)
-                out["suite"] = {"ready_s": round(ready, 3), "rss_mb": round(rss_mb(p.pid), 1)}
+                out[build] = {"ready_s": round(ready, 3), "rss_mb": round(rss_mb(p.pid), 1)}
             finally:
                 stop(p)
     finally:
         st.stop_demo_services()
-    if "suite" in out:
-        out["suite_added_rss_mb"] = round(out["suite"]["rss_mb"] - out["bare"]["rss_mb"], 1)
+    for build in ("suite", "chain"):
+        if build in out:
+            out[f"{build}_added_rss_mb"] = round(out[build]["rss_mb"] - out["bare"]["rss_mb"], 1)
     out["added_rss_mb"] = round(out["full"]["rss_mb"] - out["bare"]["rss_mb"], 1)
     return out
 
@@ -899,6 +982,16 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                          "GET /api/v1/users/1 (base: bare)",
                          ["chain", "port", "req/s", "×base", "+CPU µs", "filter added", "its share µs"], trs)
                    + (f"\nfloors of the same pass (no-op filters, no work): {'; '.join(floors)}\n" if floors else ""))
+    if sec("share-chain"):
+        trs, prev = [], None
+        for r in sec("share-chain"):
+            filt = r["target"].split(" ", 2)[2].lstrip("+")
+            share = r["added_cpu_us"] if prev is None else round(r["added_cpu_us"] - prev, 1)
+            trs.append([r["target"], r["port"], r["rps"], r["rps_ratio"], r["added_cpu_us"], filt, share])
+            prev = r["added_cpu_us"]
+        out.append(table("Each filter's share in the chain build: the web chain cut after k filters, each cut ONE "
+                         "chain filter (chain.wasm), cached token, GET /api/v1/users/1 (base: bare)",
+                         ["chain", "port", "req/s", "×base", "+CPU µs", "filter added", "its share µs"], trs))
     if sec("mimic"):
         rows_m = [std(r) for r in sec("web") if r["target"] in ("web", "noop x5 own VMs", "noop x5 one VM")] + [std(r) for r in sec("mimic")]
         out.append(table("Mimic: five no-op filters (own VMs) making the web chain's host calls, no filter code "
@@ -925,6 +1018,33 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                         f"{f['web 100k']['added_cpu_us']} µs (100k entries): Δ {d:+.1f} µs; "
                         f"×bare {by['web']['rps_ratio']} vs {f['web 100k']['rps_ratio']}\n")
             check("fds 100k entries Δ +CPU vs shipped list", f"{d:+.1f} µs", "within noise (|Δ| ≤ 10 µs)", abs(d) <= 10)
+    if sec("builds"):
+        trs = []
+        for name, label in (("web", "web, cached token"), ("web public", "web, public route"),
+                            ("app signed", "app, signed"), ("secure", "secure (mTLS)")):
+            row = [label]
+            for b in ("", " suite", " chain", " chain-map"):
+                r = by.get(name + b, {})
+                row += [r.get("added_cpu_us"), r.get("rps_ratio"), r.get("added_p50_us"), r.get("added_p99_us")]
+            trs.append(row)
+        out.append(table("Builds side by side, one interleaved pass (each vs bare, or tls bare for mTLS): "
+                         "per-filter modules | suite.wasm | chain.wasm | chain.wasm with header_writes map",
+                         ["gateway", "filters +CPU µs", "×base", "+p50", "+p99", "suite +CPU µs", "×base", "+p50",
+                          "+p99", "chain +CPU µs", "×base", "+p50", "+p99", "chain-map +CPU µs", "×base", "+p50",
+                          "+p99"], trs))
+        c = by.get("web chain")
+        if c:
+            check("chain: web +CPU/req", f"{c['added_cpu_us']} µs", "≤ 40 µs", c["added_cpu_us"] <= 40)
+            check("chain: web req/s vs bare", c["rps_ratio"], "≥ 0.75", c["rps_ratio"] >= 0.75)
+            if c.get("added_p50_us") is not None:
+                check("chain: web +p50 (1 conn)", f"{c['added_p50_us']} µs", "≤ 30 µs", c["added_p50_us"] <= 30)
+                check("chain: web +p99 (1 conn)", f"{c['added_p99_us']} µs", "≤ 60 µs", c["added_p99_us"] <= 60)
+        a = by.get("app signed chain")
+        if a:
+            check("chain: app signed req/s vs bare", a["rps_ratio"], "≥ 0.65", a["rps_ratio"] >= 0.65)
+        m = by.get("secure chain")
+        if m:
+            check("chain: secure req/s vs tls bare", m["rps_ratio"], "≥ 0.75", m["rps_ratio"] >= 0.75)
     if suite_rows:
         su = {r["target"]: r for r in suite_rows}
         trs = []
@@ -949,20 +1069,26 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                          [[miss["miss_p50_us"], miss["hit_p50_us"], miss["miss_cost_us"], miss["samples"]]]))
     srows = []
     for k, v in sizes.items():
-        limit = BUDGET["suite_bytes"] if k == "suite.wasm" else BUDGET["module_bytes"]
+        # suite.wasm and chain.wasm link all seven filters.
+        whole = k in ("suite.wasm", "chain.wasm")
+        limit = BUDGET["suite_bytes"] if whole else BUDGET["module_bytes"]
         ok = v <= limit
-        srows.append([k, v, f"{v / 1024:.0f} KiB", "≤ 1.5 MiB" if k == "suite.wasm" else "≤ 1 MiB", "pass" if ok else "MISS"])
+        srows.append([k, v, f"{v / 1024:.0f} KiB", "≤ 1.5 MiB" if whole else "≤ 1 MiB", "pass" if ok else "MISS"])
         if k != "noop.wasm":
-            check(f"size {k}", f"{v / 1024:.0f} KiB", "≤ 1.5 MiB" if k == "suite.wasm" else "≤ 1 MiB", ok)
+            check(f"size {k}", f"{v / 1024:.0f} KiB", "≤ 1.5 MiB" if whole else "≤ 1 MiB", ok)
     out.append(table("Module sizes (build/wasm: cargo release for wasm32-wasip1, then wasm-opt)", ["module", "bytes", "KiB", "budget", ""], srows))
     if mem:
         mrows = [[k, v["rss_mb"], v["ready_s"]] for k, v in mem.items() if isinstance(v, dict)]
         out.append(table("Envoy memory and start-up (--concurrency 2, separate starts; full = every gateway)",
                          ["config", "VmRSS MB", "ready s"], mrows)
                    + f"\nadded by the filters: {mem['added_rss_mb']} MB (per-filter modules)"
-                   + (f", {mem['suite_added_rss_mb']} MB (suite.wasm)" if "suite_added_rss_mb" in mem else "") + "\n")
+                   + (f", {mem['suite_added_rss_mb']} MB (suite.wasm)" if "suite_added_rss_mb" in mem else "")
+                   + (f", {mem['chain_added_rss_mb']} MB (chain.wasm)" if "chain_added_rss_mb" in mem else "") + "\n")
         check("RSS added, all filters, --concurrency 2", f"{mem['added_rss_mb']} MB", "≤ 60 MB", mem["added_rss_mb"] <= BUDGET["rss_added_mb"])
         check("Envoy ready, full config", f"{mem['full']['ready_s']} s", "≤ 1 s", mem["full"]["ready_s"] <= BUDGET["ready_s"])
+        if "chain" in mem:
+            check("chain: RSS added, --concurrency 2", f"{mem['chain_added_rss_mb']} MB", "≤ 40 MB", mem["chain_added_rss_mb"] <= 40)
+            check("chain: Envoy ready", f"{mem['chain']['ready_s']} s", "≤ 1 s", mem["chain"]["ready_s"] <= BUDGET["ready_s"])
         if "suite" in mem:
             check("suite: RSS added, --concurrency 2", f"{mem['suite_added_rss_mb']} MB", "≤ 60 MB", mem["suite_added_rss_mb"] <= BUDGET["rss_added_mb"])
             check("suite: Envoy ready", f"{mem['suite']['ready_s']} s", "≤ 1 s", mem["suite"]["ready_s"] <= BUDGET["ready_s"])

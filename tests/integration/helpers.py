@@ -195,3 +195,31 @@ def h2_request(port: int, method: str, path: str, headers: dict[str, str], body:
         except ValueError:
             doc = None
     return int(status.group(1)), doc
+
+
+def wasm_build() -> str:
+    """The build the stack runs (envoy/render.py reads the same variable)."""
+    import os  # noqa: PLC0415
+
+    return os.environ.get("WASM_BUILD") or "filters"
+
+
+def set_filter_config(hcm: dict, name: str, config: dict) -> bool:
+    """Sets filter `name`'s JSON configuration in a rendered HTTP connection
+    manager: its own wasm block (per-filter and suite builds) or its part of
+    the gateway's chain filter (chain build: {"filters": [{"name", "config"}]}).
+    Returns whether the filter is in that manager."""
+    found = False
+    for f in hcm["http_filters"]:
+        conf = f.get("typed_config", {}).get("config", {})
+        if f["name"] == name:
+            conf["configuration"]["value"] = json.dumps(config)
+            found = True
+        elif f["name"] == "chain":
+            chain = json.loads(conf["configuration"]["value"])
+            for part in chain["filters"]:
+                if part["name"] == name:
+                    part["config"] = config
+                    found = True
+            conf["configuration"]["value"] = json.dumps(chain)
+    return found

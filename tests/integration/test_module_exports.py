@@ -121,17 +121,18 @@ def test_every_implemented_callback_is_listed():
         assert not missing, f"{module} implements {sorted(missing)} but filters/wasm-opt/callbacks does not keep them"
 
 
-def test_the_suite_keeps_every_filters_callbacks():
+@pytest.mark.parametrize("module", ["suite", "chain"])
+def test_the_suite_and_the_chain_keep_every_filters_callbacks(module):
     lists = listed()
     union = set().union(*(lists[m] for m in CRATES))
-    assert union <= lists["suite"], f"suite line misses {sorted(union - lists['suite'])}"
+    assert union <= lists[module], f"{module} line misses {sorted(union - lists[module])}"
 
 
-@pytest.mark.parametrize("module", [*CRATES, "suite"])
+@pytest.mark.parametrize("module", [*CRATES, "suite", "chain"])
 def test_built_module_exports_exactly_the_listed_callbacks(module):
     path = WASM_DIR / f"{module}.wasm"
     if not path.exists():
-        pytest.skip(f"{path} not built (make build-wasm / build-suite)")
+        pytest.skip(f"{path} not built (make build-wasm / build-suite / build-chain)")
     names = exports(path)
     keep = listed()[module]
     for callback in LISTABLE_CALLBACKS:

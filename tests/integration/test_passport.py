@@ -24,7 +24,7 @@ import requests
 import yaml
 
 import helpers
-from helpers import REPO, TIMEOUT, service_url, wait_until, web_url
+from helpers import REPO, TIMEOUT, service_url, set_filter_config, wait_until, web_url
 
 JWKS = jwt.PyJWKSet.from_json((REPO / "examples" / "keys" / "passport-jwks.json").read_text())
 JWT_KEY = REPO / "examples" / "keys" / "jwt-es256.pem"
@@ -233,9 +233,7 @@ def stale_gateway(stack, tmp_path_factory):
     variant["gateway"] = "webstale"
     variant["cache"]["ttl"] = "1s"
     variant["on_issuer_error"]["serve_stale_for"] = "10m"
-    for f in hcm["http_filters"]:
-        if f["name"] == "passport":
-            f["typed_config"]["config"]["configuration"]["value"] = json.dumps(variant)
+    assert set_filter_config(hcm, "passport", variant), "passport is not in the web chain"
     cfg["static_resources"]["listeners"] = [web]
     for cluster in cfg["static_resources"]["clusters"]:
         if cluster["name"] == "issuer":

@@ -39,6 +39,7 @@ from helpers import (
     echo_stats,
     secure_url,
     seen,
+    set_filter_config,
     wait_until,
 )
 
@@ -292,11 +293,7 @@ class EdgeGateway:
         hcm["stat_prefix"] = "secure_behind_edge"
         hcm["forward_client_cert_details"] = "ALWAYS_FORWARD_ONLY"
         hcm.pop("set_current_client_cert_details", None)
-        found = False
-        for f in hcm["http_filters"]:
-            if f["name"] == "san-authz":
-                f["typed_config"]["config"]["configuration"]["value"] = json.dumps(json.loads(BEHIND_EDGE.read_text()))
-                found = True
+        found = set_filter_config(hcm, "san-authz", json.loads(BEHIND_EDGE.read_text()))
         assert found, "san-authz is not in the secure chain"
         cfg["static_resources"]["listeners"] = [secure]
         cfg["admin"]["address"]["socket_address"]["port_value"] = 0

@@ -48,6 +48,19 @@ pub trait HttpHost {
     /// Wall-clock time as the proxy sees it.
     fn now(&self) -> SystemTime;
 
+    /// Replaces the whole request header map (the chain build's batched
+    /// write, filter_core::context). By default one call per header.
+    fn set_request_headers(&mut self, headers: &[(String, String)]) {
+        let mut names: Vec<String> = self.request_headers().into_iter().map(|(n, _)| n).collect();
+        names.dedup();
+        for n in names {
+            self.remove_request_header(&n);
+        }
+        for (n, v) in headers {
+            self.add_request_header(n, v);
+        }
+    }
+
     /// Seconds since the Unix epoch.
     fn unix_seconds(&self) -> u64 {
         self.now()
@@ -217,5 +230,9 @@ impl HttpHost for FakeHost {
     }
     fn now(&self) -> SystemTime {
         self.time
+    }
+    fn set_request_headers(&mut self, headers: &[(String, String)]) {
+        self.tick();
+        self.headers = headers.to_vec();
     }
 }

@@ -21,10 +21,13 @@
 //!   [`request::Decision`] out) that every build's host adapter applies.
 //! * [`store`]: once-only claims in the shared store (Redis behind the
 //!   gateway-store sidecar), the same for every replica of a gateway.
+//! * [`context`]: the chain build's per-request context (one header read,
+//!   batched writes, hand-overs in VM memory) in front of the host.
 //! * [`original`]: the client's `:path`/body saved before a rewrite, for
 //!   signature verification after sanitize.
 
 pub mod config;
+pub mod context;
 pub mod decision;
 pub mod denial;
 pub mod duration;

@@ -1,6 +1,17 @@
 //! The proxy-wasm side of the seams (wasm32 only): [`ProxyHost`] implements
 //! [`HttpHost`] and [`ProxySharedData`] implements [`SharedData`] with host
 //! calls. Host errors become `None`/[`SharedError`], never panics.
+//!
+//! In the chain build (filters/chain: one Envoy filter runs a gateway's
+//! filters in turn) the chain installs the request's
+//! [`RequestContext`](crate::context::RequestContext) while it calls a
+//! filter, and [`ProxyHost`] is then that context in front of the host
+//! ([`RawHost`]): one header read, batched writes, hand-overs in VM memory.
+//! The few host calls that steer a request or a root context from outside
+//! a callback go through the wrappers here ([`set_tick_period`],
+//! [`set_effective_context`], [`resume_http_request`]), which the chain
+//! redirects to itself ([`chain`]). A filter module alone never sees any of
+//! this: with no chain, every call goes straight to the host.
 
 use std::time::SystemTime;
 
@@ -10,9 +21,14 @@ use proxy_wasm::types::{Action, BufferType, MapType, Status};
 use crate::host::{HttpHost, Verdict};
 use crate::shared::{SharedData, SharedError, Versioned};
 
-/// [`HttpHost`] over the current HTTP context's host calls.
+/// [`HttpHost`] over the current HTTP context: the host calls, or, inside
+/// the chain build, the request's context in front of them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyHost;
+
+/// [`HttpHost`] straight over the current HTTP context's host calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawHost;
 
 /// A header value as text. Envoy hands over whatever bytes a client or an
 /// upstream sent (HTTP allows obs-text, 0x80-0xFF, in values), and the SDK's
@@ -34,7 +50,7 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
         .map(text)
 }
 
-impl HttpHost for ProxyHost {
+impl HttpHost for RawHost {
     fn request_headers(&self) -> Vec<(String, String)> {
         // Names are tokens (Envoy's codecs refuse anything else); values are bytes.
         hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
@@ -78,6 +94,215 @@ impl HttpHost for ProxyHost {
     }
     fn now(&self) -> SystemTime {
         hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+    fn set_request_headers(&mut self, headers: &[(String, String)]) {
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        if let Err(e) = hostcalls::set_map(MapType::HttpRequestHeaders, pairs) {
+            log::error!("set_http_request_headers failed: {e:?}");
+        }
+    }
+}
+
+/// Runs `f` with the host a filter should see now: the chain's request
+/// context in front of [`RawHost`] while the chain serves a request, else
+/// [`RawHost`].
+fn with_host<R>(f: impl FnOnce(&mut dyn HttpHost) -> R) -> R {
+    match chain::active() {
+        Some(ctx) => match ctx.try_borrow_mut() {
+            Ok(mut c) => f(&mut c.host(&mut RawHost)),
+            Err(_) => f(&mut RawHost),
+        },
+        None => f(&mut RawHost),
+    }
+}
+
+impl HttpHost for ProxyHost {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        with_host(|h| h.request_headers())
+    }
+    fn request_header(&self, name: &str) -> Option<String> {
+        with_host(|h| h.request_header(name))
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        with_host(|h| h.set_request_header(name, value))
+    }
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        with_host(|h| h.add_request_header(name, value))
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        with_host(|h| h.remove_request_header(name))
+    }
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        with_host(|h| h.request_body(size))
+    }
+    fn replace_request_body(&mut self, body: &[u8]) {
+        with_host(|h| h.replace_request_body(body))
+    }
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        with_host(|h| h.send_response(status, headers, body))
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        with_host(|h| h.property(path))
+    }
+    fn set_property(&mut self, path: &[&str], value: &[u8]) {
+        with_host(|h| h.set_property(path, value))
+    }
+    fn now(&self) -> SystemTime {
+        with_host(|h| h.now())
+    }
+    fn set_request_headers(&mut self, headers: &[(String, String)]) {
+        with_host(|h| h.set_request_headers(headers))
+    }
+}
+
+/// Sets the calling root context's tick period (the chain build keeps one
+/// period per filter and ticks each filter on its own).
+pub fn set_tick_period(period: std::time::Duration) {
+    if chain::enabled() {
+        chain::TICKS.with(|t| t.borrow_mut().push((chain::stage(), period)));
+        return;
+    }
+    if let Err(e) = hostcalls::set_tick_period(period) {
+        log::warn!("set_tick_period failed: {e:?}");
+    }
+}
+
+/// Makes context `id` the effective one (a request to finish from a root
+/// context's callback). Inside the chain build, a request's context then
+/// serves [`ProxyHost`].
+pub fn set_effective_context(id: u32) -> Result<(), Status> {
+    hostcalls::set_effective_context(id)?;
+    if chain::enabled() {
+        chain::select(id);
+    }
+    Ok(())
+}
+
+/// Resumes the effective request after a callout. Inside the chain build
+/// the chain resumes it: the filters after this one run first.
+pub fn resume_http_request() {
+    if chain::enabled() {
+        chain::RESUMED.with(|r| r.borrow_mut().push(chain::effective()));
+        return;
+    }
+    if let Err(e) = hostcalls::resume_http_request() {
+        log::warn!("resume_http_request failed: {e:?}");
+    }
+}
+
+/// The chain build's hooks (filters/chain): which request context serves
+/// [`ProxyHost`], which filter is being called, what the filters asked of
+/// their root context (tick periods, resumptions), and the configuration a
+/// filter's `on_configure` loads.
+pub mod chain {
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use crate::context::RequestContext;
+
+    /// A request's context, shared by the chain and [`super::ProxyHost`].
+    pub type Shared = Rc<RefCell<RequestContext>>;
+
+    thread_local! {
+        static ENABLED: Cell<bool> = const { Cell::new(false) };
+        static STAGE: Cell<usize> = const { Cell::new(0) };
+        static EFFECTIVE: Cell<u32> = const { Cell::new(0) };
+        static ACTIVE: RefCell<Option<Shared>> = const { RefCell::new(None) };
+        /// The chain's requests in flight, by context id.
+        static REQUESTS: RefCell<HashMap<u32, Shared>> = RefCell::new(HashMap::new());
+        pub(super) static TICKS: RefCell<Vec<(usize, Duration)>> = const { RefCell::new(Vec::new()) };
+        pub(super) static RESUMED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+        static CONFIG: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+
+    /// Turns the chain's redirections on (once, when the chain module starts).
+    pub fn enable() {
+        ENABLED.with(|e| e.set(true));
+    }
+
+    pub fn enabled() -> bool {
+        ENABLED.with(Cell::get)
+    }
+
+    /// The filter (index in the chain) being called.
+    pub fn set_stage(i: usize) {
+        STAGE.with(|s| s.set(i));
+    }
+
+    pub fn stage() -> usize {
+        STAGE.with(Cell::get)
+    }
+
+    /// Registers a request of the chain (its context id and context).
+    pub fn register(id: u32, ctx: Shared) {
+        REQUESTS.with(|r| r.borrow_mut().insert(id, ctx));
+    }
+
+    /// Forgets a finished request.
+    pub fn unregister(id: u32) {
+        REQUESTS.with(|r| r.borrow_mut().remove(&id));
+        if EFFECTIVE.with(Cell::get) == id {
+            ACTIVE.with(|a| a.borrow_mut().take());
+        }
+    }
+
+    /// Context `id` is now the effective one: its request context (if it
+    /// is a request of the chain) serves [`super::ProxyHost`].
+    pub fn select(id: u32) {
+        EFFECTIVE.with(|e| e.set(id));
+        let ctx = REQUESTS.with(|r| r.borrow().get(&id).cloned());
+        if let Some(c) = &ctx {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.begin_callback();
+            }
+        }
+        ACTIVE.with(|a| *a.borrow_mut() = ctx);
+    }
+
+    /// No request context serves [`super::ProxyHost`] (root callbacks).
+    pub fn deselect(root_id: u32) {
+        EFFECTIVE.with(|e| e.set(root_id));
+        ACTIVE.with(|a| a.borrow_mut().take());
+    }
+
+    pub(super) fn active() -> Option<Shared> {
+        if !enabled() {
+            return None;
+        }
+        ACTIVE.with(|a| a.borrow().clone())
+    }
+
+    pub(super) fn effective() -> u32 {
+        EFFECTIVE.with(Cell::get)
+    }
+
+    /// The tick periods the filters asked for since the last call: (filter
+    /// index, period).
+    pub fn take_ticks() -> Vec<(usize, Duration)> {
+        TICKS.with(|t| std::mem::take(&mut *t.borrow_mut()))
+    }
+
+    /// The requests a filter resumed since the last call (context ids).
+    pub fn take_resumed() -> Vec<u32> {
+        RESUMED.with(|r| std::mem::take(&mut *r.borrow_mut()))
+    }
+
+    /// Runs `f` (a filter's `on_configure`) with `config` as the plugin
+    /// configuration that [`super::load_plugin_config`] reads.
+    pub fn with_config<R>(config: Vec<u8>, f: impl FnOnce() -> R) -> R {
+        CONFIG.with(|c| *c.borrow_mut() = Some(config));
+        let r = f();
+        CONFIG.with(|c| c.borrow_mut().take());
+        r
+    }
+
+    pub(super) fn config() -> Option<Vec<u8>> {
+        CONFIG.with(|c| c.borrow().clone())
     }
 }
 
@@ -194,10 +419,12 @@ pub fn load_plugin_config<T, E: std::fmt::Display>(
     filter: &str,
     load: impl FnOnce(&[u8]) -> Result<T, E>,
 ) -> Option<T> {
-    let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let bytes = chain::config().unwrap_or_else(|| {
+        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    });
     match load(&bytes) {
         Ok(c) => Some(c),
         Err(e) => {

@@ -19,7 +19,7 @@ use filter_core::identity::Identity;
 use filter_core::route::split_path;
 use filter_core::Denial;
 
-use crate::config::{Compiled, UntilLoaded};
+use crate::config::Compiled;
 use crate::entry::Kind;
 use crate::index::{Hit, Index};
 
@@ -71,7 +71,7 @@ pub enum Decision {
     Unavailable,
 }
 
-fn blocked(hit: Hit<'_>, source: Source) -> Blocked {
+pub(crate) fn blocked(hit: Hit<'_>, source: Source) -> Blocked {
     Blocked {
         kind: hit.kind,
         key: hit.key,
@@ -90,86 +90,42 @@ pub fn parse_address(raw: &[u8]) -> Option<IpAddr> {
     s.parse::<IpAddr>().ok()
 }
 
-/// Decides on a request. `now`: Unix seconds (entries expire against it).
+/// Decides on a request over the host (the adapter of [`crate::decide`]):
+/// each input is read from the host only when the decision needs it (the
+/// client address when a list has IP entries, the identity when a list has
+/// identity entries, `:method`/`:path` when the user has user+API entries).
+/// `now`: Unix seconds (entries expire against it).
 pub fn decide<H: HttpHost + ?Sized>(
     host: &H,
     config: &Compiled,
     feed: FeedView<'_>,
     now: u64,
 ) -> Decision {
-    let feed_index = match feed {
-        FeedView::Off => None,
-        FeedView::Loaded(ix) => Some(ix),
-        FeedView::NotLoaded => match config.feed.as_ref().map(|f| f.until_loaded) {
-            Some(UntilLoaded::StaticOnly) | None => None,
-            Some(UntilLoaded::Deny) => return Decision::Unavailable,
-        },
-    };
-    let lists: [(Option<&Index>, Source); 2] = [
-        (Some(&config.static_index), Source::Static),
-        (feed_index, Source::Feed),
-    ];
-    let lists = lists
-        .iter()
-        .filter_map(|(ix, src)| ix.filter(|ix| !ix.is_empty()).map(|ix| (ix, *src)));
-
-    // 1. The client address (one host call, only if any list has IP entries).
-    let mut address: Option<Option<IpAddr>> = None;
-    for (ix, src) in lists.clone() {
-        if !ix.has_ip() {
-            continue;
-        }
-        let ip = *address.get_or_insert_with(|| {
-            let raw = host.property(&SOURCE_ADDRESS);
-            let ip = raw.as_deref().and_then(parse_address);
-            match ip {
-                Some(ip) => log::debug!("fds-block: client address {ip}"),
-                None => log::warn!(
-                    "fds-block: unusable source.address {:?}; IP entries cannot apply",
-                    raw.as_deref().map(String::from_utf8_lossy)
-                ),
-            }
-            ip
-        });
-        if let Some(hit) = ip.and_then(|ip| ix.ip(ip, now)) {
-            return Decision::Block(blocked(hit, src));
-        }
-    }
-
-    // 2. The verified identity (one host call, only if any list has
-    //    identity entries).
-    if !lists.clone().any(|(ix, _)| ix.has_identity()) {
-        return Decision::Allow;
-    }
-    let Some(id) = Identity::read(host) else {
-        return Decision::Allow;
-    };
-    let mut method_path: Option<(String, String)> = None;
-    for (ix, src) in lists {
-        if let Some(user) = id.user.as_deref() {
-            if let Some(hit) = ix.user(user, now) {
-                return Decision::Block(blocked(hit, src));
-            }
-        }
-        if let Some(device) = id.device.as_deref() {
-            if let Some(hit) = ix.device(device, now) {
-                return Decision::Block(blocked(hit, src));
-            }
-        }
-        if let Some(user) = id.user.as_deref() {
-            if ix.has_user_api(user) {
-                let (method, path) = method_path.get_or_insert_with(|| {
-                    let method = host.request_header(headers::METHOD).unwrap_or_default();
-                    let full = host.request_header(headers::PATH).unwrap_or_default();
-                    (method, split_path(&full).0.to_string())
-                });
-                if let Some(hit) = ix.user_api(user, method, path, now) {
-                    return Decision::Block(blocked(hit, src));
+    crate::decide::decide(
+        config,
+        feed,
+        now,
+        crate::decide::Inputs {
+            address: || {
+                let raw = host.property(&SOURCE_ADDRESS);
+                let ip = raw.as_deref().and_then(parse_address);
+                match ip {
+                    Some(ip) => log::debug!("fds-block: client address {ip}"),
+                    None => log::warn!(
+                        "fds-block: unusable source.address {:?}; IP entries cannot apply",
+                        raw.as_deref().map(String::from_utf8_lossy)
+                    ),
                 }
-            }
-        }
-    }
-    Decision::Allow
+                ip
+            },
+            identity: || Identity::read(host),
+            request_line: || {
+                let method = host.request_header(headers::METHOD).unwrap_or_default();
+                let full = host.request_header(headers::PATH).unwrap_or_default();
+                (method, split_path(&full).0.to_string())
+            },
+        },
+    )
 }
 
 /// What [`on_request_headers`] did, for the metrics.

@@ -19,11 +19,13 @@
 //! key); which entry matched and its reason go to the debug log only;
 //! `dry_run` logs and counts without blocking.
 //!
-//! Decision code: [`entry`], [`index`], [`feed`], [`sync`], [`filter`],
+//! Decision code: [`decide`] (the request decision, pure), [`entry`],
+//! [`index`], [`feed`], [`sync`], [`filter`] (its host adapter),
 //! [`config`] (plain Rust, tested natively). The proxy-wasm glue below only
 //! moves data in and out. Reference: `docs/filters/fds-block.md`.
 
 pub mod config;
+pub mod decide;
 pub mod entry;
 pub mod feed;
 pub mod filter;
@@ -403,7 +405,7 @@ mod wasm {
                 }
                 let slot = slot_for(&feed.keys);
                 self.fast = slot.index.borrow().is_none();
-                self.set_tick_period(if self.fast { FAST_TICK } else { feed.tick() });
+                proxy::set_tick_period(if self.fast { FAST_TICK } else { feed.tick() });
                 self.slot = Some(slot);
             }
             log::info!(
@@ -434,7 +436,7 @@ mod wasm {
                 sync_slot(&slot, &config, &metrics);
                 if self.fast && slot.index.borrow().is_some() {
                     self.fast = false;
-                    self.set_tick_period(feed.tick());
+                    proxy::set_tick_period(feed.tick());
                 }
             }
             self.poll(feed, &metrics, now_ms);

@@ -25,7 +25,7 @@ pub struct Filter {
 /// checks the config's shape; Envoy checks the real secret at start-up.
 const PLACEHOLDER_SECRET: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
-fn replay_guard_env(name: &str) -> Option<String> {
+pub(crate) fn replay_guard_env(name: &str) -> Option<String> {
     Some(std::env::var(name).unwrap_or_else(|_| PLACEHOLDER_SECRET.to_string()))
 }
 

@@ -51,7 +51,8 @@ struct Cli {
 enum Cmd {
     /// Validate a filter config file, or every examples/config/<filter>/*.json with --all.
     Validate {
-        /// Filter name (sanitize, jwt, replay-guard, fds-block, passport, san-authz, route-breaker).
+        /// Filter name (sanitize, jwt, replay-guard, fds-block, passport, san-authz, route-breaker),
+        /// or `chain` for a chain build's configuration (each part checked by its filter).
         #[arg(required_unless_present = "all", requires = "file")]
         filter: Option<String>,
         /// The JSON config file.
@@ -206,6 +207,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (Some(name), Some(file)) = (name, file) else {
                 bail!("validate needs <filter> <file.json>, or --all");
             };
+            if name == "chain" {
+                return Ok(print_reports(&[validate::chain_file(&file)]));
+            }
             Ok(print_reports(&[validate::file(filter(&name)?, &file)]))
         }
         Cmd::ValidateManifest { paths } => {

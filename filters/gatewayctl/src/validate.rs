@@ -33,6 +33,26 @@ pub fn file(filter: &Filter, path: &Path) -> Report {
     }
 }
 
+/// Validates a chain configuration (filters/chain: a gateway's filters in
+/// order, each with its own config): the chain's fields, then each part with
+/// its filter's own loader; errors name `filters[i].config.<field>`.
+pub fn chain_file(path: &Path) -> Report {
+    let what = path.display().to_string();
+    match std::fs::read(path) {
+        Err(e) => Report {
+            what,
+            error: Some(format!("cannot read: {e}")),
+        },
+        Ok(bytes) => Report {
+            what,
+            error: chain::config::load(&bytes)
+                .and_then(|c| chain::config::validate_parts(&c, &crate::filters::replay_guard_env))
+                .err()
+                .map(|e| e.to_string()),
+        },
+    }
+}
+
 /// Every examples/config/<filter>/*.json under `config_dir`, per filter.
 pub fn all(config_dir: &Path) -> Result<Vec<Report>> {
     let mut out = Vec::new();

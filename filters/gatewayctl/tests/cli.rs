@@ -134,3 +134,33 @@ fn sign_prints_curl_header_lines() {
     );
     assert!(!out.contains("Content-Digest"));
 }
+
+#[test]
+fn a_chain_config_is_validated_part_by_part() {
+    let dir = std::env::temp_dir().join(format!("gatewayctl-chain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = repo().join("examples/config");
+    let part = |p: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(cfg.join(p)).unwrap()).unwrap()
+    };
+    let mut doc = serde_json::json!({"filters": [
+        {"name": "sanitize", "config": part("sanitize/web.json")},
+        {"name": "jwt", "config": part("jwt/web.json")},
+        {"name": "route-breaker", "config": part("route-breaker/web.json")},
+    ], "disabled_on_routes": {"health": ["route-breaker"]}});
+    let good = dir.join("chain.json");
+    std::fs::write(&good, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let o = run(&["validate", "chain", good.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    doc["filters"][1]["config"]["cache_entriez"] = serde_json::json!(1);
+    let bad = dir.join("bad-chain.json");
+    std::fs::write(&bad, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let o = run(&["validate", "chain", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("filters[1].config.cache_entriez"),
+        "{}",
+        stdout(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -296,7 +296,7 @@ mod wasm {
             if remote {
                 let now = ProxyHost.unix_seconds();
                 self.refresh_local(&shared, now);
-                self.set_tick_period(Duration::from_secs(1));
+                proxy::set_tick_period(Duration::from_secs(1));
             }
             self.shared = Some(shared);
             true
@@ -364,7 +364,8 @@ mod wasm {
             let status = proxy::header(MapType::HttpCallResponseHeaders, ":status");
             let answer = ClaimAnswer::from_status(status.as_deref());
             if self.finish(p, answer) == Verdict::Continue {
-                self.resume_http_request();
+                // the proxy wrapper: in the chain build the filters after this one run first
+                proxy::resume_http_request();
             }
         }
     }

@@ -1,16 +1,18 @@
 //! The request side: what a request's headers get, what a lookup's answer
-//! becomes, and how a waiting request is finished. Plain Rust over
-//! [`HttpHost`] and [`SharedData`], tested with the fake host.
+//! becomes, and how a waiting request is finished. The decisions are pure
+//! ([`crate::decide`]); [`on_request_headers`] and [`finish`] are their
+//! host adapters over [`HttpHost`], tested with the fake host.
 
 use filter_core::decision::{self, Decision};
-use filter_core::headers::{METHOD, PASSPORT, REQUEST_ID};
+use filter_core::headers::{METHOD, REQUEST_ID};
 use filter_core::identity::Identity;
 use filter_core::shared::SharedData;
 use filter_core::{Denial, HttpHost};
 use serde_json::{Map, Value};
 
-use crate::cache::{self, CacheKey, Entry, Probe, Slot, Stored};
-use crate::config::{Compiled, OnUnknownUser};
+use crate::cache::{self, CacheKey, Entry, Slot, Stored};
+use crate::config::Compiled;
+use crate::decide::{Headers, Resolved};
 
 /// What happened to a request at its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +69,7 @@ impl Finished {
 
 /// Writes the decision line of a (would-be) denial and, unless in dry
 /// run, sends it. Returns whether the request was answered.
-fn deny<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, d: Denial) -> bool {
+fn deny<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, d: &Denial) -> bool {
     // Denial path only: two property reads and one header read.
     let names = decision::route_names(&*host);
     let all = host.request_headers();
@@ -86,8 +88,10 @@ fn deny<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, d: Denial) -> bool {
     true
 }
 
-/// Runs on the request headers. `waiting_locally` tells whether a request on
-/// this worker already waits for the same key.
+/// Runs on the request headers: the host adapter of
+/// [`crate::decide::decide_headers`] (the identity read from filter state,
+/// the clock read only when the cache is probed). `waiting_locally` tells
+/// whether a request on this worker already waits for the same key.
 pub fn on_request_headers<H, S>(
     cfg: &Compiled,
     host: &mut H,
@@ -98,54 +102,17 @@ where
     H: HttpHost + ?Sized,
     S: SharedData + ?Sized,
 {
-    // Whatever the client sent under our names never reaches the upstream:
-    // on a cache hit `forward` replaces (Envoy's replace drops every earlier
-    // value of the name) or removes each of them; every other path strips
-    // them here, before anything else can happen to the request.
-    let caller = Identity::read(host).and_then(|i| {
-        let user = i.user.filter(|u| !u.is_empty())?;
-        Some((user, i.device))
-    });
-    let Some((user, device)) = caller else {
-        strip_client_copies(cfg, host);
-        return Start::NoIdentity;
+    let identity = Identity::read(host);
+    let d = {
+        let h = &*host;
+        crate::decide::decide_headers(cfg, store, identity, || now_ms(h), waiting_locally)
     };
-    let key = CacheKey {
-        user,
-        device: device.filter(|d| !d.is_empty()),
-    };
-    if !cfg.path.renders(&key.user, key.device.as_deref()) {
-        // An identity the lookup path cannot carry (`..` as a path
-        // segment): the issuer is never asked, the caller has no context.
-        strip_client_copies(cfg, host);
-        return Start::Done(finish(cfg, host, &Resolution::Unknown));
-    }
-    let id = key.id();
-    let now = now_ms(host);
-    let index = key.slot(cfg.slots);
-    let slot = cache::read_memo(store, &cache::slot_name(&cfg.gateway, index), index);
-    let probe = cache::probe(&slot, &id, now, now, cfg);
-    if !matches!(probe, Probe::Fresh(_)) {
-        strip_client_copies(cfg, host);
-    }
-    match probe {
-        Probe::Fresh(e) => {
-            forward(cfg, host, e, &e.tok);
-            Start::Hit
-        }
-        Probe::Unknown => Start::Done(finish(cfg, host, &Resolution::Unknown)),
-        Probe::Failed => {
-            let res = Resolution::Unavailable(cache::stale(&slot, &id, now, cfg).cloned());
-            Start::Done(finish(cfg, host, &res))
-        }
-        Probe::InFlight => Start::Wait {
-            key,
-            coalesced: true,
-        },
-        Probe::Start => {
-            let coalesced = waiting_locally(&key);
-            Start::Wait { key, coalesced }
-        }
+    d.edits.apply(host);
+    match d.step {
+        Headers::NoIdentity => Start::NoIdentity,
+        Headers::Hit => Start::Hit,
+        Headers::Wait { key, coalesced } => Start::Wait { key, coalesced },
+        Headers::Done(r) => Start::Done(apply(cfg, host, r)),
     }
 }
 
@@ -158,67 +125,24 @@ pub enum Resolution {
     Unavailable(Option<Entry>),
 }
 
-/// Applies a resolution to a request (forward with headers, or answer).
+/// Applies a resolution to a request (forward with headers, or answer): the
+/// host adapter of [`crate::decide::resolve`].
 pub fn finish<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, res: &Resolution) -> Finished {
-    match res {
-        Resolution::Passport(e) => {
-            forward(cfg, host, e, &e.tok);
-            Finished::Passport
-        }
-        Resolution::Unknown => match cfg.on_unknown_user {
-            OnUnknownUser::Continue => Finished::UnknownForwarded,
-            OnUnknownUser::Deny => {
-                let d = Denial::forbidden("unknown_user", "the caller has no user context");
-                if deny(cfg, host, d) {
-                    Finished::UnknownDenied
-                } else {
-                    Finished::UnknownDryRun
-                }
-            }
-        },
-        Resolution::Unavailable(Some(e)) => {
-            // The cached token may have expired: re-sign the cached context
-            // with a fresh iat/exp; ctx_iat still says how old it is.
-            let tok = sign(cfg, &e.ctx, unix_s(host));
-            forward(cfg, host, e, &tok);
-            Finished::Stale
-        }
-        Resolution::Unavailable(None) => {
-            let d = Denial::unavailable(
-                "passport_unavailable",
-                "the user context could not be looked up; retry later",
-            )
-            .with_header("retry-after", cfg.retry_after.clone());
-            if deny(cfg, host, d) {
-                Finished::Unavailable
-            } else {
-                Finished::UnavailableDryRun
-            }
-        }
-    }
+    let r = {
+        let h = &*host;
+        crate::decide::resolve(cfg, res, || unix_s(h))
+    };
+    apply(cfg, host, r)
 }
 
-/// Sets the passport and the entry's headers. Setting replaces every value a
-/// client sent under the name; configured headers the entry has no value for
-/// are removed, so no client copy survives.
-fn forward<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, e: &Entry, token: &str) {
-    host.set_request_header(PASSPORT, token);
-    for (n, v) in &e.h {
-        host.set_request_header(n, v);
+/// Applies a resolved request: its header edits, then its denial (decision
+/// log; the reply unless in dry run).
+fn apply<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H, r: Resolved) -> Finished {
+    r.edits.apply(host);
+    if let Some(d) = &r.denial {
+        deny(cfg, host, d);
     }
-    for (name, _) in &cfg.headers {
-        if !e.h.iter().any(|(n, _)| n == name) {
-            host.remove_request_header(name);
-        }
-    }
-}
-
-/// Removes the passport header and every configured context header.
-fn strip_client_copies<H: HttpHost + ?Sized>(cfg: &Compiled, host: &mut H) {
-    host.remove_request_header(PASSPORT);
-    for (name, _) in &cfg.headers {
-        host.remove_request_header(name);
-    }
+    r.finished
 }
 
 fn now_ms<H: HttpHost + ?Sized>(host: &H) -> u64 {
@@ -439,7 +363,7 @@ pub fn slot_of<S: SharedData + ?Sized>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::PassportConfig;
+    use crate::config::{OnUnknownUser, PassportConfig};
     use crate::signer::tests::{demo_pem, verify_with_demo_jwks};
     use filter_core::host::FakeHost;
     use filter_core::identity::{Source, PROPERTY};

@@ -27,6 +27,7 @@
 pub mod cache;
 pub mod coalesce;
 pub mod config;
+pub mod decide;
 pub mod filter;
 pub mod signer;
 
@@ -203,16 +204,16 @@ mod wasm {
         fn finish_all(&self, list: Vec<(u32, Resolution)>) {
             let Some(s) = &self.state else { return };
             for (id, res) in list {
-                if hostcalls::set_effective_context(id).is_err() {
+                if proxy::set_effective_context(id).is_err() {
                     continue;
                 }
                 let f = filter::finish(&s.config, &mut ProxyHost, &res);
                 s.metrics.finished(f);
                 if f.forwarded() {
-                    let _ = hostcalls::resume_http_request();
+                    proxy::resume_http_request();
                 }
             }
-            let _ = hostcalls::set_effective_context(self.id);
+            let _ = proxy::set_effective_context(self.id);
         }
     }
 
@@ -241,7 +242,7 @@ mod wasm {
 
         fn on_tick(&mut self) {
             let Some(s) = &self.state else {
-                self.set_tick_period(Duration::ZERO);
+                proxy::set_tick_period(Duration::ZERO);
                 return;
             };
             let now = now_ms();
@@ -262,7 +263,7 @@ mod wasm {
             self.finish_all(finish);
             if s.waiters.borrow().is_empty() {
                 s.ticking.set(false);
-                self.set_tick_period(Duration::ZERO);
+                proxy::set_tick_period(Duration::ZERO);
             }
         }
 
@@ -322,11 +323,11 @@ mod wasm {
             self.waiting = true;
             if !self.ticking.get() {
                 // The tick period belongs to the root context: set it as the root.
-                if hostcalls::set_effective_context(self.root).is_ok() {
-                    let _ = hostcalls::set_tick_period(cfg.poll_interval);
+                if proxy::set_effective_context(self.root).is_ok() {
+                    proxy::set_tick_period(cfg.poll_interval);
                     self.ticking.set(true);
                 }
-                let _ = hostcalls::set_effective_context(self.id);
+                let _ = proxy::set_effective_context(self.id);
             }
             Action::Pause
         }

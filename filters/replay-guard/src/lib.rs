@@ -141,7 +141,7 @@ mod wasm {
                     r.burst,
                     r.max_suspects,
                 ))));
-                self.set_tick_period(TICK);
+                proxy::set_tick_period(TICK);
             }
             self.config = Some(Rc::new(c));
             self.metrics = Some(Rc::new(Metrics::define()));
@@ -323,7 +323,8 @@ mod wasm {
             // No `:status` (timeout, reset, no healthy host) is no answer.
             let status = proxy::header(MapType::HttpCallResponseHeaders, ":status");
             if self.answer(*p, ClaimAnswer::from_status(status.as_deref())) == Action::Continue {
-                self.resume_http_request();
+                // the proxy wrapper: in the chain build the filters after this one run first
+                proxy::resume_http_request();
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The request logic: admit or reject at the request headers, record the
 //! outcome at the response headers (or at the end of the stream when no
 //! response came through), all against the breaker state in shared data.
+//! The decisions are pure ([`crate::decide`]); the functions here are their
+//! host adapters.
 //! Generic over [`HttpHost`] and [`SharedData`], so it runs natively with
 //! [`filter_core::host::FakeHost`] and [`filter_core::shared::MemorySharedData`].
 
@@ -9,12 +11,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use filter_core::decision::{self, Decision};
 use filter_core::headers;
 use filter_core::host::{HttpHost, Verdict};
-use filter_core::route::split_path;
 use filter_core::shared::{self, SharedData, SharedError, Update};
 use filter_core::Denial;
 
-use crate::breaker::{Admission, Outcome, Recorded, State, Ticket, Transition};
+use crate::breaker::{Outcome, Recorded, State, Ticket, Transition};
 use crate::config::{Compiled, CompiledRoute};
+use crate::decide::Admitted;
 
 /// CAS attempts before giving up on one update.
 pub const CAS_ATTEMPTS: u32 = 16;
@@ -100,7 +102,7 @@ fn now_ms<H: HttpHost + ?Sized>(host: &H) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn load_state(route: &CompiledRoute, bytes: Option<&[u8]>) -> State {
+pub(crate) fn load_state(route: &CompiledRoute, bytes: Option<&[u8]>) -> State {
     bytes
         .and_then(|b| State::decode(b, &route.settings))
         .unwrap_or_else(|| State::new(&route.settings))
@@ -121,8 +123,10 @@ pub fn init_store<S: SharedData + ?Sized>(cfg: &Compiled, store: &S) -> Result<(
     Ok(())
 }
 
-/// The request headers: find the breaker, ask it for a permit, and answer
-/// 503 `circuit_open` with `Retry-After` when it refuses.
+/// The request headers: the host adapter of [`crate::decide::admit`] (one
+/// `:path` read; `:method`, the route name and the clock only when a
+/// breaker's path covers the request), answering 503 `circuit_open` with
+/// `Retry-After` when the breaker refuses.
 pub fn on_request_headers<H, S>(
     cfg: &Compiled,
     host: &mut H,
@@ -137,103 +141,71 @@ where
         return (Verdict::Continue, None);
     }
     let full_path = host.request_header(headers::PATH).unwrap_or_default();
-    let (path, _) = split_path(&full_path);
-    // `:method` only when some breaker's path covers this request: most
-    // requests of a gateway are not guarded and cost one header read.
-    if !cfg.routes.iter().any(|r| r.matcher.matches_path(path)) {
+    let admitted = {
+        let h = &*host;
+        crate::decide::admit(
+            cfg,
+            store,
+            &full_path,
+            || h.request_header(headers::METHOD).unwrap_or_default(),
+            || {
+                h.property(ROUTE_NAME)
+                    .and_then(|b| String::from_utf8(b).ok())
+            },
+            || now_ms(h),
+            events,
+        )
+    };
+    let (route, method, secs) = match admitted {
+        Admitted::Unguarded => return (Verdict::Continue, None),
+        Admitted::Call(call) => return (Verdict::Continue, Some(call)),
+        Admitted::Reject {
+            route,
+            method,
+            retry_after_s,
+        } => (route, method, retry_after_s),
+    };
+    let rid = host.request_header(headers::REQUEST_ID);
+    // The decision line (rejection path only: two property reads and one
+    // header read).
+    let names = decision::route_names(&*host);
+    Decision::denial("route-breaker", &method, 503, "circuit_open")
+        .dry_run(cfg.dry_run)
+        .at(&names)
+        .request_id(rid.as_deref())
+        .trace_id(decision::trace_id(&host.request_headers()).as_deref())
+        .emit();
+    if cfg.dry_run {
         return (Verdict::Continue, None);
     }
-    let method = host.request_header(headers::METHOD).unwrap_or_default();
-    let route_name = if cfg.uses_route_name {
-        host.property(ROUTE_NAME)
-            .and_then(|b| String::from_utf8(b).ok())
-    } else {
-        None
-    };
-    let Some(idx) = cfg.route(&method, path, route_name.as_deref()) else {
-        return (Verdict::Continue, None);
-    };
-    let Some(route) = cfg.routes.get(idx) else {
-        return (Verdict::Continue, None);
-    };
-    let now = now_ms(host);
-    let decided = shared::update(store, &route.key, CAS_ATTEMPTS, |bytes| {
-        let mut st = load_state(route, bytes);
-        let (admission, transition, changed) = st.acquire(&route.settings, now);
-        if changed {
-            Update::Write(st.encode(), (admission, transition))
-        } else {
-            Update::Keep((admission, transition))
-        }
-    });
-    let (admission, transition) = match decided {
-        Ok(d) => d,
-        Err(error) => {
-            // The breaker guards availability; a store it cannot reach must
-            // not turn into an outage of the route.
-            events.push(Event::StoreError { route: idx, error });
-            return (
-                Verdict::Continue,
-                Some(Call {
-                    route: idx,
-                    ticket: None,
-                    started_ms: now,
-                    done: true,
-                }),
-            );
-        }
-    };
-    if let Some(transition) = transition {
-        events.push(Event::Transition {
-            route: idx,
-            transition,
-        });
-    }
-    match admission {
-        Admission::Admit(ticket) => (
-            Verdict::Continue,
-            Some(Call {
-                route: idx,
-                ticket: Some(ticket),
-                started_ms: now,
-                done: false,
-            }),
-        ),
-        Admission::Reject { retry_after_ms } => {
-            let secs = retry_after_ms.div_ceil(1000).max(1);
-            let rid = host.request_header(headers::REQUEST_ID);
-            // The decision line (rejection path only: two property reads
-            // and one header read).
-            let names = decision::route_names(&*host);
-            Decision::denial("route-breaker", &method, 503, "circuit_open")
-                .dry_run(cfg.dry_run)
-                .at(&names)
-                .request_id(rid.as_deref())
-                .trace_id(decision::trace_id(&host.request_headers()).as_deref())
-                .emit();
-            if cfg.dry_run {
-                events.push(Event::DryRunRejected { route: idx });
-                return (Verdict::Continue, None);
-            }
-            events.push(Event::Rejected { route: idx });
-            Denial::unavailable(
-                "circuit_open",
-                format!(
-                    "the circuit breaker of route {:?} is open; retry in {secs} s",
-                    route.name
-                ),
-            )
-            .with_header("retry-after", secs.to_string())
-            .send(host, rid.as_deref());
-            (Verdict::Responded, None)
-        }
-    }
+    let name = cfg.routes.get(route).map_or("", |r| r.name.as_str());
+    Denial::unavailable(
+        "circuit_open",
+        format!("the circuit breaker of route {name:?} is open; retry in {secs} s"),
+    )
+    .with_header("retry-after", secs.to_string())
+    .send(host, rid.as_deref());
+    (Verdict::Responded, None)
 }
 
 fn response_flags<H: HttpHost + ?Sized>(host: &H) -> u64 {
     host.property(RESPONSE_FLAGS)
         .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
         .map_or(0, u64::from_le_bytes)
+}
+
+/// Records a finished call's outcome in its breaker (pure over the
+/// `SharedData` seam; for the decision core's tests).
+#[cfg(test)]
+pub(crate) fn record_outcome<S: SharedData + ?Sized>(
+    cfg: &Compiled,
+    store: &S,
+    call: &mut Call,
+    outcome: Outcome,
+    now: u64,
+    events: &mut Vec<Event>,
+) {
+    record(cfg, store, call, outcome, now, events);
 }
 
 fn record<S: SharedData + ?Sized>(
@@ -308,17 +280,13 @@ pub fn on_response_headers<H, S>(
         return;
     };
     let now = now_ms(host);
-    let upstream_failed = response_flags(host) & flags::UPSTREAM_FAILURE != 0;
-    let failed = upstream_failed || status.is_none_or(|s| route.is_failure_status(s));
-    let slow = route.settings.is_slow(now.saturating_sub(call.started_ms));
-    record(
-        cfg,
-        store,
-        call,
-        Outcome::Counted { failed, slow },
-        now,
-        events,
+    let outcome = crate::decide::response_outcome(
+        route,
+        status,
+        response_flags(host),
+        now.saturating_sub(call.started_ms),
     );
+    record(cfg, store, call, outcome, now, events);
 }
 
 /// The end of the stream: a call whose response headers never came through
@@ -336,14 +304,11 @@ where
         return;
     };
     let now = now_ms(host);
-    let outcome = if response_flags(host) & flags::UPSTREAM_FAILURE != 0 {
-        Outcome::Counted {
-            failed: true,
-            slow: route.settings.is_slow(now.saturating_sub(call.started_ms)),
-        }
-    } else {
-        Outcome::Ignored
-    };
+    let outcome = crate::decide::log_outcome(
+        route,
+        response_flags(host),
+        now.saturating_sub(call.started_ms),
+    );
     record(cfg, store, call, outcome, now, events);
 }
 

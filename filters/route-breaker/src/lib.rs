@@ -29,6 +29,7 @@
 
 pub mod breaker;
 pub mod config;
+pub mod decide;
 pub mod filter;
 
 #[cfg(target_arch = "wasm32")]

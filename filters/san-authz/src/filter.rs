@@ -1,10 +1,12 @@
-//! san-authz's per-request logic, written against [`HttpHost`] so that it
-//! runs natively against [`filter_core::host::FakeHost`] and in Envoy
-//! through the thin proxy-wasm glue in `lib.rs`.
+//! san-authz's per-request logic: [`decide`] is the whole decision on the
+//! request headers as a pure function (a [`RequestView`], the connection's
+//! certificate and the clock in, header edits, identity and denial out), and
+//! [`Request::on_headers`] the thin adapter that feeds it from an
+//! [`HttpHost`] and applies it (the proxy-wasm glue in `lib.rs` calls that).
 
 use filter_core::decision::{self, RouteNames};
 use filter_core::identity::{Identity, Source as IdSource};
-use filter_core::route::split_path;
+use filter_core::request::{Decision as RequestDecision, Edits, RequestView};
 use filter_core::{headers, Denial, HttpHost, Verdict};
 
 use crate::cert::{self, CertError, SignatureCache};
@@ -75,16 +77,15 @@ fn xfcc_refusal(e: &xfcc::XfccError) -> &'static str {
 
 /// The DER client certificate, from the connection or the trusted XFCC
 /// element, `Hash=` checked.
-fn certificate<H: HttpHost>(
+fn certificate(
     cfg: &Compiled,
-    host: &H,
+    peer_certificate: impl FnOnce() -> Option<Vec<u8>>,
     xfcc_values: &[&str],
 ) -> Result<Vec<u8>, (&'static str, bool)> {
     let cert_err = |e: CertError| (e.reason(), true);
     match cfg.source {
         Source::Connection => {
-            let pem = host
-                .property(&PEER_CERTIFICATE)
+            let pem = peer_certificate()
                 .filter(|b| !b.is_empty())
                 .ok_or(cert_err(CertError::Missing))?;
             let pem = String::from_utf8(pem).map_err(|_| cert_err(CertError::Pem))?;
@@ -124,6 +125,112 @@ fn certificate<H: HttpHost>(
     }
 }
 
+/// What [`decide`] decided, beyond the request decision itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// The header edits, the identity and, for a refusal, the reply.
+    pub decision: RequestDecision,
+    /// Why it is refused (the metric `reason`).
+    pub reason: Option<&'static str>,
+    /// The certificate itself was refused (not merely unauthorised).
+    pub certificate_rejected: bool,
+    /// The rule that allowed it, and the SAN it matched.
+    pub rule: Option<String>,
+    pub san: Option<String>,
+    /// Debug-log context of a refusal (the certificate's SANs, the request).
+    pub context: String,
+}
+
+/// The whole decision on the request headers, without a host call: the
+/// client's copy of the SAN header removed on every request, the
+/// certificate taken (from `peer_certificate`, the connection's PEM, read
+/// only in `connection` mode, or the trusted XFCC element) and verified at
+/// `now` (Unix seconds, asked for only once a certificate is found), the
+/// path normalised, the first rule that allows it; then the SAN header and
+/// the identity for the filters after this one, or the refusal.
+pub fn decide(
+    cfg: &Compiled,
+    cache: &mut SignatureCache,
+    req: &RequestView<'_>,
+    peer_certificate: impl FnOnce() -> Option<Vec<u8>>,
+    now: impl FnOnce() -> i64,
+) -> Decided {
+    let mut edits = Edits::default();
+    // Whatever happens next, a client's copy of the SAN header never passes.
+    if let Some(h) = &cfg.upstream_san_header {
+        if req.has(h) {
+            edits.remove(h);
+        }
+    }
+    let refuse = |edits: Edits, reason, rejected, denial: Denial, context: String| Decided {
+        decision: RequestDecision::Deny(edits, denial),
+        reason: Some(reason),
+        certificate_rejected: rejected,
+        rule: None,
+        san: None,
+        context,
+    };
+    let forbidden = || {
+        Denial::forbidden(
+            "forbidden",
+            "the client certificate does not allow this request",
+        )
+    };
+    let xfcc_values: Vec<&str> = req.values(headers::XFCC).collect();
+    let der = match certificate(cfg, peer_certificate, &xfcc_values) {
+        Ok(d) => d,
+        Err((reason, rejected)) => {
+            return refuse(edits, reason, rejected, forbidden(), String::new())
+        }
+    };
+    let verified = match cert::verify(&der, now(), &cfg.policy, cache) {
+        Ok(v) => v,
+        Err(e) => return refuse(edits, e.reason(), true, forbidden(), String::new()),
+    };
+    let sans_ctx = || {
+        format!(
+            "uri_sans={:?} dns_sans={:?}",
+            verified.sans.uris, verified.sans.dns
+        )
+    };
+    let method = req.method;
+    let Some(norm) = path::normalise(req.path()) else {
+        return refuse(
+            edits,
+            "invalid_path",
+            false,
+            Denial::bad_request("invalid_path", "the request path is not acceptable"),
+            sans_ctx(),
+        );
+    };
+    let req_host = authority_host(req.authority.unwrap_or(""));
+    let Some((rule, san)) = authorise(
+        &cfg.rules,
+        &verified.sans,
+        method,
+        req_host.as_deref(),
+        &norm,
+    ) else {
+        let ctx = format!("{} method={method:?} path={norm:?}", sans_ctx());
+        return refuse(edits, "no_rule", false, forbidden(), ctx);
+    };
+    if let Some(h) = &cfg.upstream_san_header {
+        edits.set.push((h.clone(), san.to_string()));
+    }
+    let mut id = Identity::new(IdSource::Mtls);
+    id.san = Some(san.to_string());
+    id.exp = u64::try_from(verified.not_after).ok();
+    edits.identity = Some(id);
+    Decided {
+        decision: RequestDecision::Continue(edits),
+        reason: None,
+        certificate_rejected: false,
+        rule: Some(rule.name.clone()),
+        san: Some(san.to_string()),
+        context: String::new(),
+    }
+}
+
 /// Per-request state.
 #[derive(Debug, Default)]
 pub struct Request {
@@ -135,28 +242,45 @@ pub struct Request {
 }
 
 impl Request {
-    fn deny<H: HttpHost>(
+    /// Request headers arrived: the host adapter of [`decide`] (one read of
+    /// the header map; the decision applied, or in dry run only its edits).
+    pub fn on_headers<H: HttpHost>(
         &mut self,
         cfg: &Compiled,
+        cache: &mut SignatureCache,
         host: &mut H,
-        reason: &'static str,
-        certificate_rejected: bool,
-        denial: Denial,
-        ctx: &str,
     ) -> Verdict {
-        self.decision.reason = Some(reason);
-        self.decision.certificate_rejected = certificate_rejected;
-        // The decision line (denial path only: two property reads, one
-        // header read); `code` is the reply's error code, the finer
-        // `reason` is the metric label and stays in the debug line with
-        // the certificate's SANs.
-        let names = decision::route_names(&*host);
         let all = host.request_headers();
-        let method = all
-            .iter()
-            .find(|(n, _)| n == headers::METHOD)
-            .map_or("", |(_, v)| v.as_str());
-        decision::Decision::denial("san-authz", method, denial.status, denial.code)
+        let req = RequestView::new(&all);
+        self.request_id = req.request_id.map(str::to_string);
+        let d = {
+            let h = &*host;
+            decide(
+                cfg,
+                cache,
+                &req,
+                || {
+                    (cfg.source == Source::Connection)
+                        .then(|| h.property(&PEER_CERTIFICATE))
+                        .flatten()
+                },
+                || i64::try_from(h.unix_seconds()).unwrap_or(i64::MAX),
+            )
+        };
+        self.decision.rule = d.rule.clone();
+        self.decision.san = d.san.clone();
+        let RequestDecision::Deny(edits, denial) = &d.decision else {
+            self.decision.outcome = Outcome::Allowed;
+            return d.decision.apply(host, req.request_id);
+        };
+        let reason = d.reason.unwrap_or("unknown");
+        self.decision.reason = Some(reason);
+        self.decision.certificate_rejected = d.certificate_rejected;
+        // The decision line (denial path only: two property reads); `code`
+        // is the reply's error code, the finer `reason` is the metric label
+        // and stays in the debug line with the certificate's SANs.
+        let names = decision::route_names(&*host);
+        decision::Decision::denial("san-authz", req.method, denial.status, denial.code)
             .dry_run(cfg.dry_run)
             .at(&names)
             .request_id(self.request_id.as_deref())
@@ -164,111 +288,19 @@ impl Request {
             .emit();
         self.names = Some(names);
         log::debug!(
-            "san-authz {} status={} reason={reason} {ctx} request_id={}",
+            "san-authz {} status={} reason={reason} {} request_id={}",
             if cfg.dry_run { "would deny" } else { "deny" },
             denial.status,
+            d.context,
             self.request_id.as_deref().unwrap_or("-")
         );
         if cfg.dry_run {
             self.decision.outcome = Outcome::DryRunDenied;
+            edits.apply(host);
             return Verdict::Continue;
         }
         self.decision.outcome = Outcome::Denied;
-        denial.send(host, self.request_id.as_deref());
-        Verdict::Responded
-    }
-
-    /// Request headers arrived: decide.
-    pub fn on_headers<H: HttpHost>(
-        &mut self,
-        cfg: &Compiled,
-        cache: &mut SignatureCache,
-        host: &mut H,
-    ) -> Verdict {
-        // One host call for every header we need (and XFCC may repeat).
-        let all = host.request_headers();
-        let (mut method, mut full_path, mut authority) = ("", "", "");
-        let mut xfcc_values: Vec<&str> = Vec::new();
-        let mut client_san_header = false;
-        for (n, v) in &all {
-            match n.as_str() {
-                headers::METHOD => method = v,
-                headers::PATH => full_path = v,
-                headers::AUTHORITY => authority = v,
-                headers::REQUEST_ID => self.request_id = Some(v.clone()),
-                headers::XFCC => xfcc_values.push(v),
-                _ => {}
-            }
-            if cfg.upstream_san_header.as_deref() == Some(n.as_str()) {
-                client_san_header = true;
-            }
-        }
-        // Whatever happens next, a client's copy of the SAN header never passes.
-        if client_san_header {
-            if let Some(h) = &cfg.upstream_san_header {
-                host.remove_request_header(h);
-            }
-        }
-
-        let forbidden = || {
-            Denial::forbidden(
-                "forbidden",
-                "the client certificate does not allow this request",
-            )
-        };
-        let der = match certificate(cfg, host, &xfcc_values) {
-            Ok(d) => d,
-            Err((reason, rejected)) => {
-                return self.deny(cfg, host, reason, rejected, forbidden(), "")
-            }
-        };
-        let now = i64::try_from(host.unix_seconds()).unwrap_or(i64::MAX);
-        let verified = match cert::verify(&der, now, &cfg.policy, cache) {
-            Ok(v) => v,
-            Err(e) => return self.deny(cfg, host, e.reason(), true, forbidden(), ""),
-        };
-        // Log context, built only when denying.
-        let sans_ctx = || {
-            format!(
-                "uri_sans={:?} dns_sans={:?}",
-                verified.sans.uris, verified.sans.dns
-            )
-        };
-
-        let (path_part, _) = split_path(full_path);
-        let Some(norm) = path::normalise(path_part) else {
-            return self.deny(
-                cfg,
-                host,
-                "invalid_path",
-                false,
-                Denial::bad_request("invalid_path", "the request path is not acceptable"),
-                &sans_ctx(),
-            );
-        };
-        let req_host = authority_host(authority);
-        let Some((rule, san)) = authorise(
-            &cfg.rules,
-            &verified.sans,
-            method,
-            req_host.as_deref(),
-            &norm,
-        ) else {
-            let ctx = format!("{} method={method:?} path={norm:?}", sans_ctx());
-            return self.deny(cfg, host, "no_rule", false, forbidden(), &ctx);
-        };
-        self.decision.outcome = Outcome::Allowed;
-        self.decision.rule = Some(rule.name.clone());
-        self.decision.san = Some(san.to_string());
-
-        if let Some(h) = &cfg.upstream_san_header {
-            host.set_request_header(h, san);
-        }
-        let mut id = Identity::new(IdSource::Mtls);
-        id.san = Some(san.to_string());
-        id.exp = u64::try_from(verified.not_after).ok();
-        id.publish(host);
-        Verdict::Continue
+        d.decision.apply(host, req.request_id)
     }
 }
 
@@ -340,6 +372,82 @@ mod tests {
 
     const PARTNER: &str = "spiffe://partner.example/ns/partner-a/sa/billing";
     const ADMIN: &str = "spiffe://internal.example/ns/tools/sa/admin";
+
+    fn view_headers(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut h = vec![
+            (":method".to_string(), method.to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), "localhost".to_string()),
+        ];
+        h.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        h
+    }
+
+    fn now_s() -> i64 {
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pure_decision_allows_with_the_san_and_the_identity() {
+        let cfg = secure();
+        let all = view_headers("GET", "/partner/v1/billing/x", &[]);
+        let mut cache = SignatureCache::new(4);
+        let pem = demo("partner-billing");
+        let d = decide(
+            &cfg,
+            &mut cache,
+            &RequestView::new(&all),
+            || Some(pem.into_bytes()),
+            now_s,
+        );
+        assert_eq!(d.san.as_deref(), Some(PARTNER));
+        let RequestDecision::Continue(edits) = &d.decision else {
+            panic!("{d:?}")
+        };
+        let id = edits.identity.as_ref().unwrap();
+        assert_eq!(
+            (id.source, id.san.as_deref()),
+            (IdSource::Mtls, Some(PARTNER))
+        );
+    }
+
+    #[test]
+    fn the_pure_decision_refuses_without_reading_the_clock_when_there_is_no_certificate() {
+        let cfg = secure();
+        let all = view_headers("GET", "/partner/v1/billing/x", &[]);
+        let mut cache = SignatureCache::new(4);
+        let d = decide(
+            &cfg,
+            &mut cache,
+            &RequestView::new(&all),
+            || None,
+            || panic!("the clock is read only once a certificate is found"),
+        );
+        assert_eq!(d.reason, Some(CertError::Missing.reason()));
+        assert!(d.certificate_rejected);
+        assert_eq!(d.decision.denial().map(|x| x.status), Some(403));
+    }
+
+    #[test]
+    fn a_refusal_of_the_pure_decision_still_strips_the_client_san_header() {
+        // behind-edge.json: XFCC mode, and this request has none.
+        let cfg = behind_edge();
+        let h = cfg.upstream_san_header.clone().unwrap();
+        let all = view_headers("DELETE", "/nowhere", &[(h.as_str(), "spoofed")]);
+        let mut cache = SignatureCache::new(4);
+        let d = decide(&cfg, &mut cache, &RequestView::new(&all), || None, now_s);
+        let RequestDecision::Deny(edits, _) = &d.decision else {
+            panic!("{d:?}")
+        };
+        assert_eq!(edits.remove, vec![h]);
+        assert!(edits.identity.is_none());
+    }
 
     #[test]
     fn partner_may_get_and_post_billing_only() {

@@ -1,0 +1,504 @@
+//! The chain's per-request step machine: which filter runs next, which one
+//! holds the request, and when the request may go on. Plain Rust over the
+//! [`Stage`] trait (the wasm side's stages are the filters' own HTTP
+//! contexts), tested natively with scripted stages.
+//!
+//! It follows what Envoy's filter manager does with one filter per concern:
+//! * the filters run their request-headers step in order; a filter that
+//!   **holds** (it waits for the body, or for a callout) stops the ones
+//!   after it; a filter that **replies** (a denial) ends the request;
+//! * body data (and trailers) go to every filter that reads the body and
+//!   has run, in order, up to the one that holds; when that one lets the
+//!   request go, the filters after it run their headers step and, if they
+//!   read the body, get what has arrived (all of it, when it is complete);
+//! * a filter that holds for a callout is resumed by [`Run::resume`] (its
+//!   callout answered): the filters after it run, and the request goes on
+//!   only when every filter has let it.
+//!
+//! Unlike separate Envoy filters, a filter that does not read the body
+//! never sees body callbacks: one that holds for a callout keeps holding
+//! until its answer comes, whatever data arrives meanwhile.
+
+/// What a filter did in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Let the request go on (to the next filter).
+    Continue,
+    /// Hold the request: the body, or a callout's answer, decides.
+    Hold,
+    /// A local reply has been sent: the request ends here.
+    Replied,
+}
+
+/// One filter of the chain, as the step machine drives it.
+pub trait Stage {
+    fn headers(&mut self, end_of_stream: bool) -> Step;
+    /// Body data; `size` is everything buffered so far.
+    fn body(&mut self, size: usize, end_of_stream: bool) -> Step;
+    /// Trailers: the body is complete.
+    fn trailers(&mut self) -> Step;
+    /// Whether the filter reads the request body (gets body callbacks).
+    fn reads_body(&self) -> bool;
+}
+
+/// The state of one request's run through the chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Run {
+    /// Filters that are off for this request (a route disables them).
+    off: Vec<bool>,
+    /// How many filters have run their headers step (or were skipped).
+    reached: usize,
+    /// The filter that holds the request.
+    held: Option<usize>,
+    headers_eos: bool,
+    /// The latest body callback: (buffered size, end of stream).
+    body: Option<(usize, bool)>,
+    trailers: bool,
+    replied: bool,
+    /// Every filter has let the request go.
+    passed: bool,
+}
+
+impl Run {
+    /// A run where the filters marked in `off` do not take part.
+    pub fn new(off: Vec<bool>) -> Self {
+        Run {
+            off,
+            ..Run::default()
+        }
+    }
+
+    pub fn held(&self) -> Option<usize> {
+        self.held
+    }
+
+    pub fn passed(&self) -> bool {
+        self.passed
+    }
+
+    pub fn replied(&self) -> bool {
+        self.replied
+    }
+
+    /// The filters that have run (or are running) for this request, in
+    /// order: the ones whose response and log hooks apply.
+    pub fn ran(&self) -> impl DoubleEndedIterator<Item = usize> + '_ {
+        (0..self.reached).filter(|i| !self.is_off(*i))
+    }
+
+    fn is_off(&self, i: usize) -> bool {
+        self.off.get(i).copied().unwrap_or(false)
+    }
+
+    /// A local reply was sent from outside a step (a callout's answer).
+    pub fn mark_replied(&mut self) {
+        self.replied = true;
+        self.held = None;
+    }
+
+    /// The request headers arrived.
+    pub fn headers<S: Stage>(&mut self, st: &mut [S], end_of_stream: bool) -> Step {
+        self.headers_eos = end_of_stream;
+        self.advance(st, 0)
+    }
+
+    /// Request body data arrived (`size`: everything buffered so far).
+    pub fn body<S: Stage>(&mut self, st: &mut [S], size: usize, end_of_stream: bool) -> Step {
+        self.body = Some((size, end_of_stream));
+        self.deliver(st, false)
+    }
+
+    /// Request trailers arrived: the body is complete.
+    pub fn trailers<S: Stage>(&mut self, st: &mut [S]) -> Step {
+        self.trailers = true;
+        self.deliver(st, true)
+    }
+
+    /// Filter `i`, which held the request for a callout, lets it go.
+    pub fn resume<S: Stage>(&mut self, st: &mut [S], i: usize) -> Step {
+        if self.replied {
+            return Step::Replied;
+        }
+        if self.held != Some(i) {
+            return self.now();
+        }
+        self.held = None;
+        self.advance(st, i.saturating_add(1))
+    }
+
+    /// Where the request stands.
+    fn now(&self) -> Step {
+        if self.replied {
+            Step::Replied
+        } else if self.held.is_some() || !self.passed {
+            Step::Hold
+        } else {
+            Step::Continue
+        }
+    }
+
+    fn body_step<S: Stage>(&self, s: &mut S) -> Option<Step> {
+        if !s.reads_body() {
+            return None;
+        }
+        if self.trailers {
+            Some(s.trailers())
+        } else {
+            self.body.map(|(n, eos)| s.body(n, eos))
+        }
+    }
+
+    /// Runs the filters from `from` on (none of them has run yet).
+    fn advance<S: Stage>(&mut self, st: &mut [S], from: usize) -> Step {
+        for i in from..st.len() {
+            self.reached = i + 1;
+            if self.is_off(i) {
+                continue;
+            }
+            let Some(s) = st.get_mut(i) else { break };
+            let eos = self.headers_eos && self.body.is_none() && !self.trailers;
+            let mut step = s.headers(eos);
+            if step != Step::Replied {
+                if let Some(b) = self.body_step(s) {
+                    step = b;
+                }
+            }
+            match step {
+                Step::Continue => {}
+                Step::Hold => {
+                    self.held = Some(i);
+                    return Step::Hold;
+                }
+                Step::Replied => {
+                    self.replied = true;
+                    return Step::Replied;
+                }
+            }
+        }
+        self.passed = true;
+        Step::Continue
+    }
+
+    /// Body data or trailers: to every filter that reads the body, in
+    /// order, up to the one that holds; on from there when it lets go.
+    fn deliver<S: Stage>(&mut self, st: &mut [S], _trailers: bool) -> Step {
+        if self.replied {
+            return Step::Replied;
+        }
+        let upto = match self.held {
+            Some(h) => h,
+            None if self.passed => self.reached.saturating_sub(1),
+            // Not started (no headers yet): nothing to deliver to.
+            None => return Step::Hold,
+        };
+        let mut out = Step::Continue;
+        for i in 0..=upto.min(st.len().saturating_sub(1)) {
+            if self.is_off(i) || i >= self.reached {
+                continue;
+            }
+            let Some(s) = st.get_mut(i) else { break };
+            let Some(step) = self.body_step(s) else {
+                if self.held == Some(i) {
+                    // Holds for a callout: the body waits with it.
+                    return Step::Hold;
+                }
+                continue;
+            };
+            match step {
+                Step::Replied => {
+                    self.replied = true;
+                    self.held = None;
+                    return Step::Replied;
+                }
+                Step::Hold => {
+                    if self.held.is_some() {
+                        // Still buffering: the rest waits.
+                        return Step::Hold;
+                    }
+                    out = Step::Hold;
+                }
+                Step::Continue => {
+                    if self.held == Some(i) {
+                        self.held = None;
+                        return self.advance(st, i + 1);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A scripted stage: answers from its script, logs every call.
+    struct Fake {
+        name: &'static str,
+        reads_body: bool,
+        on_headers: Step,
+        /// Answer to body/trailers: Hold until end of stream, then this.
+        at_end: Step,
+        log: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Stage for Fake {
+        fn headers(&mut self, eos: bool) -> Step {
+            self.log
+                .borrow_mut()
+                .push(format!("{}:headers({eos})", self.name));
+            self.on_headers
+        }
+        fn body(&mut self, size: usize, eos: bool) -> Step {
+            self.log
+                .borrow_mut()
+                .push(format!("{}:body({size},{eos})", self.name));
+            if eos {
+                self.at_end
+            } else {
+                Step::Hold
+            }
+        }
+        fn trailers(&mut self) -> Step {
+            self.log
+                .borrow_mut()
+                .push(format!("{}:trailers", self.name));
+            self.at_end
+        }
+        fn reads_body(&self) -> bool {
+            self.reads_body
+        }
+    }
+
+    struct Script {
+        log: Rc<RefCell<Vec<String>>>,
+        stages: Vec<Fake>,
+    }
+
+    impl Script {
+        fn new() -> Self {
+            Script {
+                log: Rc::new(RefCell::new(Vec::new())),
+                stages: Vec::new(),
+            }
+        }
+        fn stage(mut self, name: &'static str, on_headers: Step) -> Self {
+            self.stages.push(Fake {
+                name,
+                reads_body: false,
+                on_headers,
+                at_end: Step::Continue,
+                log: self.log.clone(),
+            });
+            self
+        }
+        fn body_stage(mut self, name: &'static str, on_headers: Step, at_end: Step) -> Self {
+            self.stages.push(Fake {
+                name,
+                reads_body: true,
+                on_headers,
+                at_end,
+                log: self.log.clone(),
+            });
+            self
+        }
+        fn log(&self) -> Vec<String> {
+            self.log.borrow_mut().drain(..).collect()
+        }
+    }
+
+    use Step::{Continue, Hold, Replied};
+
+    #[test]
+    fn every_filter_runs_in_order_and_the_request_goes_on() {
+        let mut s = Script::new().stage("a", Continue).stage("b", Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, true), Continue);
+        assert_eq!(s.log(), ["a:headers(true)", "b:headers(true)"]);
+        assert!(r.passed());
+        assert_eq!(r.ran().collect::<Vec<_>>(), [0, 1]);
+    }
+
+    #[test]
+    fn a_denial_stops_the_chain() {
+        let mut s = Script::new()
+            .stage("a", Continue)
+            .stage("b", Replied)
+            .stage("c", Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, true), Replied);
+        assert_eq!(s.log(), ["a:headers(true)", "b:headers(true)"]);
+        assert!(r.replied());
+        assert_eq!(r.ran().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(r.body(&mut s.stages, 3, true), Replied);
+        assert!(s.log().is_empty());
+    }
+
+    #[test]
+    fn a_body_reader_holds_everything_after_it_until_its_body_check() {
+        let mut s = Script::new()
+            .body_stage("sanitize", Hold, Continue)
+            .body_stage("replay", Hold, Continue)
+            .stage("fds", Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, false), Hold);
+        assert_eq!(s.log(), ["sanitize:headers(false)"]);
+        assert_eq!(r.body(&mut s.stages, 10, false), Hold);
+        assert_eq!(s.log(), ["sanitize:body(10,false)"]);
+        assert_eq!(r.body(&mut s.stages, 25, true), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "sanitize:body(25,true)",
+                "replay:headers(false)",
+                "replay:body(25,true)",
+                "fds:headers(false)"
+            ]
+        );
+        assert!(r.passed());
+    }
+
+    #[test]
+    fn a_body_denial_stops_the_filters_after_it() {
+        let mut s = Script::new()
+            .body_stage("sanitize", Hold, Replied)
+            .stage("jwt", Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, false), Hold);
+        assert_eq!(r.body(&mut s.stages, 5, true), Replied);
+        assert_eq!(
+            s.log(),
+            ["sanitize:headers(false)", "sanitize:body(5,true)"]
+        );
+    }
+
+    #[test]
+    fn trailers_complete_the_body() {
+        let mut s = Script::new()
+            .body_stage("sanitize", Hold, Continue)
+            .body_stage("replay", Hold, Continue);
+        let mut r = Run::default();
+        r.headers(&mut s.stages, false);
+        assert_eq!(r.body(&mut s.stages, 5, false), Hold);
+        assert_eq!(r.trailers(&mut s.stages), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "sanitize:headers(false)",
+                "sanitize:body(5,false)",
+                "sanitize:trailers",
+                "replay:headers(false)",
+                "replay:trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_callout_pauses_the_chain_and_resumes_at_the_next_filter() {
+        let mut s = Script::new()
+            .stage("jwt", Continue)
+            .stage("passport", Hold)
+            .stage("breaker", Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, true), Hold);
+        assert_eq!(r.held(), Some(1));
+        assert_eq!(s.log(), ["jwt:headers(true)", "passport:headers(true)"]);
+        // Another filter's resumption changes nothing.
+        assert_eq!(r.resume(&mut s.stages, 0), Hold);
+        assert_eq!(r.resume(&mut s.stages, 1), Continue);
+        assert_eq!(s.log(), ["breaker:headers(true)"]);
+        assert!(r.passed());
+    }
+
+    #[test]
+    fn body_data_waits_with_a_filter_that_holds_for_a_callout() {
+        let mut s = Script::new()
+            .body_stage("sanitize", Continue, Continue)
+            .stage("passport", Hold)
+            .body_stage("late", Hold, Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, false), Hold);
+        assert_eq!(r.body(&mut s.stages, 7, false), Hold);
+        assert_eq!(r.body(&mut s.stages, 9, true), Hold);
+        assert_eq!(r.held(), Some(1));
+        // The answer: the filters after it get the headers and the whole body.
+        assert_eq!(r.resume(&mut s.stages, 1), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "sanitize:headers(false)",
+                "passport:headers(false)",
+                "sanitize:body(7,false)",
+                "sanitize:body(9,true)",
+                "late:headers(false)",
+                "late:body(9,true)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_callout_in_a_body_step_resumes_with_the_body_complete() {
+        // replay-guard's nonce claim: its body step waits for the answer.
+        let mut s = Script::new()
+            .body_stage("replay", Hold, Hold)
+            .stage("fds", Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, false), Hold);
+        assert_eq!(r.body(&mut s.stages, 4, true), Hold);
+        assert_eq!(r.held(), Some(0));
+        assert_eq!(r.resume(&mut s.stages, 0), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "replay:headers(false)",
+                "replay:body(4,true)",
+                "fds:headers(false)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_callout_answered_with_a_denial_ends_the_request() {
+        let mut s = Script::new()
+            .stage("passport", Hold)
+            .stage("breaker", Continue);
+        let mut r = Run::default();
+        r.headers(&mut s.stages, true);
+        r.mark_replied();
+        assert_eq!(r.resume(&mut s.stages, 0), Replied);
+        assert_eq!(s.log(), ["passport:headers(true)"]);
+    }
+
+    #[test]
+    fn filters_off_on_a_route_are_skipped_entirely() {
+        let mut s = Script::new()
+            .stage("sanitize", Continue)
+            .stage("fds", Replied)
+            .stage("breaker", Continue);
+        let mut r = Run::new(vec![false, true, true]);
+        assert_eq!(r.headers(&mut s.stages, true), Continue);
+        assert_eq!(s.log(), ["sanitize:headers(true)"]);
+        assert_eq!(r.ran().collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn a_dry_run_body_reader_that_lets_the_headers_go_still_sees_the_body() {
+        let mut s = Script::new()
+            .body_stage("sanitize", Continue, Continue)
+            .stage("jwt", Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, false), Continue);
+        assert_eq!(r.body(&mut s.stages, 3, true), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "sanitize:headers(false)",
+                "jwt:headers(false)",
+                "sanitize:body(3,true)"
+            ]
+        );
+    }
+}
