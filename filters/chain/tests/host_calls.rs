@@ -187,7 +187,7 @@ fn the_web_chain_makes_fewer_host_calls_over_one_request_context() {
         let mut req = sanitize::filter::Request::default();
         assert_eq!(req.on_headers(s_cfg, h, true), Verdict::Continue);
         marks.push(("sanitize", count(h)));
-        let (v, o) = jwt::filter::on_request_headers(env, h);
+        let (v, o, _) = jwt::filter::on_request_headers(env, h);
         assert_eq!(v, Verdict::Continue, "{o:?}");
         marks.push(("jwt", count(h)));
         let now_s = h.unix_seconds();
