@@ -9,7 +9,7 @@ SHELL := bash
 .NOTPARALLEL:
 
 # Filter crates compiled to wasm (one <name>.wasm each, contract order).
-WASM_FILTERS ?= sanitize jwt replay-guard fds-block passport route-breaker san-authz
+WASM_FILTERS ?= sanitize jwt replay-guard e2ee fds-block passport route-breaker san-authz
 WASM_TARGET  := wasm32-wasip1
 # Which modules the rendered Envoy configs run: `filters` (one .wasm per
 # filter, the default) or `suite` (suite.wasm: all seven filters, one VM per

@@ -101,7 +101,7 @@ MARKERS = ("# @extra-listeners", "# @extra-clusters")
 WASM_BUILDS = ("filters", "suite")
 #: The per-filter modules that suite.wasm contains (by file name).
 SUITE_MODULES = frozenset({
-    "sanitize.wasm", "jwt.wasm", "replay_guard.wasm", "fds_block.wasm",
+    "sanitize.wasm", "jwt.wasm", "replay_guard.wasm", "e2ee.wasm", "fds_block.wasm",
     "passport.wasm", "route_breaker.wasm", "san_authz.wasm",
 })
 
