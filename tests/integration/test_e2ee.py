@@ -320,3 +320,27 @@ def test_metrics_count_decryptions_refusals_and_bytes(stack):
     assert stat("e2ee_decrypted_total") == d0 + 1
     assert stat("e2ee_decrypted_bytes_total") == b0 + len(b'{"to":"bob","amount":3}')
     assert stat("e2ee_responses_encrypted_total") == r0 + 1
+
+
+def test_the_readme_walkthrough_with_gatewayctl(stack, tmp_path):
+    """key-id, encrypt, sign --key-id, decrypt: the CLI the README uses
+    against the real gateway."""
+    import subprocess
+
+    from helpers import REPO
+
+    g = str(REPO / "target" / "release" / "gatewayctl")
+
+    def ctl(*args: str, data: bytes | None = None) -> bytes:
+        return subprocess.run([g, *args], input=data, capture_output=True, check=True, timeout=TIMEOUT).stdout
+
+    kid = ctl("key-id", "--device", f"cli-{secrets.token_hex(3)}").decode().strip()
+    body = ctl("encrypt", "--key-id", kid, data=b'{"item_id":"a1","quantity":2,"note":"stripped"}')
+    (tmp_path / "order.bin").write_bytes(body)
+    sig = ctl("sign", "POST", APP + "/api/v1/orders", "--key-id", kid, "--body-file", str(tmp_path / "order.bin"))
+    headers = dict(line.split(": ", 1) for line in sig.decode().splitlines())
+    headers |= {"content-type": "application/json", "content-encoding": "aes128gcm"}
+    resp = requests.post(APP + "/api/v1/orders", headers=headers, data=body, timeout=TIMEOUT)
+    assert resp.status_code == 200 and resp.headers["content-encoding"] == "aes128gcm"
+    seen = json.loads(ctl("decrypt", "--key-id", kid, data=resp.content))
+    assert json.loads(seen["body"]) == {"item_id": "a1", "quantity": 2}
