@@ -44,7 +44,7 @@ BENCH_ARGS  ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help all build build-wasm build-native wasm-target wasm-opt venv run test test-rust \
+.PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run test test-rust \
         lint validate test-integration test-suite build-suite bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools
 
@@ -73,6 +73,16 @@ $(BINARYEN_STAMP): filters/wasm-opt/package.json filters/wasm-opt/package-lock.j
 	cd $(BINARYEN_DIR) && npm ci --silent --no-audit --no-fund
 	touch $@
 
+# The stack's shared state (one-time jtis, app nonces): Debian's redis-server
+# (7.x), installed like node above when it is missing; the stack runs its own
+# instance on 127.0.0.1:16379 (envoy/stack.py), never the system's.
+redis: ## install redis-server (apt-get) if it is missing
+	@command -v redis-server >/dev/null || { echo "installing redis-server (apt-get install redis-server)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   redis-server) >/dev/null || true; }
+	@command -v redis-server >/dev/null || { echo "the stack needs redis-server >= 7 on PATH (Debian/Ubuntu: apt-get install redis-server)" >&2; exit 1; }
+	@redis-server --version | grep -Eq 'v=([7-9]|[1-9][0-9])\.' || { echo "redis-server >= 7 needed (ACL users, CLIENT PAUSE ALL): $$(redis-server --version)" >&2; exit 1; }
+
 venv: $(VENV_STAMP) ## project virtualenv: pinned Envoy, pytest, requests, PyJWT, ...
 
 $(VENV_STAMP): tests/requirements.txt
@@ -100,18 +110,19 @@ build-suite: wasm-target wasm-opt ## suite.wasm: all seven filters in one module
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,suite)
 
 build-native:
-	$(CARGO) build --release -p demo-services -p gatewayctl
+	$(CARGO) build --release -p demo-services -p gatewayctl -p gateway-store
 
 # ------------------------------------------------------------------------ run
 
-run: build venv ## build, then run the whole stack in the foreground (Ctrl-C stops it)
+run: build venv redis ## build, then run the whole stack in the foreground (Ctrl-C stops it)
 	$(VPY) envoy/stack.py run
 
 render: ## render the local Envoy config into build/envoy/envoy.yaml
 	$(PYTHON) envoy/render.py --profile local
 
-compose-config: ## render the docker-compose Envoy config into build/compose/envoy.yaml
+compose-config: ## render the docker-compose Envoy configs into build/compose/envoy.yaml, envoy-2.yaml
 	$(PYTHON) envoy/render.py --profile compose
+	$(PYTHON) envoy/render.py --profile compose --replica 2 --set STORE_HOST=gateway-store-2 -o build/compose/envoy-2.yaml
 
 # ----------------------------------------------------------------------- test
 
@@ -123,7 +134,7 @@ test: build venv test-rust lint validate test-integration test-istio test-ops ##
 # explores further (plain `cargo test` picks a random seed).
 PROPTEST_RNG_SEED ?= 20261123
 
-test-rust: ## cargo test --workspace (native; property tests from PROPTEST_RNG_SEED)
+test-rust: redis ## cargo test --workspace (native; property tests from PROPTEST_RNG_SEED)
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test --workspace
 
 # clippy twice: for the host (every target: tests, examples) and for wasm32,
@@ -142,11 +153,12 @@ lint: wasm-target ## rustfmt --check, clippy -D warnings (host and wasm32)
 validate: build-wasm venv compose-config ## render + envoy --mode validate every shipped config
 	@mkdir -p build/validate
 	$(PYTHON) envoy/render.py --profile local -o build/validate/local.yaml
+	$(PYTHON) envoy/render.py --profile local --replica 2 -o build/validate/local-2.yaml
 	$(PYTHON) envoy/render.py --profile compose --local-paths -o build/validate/compose.yaml
-	@for f in build/validate/local.yaml build/validate/compose.yaml; do \
+	@for f in build/validate/local.yaml build/validate/local-2.yaml build/validate/compose.yaml; do \
 	  $(ENVOY) --mode validate --disable-hot-restart --log-level error -c "$$f"; done
 
-test-integration: build venv http2-tools ## pytest against the real Envoy (tests/integration)
+test-integration: build venv redis http2-tools ## pytest against the real Envoy (tests/integration)
 	$(VPY) -m pytest tests/integration $(PYTEST_ARGS)
 
 http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if missing
@@ -157,10 +169,10 @@ http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if
 # The integration tests against the suite build (every filter block on
 # suite.wasm, one VM per gateway). test_envoy_config.py checks the shape of
 # the shipped per-filter config, so it is left out here.
-test-suite: build build-suite venv http2-tools ## integration tests against suite.wasm (WASM_BUILD=suite)
+test-suite: build build-suite venv redis http2-tools ## integration tests against suite.wasm (WASM_BUILD=suite)
 	WASM_BUILD=suite $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py $(PYTEST_ARGS)
 
-bench: build venv bench-tools ## gateways vs bare Envoy and a no-op wasm floor, one interleaved run (docs/performance.md)
+bench: build venv redis bench-tools ## gateways vs bare Envoy and a no-op wasm floor, one interleaved run (docs/performance.md)
 	$(CARGO) build --release --target $(WASM_TARGET) -p noop
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,noop)
 	$(MAKE) --no-print-directory build-suite

@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""Run the local demo stack: the demo services and one Envoy with every gateway.
+"""Run the local demo stack: Redis, the demo services and two Envoy replicas,
+each with every gateway and its own gateway-store sidecar.
 
     python3 envoy/stack.py run [--extra FILE] [--concurrency N] [--log-level L]
 
-renders envoy/envoy.yaml.tmpl (profile `local`) into build/envoy/envoy.yaml,
-starts target/release/demo-services and .venv/bin/envoy, waits until both are
-ready (the services printed their ready line; Envoy's admin /ready answers
-LIVE and every listener accepts TCP), prints the ports, and stays in the
-foreground until Ctrl-C or SIGTERM, then stops both process groups and waits
-for them. `make run` builds everything first and calls this.
+renders envoy/envoy.yaml.tmpl (profile `local`) into build/envoy/envoy.yaml
+and, for the second replica (every listener port + 100, admin 9902, sidecar
+18091), build/envoy/envoy-2.yaml; starts redis-server (127.0.0.1:16379, the
+password of examples/keys/redis-password, data under the state directory),
+one target/release/gateway-store per replica, target/release/demo-services
+and one .venv/bin/envoy per replica; waits until each is ready (Redis
+answers PING; the services printed their ready lines; Envoy's admin /ready
+answers LIVE and every listener accepts TCP), prints the ports, and stays in
+the foreground until Ctrl-C or SIGTERM, then stops every process group and
+waits for them. `make run` builds everything first and calls this.
 
 The same machinery is a Python API for the integration tests and the
 benchmark (standard library only):
@@ -30,6 +35,7 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +55,11 @@ import render  # noqa: E402  (sibling module, stdlib only)
 REPO = HERE.parent
 ENVOY_BIN = REPO / ".venv" / "bin" / "envoy"
 DEMO_SERVICES_BIN = REPO / "target" / "release" / "demo-services"
+GATEWAY_STORE_BIN = REPO / "target" / "release" / "gateway-store"
+REDIS_SERVER_BIN = Path(os.environ.get("REDIS_SERVER", "redis-server"))
 DEFAULT_CONFIG = REPO / "build" / "envoy" / "envoy.yaml"
+DEFAULT_STATE_DIR = REPO / "build" / "stack"
+REDIS_PASSWORD_FILE = REPO / "examples" / "keys" / "redis-password"
 
 HOST = "127.0.0.1"
 #: Gateway listeners of the contract (../shared/demo-contract.md).
@@ -59,7 +69,20 @@ ADMIN_PORT = 9901
 SERVICES: dict[str, int] = {"echo": 18080, "issuer": 18081, "fds": 18082, "partner": 18083}
 SERVICES_BASE_PORT = 18080
 DEMO_READY_LINE = "demo-services ready"
+#: Replicas of every gateway (render.py --replica): replica r serves on
+#: render.replica_port(port, r).
+REPLICAS = render.REPLICAS
+REDIS_PORT = 16379
+#: The gateway-store sidecar of replica 1 (replica 2: 18091).
+STORE_PORT = render.STORE_PORT
+#: The key namespaces the filters' `shared_store` sections use.
+STORE_NAMESPACES = ("web.jwt", "app.replay-guard", "internal.oidc")
+#: The ACL user the sidecars log in as (docs/gateway-store.md): its keys
+#: only, its commands only.
+STORE_REDIS_USER = "gateway-store"
+STORE_ACL = "~gw:* resetchannels -@all +set +get +del +ping +eval"
 
+REDIS_START_TIMEOUT = 20.0
 DEMO_START_TIMEOUT = 20.0
 ENVOY_START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -129,6 +152,33 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except (urllib.error.URLError, OSError):
         return 0, b""
+
+
+def redis_command(*args: str, password: str | None = None, host: str = HOST, port: int = REDIS_PORT,
+                  user: str = "default", timeout: float = 2.0) -> bytes:
+    """Send one Redis command (after AUTH when `password` is given) and return
+    the raw first line of its reply (b"+PONG", b"-ERR ...", b":1", b"$..."):
+    enough for the stack's and the tests' few commands, standard library only.
+    Raises OSError when Redis does not answer."""
+    def encode(parts: Sequence[str]) -> bytes:
+        out = [f"*{len(parts)}\r\n".encode()]
+        for part in parts:
+            raw = part.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+        return b"".join(out)
+
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        reader = conn.makefile("rb")
+        if password is not None:
+            conn.sendall(encode(["AUTH", user, password]))
+            line = reader.readline()
+            if not line.startswith(b"+OK"):
+                raise OSError(f"redis AUTH refused: {line.strip()!r}")
+        conn.sendall(encode(list(args)))
+        line = reader.readline()
+        if not line:
+            raise OSError("redis closed the connection")
+        return line.rstrip(b"\r\n")
 
 
 def _tail(path: Path | None, lines: int = 40) -> str:
@@ -208,11 +258,19 @@ class _Child:
 # --------------------------------------------------------------------------- the stack
 
 class Stack:
-    """The demo services plus one Envoy running the rendered local config.
+    """Redis, the demo services and the Envoy replicas running the rendered
+    local config, each replica with its gateway-store sidecar.
 
     log_dir: where the children's output goes (envoy.log: Envoy's own log incl.
-      wasm logs; envoy-access.log: the JSON access log; demo-services.log).
+      wasm logs; envoy-access.log: the JSON access log; envoy-2.log and
+      envoy-access-2.log: the same of replica 2; demo-services.log, redis.log,
+      gateway-store.log, gateway-store-2.log).
       None: inherit this process's stdout/stderr (the foreground `run`).
+    replicas: how many Envoy replicas to run (1 or 2; the contract's stack
+      has 2; the benchmark runs 1).
+    state_dir: Redis's data directory lives under it (default: log_dir, else
+      build/stack): a test session starts with an empty Redis, `make run`
+      keeps what it claimed (until each claim's TTL) across restarts.
     extra_listeners / extra_clusters: files spliced into the template (see
       render.py), e.g. the benchmark's extra listeners.
     overrides: profile variables to replace (render.py --set).
@@ -234,6 +292,10 @@ class Stack:
         component_log_level: str = "wasm:info",
         envoy_bin: os.PathLike[str] | str = ENVOY_BIN,
         demo_services_bin: os.PathLike[str] | str = DEMO_SERVICES_BIN,
+        replicas: int = 2,
+        state_dir: os.PathLike[str] | str | None = None,
+        gateway_store_bin: os.PathLike[str] | str = GATEWAY_STORE_BIN,
+        redis_server_bin: os.PathLike[str] | str = REDIS_SERVER_BIN,
     ):
         self.extra_listeners = list(extra_listeners or [])
         self.extra_clusters = list(extra_clusters or [])
@@ -248,32 +310,70 @@ class Stack:
         self.envoy_bin = Path(envoy_bin)
         self.demo_services_bin = Path(demo_services_bin)
         self.host = self.overrides.get("LISTEN_ADDR", HOST)
-        self._envoy: _Child | None = None
+        if replicas not in REPLICAS:
+            raise StackError(f"replicas must be one of {REPLICAS}, got {replicas}")
+        self.replicas = tuple(r for r in REPLICAS if r <= replicas)
+        self.state_dir = Path(state_dir) if state_dir else (self.log_dir or DEFAULT_STATE_DIR)
+        self.gateway_store_bin = Path(gateway_store_bin)
+        self.redis_server_bin = Path(redis_server_bin)
+        self._envoys: dict[int, _Child] = {}
+        self._stores: dict[int, _Child] = {}
+        self._redis: _Child | None = None
         self._demo: _Child | None = None
         self._files: list[IO[str]] = []
         self._atexit_registered = False
 
     # ---- paths of the logs (None in the foreground mode)
+    @staticmethod
+    def _suffix(replica: int) -> str:
+        return "" if replica == 1 else f"-{replica}"
+
+    def envoy_log_of(self, replica: int) -> Path | None:
+        return self.log_dir / f"envoy{self._suffix(replica)}.log" if self.log_dir else None
+
+    def access_log_of(self, replica: int) -> Path | None:
+        return self.log_dir / f"envoy-access{self._suffix(replica)}.log" if self.log_dir else None
+
     @property
     def envoy_log(self) -> Path | None:
-        return self.log_dir / "envoy.log" if self.log_dir else None
+        return self.envoy_log_of(1)
 
     @property
     def access_log(self) -> Path | None:
-        return self.log_dir / "envoy-access.log" if self.log_dir else None
+        return self.access_log_of(1)
+
+    @property
+    def redis_log(self) -> Path | None:
+        return self.log_dir / "redis.log" if self.log_dir else None
+
+    def config_path_of(self, replica: int) -> Path:
+        if replica == 1:
+            return self.config_path
+        return self.config_path.with_name(f"{self.config_path.stem}{self._suffix(replica)}{self.config_path.suffix}")
 
     @property
     def demo_services_log(self) -> Path | None:
         return self.log_dir / "demo-services.log" if self.log_dir else None
 
     # ---- URLs
-    def url(self, gateway: str, path: str = "/") -> str:
+    def url(self, gateway: str, path: str = "/", replica: int = 1) -> str:
         scheme = "https" if gateway == "secure" else "http"
         host = "localhost" if gateway == "secure" else self.host  # the server cert names localhost
-        return f"{scheme}://{host}:{LISTENERS[gateway]}{path}"
+        return f"{scheme}://{host}:{render.replica_port(LISTENERS[gateway], replica)}{path}"
 
-    def admin_url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{ADMIN_PORT}{path}"
+    def admin_url(self, path: str = "/", replica: int = 1) -> str:
+        return f"http://{self.host}:{render.replica_port(ADMIN_PORT, replica)}{path}"
+
+    def ports(self) -> dict[str, int]:
+        """Every port this stack binds, by name."""
+        ports = {"redis": REDIS_PORT, **SERVICES}
+        for r in self.replicas:
+            tag = "" if r == 1 else f" (replica {r})"
+            ports[f"admin{tag}"] = render.replica_port(ADMIN_PORT, r)
+            ports[f"gateway-store{tag}"] = render.replica_port(STORE_PORT, r)
+            for name, port in LISTENERS.items():
+                ports[f"{name}{tag}"] = render.replica_port(port, r)
+        return ports
 
     # ---- lifecycle
     def __enter__(self) -> "Stack":
@@ -284,22 +384,28 @@ class Stack:
         self.stop()
 
     def render(self) -> Path:
-        text = render.render(
-            "local",
-            overrides=self.overrides,
-            extra_listeners=self.extra_listeners,
-            extra_clusters=self.extra_clusters,
-            include_root=self.include_root,
-        )
-        render.write(self.config_path, text)
+        for r in self.replicas:
+            text = render.render(
+                "local",
+                overrides=self.overrides,
+                extra_listeners=self.extra_listeners,
+                extra_clusters=self.extra_clusters,
+                include_root=self.include_root,
+                replica=r,
+            )
+            render.write(self.config_path_of(r), text)
         return self.config_path
 
     def start(self) -> "Stack":
-        for path, hint in ((self.envoy_bin, "make venv"), (self.demo_services_bin, "make build")):
+        for path, hint in ((self.envoy_bin, "make venv"), (self.demo_services_bin, "make build"),
+                           (self.gateway_store_bin, "make build")):
             if not path.exists():
                 raise StackError(f"{path} is missing: run `{hint}` (or `make run`, which does both)")
-        ports = {"admin": ADMIN_PORT, **LISTENERS, **SERVICES}
-        check_ports_free(ports, self.host)
+        if shutil.which(str(self.redis_server_bin)) is None:
+            raise StackError(f"{self.redis_server_bin} is not installed: run `make redis` (or `make run`, which does it)")
+        if not REDIS_PASSWORD_FILE.exists():
+            raise StackError(f"{REDIS_PASSWORD_FILE} is missing: run examples/gen-demo-material.sh")
+        check_ports_free(self.ports(), self.host)
         try:
             self.render()
         except render.RenderError as exc:
@@ -310,19 +416,26 @@ class Stack:
             atexit.register(self.stop)
             self._atexit_registered = True
         try:
+            self.start_redis()
+            for r in self.replicas:
+                self.start_store(r)
             self.start_demo_services()
-            self._start_envoy()
+            for r in self.replicas:
+                self.start_envoy(r)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        """Stop Envoy, then the demo services; wait for both. Idempotent."""
-        if self._envoy is not None:
-            self._envoy.stop()
-            self._envoy = None
+        """Stop the Envoys, the demo services, the sidecars and Redis; wait
+        for each. Idempotent."""
+        for r in list(self._envoys):
+            self.stop_envoy(r)
         self.stop_demo_services()
+        for r in list(self._stores):
+            self.stop_store(r)
+        self.stop_redis()
         for f in self._files:
             f.close()
         self._files.clear()
@@ -333,6 +446,113 @@ class Stack:
         f = open(self.log_dir / name, "a", encoding="utf-8")  # noqa: SIM115 (closed in stop())
         self._files.append(f)
         return f
+
+    # ---- redis
+    @property
+    def redis_password(self) -> str:
+        return REDIS_PASSWORD_FILE.read_text(encoding="ascii").strip()
+
+    def _redis_conf(self) -> Path:
+        """redis.conf for the demo: loopback only, the demo password, the
+        sidecars' narrow ACL user, append-only persistence in the state
+        directory, and no eviction (a full Redis refuses new claims, which
+        the filters answer with 503, instead of forgetting old ones early)."""
+        data = self.state_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        pw = self.redis_password
+        conf = data / "redis.conf"
+        conf.write_text("\n".join([
+            "# GENERATED by envoy/stack.py (demo only)",
+            f"bind {HOST}",
+            f"port {REDIS_PORT}",
+            "protected-mode yes",
+            "daemonize no",
+            f"dir {data}",
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            "maxmemory 64mb",
+            "maxmemory-policy noeviction",
+            'logfile ""',
+            f"user default on >{pw} ~* &* +@all",
+            f"user {STORE_REDIS_USER} on >{pw} {STORE_ACL}",
+            "",
+        ]), encoding="ascii")
+        conf.chmod(0o600)
+        return conf
+
+    def redis(self, *args: str, timeout: float = 2.0) -> bytes:
+        """One Redis command as the `default` user (redis_command)."""
+        return redis_command(*args, password=self.redis_password, host=HOST, timeout=timeout)
+
+    def start_redis(self, timeout: float = REDIS_START_TIMEOUT) -> None:
+        """Start redis-server and wait until it answers PING."""
+        if self._redis is not None and self._redis.alive():
+            return
+        check_ports_free({"redis": REDIS_PORT}, HOST)
+        sink = self._open_log("redis.log") if self.log_dir else None
+        self._redis = _Child("redis", [str(self.redis_server_bin), str(self._redis_conf())],
+                             stdout=sink, stderr=sink)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.redis("PING", timeout=0.5) == b"+PONG":
+                    return
+            except OSError:
+                pass
+            if not self._redis.alive() or time.monotonic() > deadline:
+                code = self._redis.stop()
+                self._redis = None
+                raise StackError(f"redis-server did not start (exit code {code})\n{_tail(self.redis_log)}".rstrip())
+            time.sleep(0.05)
+
+    def stop_redis(self) -> None:
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+
+    def redis_running(self) -> bool:
+        return self._redis is not None and self._redis.alive()
+
+    # ---- gateway-store sidecars (one per replica)
+    def store_url(self, path: str = "/", replica: int = 1) -> str:
+        return f"http://{HOST}:{render.replica_port(STORE_PORT, replica)}{path}"
+
+    def start_store(self, replica: int = 1, timeout: float = DEMO_START_TIMEOUT) -> None:
+        """Start replica `replica`'s gateway-store and wait for its ready line."""
+        child = self._stores.get(replica)
+        if child is not None and child.alive():
+            return
+        port = render.replica_port(STORE_PORT, replica)
+        check_ports_free({f"gateway-store {replica}": port}, HOST)
+        name = f"gateway-store{self._suffix(replica)}"
+        sink = self._open_log(f"{name}.log") if self.log_dir else sys.stdout
+        argv = [str(self.gateway_store_bin), "--listen", f"{HOST}:{port}",
+                "--redis-url", f"redis://{HOST}:{REDIS_PORT}", "--redis-user", STORE_REDIS_USER,
+                "--redis-password-file", str(REDIS_PASSWORD_FILE)]
+        for ns in STORE_NAMESPACES:
+            argv += ["--namespace", ns]
+        child = _Child(name, argv, stdout=sink, stderr=sink if self.log_dir else None,
+                       ready_line=f"gateway-store ready on {HOST}:{port}")
+        self._stores[replica] = child
+        deadline = time.monotonic() + timeout
+        while not child.ready.wait(0.05):
+            exited = not child.alive()
+            if exited or time.monotonic() > deadline:
+                code = child.stop()
+                del self._stores[replica]
+                why = f"exited with code {code}" if exited else f"not ready after {timeout:.0f}s"
+                log = self.log_dir / f"{name}.log" if self.log_dir else None
+                raise StackError(f"{name} {why}\n{_tail(log)}".rstrip())
+
+    def stop_store(self, replica: int = 1) -> None:
+        child = self._stores.pop(replica, None)
+        if child is not None:
+            child.stop()
+
+    def store_running(self, replica: int = 1) -> bool:
+        child = self._stores.get(replica)
+        return child is not None and child.alive()
 
     # ---- demo services
     def start_demo_services(self, timeout: float = DEMO_START_TIMEOUT) -> None:
@@ -367,58 +587,80 @@ class Stack:
         return self._demo is not None and self._demo.alive()
 
     # ---- envoy
-    def envoy_command(self) -> list[str]:
+    def envoy_command(self, replica: int = 1) -> list[str]:
         return [
             str(self.envoy_bin),
-            "-c", str(self.config_path),
+            "-c", str(self.config_path_of(replica)),
             "--concurrency", str(self.concurrency),
             "--log-level", self.log_level,
             *(["--component-log-level", self.component_log_level] if self.component_log_level else []),
             # No shared memory: a test stack and `make run` must not collide
-            # on the hot-restart base id.
+            # on the hot-restart base id, nor the two replicas.
             "--disable-hot-restart",
             *self.envoy_args,
         ]
 
-    def _start_envoy(self, timeout: float = ENVOY_START_TIMEOUT) -> None:
-        self._envoy = _Child(
-            "envoy",
-            self.envoy_command(),
-            stdout=self._open_log("envoy-access.log"),
-            stderr=self._open_log("envoy.log"),
+    def start_envoy(self, replica: int = 1, timeout: float = ENVOY_START_TIMEOUT) -> None:
+        """Start replica `replica`'s Envoy (its config must be rendered) and
+        wait until it is ready and every listener accepts."""
+        child = self._envoys.get(replica)
+        if child is not None and child.alive():
+            return
+        sfx = self._suffix(replica)
+        child = _Child(
+            f"envoy{sfx}",
+            self.envoy_command(replica),
+            stdout=self._open_log(f"envoy-access{sfx}.log"),
+            stderr=self._open_log(f"envoy{sfx}.log"),
         )
+        self._envoys[replica] = child
         deadline = time.monotonic() + timeout
 
         def fail(why: str) -> StackError:
-            code = self._envoy.stop() if self._envoy else None
-            self._envoy = None
-            log = _tail(self.envoy_log)
-            return StackError(f"envoy {why}" + (f" (exit code {code})" if code else "") + (f"\n{log}" if log else ""))
+            code = child.stop()
+            self._envoys.pop(replica, None)
+            log = _tail(self.envoy_log_of(replica))
+            name = "envoy" if replica == 1 else f"envoy replica {replica}"
+            return StackError(f"{name} {why}" + (f" (exit code {code})" if code else "") + (f"\n{log}" if log else ""))
 
         while True:
-            if not self._envoy.alive():
+            if not child.alive():
                 raise fail("exited during start-up")
-            status, body = http_get(self.admin_url("/ready"), timeout=1.0)
+            status, body = http_get(self.admin_url("/ready", replica), timeout=1.0)
             if status == 200 and body.strip() == b"LIVE":
                 break
             if time.monotonic() > deadline:
                 raise fail(f"not ready after {timeout:.0f}s (admin /ready: {status} {body[:80]!r})")
             time.sleep(0.05)
-        ports = self.listener_ports()
+        ports = self.listener_ports(replica)
         while True:
             waiting = [p for p in ports if not tcp_accepts(self.host, p)]
             if not waiting:
                 return
-            if not self._envoy.alive():
+            if not child.alive():
                 raise fail("exited during start-up")
             if time.monotonic() > deadline:
                 raise fail(f"listener port(s) {waiting} not accepting after {timeout:.0f}s")
             time.sleep(0.05)
 
-    def listener_ports(self) -> list[int]:
+    def _start_envoy(self, timeout: float = ENVOY_START_TIMEOUT) -> None:
+        self.start_envoy(1, timeout)
+
+    def stop_envoy(self, replica: int = 1) -> None:
+        child = self._envoys.pop(replica, None)
+        if child is not None:
+            child.stop()
+
+    def restart_envoy(self, replica: int = 1) -> None:
+        """Stop replica `replica`'s Envoy and start it again (same config):
+        what it kept in its own memory (shared data, caches) is gone."""
+        self.stop_envoy(replica)
+        self.start_envoy(replica)
+
+    def listener_ports(self, replica: int = 1) -> list[int]:
         """Ports of every listener Envoy reports (contract ones + extras)."""
-        status, body = http_get(self.admin_url("/listeners?format=json"))
-        ports = set(LISTENERS.values())
+        status, body = http_get(self.admin_url("/listeners?format=json", replica))
+        ports = {render.replica_port(p, replica) for p in LISTENERS.values()}
         if status == 200:
             for listener in json.loads(body).get("listener_statuses", []):
                 port = listener.get("local_address", {}).get("socket_address", {}).get("port_value")
@@ -426,12 +668,31 @@ class Stack:
                     ports.add(int(port))
         return sorted(ports)
 
-    def envoy_running(self) -> bool:
-        return self._envoy is not None and self._envoy.alive()
+    def envoy_pid(self, replica: int = 1) -> int:
+        """The process id of replica `replica`'s Envoy (it must be running)."""
+        child = self._envoys.get(replica)
+        if child is None:
+            raise StackError(f"envoy replica {replica} is not running")
+        return child.proc.pid
 
-    def admin(self, path: str) -> tuple[int, bytes]:
+    def store_pid(self, replica: int = 1) -> int:
+        child = self._stores.get(replica)
+        if child is None:
+            raise StackError(f"gateway-store {replica} is not running")
+        return child.proc.pid
+
+    def redis_pid(self) -> int:
+        if self._redis is None:
+            raise StackError("redis is not running")
+        return self._redis.proc.pid
+
+    def envoy_running(self, replica: int = 1) -> bool:
+        child = self._envoys.get(replica)
+        return child is not None and child.alive()
+
+    def admin(self, path: str, replica: int = 1) -> tuple[int, bytes]:
         """GET an Envoy admin endpoint, e.g. admin('/stats?filter=wasm')."""
-        return http_get(self.admin_url(path))
+        return http_get(self.admin_url(path, replica))
 
     def banner(self) -> str:
         rows = [
@@ -443,13 +704,21 @@ class Stack:
             ("admin", "http", ADMIN_PORT, "Envoy admin"),
         ]
         lines = ["", "demo stack ready (Ctrl-C stops it)", ""]
-        for name, scheme, port, what in rows:
-            host = "localhost" if scheme == "https" else self.host
-            lines.append(f"  {name:<8} {scheme}://{host}:{port:<6} {what}")
-        lines.append("")
+        for r in self.replicas:
+            if len(self.replicas) > 1:
+                lines.append(f"  Envoy replica {r}:")
+            for name, scheme, port, what in rows:
+                host = "localhost" if scheme == "https" else self.host
+                lines.append(f"  {name:<8} {scheme}://{host}:{render.replica_port(port, r):<6} {what}")
+            store = render.replica_port(STORE_PORT, r)
+            lines.append(f"  {'store':<8} http://{HOST}:{store:<6} gateway-store sidecar (Redis claims)")
+            lines.append("")
+        lines.append(f"  {'redis':<8} redis://{HOST}:{REDIS_PORT:<5} shared state (password: examples/keys/redis-password)")
         for name, port in SERVICES.items():
             lines.append(f"  {name:<8} http://{self.host}:{port:<6} demo service")
-        lines += ["", f"  config   {self.config_path}", ""]
+        lines += ["", f"  config   {self.config_path}"]
+        lines += [f"           {self.config_path_of(r)}" for r in self.replicas if r != 1]
+        lines.append("")
         return "\n".join(lines)
 
 
@@ -468,6 +737,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_listeners=args.extra,
         envoy_args=args.envoy_arg,
         concurrency=args.concurrency,
+        replicas=args.replicas,
         log_level=args.log_level,
         log_dir=args.log_dir,
         overrides=dict(item.partition("=")[::2] for item in args.set),
@@ -480,7 +750,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(stack.banner(), flush=True)
         while True:
             time.sleep(0.5)
-            for name, running in (("envoy", stack.envoy_running()), ("demo-services", stack.demo_services_running())):
+            children = [("redis", stack.redis_running()), ("demo-services", stack.demo_services_running())]
+            for r in stack.replicas:
+                sfx = "" if r == 1 else f" (replica {r})"
+                children += [(f"envoy{sfx}", stack.envoy_running(r)), (f"gateway-store{sfx}", stack.store_running(r))]
+            for name, running in children:
                 if not running:
                     print(f"stack.py: {name} exited unexpectedly; stopping the stack", file=sys.stderr)
                     return 1
@@ -493,7 +767,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abort the clean-up
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        was_running = stack.envoy_running() or stack.demo_services_running()
+        was_running = stack.envoy_running() or stack.demo_services_running() or stack.redis_running()
         stack.stop()
         if was_running:
             print("stack.py: stopped", file=sys.stderr, flush=True)
@@ -501,7 +775,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_ports(_args: argparse.Namespace) -> int:
     try:
-        check_ports_free({"admin": ADMIN_PORT, **LISTENERS, **SERVICES})
+        check_ports_free(Stack().ports())
     except StackError as exc:
         print(f"stack.py: {exc}", file=sys.stderr)
         return 1
@@ -516,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--extra", action="append", default=[], type=Path, metavar="FILE",
                      help="additional listeners to splice in (render.py --extra)")
     run.add_argument("--concurrency", type=int, default=2)
+    run.add_argument("--replicas", type=int, choices=REPLICAS, default=2,
+                     help="Envoy replicas (default 2: the contract's second replica on every port + 100)")
     run.add_argument("--log-level", default="warn")
     run.add_argument("--log-dir", type=Path, help="write the children's output there instead of the terminal")
     run.add_argument("--envoy-arg", action="append", default=[], metavar="ARG", help="extra Envoy argument")

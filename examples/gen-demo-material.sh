@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every piece of DEMO key material under examples/keys and
 # examples/certs: JWT signing keys + JWKS, the passport signing key + JWKS,
-# the app gateway's master secret, and the mTLS demo PKI.
+# the app gateway's master secret, the demo Redis password, and the mTLS demo PKI.
 #
 #   DEMO ONLY — never use any of this in production.
 #
@@ -120,6 +120,9 @@ gen_rsa "$OUT_KEYS/jwt-rs256.pem"
 gen_ec  "$OUT_KEYS/jwt-es256.pem"
 gen_ec  "$OUT_KEYS/passport-es256.pem"
 openssl rand -base64 32 >"$OUT_KEYS/app-master.key"   # 44 chars + newline
+# The demo Redis `default` user's password (and the gateway-store ACL user's):
+# hex, so it needs no quoting in redis.conf, URLs or shells.
+openssl rand -hex 24 >"$OUT_KEYS/redis-password"      # 48 chars + newline
 
 # --- demo PKI ------------------------------------------------------------------
 
@@ -290,6 +293,7 @@ check("jwks.json", "demo-rs256", "jwt-rs256", "RS256")
 check("jwks.json", "demo-es256", "jwt-es256", "ES256")
 check("passport-jwks.json", "passport-2026-1", "passport-es256", "ES256")
 assert len(base64.b64decode(open(keys_dir + "/app-master.key").read().strip(), validate=True)) == 32
+assert len(bytes.fromhex(open(keys_dir + "/redis-password").read().strip())) == 24
 PY
 
 # --- install -----------------------------------------------------------------

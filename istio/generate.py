@@ -432,9 +432,18 @@ def upstreams_filter(gateway: str, clusters: list[dict]) -> dict:
     }
 
 
+# Clusters that are a sidecar container of the gateway pod itself, reached on
+# loopback (docs/istio.md, "Shared state"): the gateway-store in front of Redis.
+SIDECAR_CLUSTERS = frozenset({"gateway_store"})
+
+
 def mesh_cluster(local: dict) -> dict:
-    """The template's cluster, pointed at the Kubernetes Service of the same name."""
+    """The template's cluster, pointed at the Kubernetes Service of the same
+    name, or, for a sidecar of the gateway pod, left on loopback."""
     out = copy.deepcopy(local)
+    if local["name"] in SIDECAR_CLUSTERS:
+        out["type"] = "STATIC"
+        return out
     out["type"] = "STRICT_DNS"
     for group in out["load_assignment"]["endpoints"]:
         for ep in group["lb_endpoints"]:

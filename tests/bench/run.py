@@ -51,10 +51,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -93,6 +95,9 @@ BUDGET = {
     "suite_bytes": 3 << 19,  # 1.5 MiB
     "rss_added_mb": 60.0,
     "ready_s": 1.0,
+    # issue 25: the Redis claim (gateway-store) against the local store
+    "claim_cpu_us": 30.0,
+    "claim_p99_us": 1000.0,
 }
 
 # Bridge (mTLS client) ports: plain HTTP in, mTLS out.
@@ -153,6 +158,22 @@ class Material:
     def advance(self, name: str, requests: int) -> None:
         self.offsets[name] = self.offsets.get(name, 0) + requests
 
+    def onetime(self, n: int) -> Path:
+        """A fresh file of n POST /api/v1/transfers header sets, each with a
+        token of its own `jti` (ES256: the fastest to mint), for the one-time
+        route; the same verification cost with and without the shared store."""
+        now = int(time.time())
+        tag = secrets.token_hex(4)
+        p = self.dir / "onetime.txt"
+        lines = []
+        for i in range(n):
+            body = {"iss": ISS, "aud": AUD, "sub": "bench-user", "iat": now, "nbf": now - 5, "exp": now + 1800,
+                    "jti": f"bench-once-{tag}-{i}", "scope": "transfers:write"}
+            tok = self._jwt.encode(body, self._keys["ES256"], algorithm="ES256", headers={"kid": "demo-es256"})
+            lines.append(f"method: POST\tauthorization: Bearer {tok}")
+        p.write_text("\n".join(lines) + "\n")
+        return p
+
     def signed(self, n: int, port: int) -> Path:
         """A fresh file of n signed GET /api/v1/users/1 header sets, unique nonces."""
         from signing import Signer
@@ -169,18 +190,19 @@ class Material:
 
 LUA = r"""-- written by tests/bench/run.py: cycles through header sets, one request
 -- per line of the file given as the first script argument ("name: value"
--- pairs separated by tabs), starting at the line given as the second.
+-- pairs separated by tabs; a "method: POST" pair sets the method), starting
+-- at the line given as the second.
 local reqs, n, idx = {}, 0, 0
 function init(args)
   for line in io.lines(args[1]) do
-    local h = {}
+    local h, m = {}, nil
     for k, v in pairs(wrk.headers) do h[k] = v end
     for pair in string.gmatch(line, "[^\t]+") do
       local k, v = string.match(pair, "^([^:]+):%s*(.*)$")
-      h[k] = v
+      if k == "method" then m = v else h[k] = v end
     end
     n = n + 1
-    reqs[n] = wrk.format(nil, nil, h)
+    reqs[n] = wrk.format(m, nil, h)
   end
   if n == 0 then error("no header sets in " .. args[1]) end
   idx = (tonumber(args[2]) or 0) % n
@@ -229,6 +251,12 @@ def main_targets(mat: Material) -> list[dict]:
         T("native wrong iss", "jwt", 10011, "bare", feed="wrong-iss", expect="401"),
         T("wasm wrong iss", "jwt", 10012, "bare", feed="wrong-iss", expect="401"),
         T("app signed", "app", 10001, "bare", feed="signed", lat=True),
+        # The shared store (Redis via the gateway-store sidecar) against this
+        # replica's store alone: the same chains, one pass (STORE_VARIANTS).
+        T("app signed, local store", "store", LOCAL_STORE["app"], "bare", feed="signed", lat=True),
+        T("web one-time, redis", "store", 10000, "bare", path="/api/v1/transfers", feed="onetime", lat=True),
+        T("web one-time, local store", "store", LOCAL_STORE["web"], "bare", path="/api/v1/transfers",
+          feed="onetime", lat=True),
         T("tls bare", "mtls", 10111, None, path="/partner/v1/billing/bench", lat=True),
         T("secure", "mtls", 10110, "tls bare", path="/partner/v1/billing/bench", lat=True),
         T("web unstable", "breaker", 10000, "bare", path="/api/v1/unstable/bench", lat=True),
@@ -290,23 +318,30 @@ def wrk(url: str, headers: dict, conns: int, seconds: int, script: tuple[Path, i
 
 
 class Runner:
-    def __init__(self, mat: Material, pid: int, seconds: int):
+    def __init__(self, mat: Material, pid: int, seconds: int, side: dict[str, int] | None = None):
         self.mat, self.pid, self.seconds = mat, pid, seconds
+        #: other processes whose CPU per request is reported (the sidecar, Redis)
+        self.side = side or {}
 
     def _script(self, t: dict, n_hint: int) -> tuple[Path, int] | None:
         if t["feed"] is None:
             return None
         if t["feed"] == "signed":
             return self.mat.signed(n_hint, t["port"]), 0
+        if t["feed"] == "onetime":
+            return self.mat.onetime(n_hint), 0
         return self.mat.feed(t["feed"])
 
     def run(self, t: dict, conns: int, seconds: int, n_hint: int = 40000) -> dict:
         url = f"http://127.0.0.1:{t['port']}{t['path']}"
         script = self._script(t, n_hint)
+        s0 = {k: envoy_cpu_seconds(p) for k, p in self.side.items()}
         c0 = envoy_cpu_seconds(self.pid)
         w = wrk(url, t["headers"], conns, seconds, script)
         c1 = envoy_cpu_seconds(self.pid)
-        if t["feed"] and t["feed"] != "signed":
+        for k, p in self.side.items():
+            w[f"{k}_cpu_us"] = (envoy_cpu_seconds(p) - s0[k]) * 1e6 / max(1, w["requests"])
+        if t["feed"] and t["feed"] not in ("signed", "onetime"):
             self.mat.advance(t["feed"], w["requests"])
         bad = w["non2xx"] if t["expect"] == "2xx" else w["requests"] - w["non2xx"]
         if bad or w["requests"] == 0:
@@ -319,7 +354,8 @@ class Runner:
             self.run(t, 4, 1, n_hint=20000)
 
     def rounds(self, ts: list[dict], rounds: int, label: str) -> dict:
-        res = {t["name"]: {"rps": [], "cpu_us": [], "p50": [], "p99": []} for t in ts}
+        side = [f"{k}_cpu_us" for k in self.side]
+        res = {t["name"]: {"rps": [], "cpu_us": [], "p50": [], "p99": [], **{k: [] for k in side}} for t in ts}
         for r in range(rounds):
             for t in ts:
                 hint = int(max(8000, 2 * self.seconds * max(res[t["name"]]["rps"] or [4000])))
@@ -327,6 +363,8 @@ class Runner:
                 m = res[t["name"]]
                 m["rps"].append(w["rps"])
                 m["cpu_us"].append(w["cpu_us"])
+                for k in side:
+                    m[k].append(w[k])
                 if t["lat"]:
                     lat = self.run(t, 1, max(1, self.seconds // 3), n_hint=hint // 2)
                     m["p50"].append(lat["p50_us"])
@@ -343,6 +381,9 @@ def rows_for(ts: list[dict], med: dict) -> list[dict]:
                "rps": round(m["rps"]), "rps_ratio": round(m["rps"] / base["rps"], 3),
                "cpu_us": round(m["cpu_us"], 1), "added_cpu_us": round(m["cpu_us"] - base["cpu_us"], 1),
                "base": t["base"]}
+        for k in ("store_cpu_us", "redis_cpu_us"):
+            if m.get(k) is not None:
+                row[k] = round(m[k], 1)
         if m["p50"] is not None:
             row.update(p50_us=round(m["p50"]), p99_us=round(m["p99"]))
             if base["p50"] is not None:
@@ -476,6 +517,39 @@ WEB_CHAIN = [("sanitize", "sanitize", "sanitize/web.json"), ("jwt", "jwt", "jwt/
              ("fds-block", "fds_block", "fds-block/web.json"), ("passport", "passport", "passport/web.json"),
              ("route-breaker", "route_breaker", "route-breaker/web.json")]
 CHAIN_PREFIX_PORTS = (10030, 10031, 10032)
+#: The web and app gateways again, with jwt's and replay-guard's
+#: `shared_store` removed (this replica's store alone): the claim's cost.
+LOCAL_STORE = {"web": 10050, "app": 10051}
+LOCAL_STORE_FILTER = {"web": "jwt", "app": "replay_guard"}
+
+
+def local_store_listeners() -> Path:
+    """The web and app listeners of the rendered config, on LOCAL_STORE's
+    ports, with the one-time filter's `shared_store` removed."""
+    import yaml
+
+    doc = yaml.safe_load(render_mod.render("local", wasm_build="filters"))
+    out = []
+    for gw, port in LOCAL_STORE.items():
+        lst = copy.deepcopy(next(x for x in doc["static_resources"]["listeners"] if x["name"] == gw))
+        lst["name"] = f"bench_{gw}_local_store"
+        lst["address"]["socket_address"]["port_value"] = port
+        changed = 0
+        for fc in lst["filter_chains"]:
+            for nf in fc["filters"]:
+                for hf in nf.get("typed_config", {}).get("http_filters", []):
+                    conf = hf.get("typed_config", {}).get("config", {})
+                    if conf.get("root_id") == LOCAL_STORE_FILTER[gw]:
+                        cfg = json.loads(conf["configuration"]["value"])
+                        cfg.pop("shared_store")
+                        conf["configuration"]["value"] = json.dumps(cfg)
+                        changed += 1
+        assert changed == 1, (gw, changed)
+        out.append(lst)
+    path = OUT / "local-store-listeners.yaml"
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(out, sort_keys=False, width=1 << 20))
+    return path
 
 
 def _configured(filter_block: str, value: str) -> str:
@@ -555,7 +629,8 @@ def probe_listeners() -> Path:
 def make_stack(include_root: Path | None = None, overrides: dict | None = None, name: str = "envoy.yaml",
                concurrency: int = 1, extra: bool = True) -> stack_mod.Stack:
     return stack_mod.Stack(
-        extra_listeners=[LISTENERS_YAML, probe_listeners()] if extra else [],
+        extra_listeners=[LISTENERS_YAML, probe_listeners(), local_store_listeners()] if extra else [],
+        replicas=1,
         include_root=include_root,
         overrides=overrides,
         config_path=OUT / name,
@@ -598,7 +673,7 @@ def main_pass(mat: Material, args, only, build: str = "filters") -> tuple[list[d
     st = make_stack(name="envoy.yaml" if build == "filters" else "envoy-suite.yaml")
     bridge = None
     with st:
-        pid = st._envoy.proc.pid  # noqa: SLF001 - the bench owns this stack
+        pid = st.envoy_pid()
         pin(pid, "0")
         if any(t["section"] == "mtls" for t in ts):
             for port in [*BRIDGE, BRIDGE_ADMIN]:
@@ -607,7 +682,8 @@ def main_pass(mat: Material, args, only, build: str = "filters") -> tuple[list[d
             bridge, _ = launch_envoy(bridge_config(), 1, OUT / "logs" / "bridge.log", cpus="1",
                                      admin=f"http://127.0.0.1:{BRIDGE_ADMIN}")
         try:
-            runner = Runner(mat, pid, args.seconds)
+            side = {"store": st.store_pid(), "redis": st.redis_pid()}
+            runner = Runner(mat, pid, args.seconds, side)
             runner.warm(ts)
             print(f"bench: {build} pass, {len(ts)} targets x {args.rounds} rounds x {args.seconds}s, "
                   "envoy --concurrency 1 on CPU 0, wrk on CPU 1", file=sys.stderr)
@@ -626,7 +702,7 @@ def fds_pass(mat: Material, args) -> list[dict]:
     os.environ["WASM_BUILD"] = "filters"
     st = make_stack(include_root=FDS_BENCH_ROOT, name="envoy-fds100k.yaml", extra=False)
     with st:
-        pid = st._envoy.proc.pid  # noqa: SLF001
+        pid = st.envoy_pid()
         pin(pid, "0")
         runner = Runner(mat, pid, args.seconds)
         runner.warm(ts)
@@ -774,6 +850,23 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         if "wasm cached" in by and "native cached" in by:
             r = by["wasm cached"]["rps"] / by["native cached"]["rps"]
             check("jwt repeated token req/s vs native", f"{r:.2f}", "≥ 0.85", r >= BUDGET["jwt_cached_rps_vs_native"])
+    if sec("store"):
+        srows = [std(r) + [r.get("store_cpu_us"), r.get("redis_cpu_us")]
+                 for r in [*[r for r in rows if r["target"] == "app signed"], *sec("store")]]
+        out.append(table("Shared store: the claim in Redis (gateway-store sidecar) vs this replica's store alone, "
+                         "same chains, one pass (base: bare; sidecar and Redis CPU per request of that target)",
+                         [*std_head, "sidecar CPU µs", "Redis CPU µs"], srows))
+        pairs = (("web one-time, redis", "web one-time, local store"), ("app signed", "app signed, local store"))
+        for with_redis, local in pairs:
+            a, b = by.get(with_redis), by.get(local)
+            if not (a and b):
+                continue
+            dcpu = round(a["cpu_us"] - b["cpu_us"], 1)
+            check(f"{with_redis.split(',')[0]}: claim +Envoy CPU/req", f"{dcpu} µs", "≤ 30 µs", dcpu <= BUDGET["claim_cpu_us"])
+            if a.get("p99_us") is not None and b.get("p99_us") is not None:
+                dp99 = round(a["p99_us"] - b["p99_us"], 1)
+                check(f"{with_redis.split(',')[0]}: claim +p99 (1 conn)", f"{dp99} µs", "≤ 1000 µs",
+                      dp99 <= BUDGET["claim_p99_us"])
     if sec("hostcall") and "noop" in by:
         floor = by["noop"]["cpu_us"]
         hrs = [[r["target"].removeprefix("probe "), r["port"], r["rps"], r["cpu_us"],

@@ -1,4 +1,5 @@
-"""Session fixture: the demo stack (demo services + the real Envoy).
+"""Session fixture: the demo stack (Redis, the demo services, the two real
+Envoy replicas and their gateway-store sidecars).
 
 Nothing is built here: `make test-integration` (and `make test`) build the
 wasm filters, demo-services and the .venv first. The stack runs from the same
@@ -95,5 +96,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     outcome = yield
     report = outcome.get_result()
     if report.failed and report.when == "call" and "stack" in getattr(item, "fixturenames", ()):
-        for name in ("envoy.log", "envoy-access.log", "demo-services.log"):
+        for name in ("envoy.log", "envoy-access.log", "envoy-2.log", "demo-services.log", "redis.log",
+                     "gateway-store.log", "gateway-store-2.log"):
             report.sections.append((f"build/test-logs/{name} (tail)", _tail(LOG_DIR / name)))

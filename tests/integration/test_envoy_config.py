@@ -72,10 +72,15 @@ def test_compose_config_keeps_container_paths_and_service_names():
     tls = secure["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
     assert tls["tls_certificates"][0]["certificate_chain"]["filename"] == "/etc/envoy/certs/server.pem"
     clusters = {c["name"]: c for c in doc["static_resources"]["clusters"]}
-    for cluster in clusters.values():
+    for name, cluster in clusters.items():
         assert cluster["type"] == "STRICT_DNS"
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-        assert address["address"] == "demo-services"
+        # each replica's own gateway-store sidecar; everything else: the demo services
+        assert address["address"] == ("gateway-store" if name == "gateway_store" else "demo-services"), name
+    replica2 = yaml.safe_load(render.render("compose", replica=2, overrides={"STORE_HOST": "gateway-store-2"}))
+    store2 = {c["name"]: c for c in replica2["static_resources"]["clusters"]}["gateway_store"]
+    address = store2["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert (address["address"], address["port_value"]) == ("gateway-store-2", 18091)
 
 
 def test_compose_file_mounts_what_the_compose_config_reads():
@@ -91,6 +96,11 @@ def test_compose_file_mounts_what_the_compose_config_reads():
     assert mounts["/etc/envoy/envoy.yaml"] == (REPO / "build" / "compose" / "envoy.yaml").resolve()
     published = {p.split(":")[-1] for p in compose["services"]["envoy"]["ports"]}
     assert {str(p) for p in LISTENERS.values()} | {"9901"} <= published
+    # the second replica: its own rendered config, every port + 100, admin 9902
+    replica2 = compose["services"]["envoy-2"]
+    assert "../build/compose/envoy-2.yaml:/etc/envoy/envoy.yaml:ro" in replica2["volumes"]
+    published = {p.split(":")[-1] for p in replica2["ports"]}
+    assert {str(render.replica_port(p, 2)) for p in LISTENERS.values()} | {"9902"} <= published
 
 
 def test_listeners_and_ports_follow_the_contract(rendered):

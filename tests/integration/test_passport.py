@@ -168,7 +168,7 @@ def test_the_app_gateway_passport_is_for_the_keys_user_and_device():
 
 # ------------------------------------------------------------ stale variant
 
-STALE_PORT = 10100
+STALE_PORT = 10190  # not 10100: the second replica's web gateway
 STALE_ADMIN = 9911
 
 

@@ -19,6 +19,8 @@
 //! * [`metrics`]: labelled counter names (Envoy tag extraction).
 //! * [`request`]: the pure decision seam ([`request::RequestView`] in,
 //!   [`request::Decision`] out) that every build's host adapter applies.
+//! * [`store`]: once-only claims in the shared store (Redis behind the
+//!   gateway-store sidecar), the same for every replica of a gateway.
 //! * [`original`]: the client's `:path`/body saved before a rewrite, for
 //!   signature verification after sanitize.
 
@@ -34,6 +36,7 @@ pub mod original;
 pub mod request;
 pub mod route;
 pub mod shared;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 

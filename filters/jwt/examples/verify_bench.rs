@@ -151,14 +151,14 @@ fn cached_path(cfg: &config::Compiled, tok: &str) {
         .with_header("accept", "*/*");
     let mut first = base.clone();
     first.time = std::time::SystemTime::now();
-    let (v, o) = filter::on_request_headers(&env, &mut first);
+    let (v, o, _) = filter::on_request_headers(&env, &mut first);
     assert_eq!(o.result, filter::Result_::Allowed, "{v:?} {o:?}");
     let n = 2000;
     let full = best(|| {
         let mut hosts: Vec<FakeHost> = (0..n).map(|_| base.clone()).collect();
         let a = Instant::now();
         for h in &mut hosts {
-            let (_, o) = filter::on_request_headers(&env, h);
+            let (_, o, _) = filter::on_request_headers(&env, h);
             assert!(o.cache_hit);
         }
         a.elapsed().as_nanos() as f64 / n as f64 / 1000.0

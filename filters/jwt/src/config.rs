@@ -43,6 +43,15 @@ pub struct JwtConfig {
     /// The process-wide store of used `jti`s (routes with `one_time_jti`).
     #[serde(default)]
     pub jti_store: JtiStoreConfig,
+    /// The store every replica of the gateway shares (Redis behind the
+    /// gateway-store sidecar, docs/gateway-store.md). Set: a one-time route
+    /// claims each `jti` there (one callout; the request waits at most
+    /// `timeout`), and `jti_store` above is only this replica's first-level
+    /// cache that refuses a replay it already knows without a round trip.
+    /// Absent: `jti_store` alone decides, which holds per Envoy process only
+    /// (a replay sent to another replica, or after a restart, is accepted).
+    #[serde(default)]
+    pub shared_store: Option<filter_core::store::SharedStoreConfig>,
     /// Dry run (default false): every check runs, but a request that would
     /// be refused is logged (`"dry_run":true`), counted in
     /// `jwt_dry_run_denied_total` and let through unchanged — without an
@@ -410,6 +419,9 @@ pub struct Compiled {
     pub cache_entries: usize,
     pub jti_max_entries: usize,
     pub jti_max_lifetime: Duration,
+    /// Where one-time `jti`s are claimed across replicas (`None`: this
+    /// process's `jti` store alone).
+    pub shared_store: Option<filter_core::store::SharedStore>,
     /// Every header a provider forwards claims into (stripped first).
     pub forwarded_headers: Vec<String>,
     /// Union of the providers' sources, in order, without duplicates.
@@ -665,6 +677,10 @@ impl TryFrom<JwtConfig> for Compiled {
                 "must be between 1s and 24h",
             ));
         }
+        let shared_store = match c.shared_store {
+            Some(s) => Some(s.compile("shared_store")?),
+            None => None,
+        };
         let mut providers = Vec::with_capacity(c.providers.len());
         for (i, p) in c.providers.into_iter().enumerate() {
             let p = compile_provider(i, p)?;
@@ -756,6 +772,7 @@ impl TryFrom<JwtConfig> for Compiled {
             cache_entries: c.cache.max_entries,
             jti_max_entries: c.jti_store.max_entries,
             jti_max_lifetime: life,
+            shared_store,
             forwarded_headers,
             sources,
             dry_run: c.dry_run,

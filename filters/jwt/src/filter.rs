@@ -10,7 +10,8 @@ use std::rc::Rc;
 use filter_core::decision::{self, RouteNames};
 use filter_core::identity::{Identity, Source};
 use filter_core::request::{Decision as RequestDecision, Edits, RequestView};
-use filter_core::shared::SharedData;
+use filter_core::shared::{SharedData, SharedError};
+use filter_core::store::{self, Claim, ClaimAnswer, OnUnavailable};
 use filter_core::{Denial, HttpHost, Verdict};
 
 use crate::cache::{TokenCache, Verified};
@@ -71,6 +72,41 @@ pub struct Outcome {
     /// Envoy gateway/route names, read on a denial (for the decision log)
     /// and reused for the metric labels.
     pub names: Option<RouteNames>,
+    /// One-time route with a shared store: this replica's `jti` store
+    /// already knew the token (refused without a round trip).
+    pub local_replay: bool,
+    /// One-time route with a shared store: what the store answered.
+    pub claim: Option<ClaimAnswer>,
+}
+
+/// What [`decide`] asks of the host.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a transient return value, moved once per request: boxing the decision would add an allocation to every request"
+)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Decided: apply it.
+    Done(RequestDecision),
+    /// The token is good and the route is one-time: claim its `jti` in the
+    /// shared store ([`PendingClaim::claim`], one callout), then
+    /// [`finish_claim`] with the answer. Nothing is applied meanwhile.
+    Claim(Box<PendingClaim>),
+}
+
+/// A verified request on a one-time route, waiting for its `jti` claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingClaim {
+    pub claim: Claim,
+    /// Applied when the claim holds: the identity, forwarded claims, the
+    /// token's removal.
+    pub allow: Edits,
+    /// Due before a refusal (client copies of the claim headers go).
+    pub before_deny: Edits,
+    issuer: String,
+    jti: String,
+    exp: u64,
+    skew: u64,
 }
 
 /// The decision.
@@ -292,20 +328,99 @@ fn invalid_token(challenge: &str, e: &TokenError) -> Denial {
     )
 }
 
+/// A request paused on its `jti` claim: what the adapter needs to finish it
+/// when the shared store answers ([`on_claim_answer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub claim: Box<PendingClaim>,
+    pub out: Outcome,
+    method: String,
+    request_id: Option<String>,
+    trace_id: Option<String>,
+    path: String,
+}
+
 /// The request-headers callback: reads the headers once, runs [`decide`]
 /// and applies its decision (the thin host adapter; a denial in dry run
-/// keeps only the edits).
+/// keeps only the edits). A one-time route with a shared store comes back
+/// as [`Verdict::WaitCallout`] with the [`Pending`] claim: the glue sends
+/// [`PendingClaim::claim`] and calls [`on_claim_answer`] with the answer.
 pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
     env: &Env<'_, S>,
     host: &mut H,
-) -> (Verdict, Outcome) {
+) -> (Verdict, Outcome, Option<Pending>) {
     let all = host.request_headers();
     let req = RequestView::new(&all);
     // The clock is read only when a token is checked (one host call less on
     // open routes and on requests without a token).
-    let (decision, mut out) = decide(env, &req, || host.unix_seconds());
+    let (step, mut out) = decide(env, &req, || host.unix_seconds());
+    match step {
+        Step::Done(decision) => {
+            let v = settle(
+                env,
+                host,
+                &decision,
+                &mut out,
+                (req.method, req.request_id, req.path()),
+                || decision::trace_id(&all),
+            );
+            (v, out, None)
+        }
+        Step::Claim(claim) => {
+            let pending = Pending {
+                claim,
+                out: out.clone(),
+                method: req.method.to_string(),
+                request_id: req.request_id.map(str::to_string),
+                trace_id: decision::trace_id(&all),
+                path: req.path().to_string(),
+            };
+            (Verdict::WaitCallout, out, Some(pending))
+        }
+    }
+}
+
+/// The shared store answered a paused request's claim (`answer`): decide
+/// ([`finish_claim`]) and apply, as [`on_request_headers`] would have.
+pub fn on_claim_answer<H: HttpHost, S: SharedData + ?Sized>(
+    env: &Env<'_, S>,
+    host: &mut H,
+    pending: Pending,
+    answer: ClaimAnswer,
+) -> (Verdict, Outcome) {
+    let Pending {
+        claim,
+        mut out,
+        method,
+        request_id,
+        trace_id,
+        path,
+    } = pending;
+    let now = host.unix_seconds();
+    let decision = finish_claim(env, *claim, answer, now, &mut out);
+    let v = settle(
+        env,
+        host,
+        &decision,
+        &mut out,
+        (&method, request_id.as_deref(), &path),
+        || trace_id,
+    );
+    (v, out)
+}
+
+/// Applies a decision: the decision log line on a refusal (dry run
+/// included), then the edits and, unless in dry run, the local reply.
+fn settle<H: HttpHost, S: SharedData + ?Sized>(
+    env: &Env<'_, S>,
+    host: &mut H,
+    decision: &RequestDecision,
+    out: &mut Outcome,
+    (method, request_id, path): (&str, Option<&str>, &str),
+    trace_id: impl FnOnce() -> Option<String>,
+) -> Verdict {
     let Some(d) = decision.denial() else {
-        return (decision.apply(host, req.request_id), out);
+        return decision.apply(host, request_id);
     };
     let cfg = env.cfg;
     let names = out
@@ -313,25 +428,25 @@ pub fn on_request_headers<H: HttpHost, S: SharedData + ?Sized>(
         .get_or_insert_with(|| decision::route_names(&*host));
     // `code` is the reply's error code; `reason` (the token check that
     // failed) is the metric label and stays in the debug log.
-    decision::Decision::denial("jwt", req.method, d.status, d.code)
+    decision::Decision::denial("jwt", method, d.status, d.code)
         .dry_run(cfg.dry_run)
         .at(names)
-        .request_id(req.request_id)
-        .trace_id(decision::trace_id(&all).as_deref())
+        .request_id(request_id)
+        .trace_id(trace_id().as_deref())
         .emit();
     log::debug!(
         "jwt deny code={} reason={} path={}",
         d.code,
         out.code.unwrap_or("-"),
-        req.path()
+        path
     );
     if cfg.dry_run {
-        if let RequestDecision::Deny(edits, _) = &decision {
+        if let RequestDecision::Deny(edits, _) = decision {
             edits.apply(host);
         }
-        return (Verdict::Continue, out);
+        return Verdict::Continue;
     }
-    (decision.apply(host, req.request_id), out)
+    decision.apply(host, request_id)
 }
 
 /// The whole decision on the request headers, without a host call: which
@@ -344,7 +459,7 @@ pub fn decide<S: SharedData + ?Sized>(
     env: &Env<'_, S>,
     req: &RequestView<'_>,
     now: impl FnOnce() -> u64,
-) -> (RequestDecision, Outcome) {
+) -> (Step, Outcome) {
     let mut out = Outcome::default();
     let cfg = env.cfg;
     let all = req.headers;
@@ -364,7 +479,7 @@ pub fn decide<S: SharedData + ?Sized>(
         // bearer token): header sources holding one are removed, as on a
         // verified request, unless a provider is set to forward its tokens.
         strip_unverified_tokens(cfg, all, &mut edits);
-        return (RequestDecision::Continue(edits), out);
+        return (done(RequestDecision::Continue(edits)), out);
     }
     let deny = |out: &mut Outcome, edits: Edits, d: Denial| {
         out.result = if cfg.dry_run {
@@ -382,7 +497,7 @@ pub fn decide<S: SharedData + ?Sized>(
         Err(e) => {
             out.code = Some(e.code());
             let d = invalid_token(&cfg.challenge, &e);
-            return (deny(&mut out, edits, d), out);
+            return (done(deny(&mut out, edits, d)), out);
         }
     };
     let Some(found) = found else {
@@ -392,11 +507,11 @@ pub fn decide<S: SharedData + ?Sized>(
             // header holds goes no further than an unchecked token would.
             strip_unverified_tokens(cfg, all, &mut edits);
             out.result = Result_::Anonymous;
-            return (RequestDecision::Continue(edits), out);
+            return (done(RequestDecision::Continue(edits)), out);
         }
         let d = Denial::unauthorized("missing_token", "a bearer token is required")
             .with_header("www-authenticate", cfg.challenge.clone());
-        return (deny(&mut out, edits, d), out);
+        return (done(deny(&mut out, edits, d)), out);
     };
 
     let now = now();
@@ -419,18 +534,18 @@ pub fn decide<S: SharedData + ?Sized>(
             Err(e) => {
                 out.code = Some(e.code());
                 let d = invalid_token(&cfg.challenge, &e);
-                return (deny(&mut out, edits, d), out);
+                return (done(deny(&mut out, edits, d)), out);
             }
         },
     };
     let Some(p) = cfg.providers.get(v.provider) else {
         let d = invalid_token(&cfg.challenge, &TokenError::Issuer);
-        return (deny(&mut out, edits, d), out);
+        return (done(deny(&mut out, edits, d)), out);
     };
     if let Err(e) = source_allowed(cfg, p, found.source) {
         out.code = Some(e.code());
         let d = invalid_token(&cfg.challenge, &e);
-        return (deny(&mut out, edits, d), out);
+        return (done(deny(&mut out, edits, d)), out);
     }
 
     if let Some(rule) = route.and_then(|r| r.scopes.as_ref()) {
@@ -447,64 +562,89 @@ pub fn decide<S: SharedData + ?Sized>(
                     cfg.challenge
                 ),
             );
-            return (deny(&mut out, edits, d), out);
+            return (done(deny(&mut out, edits, d)), out);
         }
     }
 
-    if route.is_some_and(|r| r.one_time_jti) {
-        let Some(jti) = v.jti.as_deref() else {
-            out.code = Some("jti_missing");
-            let d = invalid_token(
-                &cfg.challenge,
-                &TokenError::BadClaims("jti is required on this route"),
-            );
-            return (deny(&mut out, edits, d), out);
-        };
-        match env
+    let one_time = route.is_some_and(|r| r.one_time_jti);
+    let before_deny = if one_time {
+        edits.clone()
+    } else {
+        Edits::default()
+    };
+    let allow = allowed_edits(cfg, p, &v, found.source, edits);
+    if !one_time {
+        out.result = Result_::Allowed;
+        return (Step::Done(RequestDecision::Continue(allow)), out);
+    }
+    let Some(jti) = v.jti.as_deref() else {
+        out.code = Some("jti_missing");
+        let d = invalid_token(
+            &cfg.challenge,
+            &TokenError::BadClaims("jti is required on this route"),
+        );
+        return (done(deny(&mut out, before_deny, d)), out);
+    };
+    if v.exp.saturating_sub(now) > env.jti.max_lifetime {
+        out.code = Some("lifetime_too_long");
+        let d = invalid_token(
+            &cfg.challenge,
+            &TokenError::BadClaims("token lifetime is too long for a one-time route"),
+        );
+        return (done(deny(&mut out, before_deny, d)), out);
+    }
+    if cfg.shared_store.is_none() {
+        // This process's store alone decides (per replica).
+        let r = env
             .jti
-            .record(env.shared, &p.issuer, jti, v.exp, p.skew_secs, now)
-        {
-            Ok(Recorded::Fresh) => {}
-            Ok(Recorded::Replayed) => {
-                let d = Denial::unauthorized("token_replayed", "this token has already been used on a one-time route")
-                    .with_header(
-                        "www-authenticate",
-                        format!("{}, error=\"invalid_token\", error_description=\"token has already been used\"", cfg.challenge),
-                    );
-                return (deny(&mut out, edits, d), out);
+            .record(env.shared, &p.issuer, jti, v.exp, p.skew_secs, now);
+        return match recorded_denial(cfg, r, &mut out) {
+            None => {
+                out.result = Result_::Allowed;
+                (done(RequestDecision::Continue(allow)), out)
             }
-            Ok(Recorded::LifetimeTooLong) => {
-                out.code = Some("lifetime_too_long");
-                let d = invalid_token(
-                    &cfg.challenge,
-                    &TokenError::BadClaims("token lifetime is too long for a one-time route"),
-                );
-                return (deny(&mut out, edits, d), out);
-            }
-            Ok(Recorded::Full { retry_after }) => {
-                log::warn!(
-                    "jwt: jti store bucket full; refusing one-time tokens for {retry_after}s"
-                );
-                let d = Denial::unavailable(
-                    "replay_store_full",
-                    "one-time tokens cannot be recorded right now",
-                )
-                .with_header("retry-after", retry_after.to_string());
-                return (deny(&mut out, edits, d), out);
-            }
-            Err(e) => {
-                log::error!("jwt: jti store: {e}");
-                let d = Denial::unavailable(
-                    "replay_store_unavailable",
-                    "one-time tokens cannot be checked right now",
-                )
-                .with_header("retry-after", "1");
-                return (deny(&mut out, edits, d), out);
-            }
-        }
+            Some(d) => (done(deny(&mut out, before_deny, d)), out),
+        };
     }
+    // The first-level cache: a replay this replica has seen is refused
+    // without a round trip. It never accepts: the shared store does.
+    if let Ok(true) = env
+        .jti
+        .contains(env.shared, &p.issuer, jti, v.exp, p.skew_secs)
+    {
+        out.local_replay = true;
+        return (done(deny(&mut out, before_deny, replayed(cfg))), out);
+    }
+    // Remembered until the token has expired for every replica's clock.
+    let ttl_secs = v.exp.saturating_add(p.skew_secs).saturating_sub(now).max(1);
+    let pending = PendingClaim {
+        claim: Claim {
+            key: crate::jti::claim_key(&p.issuer, jti),
+            ttl_ms: ttl_secs.saturating_mul(1000),
+        },
+        allow,
+        before_deny,
+        issuer: p.issuer.clone(),
+        jti: jti.to_string(),
+        exp: v.exp,
+        skew: p.skew_secs,
+    };
+    (Step::Claim(Box::new(pending)), out)
+}
 
-    // Allowed: hand the identity on, forward claims, drop the token.
+fn done(d: RequestDecision) -> Step {
+    Step::Done(d)
+}
+
+/// The edits of an allowed request: the identity handed on, claims
+/// forwarded, the token dropped (unless its provider forwards it).
+fn allowed_edits(
+    cfg: &Compiled,
+    p: &Provider,
+    v: &Verified,
+    source: usize,
+    mut edits: Edits,
+) -> Edits {
     let mut id = Identity::new(Source::Jwt);
     id.user = v.sub.clone();
     id.exp = Some(v.exp);
@@ -513,10 +653,117 @@ pub fn decide<S: SharedData + ?Sized>(
         edits.set.push((name.clone(), value.clone()));
     }
     if !p.forward_token {
-        if let Some(TokenSource::Header { name, .. }) = cfg.sources.get(found.source) {
+        if let Some(TokenSource::Header { name, .. }) = cfg.sources.get(source) {
             edits.remove(name);
         }
     }
-    out.result = Result_::Allowed;
-    (RequestDecision::Continue(edits), out)
+    edits
+}
+
+fn replayed(cfg: &Compiled) -> Denial {
+    Denial::unauthorized(
+        "token_replayed",
+        "this token has already been used on a one-time route",
+    )
+    .with_header(
+        "www-authenticate",
+        format!(
+            "{}, error=\"invalid_token\", error_description=\"token has already been used\"",
+            cfg.challenge
+        ),
+    )
+}
+
+/// The refusal, if any, for what this process's `jti` store recorded.
+fn recorded_denial(
+    cfg: &Compiled,
+    r: Result<Recorded, SharedError>,
+    out: &mut Outcome,
+) -> Option<Denial> {
+    match r {
+        Ok(Recorded::Fresh) => None,
+        Ok(Recorded::Replayed) => Some(replayed(cfg)),
+        Ok(Recorded::LifetimeTooLong) => {
+            out.code = Some("lifetime_too_long");
+            Some(invalid_token(
+                &cfg.challenge,
+                &TokenError::BadClaims("token lifetime is too long for a one-time route"),
+            ))
+        }
+        Ok(Recorded::Full { retry_after }) => {
+            log::warn!("jwt: jti store bucket full; refusing one-time tokens for {retry_after}s");
+            Some(
+                Denial::unavailable(
+                    "replay_store_full",
+                    "one-time tokens cannot be recorded right now",
+                )
+                .with_header("retry-after", retry_after.to_string()),
+            )
+        }
+        Err(e) => {
+            log::error!("jwt: jti store: {e}");
+            Some(
+                Denial::unavailable(
+                    "replay_store_unavailable",
+                    "one-time tokens cannot be checked right now",
+                )
+                .with_header("retry-after", "1"),
+            )
+        }
+    }
+}
+
+/// The decision once the shared store has answered a [`PendingClaim`]
+/// (`now`: the proxy's clock, Unix seconds). The answer is recorded in this
+/// process's `jti` store too, so a replay seen here again is refused
+/// without a round trip. No answer in time: 503 `replay_check_unavailable`
+/// with `Retry-After`, or, if the config opts into it, this process's
+/// store decides alone.
+pub fn finish_claim<S: SharedData + ?Sized>(
+    env: &Env<'_, S>,
+    pending: PendingClaim,
+    answer: ClaimAnswer,
+    now: u64,
+    out: &mut Outcome,
+) -> RequestDecision {
+    let cfg = env.cfg;
+    out.claim = Some(answer);
+    let p = &pending;
+    let record = || {
+        env.jti
+            .record(env.shared, &p.issuer, &p.jti, p.exp, p.skew, now)
+    };
+    let denial = match answer {
+        ClaimAnswer::Claimed => {
+            // A cache: a full bucket or an unreadable store only costs a
+            // round trip on a later replay.
+            if let Err(e) = record() {
+                log::debug!("jwt: jti cache: {e}");
+            }
+            None
+        }
+        ClaimAnswer::Taken => {
+            let _ = record();
+            Some(replayed(cfg))
+        }
+        ClaimAnswer::Unavailable => match cfg.shared_store.as_ref().map(|s| s.on_unavailable) {
+            Some(OnUnavailable::Local) => recorded_denial(cfg, record(), out),
+            _ => Some(store::unavailable_denial()),
+        },
+    };
+    match denial {
+        None => {
+            out.result = Result_::Allowed;
+            RequestDecision::Continue(pending.allow)
+        }
+        Some(d) => {
+            out.result = if cfg.dry_run {
+                Result_::DryRunDenied
+            } else {
+                Result_::Denied
+            };
+            out.code.get_or_insert(d.code);
+            RequestDecision::Deny(pending.before_deny, d)
+        }
+    }
 }

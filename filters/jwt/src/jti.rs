@@ -126,6 +126,39 @@ impl JtiStore {
     }
 }
 
+impl JtiStore {
+    /// Whether `jti` is already recorded here (a read, no write): the
+    /// first-level check in front of the shared store, which refuses a
+    /// replay this replica already knows without a round trip.
+    pub fn contains<S: SharedData + ?Sized>(
+        &self,
+        store: &S,
+        issuer: &str,
+        jti: &str,
+        exp: u64,
+        skew: u64,
+    ) -> Result<bool, SharedError> {
+        let until = exp.saturating_add(skew.min(MAX_SKEW));
+        let epoch = until / self.width;
+        let slot = (epoch % BUCKETS as u64) as usize;
+        let h = entry_hash(issuer, jti);
+        let (cur, _) = store.get(&self.key(slot))?;
+        let cur = cur.unwrap_or_default();
+        let (stored_epoch, entries) = split(&cur);
+        Ok(cur.len() >= 8 && stored_epoch == epoch && entries.chunks_exact(8).any(|c| c == h))
+    }
+}
+
+/// The key a `jti` is claimed under in the shared store: SHA-256 of the
+/// issuer, a NUL and the `jti` (never the token or the `jti` itself).
+pub fn claim_key(issuer: &str, jti: &str) -> [u8; 32] {
+    let mut d = Sha256::new();
+    d.update(issuer.as_bytes());
+    d.update([0u8]);
+    d.update(jti.as_bytes());
+    d.finalize().into()
+}
+
 fn split(v: &[u8]) -> (u64, &[u8]) {
     match v.split_first_chunk::<8>() {
         Some((e, rest)) => (u64::from_le_bytes(*e), rest),
@@ -240,6 +273,21 @@ mod tests {
             .map(|k| m.get(&s.key(k)).unwrap().0.unwrap().len())
             .sum();
         assert!(total <= BUCKETS * (8 + 8 * s.per_bucket));
+    }
+
+    #[test]
+    fn contains_reads_without_recording() {
+        let (s, m) = store();
+        assert!(!s.contains(&m, "iss", "a", NOW + 600, 60).unwrap());
+        assert!(!s.contains(&m, "iss", "a", NOW + 600, 60).unwrap());
+        assert_eq!(
+            s.record(&m, "iss", "a", NOW + 600, 60, NOW).unwrap(),
+            Recorded::Fresh
+        );
+        assert!(s.contains(&m, "iss", "a", NOW + 600, 60).unwrap());
+        assert!(!s.contains(&m, "other", "a", NOW + 600, 60).unwrap());
+        assert_ne!(claim_key("iss", "a"), claim_key("iss", "b"));
+        assert_ne!(claim_key("is", "sa"), claim_key("iss", "a"));
     }
 
     #[test]

@@ -50,7 +50,7 @@ mod wasm {
     use std::time::Duration;
 
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
-    use filter_core::HttpHost;
+    use filter_core::{HttpHost, Verdict};
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, ContextType, MapType};
 
@@ -61,6 +61,7 @@ mod wasm {
     use crate::jwks;
     use crate::refresh::{Answer, Refresher, Response};
     use crate::remote;
+    use filter_core::store::ClaimAnswer;
 
     filter_core::filter_entry!(root, {
         crate::crypto::install();
@@ -88,6 +89,10 @@ mod wasm {
             stale_served: counter("jwt_jwks_stale_served_total"),
             fetch_ok: counter("jwt_jwks_fetch_ok_total"),
             fetch_failed: counter("jwt_jwks_fetch_failed_total"),
+            store_claimed: counter("jwt_store_claimed_total"),
+            store_replayed: counter("jwt_store_replayed_total"),
+            store_unavailable: counter("jwt_store_unavailable_total"),
+            store_local_replay: counter("jwt_store_local_replay_total"),
         }
     }
 
@@ -135,6 +140,15 @@ mod wasm {
             }
             if o.stale_keys {
                 proxy::increment(self.stale_served);
+            }
+            if o.local_replay {
+                proxy::increment(self.store_local_replay);
+            }
+            match o.claim {
+                Some(ClaimAnswer::Claimed) => proxy::increment(self.store_claimed),
+                Some(ClaimAnswer::Taken) => proxy::increment(self.store_replayed),
+                Some(ClaimAnswer::Unavailable) => proxy::increment(self.store_unavailable),
+                None => {}
             }
         }
     }
@@ -297,7 +311,10 @@ mod wasm {
 
         fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
             let shared = self.shared.clone()?;
-            Some(Box::new(Http { shared }))
+            Some(Box::new(Http {
+                shared,
+                pending: None,
+            }))
         }
 
         fn get_type(&self) -> Option<ContextType> {
@@ -307,30 +324,84 @@ mod wasm {
 
     struct Http {
         shared: Rc<Shared>,
+        /// A one-time request waiting for its `jti` claim (the callout's
+        /// token, the request's state).
+        pending: Option<(u32, filter::Pending)>,
     }
 
-    impl Context for Http {}
-
-    impl HttpContext for Http {
-        fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+    impl Http {
+        fn env<'a>(&'a self, keys: &'a [ProviderKeys]) -> Env<'a, ProxySharedData> {
             let sh = &self.shared;
-            let keys = sh.keys.borrow();
-            let env = Env {
+            Env {
                 cfg: &sh.config,
-                keys: &keys,
+                keys,
                 cache: &sh.cache,
                 shared: &ProxySharedData,
                 jti: &sh.jti,
+            }
+        }
+
+        /// Finishes a paused request with the store's answer.
+        fn finish(&mut self, p: filter::Pending, answer: ClaimAnswer) -> Verdict {
+            let sh = self.shared.clone();
+            let keys = sh.keys.borrow();
+            let (v, out) = filter::on_claim_answer(&self.env(&keys), &mut ProxyHost, p, answer);
+            sh.metrics.count(&out);
+            v
+        }
+    }
+
+    impl Context for Http {
+        fn on_http_call_response(&mut self, token: u32, _h: usize, _b: usize, _t: usize) {
+            let Some((t, p)) = self.pending.take() else {
+                return;
             };
-            let (v, out) = filter::on_request_headers(&env, &mut ProxyHost);
+            if t != token {
+                self.pending = Some((t, p));
+                return;
+            }
+            // No `:status` (timeout, reset, no healthy host) is no answer.
+            let status = proxy::header(MapType::HttpCallResponseHeaders, ":status");
+            let answer = ClaimAnswer::from_status(status.as_deref());
+            if self.finish(p, answer) == Verdict::Continue {
+                self.resume_http_request();
+            }
+        }
+    }
+
+    impl HttpContext for Http {
+        fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+            let sh = self.shared.clone();
+            let keys = sh.keys.borrow();
+            let (v, out, pending) = filter::on_request_headers(&self.env(&keys), &mut ProxyHost);
             drop(keys);
             if let Some(pi) = out.refetch {
                 if let Some(m) = sh.kid_miss.borrow_mut().get_mut(pi) {
                     *m = true;
                 }
             }
-            sh.metrics.count(&out);
-            proxy::action(v)
+            let (Some(p), Some(store)) = (pending, sh.config.shared_store.as_ref()) else {
+                sh.metrics.count(&out);
+                return proxy::action(v);
+            };
+            // A one-time route: claim the jti in the shared store, hold
+            // the request until it answers (at most the store's timeout).
+            let call = store.claim_callout(&p.claim.claim);
+            let headers: Vec<(&str, &str)> =
+                call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            match self.dispatch_http_call(call.cluster, headers, None, vec![], call.timeout) {
+                Ok(token) => {
+                    self.pending = Some((token, p));
+                    Action::Pause
+                }
+                Err(e) => {
+                    log::warn!(
+                        "jwt: cannot reach the shared store ({}): {e:?}",
+                        call.cluster
+                    );
+                    proxy::action(self.finish(p, ClaimAnswer::Unavailable))
+                }
+            }
         }
     }
 }

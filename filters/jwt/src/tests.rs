@@ -113,8 +113,30 @@ impl World {
         }
     }
 
+    /// The shipped web config with this replica's `jti` store alone (no
+    /// shared store): every test but the shared-store ones.
     fn web() -> Self {
-        Self::from(config::load(WEB.as_bytes()).unwrap())
+        let mut v: Value = serde_json::from_str(WEB).unwrap();
+        v.as_object_mut().unwrap().remove("shared_store");
+        Self::from(config::load(v.to_string().as_bytes()).unwrap())
+    }
+
+    /// The shipped web config as it is, shared store included, with
+    /// `on_unavailable` as given.
+    fn web_shared(on_unavailable: &str) -> Self {
+        let mut v: Value = serde_json::from_str(WEB).unwrap();
+        v["shared_store"]["on_unavailable"] = on_unavailable.into();
+        Self::from(config::load(v.to_string().as_bytes()).unwrap())
+    }
+
+    fn env(&self) -> Env<'_, MemorySharedData> {
+        Env {
+            cfg: &self.cfg,
+            keys: &self.keys,
+            cache: &self.cache,
+            shared: &self.shared,
+            jti: &self.jti,
+        }
     }
 
     fn run(&self, host: &mut FakeHost) -> (Verdict, Outcome) {
@@ -126,7 +148,9 @@ impl World {
             shared: &self.shared,
             jti: &self.jti,
         };
-        on_request_headers(&env, host)
+        let (v, o, pending) = on_request_headers(&env, host);
+        assert!(pending.is_none(), "a claim in a local-store test");
+        (v, o)
     }
 
     /// Runs a request with a bearer token, returns (status or 0 when passed, host).
@@ -370,6 +394,158 @@ fn one_time_route_accepts_each_jti_once_and_refuses_tokens_without_jti() {
     );
     assert_eq!(s, 401);
     assert_eq!(h.response.unwrap().json()["error"], "invalid_token");
+}
+
+/// One-time routes with the shared store (Redis behind the gateway-store
+/// sidecar): the claim callout's answer decides, this replica's store is
+/// only a first-level cache.
+mod shared_store {
+    use super::*;
+    use crate::filter::{on_claim_answer, Pending};
+    use filter_core::store::ClaimAnswer;
+
+    fn transfer(w: &World, jti: &str) -> (FakeHost, Verdict, Option<Pending>) {
+        let mut c = claims("transfers:write");
+        c["jti"] = jti.into();
+        let mut h = FakeHost::request("POST", "/api/v1/transfers")
+            .with_header("authorization", &format!("Bearer {}", rs256(&c)))
+            .with_header("x-user-id", "spoofed");
+        h.time = clock();
+        let (v, _, p) = on_request_headers(&w.env(), &mut h);
+        (h, v, p)
+    }
+
+    fn answer(w: &World, h: &mut FakeHost, p: Pending, a: ClaimAnswer) -> (Verdict, Outcome) {
+        on_claim_answer(&w.env(), h, p, a)
+    }
+
+    #[test]
+    fn a_one_time_route_waits_for_its_claim_and_nothing_is_applied_meanwhile() {
+        let w = World::web_shared("deny");
+        let (h, v, p) = transfer(&w, "s-1");
+        assert_eq!(v, Verdict::WaitCallout);
+        let p = p.unwrap();
+        // the key is a hash of issuer and jti; remembered until exp + skew
+        assert_eq!(p.claim.claim.key, crate::jti::claim_key(ISS, "s-1"));
+        let skew = w.cfg.providers[0].skew_secs;
+        assert_eq!(p.claim.claim.ttl_ms, (600 + skew) * 1000);
+        let store = w.cfg.shared_store.as_ref().unwrap();
+        let call = store.claim_callout(&p.claim.claim);
+        assert_eq!(call.cluster, "gateway_store");
+        assert!(call.headers[1].1.starts_with("/v1/claim/web.jwt/"));
+        // nothing applied, nothing recorded yet
+        assert_eq!(h.header("x-user-id"), Some("spoofed"));
+        assert!(h.header("authorization").is_some());
+        assert!(h.response.is_none());
+        assert!(!w
+            .jti
+            .contains(&w.shared, ISS, "s-1", NOW + 600, skew)
+            .unwrap());
+    }
+
+    #[test]
+    fn claimed_continues_with_the_identity_and_a_later_replay_is_refused_here_without_a_claim() {
+        let w = World::web_shared("deny");
+        let (mut h, _, p) = transfer(&w, "s-2");
+        let (v, o) = answer(&w, &mut h, p.unwrap(), ClaimAnswer::Claimed);
+        assert_eq!(
+            (v, o.result, o.claim),
+            (
+                Verdict::Continue,
+                Result_::Allowed,
+                Some(ClaimAnswer::Claimed)
+            )
+        );
+        assert_eq!(h.header("x-user-id"), Some("user-42"));
+        assert_eq!(h.header("authorization"), None);
+        assert_eq!(Identity::read(&h).unwrap().user.as_deref(), Some("user-42"));
+        // the same token again on this replica: the first-level cache refuses it
+        let (h, v, p) = transfer(&w, "s-2");
+        assert!(p.is_none());
+        assert_eq!(v, Verdict::Responded);
+        assert_eq!(h.response.unwrap().json()["error"], "token_replayed");
+    }
+
+    #[test]
+    fn taken_elsewhere_is_a_replay_and_is_remembered_here() {
+        let w = World::web_shared("deny");
+        let (mut h, _, p) = transfer(&w, "s-3");
+        let (v, o) = answer(&w, &mut h, p.unwrap(), ClaimAnswer::Taken);
+        assert_eq!((v, o.result), (Verdict::Responded, Result_::Denied));
+        let r = h.response.clone().unwrap();
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (401, Some("token_replayed"))
+        );
+        // the client's copy of the claim header went even so
+        assert_eq!(h.header("x-user-id"), None);
+        let (_, _, p) = transfer(&w, "s-3");
+        assert!(p.is_none(), "known here: no second round trip");
+    }
+
+    #[test]
+    fn no_answer_is_503_with_retry_after_and_burns_nothing() {
+        let w = World::web_shared("deny");
+        let (mut h, _, p) = transfer(&w, "s-4");
+        let (v, o) = answer(&w, &mut h, p.unwrap(), ClaimAnswer::Unavailable);
+        assert_eq!(
+            (v, o.code),
+            (Verdict::Responded, Some("replay_check_unavailable"))
+        );
+        let r = h.response.unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json()["error"], "replay_check_unavailable");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        // the retry asks the store again (nothing was recorded here)
+        let (mut h, v, p) = transfer(&w, "s-4");
+        assert_eq!(v, Verdict::WaitCallout);
+        let (v, _) = answer(&w, &mut h, p.unwrap(), ClaimAnswer::Claimed);
+        assert_eq!(v, Verdict::Continue);
+    }
+
+    #[test]
+    fn the_local_fallback_decides_on_this_replica_alone_when_the_store_is_down() {
+        let w = World::web_shared("local");
+        let (mut h, _, p) = transfer(&w, "s-5");
+        let (v, _) = answer(&w, &mut h, p.unwrap(), ClaimAnswer::Unavailable);
+        assert_eq!(v, Verdict::Continue);
+        let (h, v, p) = transfer(&w, "s-5");
+        assert!(p.is_none());
+        assert_eq!(v, Verdict::Responded);
+        assert_eq!(h.response.unwrap().json()["error"], "token_replayed");
+    }
+
+    #[test]
+    fn routes_that_need_no_claim_never_wait() {
+        let w = World::web_shared("deny");
+        let mut c = claims("users:read transfers:write");
+        c["jti"] = "s-6".into();
+        let t = rs256(&c);
+        for (m, path) in [
+            ("GET", "/api/v1/users/1"),
+            ("GET", "/health"),
+            ("GET", "/api/v1/public/x"),
+        ] {
+            let mut h =
+                FakeHost::request(m, path).with_header("authorization", &format!("Bearer {t}"));
+            h.time = clock();
+            let (v, _, p) = on_request_headers(&w.env(), &mut h);
+            assert!(p.is_none(), "{path}");
+            assert_eq!(v, Verdict::Continue, "{path}");
+        }
+        // refusals before the claim (scope) send no callout either
+        let mut c = claims("users:read");
+        c["jti"] = "s-7".into();
+        let mut h = FakeHost::request("POST", "/api/v1/transfers")
+            .with_header("authorization", &format!("Bearer {}", rs256(&c)));
+        h.time = clock();
+        let (v, _, p) = on_request_headers(&w.env(), &mut h);
+        assert!(p.is_none());
+        assert_eq!(
+            (v, h.response.map(|r| r.status)),
+            (Verdict::Responded, Some(403))
+        );
+    }
 }
 
 #[test]
@@ -853,7 +1029,7 @@ fn expired_cache_entries_are_not_used() {
         jti: &w.jti,
     };
     h.time = clock() + Duration::from_secs(10);
-    let (v, o) = on_request_headers(&env, &mut h);
+    let (v, o, _) = on_request_headers(&env, &mut h);
     assert_eq!(v, Verdict::Responded);
     assert!(!o.cache_hit);
 }
@@ -1010,7 +1186,10 @@ mod decide {
             shared: &w.shared,
             jti: &w.jti,
         };
-        decide(&env, &RequestView::new(&all), now)
+        match decide(&env, &RequestView::new(&all), now) {
+            (crate::filter::Step::Done(d), o) => (d, o),
+            (crate::filter::Step::Claim(_), _) => panic!("a claim"),
+        }
     }
 
     #[test]
@@ -1079,7 +1258,7 @@ mod decide {
         let (d, _) = decide(&env, &RequestView::new(&all), || -> u64 {
             panic!("the clock was read on an open route")
         });
-        let Decision::Continue(e) = d else {
+        let crate::filter::Step::Done(Decision::Continue(e)) = d else {
             panic!("denied")
         };
         assert_eq!(e.remove, vec!["authorization".to_string()]);

@@ -69,6 +69,15 @@ pub struct ReplayGuardConfig {
     /// no reports.
     #[serde(default)]
     pub reports: Option<ReportsConfig>,
+    /// The store every replica of the gateway shares (Redis behind the
+    /// gateway-store sidecar, docs/gateway-store.md). Set: each nonce is
+    /// claimed there once (one callout after the signature and digest
+    /// verify; the request waits at most `timeout`), and `nonce_store`
+    /// above is only this replica's first-level cache that refuses a replay
+    /// it already knows without a round trip. Absent: `nonce_store` alone
+    /// decides, which holds per Envoy process only.
+    #[serde(default)]
+    pub shared_store: Option<filter_core::store::SharedStoreConfig>,
     /// Dry run (default false): every check runs, but a request that would
     /// be refused is logged (`"dry_run":true`), counted in
     /// `replay_guard_dry_run_denied_total` and let through unchanged,
@@ -305,6 +314,9 @@ pub struct Compiled {
     pub max_nonce_length: usize,
     pub max_body_bytes: u64,
     pub reports: Option<Reports>,
+    /// Where nonces are claimed across replicas (`None`: this process's
+    /// nonce store alone).
+    pub shared_store: Option<filter_core::store::SharedStore>,
     pub dry_run: bool,
 }
 
@@ -580,6 +592,10 @@ impl Compiled {
             max_nonce_length: n.max_nonce_length,
             max_body_bytes: c.max_body_bytes,
             reports,
+            shared_store: match c.shared_store {
+                Some(s) => Some(s.compile("shared_store")?),
+                None => None,
+            },
             dry_run: c.dry_run,
         })
     }

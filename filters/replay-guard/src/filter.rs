@@ -31,9 +31,11 @@ use crate::config::Compiled;
 use crate::report::Event;
 
 pub use decide::{
-    decide_body, decide_body_chunk, decide_headers, BodyChunk, BodyState, HeadersStep, Outcome,
-    Ruling, Verified, CONTENT_DIGEST, SIGNATURE, SIGNATURE_INPUT,
+    decide_body, decide_body_chunk, decide_headers, finish_claim, BodyChunk, BodyState, BodyStep,
+    HeadersStep, Outcome, PendingNonce, Ruling, Verified, CONTENT_DIGEST, SIGNATURE,
+    SIGNATURE_INPUT,
 };
+use filter_core::store::ClaimAnswer;
 
 /// Per-request state.
 #[derive(Debug, Default)]
@@ -49,6 +51,14 @@ pub struct Request {
     /// Envoy gateway/route names, read on a denial (decision log) and
     /// reused by the glue for the metric labels.
     pub names: Option<RouteNames>,
+    /// A verified request waiting for its nonce claim in the shared store:
+    /// taken by the glue ([`Request::take_claim`]), which sends it and
+    /// calls [`Request::on_claim_answer`].
+    claim: Option<Box<PendingNonce>>,
+    /// What the shared store answered (metrics).
+    pub claim_answer: Option<ClaimAnswer>,
+    /// The first-level cache refused a replay without a round trip.
+    pub local_replay: bool,
 }
 
 impl Request {
@@ -67,8 +77,12 @@ impl Request {
             outcome,
             report,
             dry_run_denial,
+            claim,
+            local_replay,
         } = ruling;
         self.outcome = outcome;
+        self.claim_answer = claim;
+        self.local_replay = local_replay;
         if let Some(mut event) = report {
             event.client = host
                 .property(&["source", "address"])
@@ -120,7 +134,30 @@ impl Request {
                 Verdict::WaitBody
             }
             HeadersStep::Done(ruling) => self.settle(host, ruling, Some(&all)),
+            HeadersStep::Claim(p) => {
+                self.claim = Some(p);
+                Verdict::WaitCallout
+            }
         }
+    }
+
+    /// The pending nonce claim, for the glue to send (once).
+    pub fn take_claim(&mut self) -> Option<Box<PendingNonce>> {
+        self.claim.take()
+    }
+
+    /// The shared store answered the claim the glue took: decide and apply.
+    pub fn on_claim_answer<H: HttpHost, S: SharedData + ?Sized>(
+        &mut self,
+        cfg: &Compiled,
+        host: &mut H,
+        store: &S,
+        pending: PendingNonce,
+        answer: ClaimAnswer,
+    ) -> Verdict {
+        let now = host.unix_seconds();
+        let ruling = finish_claim(cfg, pending, answer, store, now);
+        self.settle(host, ruling, None)
     }
 
     /// Request body data arrived; `buffered` is everything buffered so far.
@@ -154,8 +191,13 @@ impl Request {
                     Vec::new()
                 };
                 let now = host.unix_seconds();
-                let ruling = decide_body(cfg, state, &body, store, now);
-                self.settle(host, ruling, None)
+                match decide_body(cfg, state, &body, store, now) {
+                    BodyStep::Done(ruling) => self.settle(host, ruling, None),
+                    BodyStep::Claim(p) => {
+                        self.claim = Some(p);
+                        Verdict::WaitCallout
+                    }
+                }
             }
         }
     }
@@ -336,6 +378,107 @@ mod tests {
         let code = resp.json()["error"].as_str().unwrap().to_string();
         assert!(resp.json()["message"].as_str().is_some());
         (code, r)
+    }
+
+    /// The config above with a shared store.
+    fn shared_cfg(on_unavailable: &str) -> Compiled {
+        let mut c = cfg();
+        c.shared_store = Some(
+            serde_json::from_value::<filter_core::store::SharedStoreConfig>(serde_json::json!({
+                "cluster": "gateway_store", "namespace": "app.replay-guard",
+                "on_unavailable": on_unavailable
+            }))
+            .unwrap()
+            .compile("shared_store")
+            .unwrap(),
+        );
+        c
+    }
+
+    /// Headers and body with a shared store, up to the claim.
+    fn run_to_claim(c: &Compiled, s: &MemorySharedData, h: &mut FakeHost) -> (Verdict, Request) {
+        run(c, s, h)
+    }
+
+    #[test]
+    fn with_a_shared_store_a_verified_request_waits_for_its_nonce_claim() {
+        let (c, s) = (shared_cfg("deny"), store(&cfg()));
+        // no body: claimed from the headers step
+        let mut h = Signer::get("/api/v1/users/7").host();
+        let (v, mut r) = run_to_claim(&c, &s, &mut h);
+        assert_eq!(v, Verdict::WaitCallout);
+        assert!(h.response.is_none() && Identity::read(&h).is_none());
+        let p = r.take_claim().unwrap();
+        assert!(r.take_claim().is_none(), "taken once");
+        assert_eq!(
+            p.claim.key,
+            crate::nonce::claim_key("phone-1:alice:1750000600", "nonce-0001")
+        );
+        // remembered while `created` is inside the window, plus skew
+        assert_eq!(p.claim.ttl_ms, (c.max_age + c.max_skew + 1) * 1000);
+        let v = r.on_claim_answer(&c, &mut h, &s, *p, ClaimAnswer::Claimed);
+        assert_eq!((v, r.outcome), (Verdict::Continue, Outcome::Verified));
+        assert_eq!(r.claim_answer, Some(ClaimAnswer::Claimed));
+        assert_eq!(Identity::read(&h).unwrap().user.as_deref(), Some("alice"));
+        // the same request again on this replica: refused from the cache
+        let mut h = Signer::get("/api/v1/users/7").host();
+        let (v, r) = run_to_claim(&c, &s, &mut h);
+        assert_eq!(v, Verdict::Responded);
+        assert!(r.local_replay);
+        assert_eq!(h.response.unwrap().json()["error"], "replay");
+        assert_eq!(r.report.unwrap().kind, ReportKind::Replay);
+        // with a body: claimed after the digest step
+        let mut signer = Signer::post("/api/v1/orders", br#"{"quantity":1}"#);
+        signer.nonce = "nonce-0002".into();
+        let mut h = signer.host();
+        let (v, mut r) = run_to_claim(&c, &s, &mut h);
+        assert_eq!(v, Verdict::WaitCallout);
+        assert!(r.take_claim().is_some());
+    }
+
+    #[test]
+    fn a_nonce_claimed_on_another_replica_is_a_reported_replay() {
+        let (c, s) = (shared_cfg("deny"), store(&cfg()));
+        let mut h = Signer::get("/api/v1/users/7").host();
+        let (_, mut r) = run_to_claim(&c, &s, &mut h);
+        let p = r.take_claim().unwrap();
+        assert_eq!(
+            r.on_claim_answer(&c, &mut h, &s, *p, ClaimAnswer::Taken),
+            Verdict::Responded
+        );
+        assert_eq!(r.outcome, Outcome::Denied("replay"));
+        assert_eq!(h.response.as_ref().unwrap().status, 401);
+        let rep = r.report.unwrap();
+        assert_eq!((rep.kind, rep.verified), (ReportKind::Replay, true));
+    }
+
+    #[test]
+    fn no_answer_from_the_shared_store_is_503_with_retry_after_unless_the_local_fallback_is_chosen()
+    {
+        let (c, s) = (shared_cfg("deny"), store(&cfg()));
+        let mut h = Signer::get("/api/v1/users/7").host();
+        let (_, mut r) = run_to_claim(&c, &s, &mut h);
+        let p = r.take_claim().unwrap();
+        r.on_claim_answer(&c, &mut h, &s, *p, ClaimAnswer::Unavailable);
+        let resp = h.response.unwrap();
+        assert_eq!((resp.status, resp.header("retry-after")), (503, Some("1")));
+        assert_eq!(resp.json()["error"], "replay_check_unavailable");
+        assert!(r.report.is_none(), "not the client's fault: no report");
+        // nothing was burnt: the retry asks again
+        let mut h = Signer::get("/api/v1/users/7").host();
+        assert_eq!(run_to_claim(&c, &s, &mut h).0, Verdict::WaitCallout);
+
+        let c = shared_cfg("local");
+        let s = store(&c);
+        for expected in [Verdict::Continue, Verdict::Responded] {
+            let mut h = Signer::get("/api/v1/users/7").host();
+            let (v, mut r) = run_to_claim(&c, &s, &mut h);
+            let v = match r.take_claim() {
+                Some(p) => r.on_claim_answer(&c, &mut h, &s, *p, ClaimAnswer::Unavailable),
+                None => v,
+            };
+            assert_eq!(v, expected);
+        }
     }
 
     #[test]
@@ -756,6 +899,14 @@ mod tests {
             match step {
                 HeadersStep::Done(r) => r,
                 HeadersStep::WaitBody(state) => panic!("waits for a body: {state:?}"),
+                HeadersStep::Claim(p) => panic!("a claim: {p:?}"),
+            }
+        }
+
+        fn body_ruling(step: BodyStep) -> Ruling {
+            match step {
+                BodyStep::Done(r) => r,
+                BodyStep::Claim(p) => panic!("a claim: {p:?}"),
             }
         }
 
@@ -838,14 +989,20 @@ mod tests {
                 decide_body_chunk(&c, &state, sent.len(), true),
                 BodyChunk::Complete
             );
-            let r = decide_body(&c, state.clone(), br#"{"quantity":9}"#, &s, NOW);
+            let r = body_ruling(decide_body(
+                &c,
+                state.clone(),
+                br#"{"quantity":9}"#,
+                &s,
+                NOW,
+            ));
             assert_eq!(r.outcome, Outcome::Denied("digest_invalid"));
             assert_eq!(denial(&r).status, 401);
             let rep = r.report.unwrap();
             assert_eq!(rep.kind, ReportKind::DigestMismatch);
             assert!(rep.verified);
             // the refusal recorded no nonce: the body as signed still passes
-            let r = decide_body(&c, state, sent, &s, NOW);
+            let r = body_ruling(decide_body(&c, state, sent, &s, NOW));
             assert_eq!(r.outcome, Outcome::Verified);
         }
 

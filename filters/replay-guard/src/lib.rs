@@ -54,9 +54,10 @@ mod wasm {
     use std::time::{Duration, UNIX_EPOCH};
 
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
+    use filter_core::store::ClaimAnswer;
     use filter_core::Verdict;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType};
+    use proxy_wasm::types::{Action, ContextType, MapType};
 
     use crate::coalesce::{Recorded, ReportQueue};
     use crate::config::{self, Compiled};
@@ -84,6 +85,10 @@ mod wasm {
             reports_sent: counter("replay_guard_reports_sent_total"),
             reports_dropped: counter("replay_guard_reports_dropped_total"),
             report_suspects_evicted: counter("replay_guard_report_suspects_evicted_total"),
+            store_claimed: counter("replay_guard_store_claimed_total"),
+            store_replayed: counter("replay_guard_store_replayed_total"),
+            store_unavailable: counter("replay_guard_store_unavailable_total"),
+            store_local_replay: counter("replay_guard_store_local_replay_total"),
         }
     }
 
@@ -181,6 +186,7 @@ mod wasm {
                 req: Request::default(),
                 buffered: 0,
                 counted: false,
+                claim_token: None,
             }))
         }
 
@@ -196,11 +202,60 @@ mod wasm {
         req: Request,
         buffered: usize,
         counted: bool,
+        /// The nonce claim in flight (its callout's token).
+        claim_token: Option<(u32, Box<crate::filter::PendingNonce>)>,
     }
 
     impl Http {
-        /// Counts the outcome once and queues a report, if any.
+        /// Sends the pending nonce claim (a verdict of `WaitCallout`) to
+        /// the shared store and holds the request until it answers; then
+        /// counts and reports like any decision.
         fn after(&mut self, v: Verdict) -> Action {
+            if v != Verdict::WaitCallout {
+                return self.settled(v);
+            }
+            let (Some(p), Some(store)) = (self.req.take_claim(), self.config.shared_store.as_ref())
+            else {
+                return self.settled(v);
+            };
+            let call = store.claim_callout(&p.claim);
+            let headers: Vec<(&str, &str)> =
+                call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            match self.dispatch_http_call(call.cluster, headers, None, vec![], call.timeout) {
+                Ok(token) => {
+                    self.claim_token = Some((token, p));
+                    Action::Pause
+                }
+                Err(e) => {
+                    log::warn!(
+                        "replay-guard: cannot reach the shared store ({}): {e:?}",
+                        call.cluster
+                    );
+                    self.answer(*p, ClaimAnswer::Unavailable)
+                }
+            }
+        }
+
+        /// Applies the shared store's answer to the paused request.
+        fn answer(&mut self, p: crate::filter::PendingNonce, a: ClaimAnswer) -> Action {
+            let v = self
+                .req
+                .on_claim_answer(&self.config, &mut ProxyHost, &ProxySharedData, p, a);
+            let m = &self.metrics;
+            match a {
+                ClaimAnswer::Claimed => proxy::increment(m.store_claimed),
+                ClaimAnswer::Taken => proxy::increment(m.store_replayed),
+                ClaimAnswer::Unavailable => proxy::increment(m.store_unavailable),
+            }
+            self.settled(v)
+        }
+
+        /// Counts the outcome once and queues a report, if any.
+        fn settled(&mut self, v: Verdict) -> Action {
+            if self.req.local_replay {
+                self.req.local_replay = false;
+                proxy::increment(self.metrics.store_local_replay);
+            }
             if let (Some(event), Some(outbox)) = (self.req.report.take(), &self.outbox) {
                 match outbox.borrow_mut().record(event) {
                     Recorded::Coalesced | Recorded::New => {}
@@ -256,7 +311,22 @@ mod wasm {
         }
     }
 
-    impl Context for Http {}
+    impl Context for Http {
+        fn on_http_call_response(&mut self, token: u32, _h: usize, _b: usize, _t: usize) {
+            let Some((t, p)) = self.claim_token.take() else {
+                return;
+            };
+            if t != token {
+                self.claim_token = Some((t, p));
+                return;
+            }
+            // No `:status` (timeout, reset, no healthy host) is no answer.
+            let status = proxy::header(MapType::HttpCallResponseHeaders, ":status");
+            if self.answer(*p, ClaimAnswer::from_status(status.as_deref())) == Action::Continue {
+                self.resume_http_request();
+            }
+        }
+    }
 
     impl HttpContext for Http {
         fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {

@@ -166,6 +166,37 @@ pub fn record<S: SharedData + ?Sized>(
     }
 }
 
+/// Whether `(keyid, nonce)` signed at `created` is already recorded here
+/// (a read, no write): the first-level check in front of the shared store.
+pub fn contains<S: SharedData + ?Sized>(
+    layout: &StoreLayout,
+    store: &S,
+    keyid: &str,
+    nonce: &str,
+    created: u64,
+) -> bool {
+    let e = entry(keyid, nonce);
+    let epoch = created / layout.bucket;
+    let slot = epoch % layout.slots;
+    let shard = u32::from_le_bytes([e[0], e[1], e[2], e[3]]) % layout.shards.max(1);
+    let Ok((Some(value), _)) = store.get(&StoreLayout::key(slot, shard)) else {
+        return false;
+    };
+    let (head, body) = value.split_at(HEADER_BYTES.min(value.len()));
+    <[u8; 8]>::try_from(head).map_or(0, u64::from_le_bytes) == epoch
+        && body.chunks_exact(ENTRY_BYTES).any(|c| c == e)
+}
+
+/// The key a nonce is claimed under in the shared store: SHA-256 of the
+/// key id, a NUL and the nonce.
+pub fn claim_key(keyid: &str, nonce: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(keyid.as_bytes());
+    h.update([0u8]);
+    h.update(nonce.as_bytes());
+    h.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

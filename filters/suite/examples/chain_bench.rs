@@ -97,7 +97,7 @@ fn main() {
         jti: &jti,
     };
     let jwt_step = |h: &mut FakeHost| {
-        let (v, o) = jwt::filter::on_request_headers(&env, h);
+        let (v, o, _) = jwt::filter::on_request_headers(&env, h);
         assert_eq!(v, Verdict::Continue, "{o:?}");
     };
 

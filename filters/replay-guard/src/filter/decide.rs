@@ -21,6 +21,7 @@ use filter_core::identity::{Identity, Source};
 use filter_core::request::{Decision, Edits, RequestView};
 use filter_core::route::split_path;
 use filter_core::shared::SharedData;
+use filter_core::store::{self, Claim, ClaimAnswer, OnUnavailable};
 use filter_core::{headers, Denial};
 
 use crate::config::Compiled;
@@ -104,6 +105,11 @@ pub struct Ruling {
     /// Dry run: the refusal that was decided and not sent, for the decision
     /// log line.
     pub dry_run_denial: Option<Denial>,
+    /// With a shared store: what it answered about the nonce (metrics).
+    pub claim: Option<ClaimAnswer>,
+    /// With a shared store: this replica's nonce store already knew the
+    /// nonce (refused without a round trip).
+    pub local_replay: bool,
 }
 
 impl Ruling {
@@ -113,6 +119,8 @@ impl Ruling {
             outcome: Outcome::Open,
             report: None,
             dry_run_denial: None,
+            claim: None,
+            local_replay: false,
         }
     }
 
@@ -125,6 +133,8 @@ impl Ruling {
                 outcome: Outcome::DryRunDenied(d.code),
                 report: None,
                 dry_run_denial: Some(d),
+                claim: None,
+                local_replay: false,
             };
         }
         Ruling {
@@ -132,6 +142,8 @@ impl Ruling {
             decision: Decision::Deny(Edits::default(), d),
             report,
             dry_run_denial: None,
+            claim: None,
+            local_replay: false,
         }
     }
 
@@ -155,6 +167,34 @@ pub enum HeadersStep {
     /// the body is checked (a request that fails reaches the upstream not
     /// at all).
     WaitBody(BodyState),
+    /// Verified, no body: the nonce must be claimed in the shared store
+    /// first ([`finish_claim`] with the answer).
+    Claim(Box<PendingNonce>),
+}
+
+/// What [`decide_body`] asks of the host.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a transient return value, moved once per callback: boxing would add an allocation and gain nothing"
+)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyStep {
+    /// Decided: apply it.
+    Done(Ruling),
+    /// Signature and digest verify: claim the nonce in the shared store
+    /// ([`PendingNonce::claim`], one callout), then [`finish_claim`] with
+    /// the answer. Nothing is applied meanwhile.
+    Claim(Box<PendingNonce>),
+}
+
+/// A verified request waiting for its nonce claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingNonce {
+    pub claim: Claim,
+    verified: Verified,
+    method: String,
+    path: String,
+    request_id: Option<String>,
 }
 
 /// The result of one body callback before the body is complete.
@@ -417,7 +457,10 @@ pub fn decide_headers<S: SharedData + ?Sized>(
     if !end_of_stream {
         return HeadersStep::WaitBody(state);
     }
-    HeadersStep::Done(decide_body(cfg, state, &[], store, now))
+    match decide_body(cfg, state, &[], store, now) {
+        BodyStep::Done(r) => HeadersStep::Done(r),
+        BodyStep::Claim(p) => HeadersStep::Claim(p),
+    }
 }
 
 /// One body callback while the headers are held; `buffered` is the size of
@@ -447,15 +490,17 @@ pub fn decide_body_chunk(
 
 /// The complete body: `Content-Digest` (against `body`, the bytes the
 /// client sent: sanitize's saved original when it re-encoded the body; only
-/// looked at when [`BodyState::needs_body`]), then the nonce (recorded in
-/// `store`: a replay is refused), then the identity hand-over.
+/// looked at when [`BodyState::needs_body`]), then the nonce: recorded in
+/// `store` (a replay is refused), or, with a shared store, checked there
+/// first and then claimed in the shared store ([`BodyStep::Claim`]); then
+/// the identity hand-over.
 pub fn decide_body<S: SharedData + ?Sized>(
     cfg: &Compiled,
     state: BodyState,
     body: &[u8],
     store: &S,
     now: u64,
-) -> Ruling {
+) -> BodyStep {
     let BodyState {
         verified: v,
         method,
@@ -484,19 +529,95 @@ pub fn decide_body<S: SharedData + ?Sized>(
                     "the Content-Digest is malformed or uses no supported algorithm (sha-256, sha-512)",
                 ),
             };
-            return Ruling::refuse(cfg.dry_run, d, report);
+            return BodyStep::Done(Ruling::refuse(cfg.dry_run, d, report));
         }
     }
-    match nonce::record(&cfg.store, store, &v.keyid, &v.nonce, v.created) {
-        Ok(()) => {}
-        Err(NonceError::Replay) => {
-            let report = subject.event(ReportKind::Replay, &v.keyid, who);
-            return Ruling::refuse(
-                cfg.dry_run,
-                unauthorized("replay", "this signature's nonce was already used"),
-                Some(report),
-            );
+    if cfg.shared_store.is_none() {
+        // This process's store alone decides (per replica).
+        return BodyStep::Done(local_ruling(cfg, store, v, &subject));
+    }
+    // The first-level cache: a replay this replica has seen is refused
+    // without a round trip. It never accepts: the shared store does.
+    if nonce::contains(&cfg.store, store, &v.keyid, &v.nonce, v.created) {
+        return BodyStep::Done(replay(cfg, &subject, &v, true));
+    }
+    // Remembered while the `created` check would still accept the
+    // signature, on any replica's clock.
+    let until = v
+        .created
+        .saturating_add(cfg.max_age)
+        .saturating_add(cfg.max_skew)
+        .saturating_add(1);
+    let claim = Claim {
+        key: nonce::claim_key(&v.keyid, &v.nonce),
+        ttl_ms: until.saturating_sub(now).max(1).saturating_mul(1000),
+    };
+    BodyStep::Claim(Box::new(PendingNonce {
+        claim,
+        verified: v,
+        method,
+        path,
+        request_id,
+    }))
+}
+
+/// The ruling once the shared store has answered a [`PendingNonce`]
+/// (`now`: the proxy's clock). The answer is recorded in `store` too, so a
+/// replay seen here again is refused without a round trip. No answer in
+/// time: 503 `replay_check_unavailable` with `Retry-After` (no report: the
+/// client did nothing wrong), or, if the config opts into it, this
+/// process's store decides alone.
+pub fn finish_claim<S: SharedData + ?Sized>(
+    cfg: &Compiled,
+    pending: PendingNonce,
+    answer: ClaimAnswer,
+    store: &S,
+    now: u64,
+) -> Ruling {
+    let PendingNonce {
+        verified: v,
+        method,
+        path,
+        request_id,
+        ..
+    } = pending;
+    let subject = Subject {
+        method: &method,
+        path: &path,
+        request_id: request_id.as_deref(),
+        now,
+    };
+    let mut ruling = match answer {
+        ClaimAnswer::Claimed => {
+            // A cache: a full key only costs a round trip on a later replay.
+            if let Err(e) = nonce::record(&cfg.store, store, &v.keyid, &v.nonce, v.created) {
+                log::debug!("replay-guard: nonce cache: {e}");
+            }
+            allowed(v)
         }
+        ClaimAnswer::Taken => {
+            let _ = nonce::record(&cfg.store, store, &v.keyid, &v.nonce, v.created);
+            replay(cfg, &subject, &v, false)
+        }
+        ClaimAnswer::Unavailable => match cfg.shared_store.as_ref().map(|s| s.on_unavailable) {
+            Some(OnUnavailable::Local) => local_ruling(cfg, store, v, &subject),
+            _ => Ruling::refuse(cfg.dry_run, store::unavailable_denial(), None),
+        },
+    };
+    ruling.claim = Some(answer);
+    ruling
+}
+
+/// The nonce recorded in this process's store alone, and the ruling.
+fn local_ruling<S: SharedData + ?Sized>(
+    cfg: &Compiled,
+    store: &S,
+    v: Verified,
+    subject: &Subject<'_>,
+) -> Ruling {
+    match nonce::record(&cfg.store, store, &v.keyid, &v.nonce, v.created) {
+        Ok(()) => allowed(v),
+        Err(NonceError::Replay) => replay(cfg, subject, &v, false),
         Err(e) => {
             // Our store's trouble, not the client's credential: 503 with
             // Retry-After (like jwt's full jti store). A full key frees
@@ -505,7 +626,7 @@ pub fn decide_body<S: SharedData + ?Sized>(
             let retry = match e {
                 NonceError::Full => {
                     let b = cfg.store.bucket.max(1);
-                    b - now % b
+                    b - subject.now % b
                 }
                 _ => 1,
             };
@@ -514,9 +635,26 @@ pub fn decide_body<S: SharedData + ?Sized>(
                 "the nonce could not be recorded; retry later with a new signature",
             )
             .with_header("retry-after", retry.to_string());
-            return Ruling::refuse(cfg.dry_run, d, None);
+            Ruling::refuse(cfg.dry_run, d, None)
         }
     }
+}
+
+/// A replayed nonce: 401 and a report.
+fn replay(cfg: &Compiled, subject: &Subject<'_>, v: &Verified, local: bool) -> Ruling {
+    let who = Some((v.device.as_str(), v.user.as_str()));
+    let report = subject.event(ReportKind::Replay, &v.keyid, who);
+    let mut r = Ruling::refuse(
+        cfg.dry_run,
+        unauthorized("replay", "this signature's nonce was already used"),
+        Some(report),
+    );
+    r.local_replay = local;
+    r
+}
+
+/// Everything verified: the signer's identity goes to the filters after.
+fn allowed(v: Verified) -> Ruling {
     let mut id = Identity::new(Source::Signature);
     id.user = Some(v.user);
     id.device = Some(v.device);
@@ -531,5 +669,7 @@ pub fn decide_body<S: SharedData + ?Sized>(
         outcome: Outcome::Verified,
         report: None,
         dry_run_denial: None,
+        claim: None,
+        local_replay: false,
     }
 }
