@@ -381,3 +381,17 @@ def test_the_readme_walkthrough_with_gatewayctl(stack, tmp_path):
     assert resp.status_code == 200 and resp.headers["content-encoding"] == "aes128gcm"
     seen = json.loads(ctl("decrypt", "--key-id", kid, data=resp.content))
     assert json.loads(seen["body"]) == {"item_id": "a1", "quantity": 2}
+
+
+def test_an_encrypted_request_decrypted_on_one_replica_is_a_replay_on_the_other(stack):
+    # The replicas accept the same Host (contract): the request signed for
+    # 127.0.0.1:10001 is valid on 10101 once, and e2ee there decrypts it.
+    c = Client()
+    body = c.encrypt(b'{"to":"bob","amount":4}')
+    headers = c.headers("POST", "/api/v1/transfers", body)
+    headers["Host"] = AUTHORITY
+    first = requests.post("http://127.0.0.1:10101/api/v1/transfers", headers=headers, data=body, timeout=TIMEOUT)
+    assert json.loads(c.open(first)["body"]) == {"to": "bob", "amount": 4}
+    before = echo_stats()
+    refused(requests.post(APP + "/api/v1/transfers", headers=headers, data=body, timeout=TIMEOUT),
+            401, "replay", before)
