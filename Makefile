@@ -9,7 +9,7 @@ SHELL := bash
 .NOTPARALLEL:
 
 # Filter crates compiled to wasm (one <name>.wasm each, contract order).
-WASM_FILTERS ?= sanitize jwt replay-guard fds-block passport route-breaker san-authz
+WASM_FILTERS ?= sanitize jwt replay-guard e2ee fds-block passport route-breaker san-authz
 WASM_TARGET  := wasm32-wasip1
 # Which modules the rendered Envoy configs run: `filters` (one .wasm per
 # filter, the default), `suite` (suite.wasm: all seven filters, one VM per
@@ -47,7 +47,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run test test-rust \
-        lint validate test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-tools demo-material compose-config render clean distclean \
+        lint validate test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools
 
 help: ## list the targets
@@ -229,6 +229,16 @@ bench-chain: venv wasm-target ## the web chain's wasm-side µs per filter in V8 
 	@# Host calls per request: per-filter vs the chain build's one request
 	@# context (filters/chain/tests/host_calls.rs, over a counting fake host).
 	$(CARGO) test -q -p chain --test host_calls -- --nocapture
+
+# e2ee's request decryption and response encryption (filters/e2ee/examples/
+# e2ee_bench.rs) built for wasm32-wasip1 and run under Node's V8 (TurboFan,
+# like Envoy): µs per request for 0/1/16/60 KiB bodies, fixed cost and
+# cost per KiB against the budget (docs/filters/e2ee.md, "Performance").
+bench-e2ee: venv wasm-target ## e2ee decrypt + re-encrypt µs per request and per KiB in V8 (node)
+	@command -v node >/dev/null || { echo "bench-e2ee needs node (>= 18) on PATH" >&2; exit 1; }
+	@# Own target dir: the example links e2ee without `standalone`.
+	CARGO_TARGET_DIR=build/bench/target-e2ee $(CARGO) build --release --target $(WASM_TARGET) -p e2ee --no-default-features --example e2ee_bench
+	node --no-warnings --no-liftoff tests/bench/wasi-run.mjs build/bench/target-e2ee/$(WASM_TARGET)/release/examples/e2ee_bench.wasm examples/config/e2ee/app.json
 
 bench-tools: ## install the load generator (wrk) if missing
 	@command -v wrk >/dev/null || { echo "installing wrk"; \

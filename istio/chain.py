@@ -29,7 +29,7 @@ import render  # noqa: E402  (envoy/render.py)
 # The gateways of the portfolio, in the contract's order (the Envoy listener
 # of the same name carries each one's chain).
 GATEWAYS = ("web", "app", "secure", "egress")
-# The suite build (filters/suite, `make build-suite`): all seven filters in one
+# The suite build (filters/suite, `make build-suite`): all eight filters in one
 # module, packaged as one more image beside the per-filter ones.
 SUITE = "suite"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -41,7 +41,7 @@ class Filter:
     """One wasm filter of one gateway's chain, as the Envoy config sets it."""
 
     gateway: str
-    name: str  # Envoy filter name = example dir = image name = WasmPlugin name stem
+    name: str  # Envoy filter name = WasmPlugin name stem (sanitize-body: sanitize's second pass)
     root_id: str
     vm_id: str
     wasm: Path  # the built module (vm_config.code.local.filename)
@@ -54,6 +54,13 @@ class Filter:
     @property
     def lib_name(self) -> str:
         return self.wasm.stem
+
+    @property
+    def filter(self) -> str:
+        """The filter it runs = example dir = image name (the module's crate:
+        replay_guard.wasm -> replay-guard); the Envoy name for most filters,
+        not for a second instance such as the app gateway's sanitize-body."""
+        return self.wasm.stem.replace("_", "-")
 
 
 def workspace_version() -> str:
@@ -93,6 +100,7 @@ def chains() -> dict[str, list[Filter]]:
             cfg = typed["config"]
             vm = cfg["vm_config"]
             config = json.loads(cfg["configuration"]["value"])
+            module = Path(vm["code"]["local"]["filename"])
             env = vm.get("environment_variables") or {}
             env_keys = tuple(sorted(set(env.get("key_values", {})) | set(env.get("host_env_keys", []))))
             filters.append(Filter(
@@ -102,7 +110,7 @@ def chains() -> dict[str, list[Filter]]:
                 vm_id=vm.get("vm_id", ""),
                 wasm=Path(vm["code"]["local"]["filename"]),
                 config=config,
-                config_file=_example_for(item["name"], gateway, config),
+                config_file=_example_for(module.stem.replace("_", "-"), gateway, config),
                 failure_policy=cfg.get("failure_policy", "UNSPECIFIED"),
                 allow_on_headers_stop_iteration=bool(cfg.get("allow_on_headers_stop_iteration", False)),
                 env_keys=env_keys,
@@ -112,12 +120,12 @@ def chains() -> dict[str, list[Filter]]:
 
 
 def modules(all_chains: dict[str, list[Filter]] | None = None) -> dict[str, Path]:
-    """filter name -> built wasm module, for every filter of any chain (first-seen order)."""
+    """filter -> built wasm module, for every filter of any chain (first-seen order)."""
     out: dict[str, Path] = {}
     for filters in (all_chains or chains()).values():
         for f in filters:
-            if out.setdefault(f.name, f.wasm) != f.wasm:
-                raise SystemExit(f"filter {f.name!r} uses two modules: {out[f.name]} and {f.wasm}")
+            if out.setdefault(f.filter, f.wasm) != f.wasm:
+                raise SystemExit(f"filter {f.filter!r} uses two modules: {out[f.filter]} and {f.wasm}")
     return out
 
 

@@ -88,6 +88,8 @@ PLACEMENT: dict[str, tuple[str, int]] = {
     "sanitize": ("AUTHN", 1000),  # first: cleans what every later filter reads
     "jwt": ("AUTHN", 900),  # verifies the credential, publishes the identity
     "replay-guard": ("AUTHN", 800),  # (app) the credential of the app gateway
+    "e2ee": ("AUTHN", 700),  # (app) decrypts under the key id replay-guard verified
+    "sanitize-body": ("AUTHN", 600),  # (app) sanitize's JSON body rules, on e2ee's plaintext
     "san-authz": ("AUTHZ", 1000),  # (secure) certificate SAN -> host/path/method rules
     "fds-block": ("AUTHZ", 900),  # block lists on the verified identity
     "passport": ("STATS", 1000),  # after every authz (Istio's RBAC too): no passport for a denied request
@@ -204,7 +206,7 @@ def body_hold(filter_name: str, config: dict) -> list[tuple[str, str]]:
 def plugin_config(f: chain.Filter) -> dict:
     """The WasmPlugin's pluginConfig: the example config with WASMPLUGIN_CONFIG applied."""
     out = copy.deepcopy(f.config)
-    out.update(copy.deepcopy(WASMPLUGIN_CONFIG.get(f.name, {})))
+    out.update(copy.deepcopy(WASMPLUGIN_CONFIG.get(f.filter, {})))
     return out
 
 
@@ -235,7 +237,7 @@ def check_body_hold(f: chain.Filter) -> None:
     """The Envoy template must set allow_on_headers_stop_iteration exactly on the
     filters whose configuration holds the headers (else the local stack and
     the EnvoyFilter would hang, or set a flag nothing needs)."""
-    holds = body_hold(f.name, f.config)
+    holds = body_hold(f.filter, f.config)
     if bool(holds) != f.allow_on_headers_stop_iteration:
         fields = ", ".join(field for field, _ in holds) or "nothing"
         raise SystemExit(
@@ -248,17 +250,17 @@ def wasm_plugins(gateway: str, filters: list[chain.Filter], images: dict[str, oc
     """The gateway's WasmPlugins, or WasmPluginRefused when any pluginConfig
     would hold the request headers for the body (all or nothing: a chain
     without one of its filters would skip that filter's checks)."""
-    holds = [(f, field, reason) for f in filters for field, reason in body_hold(f.name, plugin_config(f))]
+    holds = [(f, field, reason) for f in filters for field, reason in body_hold(f.filter, plugin_config(f))]
     if holds:
         raise WasmPluginRefused(gateway, holds)
-    return [wasm_plugin(f, images[f.name], registry) for f in filters]
+    return [wasm_plugin(f, images[f.filter], registry) for f in filters]
 
 
 def refusals(chains: dict[str, list[chain.Filter]]) -> dict[str, WasmPluginRefused]:
     """gateway -> why it gets no WasmPlugin (gateways that get them are absent)."""
     out = {}
     for gateway, filters in chains.items():
-        holds = [(f, field, reason) for f in filters for field, reason in body_hold(f.name, plugin_config(f))]
+        holds = [(f, field, reason) for f in filters for field, reason in body_hold(f.filter, plugin_config(f))]
         if holds:
             out[gateway] = WasmPluginRefused(gateway, holds)
     return out
@@ -512,14 +514,14 @@ def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
             plugin_files = []
             for f, plugin in zip(filters, wasm_plugins(gateway, filters, images, registry), strict=True):
                 name = f"{plugin_name(f)}.yaml"
-                overridden = sorted(WASMPLUGIN_CONFIG.get(f.name, {}))
+                overridden = sorted(WASMPLUGIN_CONFIG.get(f.filter, {}))
                 files[f"{gateway}/wasmplugin/{name}"] = dump(
                     [plugin],
                     header(f"envoy/envoy.yaml.tmpl (listener {gateway}, filter {f.name})",
                            rel(f.config_file) + " (pluginConfig"
                            + (f"; {', '.join(overridden)} from WASMPLUGIN_CONFIG in istio/generate.py)"
                               if overridden else ")"),
-                           f"{rel(f.wasm)} -> image sha256:{images[f.name].manifest_digest}"),
+                           f"{rel(f.wasm)} -> image sha256:{images[f.filter].manifest_digest}"),
                 )
                 plugin_files.append(name)
             files[f"{gateway}/wasmplugin/kustomization.yaml"] = dump(
@@ -528,7 +530,7 @@ def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
         sources = (f"envoy/envoy.yaml.tmpl (listener {gateway}: " + " -> ".join(f.name for f in filters) + ")",
                    *(rel(f.config_file) for f in filters))
         files[f"{gateway}/envoyfilter/envoyfilter.yaml"] = dump(
-            [envoy_filter(gateway, filters, [filter_vm(f, images[f.name], registry) for f in filters])],
+            [envoy_filter(gateway, filters, [filter_vm(f, images[f.filter], registry) for f in filters])],
             header(*sources),
         )
         files[f"{gateway}/envoyfilter/kustomization.yaml"] = dump(

@@ -27,6 +27,7 @@ CRATES = {
     "sanitize": "filters/sanitize",
     "jwt": "filters/jwt",
     "replay_guard": "filters/replay-guard",
+    "e2ee": "filters/e2ee",
     "fds_block": "filters/fds-block",
     "passport": "filters/passport",
     "route_breaker": "filters/route-breaker",

@@ -111,6 +111,13 @@ def test_every_filter_counts_its_denials_with_the_documented_labels(stack):
     # replay-guard: an unsigned request on the app gateway.
     resp = requests.get(app_url("/api/v1/users/7"), headers=rid("replay-guard"), timeout=TIMEOUT)
     assert resp.status_code == 401 and resp.json()["error"] == "signature_missing", resp.text
+    # e2ee: a signed plaintext transfer where encryption is required.
+    from signing import Signer
+    body = b'{"to":"bob"}'
+    signed = Signer.demo(device="ops-e2ee").sign("POST", "127.0.0.1:10001", "/api/v1/transfers", body)
+    resp = requests.post(app_url("/api/v1/transfers"), data=body, timeout=TIMEOUT,
+                         headers={**signed, "content-type": "application/json", **rid("e2ee")})
+    assert resp.status_code == 400 and resp.json()["error"] == "encryption_required", resp.text
     # fds-block: the static demo entry 198.18.255.0/24 (examples/config/fds-block/web.json).
     resp = requests.get(web_url("/api/v1/public/ops"), headers={"x-forwarded-for": "198.18.255.77", **rid("fds-block")},
                         timeout=TIMEOUT)
@@ -131,6 +138,7 @@ def test_every_filter_counts_its_denials_with_the_documented_labels(stack):
 
     checks = [
         ("replay_guard_denied_total", dict(gateway="app", route="api", reason="signature_missing")),
+        ("e2ee_denied_total", dict(gateway="app", route="api", reason="encryption_required")),
         ("fds_block_denied_total", dict(gateway="web", route="api", reason="blocked_ip")),
         ("passport_denied_total", dict(gateway="web", route="api", reason="unknown_user")),
         ("san_authz_denied_total", dict(gateway="secure", route="secure", reason="no_rule")),

@@ -51,7 +51,7 @@ def would_be_plugins(chains) -> dict[str, list[dict]]:
     refused gateways included (what a WasmPlugin install of them would be)."""
     registry = generate.recorded_registry()
     images = {name: generate.oci.image_for(name, path) for name, path in chain.packaged_modules(chains).items()}
-    return {gateway: [generate.wasm_plugin(f, images[f.name], registry) for f in filters]
+    return {gateway: [generate.wasm_plugin(f, images[f.filter], registry) for f in filters]
             for gateway, filters in chains.items()}
 
 

@@ -233,9 +233,10 @@ def test_envoyfilter_keeps_the_settings_wasmplugin_cannot_express(chains, manife
             assert json.loads(c["configuration"]["value"]) == f.config
             # set exactly where the filter's own code says the config holds the
             # headers for the body (generate.check_body_hold enforces it too)
-            assert c.get("allow_on_headers_stop_iteration", False) == bool(generate.body_hold(f.name, f.config)), f
+            assert c.get("allow_on_headers_stop_iteration", False) == bool(generate.body_hold(f.filter, f.config)), f
     # the body-checking filters are the ones that need it
-    assert {f.name for fs in chains.values() for f in fs if f.allow_on_headers_stop_iteration} == {"sanitize", "replay-guard"}
+    assert {f.name for fs in chains.values() for f in fs if f.allow_on_headers_stop_iteration} == {
+        "sanitize", "replay-guard", "e2ee", "sanitize-body"}
 
 
 def _without_vm(doc: dict) -> dict:
@@ -343,21 +344,23 @@ def test_plugin_config_is_the_example_json_with_the_wasmplugin_overrides(chains,
         by_filter = {p["metadata"]["labels"]["gateway-filters.io/filter"]: p for p in items}
         for f in chains[gateway]:
             example = json.loads(f.config_file.read_text(encoding="utf-8"))
-            example.update(generate.WASMPLUGIN_CONFIG.get(f.name, {}))
+            example.update(generate.WASMPLUGIN_CONFIG.get(f.filter, {}))
             assert by_filter[f.name]["spec"]["pluginConfig"] == example, f.config_file
 
 
 # ------------------------------------------------ WasmPlugin and request bodies
 
 def test_the_gateways_whose_chain_holds_request_headers_get_no_wasmplugin(refused, generated):
-    # web: sanitize's orders JSON rule; app: that rule and replay-guard's
-    # Content-Digest check. secure and egress hold nothing once sanitize
-    # answers 411 to unannounced body sizes.
+    # web: sanitize's orders JSON rule; app: replay-guard's Content-Digest
+    # check, e2ee's decryption and that JSON rule in sanitize's second pass
+    # (sanitize-body, after e2ee). secure and egress hold nothing once
+    # sanitize answers 411 to unannounced body sizes.
     assert sorted(refused) == ["app", "web"]
     expected = {
         "web": [("sanitize", "routes[1].body")],
-        "app": [("sanitize", "routes[1].body"), ("replay-guard", "routes[1]"),
-                ("replay-guard", "required_components")],
+        "app": [("replay-guard", "routes[1]"), ("replay-guard", "required_components"),
+                ("e2ee", "routes[1]"), ("e2ee", "routes[2]"), ("e2ee", "default_mode"),
+                ("sanitize-body", "routes[0].body")],
     }
     for gateway, refusal in refused.items():
         assert [(f.name, field) for f, field, _ in refusal.holds] == expected[gateway]
@@ -379,7 +382,8 @@ def test_no_generated_wasmplugin_holds_the_request_headers(plugins):
     for items in plugins.values():
         for p in items:
             name = p["metadata"]["labels"]["gateway-filters.io/filter"]
-            assert generate.body_hold(name, p["spec"]["pluginConfig"]) == [], p["metadata"]["name"]
+            kind = "sanitize" if name == "sanitize-body" else name
+            assert generate.body_hold(kind, p["spec"]["pluginConfig"]) == [], p["metadata"]["name"]
 
 
 def test_the_refusal_follows_the_configuration(chains):

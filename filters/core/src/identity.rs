@@ -45,6 +45,10 @@ pub struct Identity {
     /// key expiry), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
+    /// The key id of the verified request signature (replay-guard), which
+    /// e2ee requires of an encrypted body's coding header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 impl Identity {
@@ -55,6 +59,7 @@ impl Identity {
             device: None,
             san: None,
             exp: None,
+            kid: None,
         }
     }
 

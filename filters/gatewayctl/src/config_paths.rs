@@ -144,6 +144,12 @@ fn error_paths_match_the_path_tracking_deserializer() {
         })
         .map(drop)
     });
+    check::<e2ee::config::E2eeConfig>("e2ee", |b| {
+        e2ee::config::load(b, &|_| {
+            Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into())
+        })
+        .map(drop)
+    });
     check::<fds_block::config::FdsBlockConfig>("fds-block", |b| {
         fds_block::config::load(b).map(drop)
     });

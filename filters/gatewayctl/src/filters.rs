@@ -57,6 +57,13 @@ pub const ALL: &[Filter] = &[
         schema: || value(replay_guard::config::schema()),
     },
     Filter {
+        name: "e2ee",
+        root_id: "e2ee",
+        load: |b| e2ee::config::load(b, &replay_guard_env).map(drop),
+        body_hold: |b| e2ee::config::load(b, &replay_guard_env).map(|c| c.body_hold()),
+        schema: || value(e2ee::config::schema()),
+    },
+    Filter {
         name: "fds-block",
         root_id: "fds_block",
         load: |b| fds_block::config::load(b).map(drop),
@@ -134,7 +141,7 @@ mod tests {
             for e in std::fs::read_dir(root.join(f.name)).unwrap() {
                 let p = e.unwrap().path();
                 let holds = f.body_hold(&std::fs::read(&p).unwrap()).unwrap();
-                let reads_body = matches!(f.name, "sanitize" | "replay-guard");
+                let reads_body = matches!(f.name, "sanitize" | "replay-guard" | "e2ee");
                 assert_eq!(!holds.is_empty(), reads_body, "{}: {holds:?}", p.display());
             }
         }

@@ -9,6 +9,9 @@
 //! gatewayctl body-hold sanitize examples/config/sanitize/web.json [--json]
 //! gatewayctl token --scope orders:write [--sub user-1] [--kid demo-es256] [--ttl 300] [--jti auto]
 //! gatewayctl sign POST http://127.0.0.1:10001/api/v1/orders --body '{"item_id":"a","quantity":1}'
+//! gatewayctl key-id [--device phone-1] [--user alice] [--ttl 600]
+//! gatewayctl encrypt --key-id <kid> [--rs 4096] < plain > body      (RFC 8188 aes128gcm)
+//! gatewayctl decrypt --key-id <kid> < body > plain
 //! gatewayctl drift --admin http://127.0.0.1:9901
 //! ```
 //!
@@ -115,6 +118,43 @@ enum Cmd {
         /// Key lifetime in seconds (the key id's expiry is now + ttl).
         #[arg(long, default_value_t = 600)]
         ttl: u64,
+        /// Master secret file, base64 on one line (default: examples/keys/app-master.key).
+        #[arg(long, value_name = "FILE")]
+        master: Option<PathBuf>,
+        /// Sign with this key id instead of `<device>:<user>:<now + ttl>` (the one
+        /// an encrypted body names: `gatewayctl key-id`, `gatewayctl encrypt`).
+        #[arg(long, value_name = "KID")]
+        key_id: Option<String>,
+    },
+    /// Print a fresh app key id, `<device>:<user>:<now + ttl>`.
+    KeyId {
+        #[arg(long, default_value = "phone-1")]
+        device: String,
+        #[arg(long, default_value = "alice")]
+        user: String,
+        /// Key lifetime in seconds.
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+    },
+    /// Encrypt standard input for the app gateway (RFC 8188 aes128gcm, the key of
+    /// the key id; docs/filters/e2ee.md) and write the body to standard output.
+    Encrypt {
+        /// The key id of the request signature (`gatewayctl key-id`).
+        #[arg(long, value_name = "KID")]
+        key_id: String,
+        /// Record size (at least 18).
+        #[arg(long, default_value_t = 4096)]
+        rs: u32,
+        /// Master secret file, base64 on one line (default: examples/keys/app-master.key).
+        #[arg(long, value_name = "FILE")]
+        master: Option<PathBuf>,
+    },
+    /// Decrypt an aes128gcm body (a request, or the gateway's encrypted answer) from
+    /// standard input to standard output.
+    Decrypt {
+        /// The key id the body was encrypted for.
+        #[arg(long, value_name = "KID")]
+        key_id: String,
         /// Master secret file, base64 on one line (default: examples/keys/app-master.key).
         #[arg(long, value_name = "FILE")]
         master: Option<PathBuf>,
@@ -295,14 +335,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             user,
             ttl,
             master,
+            key_id,
         } => {
-            let master_path = master.unwrap_or_else(|| repo.join("examples/keys/app-master.key"));
-            let text = std::fs::read_to_string(&master_path)
-                .with_context(|| format!("reading {}", master_path.display()))?;
-            use base64::Engine;
-            let secret = base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .with_context(|| format!("{} is not base64", master_path.display()))?;
+            let secret = read_master(&repo, master)?;
             let rest = url
                 .strip_prefix("http://")
                 .or_else(|| url.strip_prefix("https://"))
@@ -320,7 +355,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (None, None) => None,
             };
             let t = now();
-            let key_id = format!("{device}:{user}:{}", t + ttl);
+            let key_id = key_id.unwrap_or_else(|| format!("{device}:{user}:{}", t + ttl));
             let nonce = token::random_hex(16)?;
             let headers = sign::sign(
                 &secret,
@@ -337,6 +372,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for (n, v) in headers {
                 println!("{n}: {v}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::KeyId { device, user, ttl } => {
+            let key_id = format!("{device}:{user}:{}", now() + ttl);
+            sign::check_key_id(&key_id)?;
+            println!("{key_id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Encrypt { key_id, rs, master } => {
+            let secret = read_master(&repo, master)?;
+            let plain = read_stdin()?;
+            let mut salt = [0u8; e2ee::codec::SALT_LEN];
+            getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let ikm = e2ee::codec::ikm(&secret, key_id.as_bytes());
+            let Some(body) = e2ee::codec::seal(&plain, &ikm, salt, rs, key_id.as_bytes()) else {
+                bail!("the record size must be at least 18 and the key id at most 255 bytes");
+            };
+            write_stdout(&body)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Decrypt { key_id, master } => {
+            let secret = read_master(&repo, master)?;
+            let body = read_stdin()?;
+            let limits = e2ee::codec::Limits {
+                max_record_size: u32::MAX,
+                max_records: usize::MAX,
+            };
+            let plain = e2ee::codec::open(&body, &limits, |kid| {
+                if kid == key_id.as_bytes() {
+                    Ok(vec![e2ee::codec::ikm(&secret, kid)])
+                } else {
+                    Err(e2ee::codec::CodingError::KeyMismatch)
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            write_stdout(&plain)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Drift {
@@ -377,6 +448,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The app master secret (base64 on one line), by default the demo's.
+fn read_master(repo: &Path, master: Option<PathBuf>) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let master_path = master.unwrap_or_else(|| repo.join("examples/keys/app-master.key"));
+    let text = std::fs::read_to_string(&master_path)
+        .with_context(|| format!("reading {}", master_path.display()))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .with_context(|| format!("{} is not base64", master_path.display()))
+}
+
+fn read_stdin() -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("reading standard input")?;
+    Ok(buf)
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).context("writing standard output")?;
+    out.flush().context("writing standard output")
 }
 
 fn main() -> ExitCode {

@@ -36,6 +36,7 @@ fn every_shipped_example_config_validates() {
         "sanitize",
         "jwt",
         "replay-guard",
+        "e2ee",
         "fds-block",
         "passport",
         "san-authz",
@@ -163,4 +164,40 @@ fn a_chain_config_is_validated_part_by_part() {
         stdout(&o)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn run_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+        .arg("--repo")
+        .arg(repo())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn encrypt_and_decrypt_round_trip_under_the_key_id_only() {
+    let kid = stdout(&run(&["key-id", "--device", "cli-dev"]))
+        .trim()
+        .to_string();
+    assert!(kid.starts_with("cli-dev:alice:"), "{kid}");
+    let plain = br#"{"item_id":"a-1","quantity":2}"#;
+    let enc = run_with_stdin(&["encrypt", "--key-id", &kid, "--rs", "18"], plain);
+    assert!(enc.status.success());
+    // header: 16-byte salt, rs 18, the key id
+    assert_eq!(&enc.stdout[16..20], &18u32.to_be_bytes());
+    assert_eq!(&enc.stdout[21..21 + kid.len()], kid.as_bytes());
+    let dec = run_with_stdin(&["decrypt", "--key-id", &kid], &enc.stdout);
+    assert!(dec.status.success());
+    assert_eq!(dec.stdout, plain);
+    let other = run_with_stdin(&["decrypt", "--key-id", "x:y:1"], &enc.stdout);
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("key id"));
 }

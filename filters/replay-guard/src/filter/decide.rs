@@ -659,6 +659,8 @@ fn allowed(v: Verified) -> Ruling {
     id.user = Some(v.user);
     id.device = Some(v.device);
     id.exp = Some(v.expiry);
+    // e2ee decrypts only a body whose coding names this key id.
+    id.kid = Some(v.keyid);
     Ruling {
         decision: Decision::Continue(Edits {
             identity: Some(id),
