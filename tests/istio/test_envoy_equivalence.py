@@ -41,7 +41,8 @@ FAILURE_POLICY = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_R
 
 def wasm_filter_from_plugin(plugin: dict, modules: dict[str, Path]) -> dict:
     spec = plugin["spec"]
-    name = plugin["metadata"]["labels"]["gateway-filters.io/filter"]
+    # The module is the image's (sanitize-body runs sanitize's image).
+    name = spec["url"].rsplit("/", 1)[-1].split("@")[0].split(":")[0]
     env = {"key_values": {}}
     host_keys = [e["name"] for e in spec.get("vmConfig", {}).get("env", []) if e.get("valueFrom") == "HOST"]
     for e in spec.get("vmConfig", {}).get("env", []):

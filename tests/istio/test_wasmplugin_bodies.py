@@ -289,7 +289,7 @@ def test_only_the_envoyfilter_chains_carry_the_flag(gateways, refused):
             assert "allow_on_headers_stop_iteration" not in cfg, (gateway, cfg["name"])
         flagged = {c["root_id"] for c in gateways.wasm_filters(f"envoyfilter-{gateway}")
                    if c.get("allow_on_headers_stop_iteration")}
-        assert flagged == ({"sanitize", "replay_guard"} if gateway == "app" else {"sanitize"}), gateway
+        assert flagged == ({"sanitize", "replay_guard", "e2ee"} if gateway == "app" else {"sanitize"}), gateway
     assert sorted(refused) == ["app", "web"]
 
 
@@ -391,11 +391,14 @@ def test_web_as_wasmplugin_would_hang_on_the_orders_body_rule(gateways, refused)
 
 
 def test_app_as_wasmplugin_would_hang_on_the_content_digest_and_the_body_rule(gateways, refused):
-    """app is refused (sanitize routes[1].body; replay-guard routes[1] and
-    required_components): replay-guard holds every signed body for its
-    Content-Digest; the EnvoyFilter checks it at once."""
+    """app is refused (replay-guard routes[1] and required_components; e2ee,
+    which reads every body that may be encrypted; sanitize-body's orders
+    rule): replay-guard holds every signed body for its Content-Digest; the
+    EnvoyFilter checks it at once."""
     assert [(f.name, field) for f, field, _ in refused["app"].holds] == [
-        ("sanitize", "routes[1].body"), ("replay-guard", "routes[1]"), ("replay-guard", "required_components")]
+        ("replay-guard", "routes[1]"), ("replay-guard", "required_components"),
+        ("e2ee", "routes[1]"), ("e2ee", "routes[2]"), ("e2ee", "default_mode"),
+        ("sanitize-body", "routes[0].body")]
     path = "/api/v1/public/upload"
     forged = signed(path, SMALL, digest_of=b'{"other":"body"}')
     no_answer(gateways, "wasmplugin-app", path, SMALL, headers=forged)
@@ -404,8 +407,12 @@ def test_app_as_wasmplugin_would_hang_on_the_content_digest_and_the_body_rule(ga
              401, "digest_invalid")
     bad = b'{"item_id":"a","quantity":0}'
     no_answer(gateways, "wasmplugin-app", "/api/v1/orders", bad, headers=signed("/api/v1/orders", bad))
+    # The body rule (sanitize-body) comes after replay-guard's nonce claim;
+    # no gateway-store sidecar runs beside this Envoy, so the claim fails
+    # closed first: an answer at once all the same, where the WasmPlugin
+    # chain gives none.
     answered(post(gateways, "envoyfilter-app", "/api/v1/orders", bad, headers=signed("/api/v1/orders", bad)),
-             400, "invalid_body")
+             503, "replay_check_unavailable")
 
 
 def test_the_refused_gateways_generate_no_wasmplugin(generated, refused):
