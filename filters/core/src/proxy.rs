@@ -50,6 +50,24 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
         .map(text)
 }
 
+/// Sends `claim` to the shared store ([`crate::store`]) from the current
+/// context: the callout's token, or the host's refusal (no answer).
+pub fn dispatch_claim(
+    store: &crate::store::SharedStore,
+    claim: &crate::store::Claim,
+) -> Result<u32, Status> {
+    let call = store.claim_callout(claim);
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    hostcalls::dispatch_http_call(call.cluster, headers, None, vec![], call.timeout)
+}
+
+/// What the claim callout that has just answered says. No `:status`
+/// (timeout, reset, no healthy host) is no answer.
+pub fn claim_answer() -> crate::store::ClaimAnswer {
+    let status = header(MapType::HttpCallResponseHeaders, ":status");
+    crate::store::ClaimAnswer::from_status(status.as_deref())
+}
+
 impl HttpHost for RawHost {
     fn request_headers(&self) -> Vec<(String, String)> {
         // Names are tokens (Envoy's codecs refuse anything else); values are bytes.

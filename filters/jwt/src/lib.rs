@@ -360,10 +360,7 @@ mod wasm {
                 self.pending = Some((t, p));
                 return;
             }
-            // No `:status` (timeout, reset, no healthy host) is no answer.
-            let status = proxy::header(MapType::HttpCallResponseHeaders, ":status");
-            let answer = ClaimAnswer::from_status(status.as_deref());
-            if self.finish(p, answer) == Verdict::Continue {
+            if self.finish(p, proxy::claim_answer()) == Verdict::Continue {
                 // the proxy wrapper: in the chain build the filters after this one run first
                 proxy::resume_http_request();
             }
@@ -387,10 +384,7 @@ mod wasm {
             };
             // A one-time route: claim the jti in the shared store, hold
             // the request until it answers (at most the store's timeout).
-            let call = store.claim_callout(&p.claim.claim);
-            let headers: Vec<(&str, &str)> =
-                call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            match self.dispatch_http_call(call.cluster, headers, None, vec![], call.timeout) {
+            match proxy::dispatch_claim(store, &p.claim.claim) {
                 Ok(token) => {
                     self.pending = Some((token, p));
                     Action::Pause
@@ -398,7 +392,7 @@ mod wasm {
                 Err(e) => {
                     log::warn!(
                         "jwt: cannot reach the shared store ({}): {e:?}",
-                        call.cluster
+                        store.cluster
                     );
                     proxy::action(self.finish(p, ClaimAnswer::Unavailable))
                 }

@@ -57,7 +57,7 @@ mod wasm {
     use filter_core::store::ClaimAnswer;
     use filter_core::Verdict;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, MapType};
+    use proxy_wasm::types::{Action, ContextType};
 
     use crate::coalesce::{Recorded, ReportQueue};
     use crate::config::{self, Compiled};
@@ -218,10 +218,7 @@ mod wasm {
             else {
                 return self.settled(v);
             };
-            let call = store.claim_callout(&p.claim);
-            let headers: Vec<(&str, &str)> =
-                call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            match self.dispatch_http_call(call.cluster, headers, None, vec![], call.timeout) {
+            match proxy::dispatch_claim(store, &p.claim) {
                 Ok(token) => {
                     self.claim_token = Some((token, p));
                     Action::Pause
@@ -229,7 +226,7 @@ mod wasm {
                 Err(e) => {
                     log::warn!(
                         "replay-guard: cannot reach the shared store ({}): {e:?}",
-                        call.cluster
+                        store.cluster
                     );
                     self.answer(*p, ClaimAnswer::Unavailable)
                 }
@@ -320,9 +317,7 @@ mod wasm {
                 self.claim_token = Some((t, p));
                 return;
             }
-            // No `:status` (timeout, reset, no healthy host) is no answer.
-            let status = proxy::header(MapType::HttpCallResponseHeaders, ":status");
-            if self.answer(*p, ClaimAnswer::from_status(status.as_deref())) == Action::Continue {
+            if self.answer(*p, proxy::claim_answer()) == Action::Continue {
                 // the proxy wrapper: in the chain build the filters after this one run first
                 proxy::resume_http_request();
             }
