@@ -10,6 +10,10 @@ SHELL := bash
 
 # Filter crates compiled to wasm (one <name>.wasm each, contract order).
 WASM_FILTERS ?= sanitize jwt replay-guard e2ee fds-block passport route-breaker san-authz
+# Filters that link another filter's crate (oidc verifies ID tokens with
+# jwt's verifier): their own cargo invocation, or cargo would unify jwt's
+# `standalone` entry point into them (two `_initialize`).
+WASM_LINKED  ?= oidc
 WASM_TARGET  := wasm32-wasip1
 # Which modules the rendered Envoy configs run: `filters` (one .wasm per
 # filter, the default), `suite` (suite.wasm: all seven filters, one VM per
@@ -102,7 +106,8 @@ build: build-wasm build-native ## wasm filters (release, wasm32-wasip1) + demo-s
 
 build-wasm: wasm-target wasm-opt ## the filters' modules (build/wasm/<name>.wasm, what Envoy loads)
 	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(WASM_FILTERS))
-	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,$(WASM_FILTERS))
+	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(WASM_LINKED))
+	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,$(WASM_FILTERS) $(WASM_LINKED))
 	@if [ "$(WASM_BUILD)" = suite ]; then $(MAKE) --no-print-directory build-suite; fi
 	@if [ "$(WASM_BUILD)" = chain ]; then $(MAKE) --no-print-directory build-chain; fi
 

@@ -32,6 +32,7 @@ CRATES = {
     "passport": "filters/passport",
     "route_breaker": "filters/route-breaker",
     "san_authz": "filters/san-authz",
+    "oidc": "filters/oidc",
 }
 
 # The optional callbacks filters/wasm-opt/callbacks can keep and optimize.sh

@@ -61,6 +61,13 @@ pub fn dispatch_claim(
     hostcalls::dispatch_http_call(call.cluster, headers, None, vec![], call.timeout)
 }
 
+/// Sends a store callout ([`crate::store::SharedStore::session_callout`])
+/// with an optional body.
+pub fn dispatch_store(call: &crate::store::Callout<'_>, body: Option<&[u8]>) -> Result<u32, Status> {
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    hostcalls::dispatch_http_call(call.cluster, headers, body, vec![], call.timeout)
+}
+
 /// What the claim callout that has just answered says. No `:status`
 /// (timeout, reset, no healthy host) is no answer.
 pub fn claim_answer() -> crate::store::ClaimAnswer {

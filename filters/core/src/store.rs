@@ -176,6 +176,56 @@ impl SharedStore {
     }
 }
 
+impl SharedStore {
+    /// The callout of a session operation (`method` PUT, GET or DELETE) on
+    /// `/v1/session/<ns>/<hex key>` with `query` (`ttl_ms=N` for PUT,
+    /// `idle_ms=N` or `consume=1` for GET, empty for none), the filter's
+    /// deadline in `x-deadline-ms` as for claims.
+    pub fn session_callout(&self, method: &'static str, key: &[u8; 32], query: &str) -> Callout<'_> {
+        let mut path = String::with_capacity(32 + self.namespace.len() + 64 + query.len());
+        path.push_str("/v1/session/");
+        path.push_str(&self.namespace);
+        path.push('/');
+        push_hex(&mut path, key);
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(query);
+        }
+        Callout {
+            cluster: &self.cluster,
+            headers: [
+                (":method", method.to_string()),
+                (":path", path),
+                (":authority", self.authority.clone()),
+                ("x-deadline-ms", self.deadline_ms.clone()),
+            ],
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// What the store said about a session operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionAnswer {
+    /// 200 with the value (GET), or 204 (PUT, DELETE).
+    Ok,
+    /// 404: no such key (GET), never set or expired.
+    NotFound,
+    /// No answer in time, or any other status.
+    Unavailable,
+}
+
+impl SessionAnswer {
+    /// Reads the callout's `:status` (`None`: the call failed or timed out).
+    pub fn from_status(status: Option<&str>) -> Self {
+        match status {
+            Some("200" | "204") => SessionAnswer::Ok,
+            Some("404") => SessionAnswer::NotFound,
+            _ => SessionAnswer::Unavailable,
+        }
+    }
+}
+
 /// Appends the lower-case hex of `bytes`.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     for b in bytes {

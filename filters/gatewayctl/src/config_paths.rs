@@ -157,6 +157,9 @@ fn error_paths_match_the_path_tracking_deserializer() {
     check::<san_authz::config::SanAuthzConfig>("san-authz", |b| {
         san_authz::config::load(b).map(drop)
     });
+    check::<oidc::config::OidcConfig>("oidc", |b| {
+        oidc::config::load(b, &|_| Some("secret".into())).map(drop)
+    });
     check::<route_breaker::config::RouteBreakerConfig>("route-breaker", |b| {
         route_breaker::config::load(b).map(drop)
     });

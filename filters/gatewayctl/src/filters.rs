@@ -85,6 +85,13 @@ pub const ALL: &[Filter] = &[
         schema: || value(san_authz::config::schema()),
     },
     Filter {
+        name: "oidc",
+        root_id: "oidc",
+        load: |b| oidc::config::load(b, &replay_guard_env).map(drop),
+        body_hold: |b| oidc::config::load(b, &replay_guard_env).map(|_| Vec::new()),
+        schema: || value(oidc::config::schema()),
+    },
+    Filter {
         name: "route-breaker",
         root_id: "route_breaker",
         load: |b| route_breaker::config::load(b).map(drop),

@@ -1,6 +1,6 @@
 //! # suite: every gateway filter in one module
 //!
-//! `suite.wasm` links the eight filter crates (built without their own entry
+//! `suite.wasm` links the nine filter crates (built without their own entry
 //! point, see each crate's `standalone` feature) and installs one root-context
 //! factory that picks the filter by the plugin's `root_id`. In Envoy each
 //! filter stays its own HTTP filter with its own `root_id` and JSON config;
@@ -12,11 +12,11 @@
 //! Sharing a VM is safe because the filters' shared-data keys have disjoint
 //! prefixes, the filter's own name (`filter_core::shared::key`: `jwt/`,
 //! `replay-guard/`, `fds-block/`, `passport/`, `route-breaker/`; sanitize,
-//! san-authz and e2ee keep none) and their metrics are
+//! san-authz and e2ee keep none; oidc keeps its provider state per worker in VM memory) and their metrics are
 //! named `<filter>_...`.
 
 /// The `root_id`s this module serves (those of the per-filter builds).
-pub const ROOT_IDS: [&str; 8] = [
+pub const ROOT_IDS: [&str; 9] = [
     "sanitize",
     "jwt",
     "replay_guard",
@@ -25,6 +25,7 @@ pub const ROOT_IDS: [&str; 8] = [
     "route_breaker",
     "san_authz",
     "e2ee",
+    "oidc",
 ];
 
 /// Index into [`ROOT_IDS`] of a plugin's `root_id` (`None`: not ours).
@@ -58,6 +59,7 @@ mod wasm {
             Some(5) => route_breaker::root_context(context_id),
             Some(6) => san_authz::root_context(context_id),
             Some(7) => e2ee::root_context(context_id),
+            Some(8) => oidc::root_context(context_id),
             _ => Box::new(Unknown(String::from_utf8_lossy(&root_id).into_owned())),
         }
     }
