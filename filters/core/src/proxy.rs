@@ -63,7 +63,10 @@ pub fn dispatch_claim(
 
 /// Sends a store callout ([`crate::store::SharedStore::session_callout`])
 /// with an optional body.
-pub fn dispatch_store(call: &crate::store::Callout<'_>, body: Option<&[u8]>) -> Result<u32, Status> {
+pub fn dispatch_store(
+    call: &crate::store::Callout<'_>,
+    body: Option<&[u8]>,
+) -> Result<u32, Status> {
     let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     hostcalls::dispatch_http_call(call.cluster, headers, body, vec![], call.timeout)
 }

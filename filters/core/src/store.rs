@@ -181,7 +181,12 @@ impl SharedStore {
     /// `/v1/session/<ns>/<hex key>` with `query` (`ttl_ms=N` for PUT,
     /// `idle_ms=N` or `consume=1` for GET, empty for none), the filter's
     /// deadline in `x-deadline-ms` as for claims.
-    pub fn session_callout(&self, method: &'static str, key: &[u8; 32], query: &str) -> Callout<'_> {
+    pub fn session_callout(
+        &self,
+        method: &'static str,
+        key: &[u8; 32],
+        query: &str,
+    ) -> Callout<'_> {
         let mut path = String::with_capacity(32 + self.namespace.len() + 64 + query.len());
         path.push_str("/v1/session/");
         path.push_str(&self.namespace);

@@ -846,7 +846,10 @@ pub(crate) mod tests {
 
     #[test]
     fn the_shipped_example_loads() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/config/oidc/internal.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/config/oidc/internal.json"
+        );
         let bytes = std::fs::read(path).unwrap();
         let c = load(&bytes, &env).unwrap();
         assert_eq!(c.store.namespace, "internal.oidc");
