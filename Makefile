@@ -51,7 +51,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run test test-rust \
-        lint validate test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
+        lint validate browser test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools
 
 help: ## list the targets
@@ -178,7 +178,7 @@ validate: build-wasm build-chain venv compose-config ## render + envoy --mode va
 	@for f in build/validate/local.yaml build/validate/local-2.yaml build/validate/compose.yaml build/validate/chain.yaml; do \
 	  $(ENVOY) --mode validate --disable-hot-restart --log-level error -c "$$f"; done
 
-test-integration: build venv redis http2-tools ## pytest against the real Envoy (tests/integration)
+test-integration: build venv redis http2-tools browser ## pytest against the real Envoy (tests/integration)
 	$(VPY) -m pytest tests/integration $(PYTEST_ARGS)
 
 http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if missing
@@ -186,16 +186,26 @@ http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   nghttp2-client) >/dev/null; command -v nghttp >/dev/null || { echo "nghttp still missing: install nghttp2-client"; exit 1; }; }
 
+# The SSO browser test (tests/integration/test_oidc_browser.py) drives Debian's
+# Chromium through Selenium (from tests/requirements.txt) with Debian's
+# chromedriver, never a downloaded one.
+browser: ## install Debian's chromium and chromium-driver (the SSO browser test) if missing
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   chromium chromium-driver) >/dev/null; \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "chromium/chromedriver still missing"; exit 1; }; fi
+
 # The integration tests against the suite build (every filter block on
 # suite.wasm, one VM per gateway). test_envoy_config.py checks the shape of
 # the shipped per-filter config, so it is left out here.
-test-suite: build build-suite venv redis http2-tools ## integration tests against suite.wasm (WASM_BUILD=suite)
+test-suite: build build-suite venv redis http2-tools browser ## integration tests against suite.wasm (WASM_BUILD=suite)
 	WASM_BUILD=suite $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py $(PYTEST_ARGS)
 
 # The integration tests against the chain build (each gateway's filters in
 # one Envoy filter, chain.wasm). test_envoy_config.py checks the shape of the
 # shipped per-filter config, so it is left out here, as for the suite.
-test-chain: build build-chain venv redis http2-tools ## integration tests against chain.wasm (WASM_BUILD=chain)
+test-chain: build build-chain venv redis http2-tools browser ## integration tests against chain.wasm (WASM_BUILD=chain)
 	WASM_BUILD=chain $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py \
 	  --ignore tests/integration/test_module_exports.py $(PYTEST_ARGS)
 
