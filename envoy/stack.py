@@ -80,7 +80,7 @@ STORE_NAMESPACES = ("web.jwt", "app.replay-guard", "internal.oidc")
 #: The ACL user the sidecars log in as (docs/gateway-store.md): its keys
 #: only, its commands only.
 STORE_REDIS_USER = "gateway-store"
-STORE_ACL = "~gw:* resetchannels -@all +set +get +del +ping +eval"
+STORE_ACL = "~gw:* resetchannels -@all +set +get +getex +getdel +del +ping +eval"
 
 REDIS_START_TIMEOUT = 20.0
 DEMO_START_TIMEOUT = 20.0
