@@ -168,14 +168,15 @@ lint: wasm-target ## rustfmt --check, clippy -D warnings (host and wasm32)
 # and the compose one with only its path variables pointed at this checkout
 # (the container paths do not exist here). Envoy's validate mode loads the
 # wasm modules and runs their on_configure, so the filter JSON configs are
-# checked too.
-validate: build-wasm build-chain venv compose-config ## render + envoy --mode validate every shipped config
+# checked too. Every build: filters (both replicas, compose), suite, chain.
+validate: build-wasm build-suite build-chain venv compose-config ## render + envoy --mode validate every shipped config
 	@mkdir -p build/validate
 	$(PYTHON) envoy/render.py --profile local --wasm-build filters -o build/validate/local.yaml
 	$(PYTHON) envoy/render.py --profile local --wasm-build filters --replica 2 -o build/validate/local-2.yaml
 	$(PYTHON) envoy/render.py --profile compose --local-paths --wasm-build filters -o build/validate/compose.yaml
+	$(VPY) envoy/render.py --profile local --wasm-build suite -o build/validate/suite.yaml
 	$(VPY) envoy/render.py --profile local --wasm-build chain -o build/validate/chain.yaml
-	@for f in build/validate/local.yaml build/validate/local-2.yaml build/validate/compose.yaml build/validate/chain.yaml; do \
+	@for f in build/validate/local.yaml build/validate/local-2.yaml build/validate/compose.yaml build/validate/suite.yaml build/validate/chain.yaml; do \
 	  $(ENVOY) --mode validate --disable-hot-restart --log-level error -c "$$f"; done
 
 test-integration: build venv redis http2-tools browser ## pytest against the real Envoy (tests/integration)

@@ -63,7 +63,11 @@ REDIS_PASSWORD_FILE = REPO / "examples" / "keys" / "redis-password"
 
 HOST = "127.0.0.1"
 #: Gateway listeners of the contract (../shared/demo-contract.md).
-LISTENERS: dict[str, int] = {"web": 10000, "app": 10001, "egress": 10002, "secure": 10443, "bare": 10009}
+LISTENERS: dict[str, int] = {"web": 10000, "app": 10001, "egress": 10002, "secure": 10443,
+                             "internal": 10444, "bare": 10009}
+#: Gateways served over TLS with the demo server certificate (issued for
+#: localhost): https://localhost:PORT.
+TLS_GATEWAYS = frozenset({"secure", "internal"})
 ADMIN_PORT = 9901
 #: Demo services, one binary, consecutive ports from SERVICES_BASE_PORT.
 SERVICES: dict[str, int] = {"echo": 18080, "issuer": 18081, "fds": 18082, "partner": 18083}
@@ -80,7 +84,7 @@ STORE_NAMESPACES = ("web.jwt", "app.replay-guard", "internal.oidc")
 #: The ACL user the sidecars log in as (docs/gateway-store.md): its keys
 #: only, its commands only.
 STORE_REDIS_USER = "gateway-store"
-STORE_ACL = "~gw:* resetchannels -@all +set +get +del +ping +eval"
+STORE_ACL = "~gw:* resetchannels -@all +set +get +getex +getdel +del +ping +eval"
 
 REDIS_START_TIMEOUT = 20.0
 DEMO_START_TIMEOUT = 20.0
@@ -357,8 +361,8 @@ class Stack:
 
     # ---- URLs
     def url(self, gateway: str, path: str = "/", replica: int = 1) -> str:
-        scheme = "https" if gateway == "secure" else "http"
-        host = "localhost" if gateway == "secure" else self.host  # the server cert names localhost
+        scheme = "https" if gateway in TLS_GATEWAYS else "http"
+        host = "localhost" if gateway in TLS_GATEWAYS else self.host  # the server cert names localhost
         return f"{scheme}://{host}:{render.replica_port(LISTENERS[gateway], replica)}{path}"
 
     def admin_url(self, path: str = "/", replica: int = 1) -> str:
@@ -700,6 +704,7 @@ class Stack:
             ("app", "http", LISTENERS["app"], "app gateway (signed requests)"),
             ("egress", "http", LISTENERS["egress"], "egress toward the partner"),
             ("secure", "https", LISTENERS["secure"], "mTLS gateway (client cert from examples/certs)"),
+            ("internal", "https", LISTENERS["internal"], "internal tools (TLS, no client cert)"),
             ("bare", "http", LISTENERS["bare"], "web routes, no wasm filter (baseline)"),
             ("admin", "http", ADMIN_PORT, "Envoy admin"),
         ]
@@ -709,9 +714,15 @@ class Stack:
                 lines.append(f"  Envoy replica {r}:")
             for name, scheme, port, what in rows:
                 host = "localhost" if scheme == "https" else self.host
+                if name == "internal":
+                    # where a person starts: the browser login (oidc filter)
+                    port = render.replica_port(port, r)
+                    lines.append(f"  {name:<8} {scheme}://{host}:{port}/ (SSO: log in as alice / alice-password)"
+                                 f" {what}")
+                    continue
                 lines.append(f"  {name:<8} {scheme}://{host}:{render.replica_port(port, r):<6} {what}")
             store = render.replica_port(STORE_PORT, r)
-            lines.append(f"  {'store':<8} http://{HOST}:{store:<6} gateway-store sidecar (Redis claims)")
+            lines.append(f"  {'store':<8} http://{HOST}:{store:<6} gateway-store sidecar (Redis claims and sessions)")
             lines.append("")
         lines.append(f"  {'redis':<8} redis://{HOST}:{REDIS_PORT:<5} shared state (password: examples/keys/redis-password)")
         for name, port in SERVICES.items():

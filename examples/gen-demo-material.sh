@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate every piece of DEMO key material under examples/keys and
 # examples/certs: JWT signing keys + JWKS, the passport signing key + JWKS,
-# the app gateway's master secret, the demo Redis password, and the mTLS demo PKI.
+# the app gateway's master secret, the demo Redis password, the demo OIDC
+# provider's signing key and client secret, and the mTLS demo PKI.
 #
 #   DEMO ONLY — never use any of this in production.
 #
@@ -124,6 +125,14 @@ openssl rand -base64 32 >"$OUT_KEYS/app-master.key"   # 44 chars + newline
 # hex, so it needs no quoting in redis.conf, URLs or shells.
 openssl rand -hex 24 >"$OUT_KEYS/redis-password"      # 48 chars + newline
 
+# --- demo OIDC provider (demo-services, 18084) ---------------------------------
+# Its ID-token signing key (kid `demo-oidc-rs256`; the provider serves the
+# public half at /jwks) and the secret of its one client, `internal-gateway`
+# (32 random bytes, base64url without padding: no quoting needed anywhere).
+gen_rsa "$OUT_KEYS/oidc-rs256.pem"
+openssl rand -base64 32 | tr '+/' '-_' | tr -d '=\n' >"$OUT_KEYS/oidc-client-secret"
+echo >>"$OUT_KEYS/oidc-client-secret"                  # 43 chars + newline
+
 # --- demo PKI ------------------------------------------------------------------
 
 make_ca ca       "Demo Gateway (DEMO ONLY)" "Demo Gateway CA (DEMO ONLY)"
@@ -205,6 +214,10 @@ openssl verify -CAfile "$OUT_CERTS/other-ca.pem" "$OUT_CERTS/other-ca-client.pem
 if openssl verify -CAfile "$OUT_CERTS/ca.pem" "$OUT_CERTS/other-ca-client.pem" >/dev/null 2>&1; then
   echo "other-ca-client.pem unexpectedly verifies against the demo CA" >&2; exit 1
 fi
+
+# The OIDC provider reads its key itself (demo-services refuses < 2048 bits).
+openssl pkey -in "$OUT_KEYS/oidc-rs256.pem" -noout -text | grep -q 'Private-Key: (2048 bit' \
+  || { echo "oidc-rs256.pem is not an RSA 2048 key" >&2; exit 1; }
 
 # Sign a message with each private key (openssl) and verify it with the JWK
 # alone (pure-Python RS256 / ES256): proves each JWKS entry is the public half
@@ -294,6 +307,8 @@ check("jwks.json", "demo-es256", "jwt-es256", "ES256")
 check("passport-jwks.json", "passport-2026-1", "passport-es256", "ES256")
 assert len(base64.b64decode(open(keys_dir + "/app-master.key").read().strip(), validate=True)) == 32
 assert len(bytes.fromhex(open(keys_dir + "/redis-password").read().strip())) == 24
+secret = open(keys_dir + "/oidc-client-secret").read().strip()
+assert len(base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))) == 32 and "=" not in secret
 PY
 
 # --- install -----------------------------------------------------------------

@@ -28,7 +28,7 @@ import render  # noqa: E402  (envoy/render.py)
 
 # The gateways of the portfolio, in the contract's order (the Envoy listener
 # of the same name carries each one's chain).
-GATEWAYS = ("web", "app", "secure", "egress")
+GATEWAYS = ("web", "app", "secure", "internal", "egress")
 # The suite build (filters/suite, `make build-suite`): all eight filters in one
 # module, packaged as one more image beside the per-filter ones.
 SUITE = "suite"

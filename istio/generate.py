@@ -72,6 +72,9 @@ GATEWAY_WORKLOADS: dict[str, dict] = {
     "web": {"namespace": "istio-ingress", "labels": {"istio": "ingressgateway-web"}},
     "app": {"namespace": "istio-ingress", "labels": {"istio": "ingressgateway-app"}},
     "secure": {"namespace": "istio-ingress", "labels": {"istio": "ingressgateway-secure"}},
+    # internal web tools behind SSO: an ingress gateway of its own (TLS with
+    # the tools' server certificate, no client certificate; the oidc filter).
+    "internal": {"namespace": "istio-ingress", "labels": {"istio": "ingressgateway-internal"}},
     "egress": {"namespace": "istio-egress", "labels": {"istio": "egressgateway"}},
 }
 
@@ -447,7 +450,9 @@ def mesh_cluster(local: dict) -> dict:
     out["type"] = "STRICT_DNS"
     for group in out["load_assignment"]["endpoints"]:
         for ep in group["lb_endpoints"]:
-            ep["endpoint"]["address"]["socket_address"]["address"] = f"{local['name']}.{UPSTREAM_NAMESPACE}.svc.cluster.local"
+            # a Service name is a DNS label: oidc_provider -> oidc-provider
+            service = local["name"].replace("_", "-")
+            ep["endpoint"]["address"]["socket_address"]["address"] = f"{service}.{UPSTREAM_NAMESPACE}.svc.cluster.local"
     return out
 
 

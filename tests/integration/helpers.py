@@ -33,10 +33,10 @@ TIMEOUT = 10
 
 
 def gateway_url(gateway: str, path: str = "/") -> str:
-    """URL of `path` on a gateway listener: web, app, egress, secure, bare."""
-    if gateway == "secure":
+    """URL of `path` on a gateway listener: web, app, egress, secure, internal, bare."""
+    if gateway in ("secure", "internal"):
         # The demo server certificate is issued for localhost.
-        return f"https://localhost:{LISTENERS['secure']}{path}"
+        return f"https://localhost:{LISTENERS[gateway]}{path}"
     return f"http://{HOST}:{LISTENERS[gateway]}{path}"
 
 
@@ -114,6 +114,7 @@ WEB = "http://127.0.0.1:10000"
 APP = "http://127.0.0.1:10001"
 EGRESS = "http://127.0.0.1:10002"
 SECURE = "https://localhost:10443"
+INTERNAL = "https://localhost:10444"
 BARE = "http://127.0.0.1:10009"
 ADMIN = "http://127.0.0.1:9901"
 ECHO = "http://127.0.0.1:18080"

@@ -21,7 +21,7 @@ import render  # envoy/render.py (on sys.path via helpers)
 
 ENVOY = REPO / ".venv" / "bin" / "envoy"
 COMPOSE_FILE = REPO / "envoy" / "docker-compose.yaml"
-GATEWAYS = ("web", "app", "egress", "secure")
+GATEWAYS = ("web", "app", "egress", "secure", "internal")
 
 SHIPPED = {
     "local": dict(profile="local"),
@@ -242,6 +242,9 @@ def test_sanitize_guards_the_letter_case_of_every_route_of_its_gateway(rendered,
         wanted |= route_prefixes(plugin.get("routes", []))
         wanted |= route_prefixes(plugin.get("rules", []))
         wanted |= route_prefixes(plugin.get("policies", []))
+    # "/" (a rule for every path, e.g. the internal gateway's breaker) has no
+    # letter case of its own to guard, as for Envoy's catch-all route above
+    wanted.discard("/")
     sanitize = plugins["sanitize"]
     guarded = set(sanitize.get("path", {}).get("case_sensitive_prefixes", []))
     guarded |= {r["prefix"] for r in sanitize.get("routes", [])}
@@ -271,10 +274,10 @@ def test_bare_gateway_has_no_wasm_filter_and_the_web_routes(rendered):
     assert bare["route_config"]["virtual_hosts"][0]["routes"] == web_routes
 
 
-def test_only_web_and_app_trust_one_forwarding_hop(rendered):
+def test_only_the_gateways_behind_the_load_balancer_trust_one_forwarding_hop(rendered):
     listeners = listeners_by_name(rendered["local"])
     hops = {name: hcm(listeners[name]).get("xff_num_trusted_hops", 0) for name in (*GATEWAYS, "bare")}
-    assert hops == {"web": 1, "app": 1, "bare": 1, "egress": 0, "secure": 0}
+    assert hops == {"web": 1, "app": 1, "bare": 1, "internal": 1, "egress": 0, "secure": 0}
 
 
 def test_secure_gateway_requires_a_client_certificate_and_sets_xfcc(rendered):
@@ -282,8 +285,123 @@ def test_secure_gateway_requires_a_client_certificate_and_sets_xfcc(rendered):
     tls = secure["filter_chains"][0]["transport_socket"]["typed_config"]
     assert tls["require_client_certificate"] is True
     assert hcm(secure)["forward_client_cert_details"] == "SANITIZE_SET"
-    for name in ("web", "app", "egress", "bare"):
+    for name in ("web", "app", "egress", "internal", "bare"):
         assert "forward_client_cert_details" not in hcm(listeners_by_name(rendered["local"])[name])
+
+
+# ------------------------------------------------------------ internal 10444
+
+
+@pytest.mark.parametrize("profile", sorted(SHIPPED))
+def test_internal_gateway_serves_tls_with_the_server_certificate_and_asks_for_no_client_certificate(rendered, profile):
+    internal = listeners_by_name(rendered[profile])["internal"]
+    tls = internal["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["@type"].endswith("DownstreamTlsContext")
+    assert not tls.get("require_client_certificate", False)
+    common = tls["common_tls_context"]
+    # no validation context: Envoy sends no CertificateRequest at all
+    assert "validation_context" not in common and "validation_context_sds_secret_config" not in common
+    assert common["alpn_protocols"] == ["h2", "http/1.1"]
+    assert common["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2"
+    secure = listeners_by_name(rendered[profile])["secure"]
+    secure_common = secure["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert common["tls_certificates"] == secure_common["tls_certificates"]
+    assert common["tls_certificates"][0]["certificate_chain"]["filename"].endswith("/server.pem")
+    assert len(internal["filter_chains"]) == 1, "a plain-text filter chain would accept http://"
+
+
+def test_internal_gateway_routes_everything_to_the_echo_service(rendered):
+    routes = hcm(listeners_by_name(rendered["local"])["internal"])["route_config"]["virtual_hosts"][0]["routes"]
+    for path in ("/", "/x", "/tools/a?b=1", "/admin", "/admin/users", "/oauth2/callback", "/oauth2/logout"):
+        route = first_route(routes, "GET", path.split("?")[0])
+        assert route is not None and route["route"]["cluster"] == "echo", path
+        assert runs_route_breaker(route), path
+    health = first_route(routes, "GET", "/health")
+    assert health["direct_response"]["status"] == 200 and not runs_route_breaker(health)
+    assert first_route(routes, "TRACE", "/x")["direct_response"]["status"] == 405
+
+
+def test_internal_gateway_runs_sanitize_then_route_breaker_with_its_own_configs(rendered):
+    filters = hcm(listeners_by_name(rendered["local"])["internal"])["http_filters"]
+    assert [f["name"] for f in filters] == ["sanitize", "route-breaker", "envoy.filters.http.router"]
+    for f, file in zip(filters, ("sanitize/internal.json", "route-breaker/internal.json")):
+        value = json.loads(f["typed_config"]["config"]["configuration"]["value"])
+        assert value == json.loads((REPO / "examples" / "config" / file).read_text(encoding="utf-8")), file
+    sanitize = json.loads(filters[0]["typed_config"]["config"]["configuration"]["value"])
+    removed = set(sanitize["remove_headers"]["exact"])
+    # the identity headers the oidc filter sets: client copies are always stripped
+    assert {"x-user-id", "x-user-email", "x-user-groups"} <= removed
+    assert "x-user-" in sanitize["remove_headers"]["prefixes"]
+    assert sanitize["max_body_bytes"] == 64 * 1024
+
+
+def test_oidc_provider_cluster_points_at_the_demo_provider(rendered):
+    for profile, host in (("local", "127.0.0.1"), ("compose", "demo-services")):
+        doc = yaml.safe_load(rendered[profile].read_text(encoding="utf-8"))
+        cluster = {c["name"]: c for c in doc["static_resources"]["clusters"]}["oidc_provider"]
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        assert (address["address"], address["port_value"]) == (host, 18084), profile
+        assert cluster["connect_timeout"] == "1s"
+        options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        assert options["explicit_http_config"] == {"http_protocol_options": {}}, "plain HTTP/1.1"
+
+
+OIDC_BLOCK = """\
+- name: oidc
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: oidc
+      root_id: oidc
+      vm_config:
+        vm_id: oidc
+        runtime: envoy.wasm.runtime.v8
+        code: { local: { filename: ${WASM_DIR}/oidc.wasm } }
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: "{}"
+      failure_policy: FAIL_CLOSED
+"""
+
+
+def filter_order(manager: dict) -> list[str]:
+    """The manager's filters in order, a chain filter expanded into its parts."""
+    out = []
+    for f in manager["http_filters"]:
+        if f["name"] == "chain":
+            out += [p["name"] for p in json.loads(f["typed_config"]["config"]["configuration"]["value"])["filters"]]
+        else:
+            out.append(f["name"])
+    return out
+
+
+@pytest.mark.parametrize("build", render.WASM_BUILDS)
+def test_the_oidc_filter_plugs_in_at_its_marker_as_one_block_in_every_build(tmp_path, build):
+    """The template marks where the oidc filter goes on the internal gateway:
+    inserting one filter block there gives sanitize -> oidc -> route-breaker
+    in every build, and changes no other gateway."""
+    text = render.TEMPLATE.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    marker = [i for i, line in enumerate(lines) if line.strip().startswith("# oidc goes here")]
+    assert len(marker) == 1
+    # the block goes before the next filter (route-breaker), at its column
+    at = next(i for i in range(marker[0], len(lines)) if lines[i].lstrip().startswith("- name:"))
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    block = "".join(indent + line for line in OIDC_BLOCK.splitlines(keepends=True))
+    template = tmp_path / "envoy.yaml.tmpl"
+    template.write_text("".join(lines[:at]) + block + "".join(lines[at:]), encoding="utf-8")
+    with_oidc = listeners_by_name_of(render.render("local", template=template, wasm_build=build))
+    without = listeners_by_name_of(render.render("local", wasm_build=build))
+    assert filter_order(hcm(with_oidc["internal"])) == [
+        "sanitize", "oidc", "route-breaker", "envoy.filters.http.router"]
+    assert filter_order(hcm(without["internal"])) == ["sanitize", "route-breaker", "envoy.filters.http.router"]
+    for name in without:
+        if name != "internal":
+            assert with_oidc[name] == without[name], name
+
+
+def listeners_by_name_of(text: str) -> dict[str, dict]:
+    return {item["name"]: item for item in yaml.safe_load(text)["static_resources"]["listeners"]}
 
 
 # ------------------------------------------------------------------ render.py

@@ -19,11 +19,12 @@ import time
 import pytest
 import requests
 
-from helpers import TIMEOUT, denial, echo_stats, mint_token, seen, wait_until
+from helpers import CA, TIMEOUT, denial, echo_stats, mint_token, seen, wait_until
 from signing import Signer
 
 WEB = {1: "http://127.0.0.1:10000", 2: "http://127.0.0.1:10100"}
 APP = {1: "http://127.0.0.1:10001", 2: "http://127.0.0.1:10101"}
+INTERNAL = {1: "https://localhost:10444", 2: "https://localhost:10544"}
 STORE = {1: "http://127.0.0.1:18090", 2: "http://127.0.0.1:18091"}
 ADMIN = {1: "http://127.0.0.1:9901", 2: "http://127.0.0.1:9902"}
 #: The replicas sit behind one load balancer: both take the same Host.
@@ -73,6 +74,7 @@ def test_both_replicas_redis_and_the_sidecars_are_up(stack):
     assert stack.redis("PING") == b"+PONG"
     for r in (1, 2):
         assert requests.get(WEB[r] + "/health", timeout=TIMEOUT).status_code == 200
+        assert requests.get(INTERNAL[r] + "/health", verify=str(CA), timeout=TIMEOUT).status_code == 200
         assert requests.get(ADMIN[r] + "/ready", timeout=TIMEOUT).text.strip() == "LIVE"
         health = requests.get(STORE[r] + "/healthz", timeout=TIMEOUT)
         assert health.status_code == 200, health.text

@@ -293,7 +293,7 @@ def test_only_the_envoyfilter_chains_carry_the_flag(gateways, refused):
     assert sorted(refused) == ["app", "web"]
 
 
-GENERATED = [("egress", "/partner-a/orders"), ("secure", "/partner/v1/billing/orders")]
+GENERATED = [("egress", "/partner-a/orders"), ("secure", "/partner/v1/billing/orders"), ("internal", "/tools/orders")]
 
 
 @pytest.mark.parametrize("gateway, path", GENERATED, ids=[g for g, _ in GENERATED])

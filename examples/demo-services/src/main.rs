@@ -1,12 +1,17 @@
 //! # demo-services — DEMO ONLY
 //!
-//! The four upstream services of the local demo stack, in one binary. They
-//! keep everything in memory, have no authentication and are meant only for
-//! the demo and the integration tests. Never expose them.
+//! The five upstream services of the local demo stack, in one binary. They
+//! keep everything in memory, have no authentication (the OIDC provider's
+//! users and client are demo fixtures) and are meant only for the demo and
+//! the integration tests. Never expose them.
 //!
-//! Usage: `demo-services [--bind-host HOST] [--base-port N]` (defaults
-//! `127.0.0.1` and `18080`). Prints `demo-services ready` on stdout once all
-//! four listeners are bound; exits on SIGINT or SIGTERM.
+//! Usage: `demo-services [--bind-host HOST] [--base-port N] [--oidc-issuer URL]
+//! [--oidc-key PATH] [--oidc-client-secret-file PATH]` (defaults `127.0.0.1`,
+//! `18080`, `http://localhost:18084`, `examples/keys/oidc-rs256.pem` and
+//! `examples/keys/oidc-client-secret`, paths relative to the current
+//! directory). Prints `demo-services ready` on stdout once all five listeners
+//! are bound; exits on SIGINT or SIGTERM, or at once (status 1) when the OIDC
+//! key material cannot be read.
 //!
 //! | port | service | endpoints |
 //! |---|---|---|
@@ -14,18 +19,21 @@
 //! | base+1 | passport issuer | `GET /v1/context?user=U&device=D`, `GET /v1/users/U/context?device=D` → `{"user_id","device_id","consents","risk_level","tier"}`, `unknown*` users → 404, `?delay_ms=N`; `GET /stats` → `{"calls": N}`; `POST /stats/reset` |
 //! | base+2 | FDS feed | `GET /v1/blocklist` (`ETag`, `If-None-Match` → 304), `POST /v1/blocklist` (201 / 400 `invalid_entry`), `DELETE /v1/blocklist`, `DELETE /v1/blocklist/{id}`; `POST /v1/reports` (202), `GET /v1/reports`, `DELETE /v1/reports` |
 //! | base+3 | partner | any path: like echo, with `"service":"partner"` |
+//! | base+4 | OIDC provider | `GET /.well-known/openid-configuration`; `GET`/`POST /authorize` (HTML login form → 302 `redirect_uri?code&state`); `POST /token` (`client_secret_basic`, `authorization_code` + PKCE S256, `refresh_token` with rotation); `GET /jwks`; `GET /logout` (RP-initiated); `GET /stats` → `{"token_requests","authorize_requests","logins","logouts"}`; `POST /stats/reset`; DEMO/TEST ONLY `POST /_control/{next_id_token,rotate_key,delay_ms,reset}` |
 //!
 //! Request bodies are read up to 1 MiB (413 beyond). Unknown routes on the
-//! issuer and the FDS feed answer 404 JSON.
+//! issuer, the FDS feed and the OIDC provider answer 404 JSON.
 
 mod echo;
 mod fds;
 mod http;
 mod issuer;
+mod oidc;
 
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,14 +52,16 @@ enum Service {
     Issuer,
     Fds,
     Partner,
+    Oidc,
 }
 
 impl Service {
-    const ALL: [Service; 4] = [
+    const ALL: [Service; 5] = [
         Service::Echo,
         Service::Issuer,
         Service::Fds,
         Service::Partner,
+        Service::Oidc,
     ];
 
     fn name(self) -> &'static str {
@@ -60,16 +70,18 @@ impl Service {
             Service::Issuer => "passport issuer",
             Service::Fds => "FDS feed",
             Service::Partner => "partner",
+            Service::Oidc => "OIDC provider",
         }
     }
 }
 
 /// In-memory state of all services.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     echo: echo::EchoState,
     issuer: issuer::IssuerState,
     fds: fds::FdsState,
+    oidc: oidc::OidcState,
 }
 
 async fn dispatch(service: Service, state: &State, req: Request<Incoming>) -> http::Resp {
@@ -78,6 +90,7 @@ async fn dispatch(service: Service, state: &State, req: Request<Incoming>) -> ht
         Service::Issuer => issuer::handle(&state.issuer, req).await,
         Service::Fds => fds::handle(&state.fds, req).await,
         Service::Partner => echo::handle_partner(req).await,
+        Service::Oidc => oidc::handle(&state.oidc, req).await,
     }
 }
 
@@ -86,17 +99,31 @@ async fn dispatch(service: Service, state: &State, req: Request<Incoming>) -> ht
 struct Options {
     bind_host: String,
     base_port: u16,
+    /// The OIDC provider's issuer (`iss`, and the base of its endpoints).
+    oidc_issuer: String,
+    /// PKCS#8 PEM RSA key that signs ID tokens (kid `demo-oidc-rs256`).
+    oidc_key: PathBuf,
+    /// The `internal-gateway` client's secret, on one line.
+    oidc_client_secret_file: PathBuf,
 }
 
-const USAGE: &str = "usage: demo-services [--bind-host HOST] [--base-port N]\n\
-DEMO ONLY: echo (N), passport issuer (N+1), FDS feed (N+2), partner (N+3); \
-defaults 127.0.0.1 and 18080";
+/// Services on consecutive ports from the base port.
+const PORTS: u16 = 5;
+
+const USAGE: &str = "usage: demo-services [--bind-host HOST] [--base-port N] \
+[--oidc-issuer URL] [--oidc-key PATH] [--oidc-client-secret-file PATH]\n\
+DEMO ONLY: echo (N), passport issuer (N+1), FDS feed (N+2), partner (N+3), \
+OIDC provider (N+4); defaults 127.0.0.1, 18080, http://localhost:18084, \
+examples/keys/oidc-rs256.pem, examples/keys/oidc-client-secret";
 
 /// Parses the arguments (without the program name). `Ok(None)` means help.
 fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Options>, String> {
     let mut opts = Options {
         bind_host: "127.0.0.1".into(),
         base_port: 18080,
+        oidc_issuer: oidc::DEFAULT_ISSUER.into(),
+        oidc_key: oidc::DEFAULT_KEY_PATH.into(),
+        oidc_client_secret_file: oidc::DEFAULT_SECRET_PATH.into(),
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -106,24 +133,45 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Options>
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--bind-host" | "--base-port" => {
+            "--bind-host"
+            | "--base-port"
+            | "--oidc-issuer"
+            | "--oidc-key"
+            | "--oidc-client-secret-file" => {
                 let value = match inline {
                     Some(v) => v,
                     None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
                 };
-                if flag == "--bind-host" {
-                    if value.is_empty() {
-                        return Err("--bind-host needs a value".into());
+                if value.is_empty() {
+                    return Err(format!("{flag} needs a value"));
+                }
+                match flag.as_str() {
+                    "--bind-host" => opts.bind_host = value,
+                    "--oidc-issuer" => {
+                        let issuer = value.trim_end_matches('/');
+                        if !(issuer.starts_with("http://") || issuer.starts_with("https://"))
+                            || issuer.contains(['?', '#'])
+                        {
+                            return Err(format!(
+                                "--oidc-issuer: an http(s) URL without query or fragment: {value}"
+                            ));
+                        }
+                        opts.oidc_issuer = issuer.to_owned();
                     }
-                    opts.bind_host = value;
-                } else {
-                    let port: u16 = value
-                        .parse()
-                        .map_err(|_| format!("--base-port: not a port: {value}"))?;
-                    if port == 0 || port > u16::MAX - 3 {
-                        return Err(format!("--base-port must be in 1..={}", u16::MAX - 3));
+                    "--oidc-key" => opts.oidc_key = value.into(),
+                    "--oidc-client-secret-file" => opts.oidc_client_secret_file = value.into(),
+                    _ => {
+                        let port: u16 = value
+                            .parse()
+                            .map_err(|_| format!("--base-port: not a port: {value}"))?;
+                        if port == 0 || port > u16::MAX - (PORTS - 1) {
+                            return Err(format!(
+                                "--base-port must be in 1..={}",
+                                u16::MAX - (PORTS - 1)
+                            ));
+                        }
+                        opts.base_port = port;
                     }
-                    opts.base_port = port;
                 }
             }
             other => return Err(format!("unknown argument: {other}")),
@@ -162,7 +210,23 @@ fn main() -> ExitCode {
 }
 
 async fn run(opts: Options) -> ExitCode {
-    let state = Arc::new(State::default());
+    let oidc = match oidc::OidcState::load(
+        &opts.oidc_issuer,
+        &opts.oidc_key,
+        &opts.oidc_client_secret_file,
+    ) {
+        Ok(oidc) => oidc,
+        Err(e) => {
+            eprintln!("demo-services: OIDC provider: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = Arc::new(State {
+        echo: echo::EchoState::default(),
+        issuer: issuer::IssuerState::default(),
+        fds: fds::FdsState::default(),
+        oidc,
+    });
     let mut listeners = Vec::with_capacity(Service::ALL.len());
     for (offset, service) in (0u16..).zip(Service::ALL) {
         let port = opts.base_port + offset;
@@ -272,24 +336,47 @@ mod tests {
         parse_args(list.iter().map(|s| (*s).to_owned()))
     }
 
+    fn defaults() -> Options {
+        Options {
+            bind_host: "127.0.0.1".into(),
+            base_port: 18080,
+            oidc_issuer: "http://localhost:18084".into(),
+            oidc_key: "examples/keys/oidc-rs256.pem".into(),
+            oidc_client_secret_file: "examples/keys/oidc-client-secret".into(),
+        }
+    }
+
     #[test]
     fn parses_flags() {
-        assert_eq!(
-            args(&[]),
-            Ok(Some(Options {
-                bind_host: "127.0.0.1".into(),
-                base_port: 18080
-            }))
-        );
+        assert_eq!(args(&[]), Ok(Some(defaults())));
         assert_eq!(
             args(&["--bind-host", "0.0.0.0", "--base-port=28080"]),
             Ok(Some(Options {
                 bind_host: "0.0.0.0".into(),
-                base_port: 28080
+                base_port: 28080,
+                ..defaults()
+            }))
+        );
+        assert_eq!(
+            args(&[
+                "--oidc-issuer=https://idp.example/",
+                "--oidc-key",
+                "/run/demo/k.pem",
+                "--oidc-client-secret-file",
+                "/run/demo/s"
+            ]),
+            Ok(Some(Options {
+                oidc_issuer: "https://idp.example".into(),
+                oidc_key: "/run/demo/k.pem".into(),
+                oidc_client_secret_file: "/run/demo/s".into(),
+                ..defaults()
             }))
         );
         assert_eq!(args(&["--help"]), Ok(None));
-        assert!(args(&["--base-port", "65534"]).is_err());
+        assert!(args(&["--base-port", "65532"]).is_err());
+        assert!(args(&["--base-port", "65531"]).is_ok());
+        assert!(args(&["--oidc-issuer", "localhost:18084"]).is_err());
+        assert!(args(&["--oidc-key="]).is_err());
         assert!(args(&["--base-port"]).is_err());
         assert!(args(&["--bogus"]).is_err());
     }

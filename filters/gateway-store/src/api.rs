@@ -14,7 +14,8 @@ pub const MAX_NAMESPACE_LEN: usize = 64;
 /// Most namespaces one store serves.
 pub const MAX_NAMESPACES: usize = 64;
 
-/// Longest query string looked at (`ttl_ms=` plus 19 digits fits easily).
+/// Longest query string looked at (`ttl_ms=` or `idle_ms=` plus 19 digits
+/// fits easily).
 pub const MAX_QUERY_LEN: usize = 64;
 
 /// Prefix of every Redis key this service touches; the ACL user is limited to
@@ -30,6 +31,12 @@ pub enum Operation {
     SessionPut { key: StoreKey, ttl_ms: u64 },
     /// `GET /v1/session/{ns}/{key}`: `GET key`.
     SessionGet { key: StoreKey },
+    /// `GET /v1/session/{ns}/{key}?idle_ms=N`: `GETEX key PX N` (read the
+    /// value and push its idle expiry in one round trip).
+    SessionTouch { key: StoreKey, idle_ms: u64 },
+    /// `GET /v1/session/{ns}/{key}?consume=1`: `GETDEL key` (the value is
+    /// returned once: single-use state, atomic across replicas).
+    SessionConsume { key: StoreKey },
     /// `DELETE /v1/session/{ns}/{key}`: `DEL key`.
     SessionDelete { key: StoreKey },
     /// `GET /healthz`: `PING`.
@@ -256,10 +263,11 @@ pub fn route(
             ttl_ms: ttl_from_query(query, max_ttl_ms)?,
             key,
         },
-        Kind::SessionGet => {
-            no_query(query)?;
-            Operation::SessionGet { key }
-        }
+        Kind::SessionGet => match session_read(query, max_ttl_ms)? {
+            SessionRead::Plain => Operation::SessionGet { key },
+            SessionRead::Touch(idle_ms) => Operation::SessionTouch { key, idle_ms },
+            SessionRead::Consume => Operation::SessionConsume { key },
+        },
         Kind::SessionDelete => {
             no_query(query)?;
             Operation::SessionDelete { key }
@@ -271,6 +279,47 @@ fn no_query(query: Option<&str>) -> Result<(), Refusal> {
     match query {
         None | Some("") => Ok(()),
         Some(_) => Err(Refusal::BadRequest("this route takes no query parameters")),
+    }
+}
+
+/// How a session `GET` reads, from its query.
+enum SessionRead {
+    /// No query: `GET`.
+    Plain,
+    /// `idle_ms=N`: `GETEX PX N`.
+    Touch(u64),
+    /// `consume=1`: `GETDEL`.
+    Consume,
+}
+
+/// A session `GET` takes no query, or exactly `idle_ms=N` (`1 <= N <=
+/// max_ttl_ms`, as a TTL), or exactly `consume=1`; both together is refused
+/// with its own message (a consumed value has no expiry to push), anything
+/// else as any unknown query.
+fn session_read(query: Option<&str>, max_ttl_ms: u64) -> Result<SessionRead, Refusal> {
+    const WANT: &str =
+        "the query must be empty, exactly idle_ms=N with 1 <= N <= --max-ttl-ms, or exactly consume=1";
+    let query = match query {
+        None | Some("") => return Ok(SessionRead::Plain),
+        Some(q) if q.len() > MAX_QUERY_LEN => return Err(Refusal::BadRequest(WANT)),
+        Some(q) => q,
+    };
+    let named = |want: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(want))
+    };
+    if named("idle_ms") && named("consume") {
+        return Err(Refusal::BadRequest(
+            "idle_ms and consume are mutually exclusive",
+        ));
+    }
+    if query == "consume=1" {
+        return Ok(SessionRead::Consume);
+    }
+    match query.strip_prefix("idle_ms=").and_then(parse_decimal) {
+        Some(ms) if (1..=max_ttl_ms).contains(&ms) => Ok(SessionRead::Touch(ms)),
+        _ => Err(Refusal::BadRequest(WANT)),
     }
 }
 
@@ -521,16 +570,103 @@ mod tests {
     }
 
     #[test]
-    fn session_get_and_delete_take_no_query() {
+    fn session_get_takes_only_idle_ms_or_consume_and_delete_no_query() {
         let path = format!("/v1/session/web.jwt/{KEY}");
-        assert!(matches!(
-            go("GET", &path, Some("ttl_ms=5")),
-            Err(Refusal::BadRequest(_))
-        ));
+        for q in [
+            "ttl_ms=5",
+            "x",
+            "consume",
+            "consume=",
+            "consume=0",
+            "consume=true",
+            "consume=1&consume=1",
+            "consume=1&x=1",
+            "idle_ms",
+            "idle_ms=",
+            "idle_ms=0",
+            "idle_ms=86400001",
+            "idle_ms=-1",
+            "idle_ms=+5",
+            "idle_ms=1.5",
+            "idle_ms=99999999999999999999",
+            "idle_ms=5&idle_ms=6",
+            "idle_ms=5&x=1",
+            "IDLE_MS=5",
+            "Consume=1",
+        ] {
+            let refused = go("GET", &path, Some(q));
+            assert!(
+                matches!(refused, Err(Refusal::BadRequest(m)) if !m.contains("mutually")),
+                "{q:?}: {refused:?}"
+            );
+        }
         assert!(matches!(
             go("DELETE", &path, Some("x")),
             Err(Refusal::BadRequest(_))
         ));
+        assert!(matches!(
+            go("DELETE", &path, Some("consume=1")),
+            Err(Refusal::BadRequest(_))
+        ));
+        let long = format!("idle_ms=5&{}", "x".repeat(MAX_QUERY_LEN));
+        assert!(matches!(
+            go("GET", &path, Some(&long)),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn session_get_with_idle_ms_routes_to_getex_bounded_like_a_ttl() {
+        let path = format!("/v1/session/internal.oidc/{KEY}");
+        let ns = Namespaces::new(["internal.oidc".to_owned()]).unwrap();
+        let get = |q: &str| route(Method::Get, &path, Some(q), &ns, 86_400_000);
+        let key = key("internal.oidc");
+        for (q, idle_ms) in [
+            ("idle_ms=1", 1),
+            ("idle_ms=1800000", 1_800_000),
+            ("idle_ms=86400000", 86_400_000),
+            ("idle_ms=0001", 1),
+        ] {
+            assert_eq!(
+                get(q),
+                Ok(Operation::SessionTouch {
+                    key: key.clone(),
+                    idle_ms
+                }),
+                "{q}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_get_with_consume_routes_to_getdel() {
+        let path = format!("/v1/session/web.jwt/{KEY}");
+        assert_eq!(
+            go("GET", &path, Some("consume=1")),
+            Ok(Operation::SessionConsume {
+                key: key("web.jwt")
+            })
+        );
+    }
+
+    #[test]
+    fn idle_ms_and_consume_together_are_refused_as_mutually_exclusive() {
+        let path = format!("/v1/session/web.jwt/{KEY}");
+        for q in [
+            "idle_ms=5&consume=1",
+            "consume=1&idle_ms=5",
+            "idle_ms=0&consume=0",
+            "consume&idle_ms",
+            "x=1&consume=1&idle_ms=5",
+        ] {
+            assert_eq!(
+                go("GET", &path, Some(q)),
+                Err(Refusal::BadRequest(
+                    "idle_ms and consume are mutually exclusive"
+                )),
+                "{q}"
+            );
+        }
     }
 
     #[test]

@@ -94,22 +94,15 @@ where
         }
         Operation::SessionGet { key } => {
             bump(&stats.session_get);
-            match app.store.session_get(key, deadline).await {
-                Ok(Some(value)) => {
-                    let mut resp = Response::new(Full::new(Bytes::from(value)));
-                    resp.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("application/octet-stream"),
-                    );
-                    resp
-                }
-                Ok(None) => error(
-                    StatusCode::NOT_FOUND,
-                    "no_session",
-                    "no value under this key",
-                ),
-                Err(Unavailable) => unavailable(&app),
-            }
+            session_value(&app, app.store.session_get(key, deadline).await)
+        }
+        Operation::SessionTouch { key, idle_ms } => {
+            bump(&stats.session_touch);
+            session_value(&app, app.store.session_touch(key, idle_ms, deadline).await)
+        }
+        Operation::SessionConsume { key } => {
+            bump(&stats.session_consume);
+            session_value(&app, app.store.session_consume(key, deadline).await)
         }
         Operation::SessionDelete { key } => {
             bump(&stats.session_delete);
@@ -172,6 +165,27 @@ where
                 "the body did not arrive before the deadline",
             ))
         }
+    }
+}
+
+/// The answer of a session read: 200 with the stored bytes, 404 `no_session`,
+/// or 503.
+fn session_value(app: &App, read: Result<Option<Vec<u8>>, Unavailable>) -> Resp {
+    match read {
+        Ok(Some(value)) => {
+            let mut resp = Response::new(Full::new(Bytes::from(value)));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "no_session",
+            "no value under this key",
+        ),
+        Err(Unavailable) => unavailable(app),
     }
 }
 
@@ -376,6 +390,24 @@ mod tests {
                 400,
                 "bad_request",
             ),
+            (
+                "GET",
+                format!("/v1/session/web.jwt/{KEY}?idle_ms=1001"),
+                400,
+                "bad_request",
+            ),
+            (
+                "GET",
+                format!("/v1/session/web.jwt/{KEY}?idle_ms=5&consume=1"),
+                400,
+                "bad_request",
+            ),
+            (
+                "GET",
+                format!("/v1/session/web.jwt/{KEY}?consume=2"),
+                400,
+                "bad_request",
+            ),
         ];
         for (method, uri, status, code) in &cases {
             let resp = handle(Arc::clone(&app), request(method, uri, b"")).await;
@@ -387,6 +419,8 @@ mod tests {
         let stats = app.store.stats.to_json();
         assert_eq!(stats["bad_requests"], cases.len());
         assert_eq!(stats["claims"], 0, "nothing refused reached the store");
+        assert_eq!(stats["session_touch"], 0);
+        assert_eq!(stats["session_consume"], 0);
     }
 
     #[tokio::test]
@@ -433,6 +467,26 @@ mod tests {
             body_json(resp).await,
             serde_json::json!({"redis": "unavailable"})
         );
+    }
+
+    #[tokio::test]
+    async fn session_touch_and_consume_are_503_when_redis_is_down() {
+        let app = app();
+        for query in ["idle_ms=1000", "consume=1"] {
+            let uri = format!("/v1/session/web.jwt/{KEY}?{query}");
+            let mut req = request("GET", &uri, b"");
+            req.headers_mut()
+                .insert("x-deadline-ms", HeaderValue::from_static("30"));
+            let resp = handle(Arc::clone(&app), req).await;
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{query}");
+            assert_eq!(resp.headers()[RETRY_AFTER], "1");
+            assert_eq!(body_json(resp).await["error"], "store_unavailable");
+        }
+        let stats = app.store.stats.to_json();
+        assert_eq!(stats["session_touch"], 1);
+        assert_eq!(stats["session_consume"], 1);
+        assert_eq!(stats["session_get"], 0);
+        assert_eq!(stats["unavailable"], 2);
     }
 
     #[tokio::test]

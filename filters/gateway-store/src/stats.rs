@@ -18,8 +18,12 @@ pub struct Stats {
     /// Claims that Redis granted after their request had been answered 503,
     /// and that the store therefore deleted again (compare-and-delete).
     pub late_released: AtomicU64,
-    /// Valid `GET /v1/session/...` requests.
+    /// Valid `GET /v1/session/...` requests without a query (`GET`).
     pub session_get: AtomicU64,
+    /// Valid `GET /v1/session/...?idle_ms=N` requests (`GETEX`).
+    pub session_touch: AtomicU64,
+    /// Valid `GET /v1/session/...?consume=1` requests (`GETDEL`).
+    pub session_consume: AtomicU64,
     /// Valid `PUT /v1/session/...` requests.
     pub session_set: AtomicU64,
     /// Valid `DELETE /v1/session/...` requests.
@@ -44,6 +48,8 @@ impl Stats {
             "unavailable": get(&self.unavailable),
             "late_released": get(&self.late_released),
             "session_get": get(&self.session_get),
+            "session_touch": get(&self.session_touch),
+            "session_consume": get(&self.session_consume),
             "session_set": get(&self.session_set),
             "session_delete": get(&self.session_delete),
             "bad_requests": get(&self.bad_requests),
@@ -60,11 +66,14 @@ mod tests {
         let stats = Stats::default();
         bump(&stats.claims);
         bump(&stats.late_released);
+        bump(&stats.session_consume);
         let json = stats.to_json();
         let obj = json.as_object().unwrap();
-        assert_eq!(obj.len(), 9);
+        assert_eq!(obj.len(), 11);
         assert_eq!(json["claims"], 1);
         assert_eq!(json["late_released"], 1);
+        assert_eq!(json["session_consume"], 1);
+        assert_eq!(json["session_touch"], 0);
         assert_eq!(json["bad_requests"], 0);
     }
 }

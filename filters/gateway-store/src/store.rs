@@ -1,5 +1,6 @@
-//! The Redis side: the five commands this service sends (`SET`, `GET`, `DEL`,
-//! `PING`, and `EVAL` of one fixed compare-and-delete script), each under the
+//! The Redis side: the seven commands this service sends (`SET`, `GET`,
+//! `GETEX`, `GETDEL`, `DEL`, `PING`, and `EVAL` of one fixed
+//! compare-and-delete script), each under the
 //! request's deadline, on one multiplexed connection that is opened lazily and
 //! re-opened by itself.
 
@@ -168,6 +169,47 @@ impl Store {
     ) -> Result<Option<Vec<u8>>, Unavailable> {
         self.run(deadline, move |mut conn| async move {
             redis::cmd("GET")
+                .arg(key.as_str())
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// The bytes under `key`, if any, and its expiry pushed to `idle_ms` from
+    /// now, in one command: `GETEX key PX idle_ms` (Redis 6.2+). A missing
+    /// key stays missing.
+    pub async fn session_touch(
+        self: &Arc<Self>,
+        key: StoreKey,
+        idle_ms: u64,
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>, Unavailable> {
+        self.run(deadline, move |mut conn| async move {
+            redis::cmd("GETEX")
+                .arg(key.as_str())
+                .arg("PX")
+                .arg(idle_ms)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// The bytes under `key`, if any, deleting it in the same command:
+    /// `GETDEL key` (Redis 6.2+). Of several concurrent callers (on any
+    /// replica) exactly one gets the value.
+    ///
+    /// If the answer misses the deadline the value is gone all the same (the
+    /// request was answered 503): single-use state fails closed, the login
+    /// it belonged to has to start again.
+    pub async fn session_consume(
+        self: &Arc<Self>,
+        key: StoreKey,
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>, Unavailable> {
+        self.run(deadline, move |mut conn| async move {
+            redis::cmd("GETDEL")
                 .arg(key.as_str())
                 .query_async::<Option<Vec<u8>>>(&mut conn)
                 .await

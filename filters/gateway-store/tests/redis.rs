@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 /// The ACL line the docs give the integrator, with the test's password.
 fn acl_line(password: &str) -> String {
     format!(
-        "user gateway-store on >{password} ~gw:* resetchannels -@all +set +get +del +ping +eval"
+        "user gateway-store on >{password} ~gw:* resetchannels -@all +set +get +getex +getdel +del +ping +eval"
     )
 }
 
@@ -480,6 +480,27 @@ fn requests_outside_the_api_are_refused_and_never_reach_redis() {
             405,
             "method_not_allowed",
         ),
+        (
+            "GET",
+            format!("/v1/session/web.jwt/{k}?idle_ms=1000&consume=1"),
+            b"",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("/v1/session/web.jwt/{k}?idle_ms=600001"),
+            b"",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("/v1/session/web.jwt/{k}?consume=yes"),
+            b"",
+            400,
+            "bad_request",
+        ),
     ];
     for (method, target, body, status, code) in &cases {
         // A fresh connection each: a refusal may close it (413 does).
@@ -496,6 +517,8 @@ fn requests_outside_the_api_are_refused_and_never_reach_redis() {
     for cmd in [
         "cmdstat_set:",
         "cmdstat_get:",
+        "cmdstat_getex:",
+        "cmdstat_getdel:",
         "cmdstat_del:",
         "cmdstat_eval:",
     ] {
@@ -558,6 +581,134 @@ fn sessions_are_stored_read_and_deleted() {
 }
 
 #[test]
+fn a_session_read_with_idle_ms_pushes_its_expiry_and_a_consumed_one_is_gone() {
+    let redis = Redis::start();
+    let store = Store::start(&redis.url(), &[]);
+    let mut http = store.client();
+    let k = key();
+    let path = format!("/v1/session/internal.oidc/{k}");
+    let redis_key = format!("gw:internal.oidc:{k}");
+    let pttl = |redis: &Redis| -> i64 { redis.admin(&["PTTL", &redis_key]).parse().unwrap() };
+
+    // idle_ms on nothing: 404, and nothing is created.
+    assert_eq!(
+        http.send("GET", &format!("{path}?idle_ms=60000"), &[], b"")
+            .status,
+        404
+    );
+    assert_eq!(redis.admin(&["DBSIZE"]), "0");
+
+    // A short session read with idle_ms: the value, and the expiry moved out.
+    let put = http.send("PUT", &format!("{path}?ttl_ms=5000"), &[], b"session");
+    assert_eq!(put.status, 204);
+    assert!(pttl(&redis) <= 5000);
+    let got = http.send("GET", &format!("{path}?idle_ms=600000"), &[], b"");
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.body, b"session");
+    assert_eq!(got.header("content-type"), Some("application/octet-stream"));
+    assert!(
+        (590_000..=600_000).contains(&pttl(&redis)),
+        "{}",
+        pttl(&redis)
+    );
+    // ...and shortened again too: idle_ms sets the expiry, it does not add.
+    assert_eq!(
+        http.send("GET", &format!("{path}?idle_ms=300"), &[], b"")
+            .status,
+        200
+    );
+    assert!(pttl(&redis) <= 300);
+    poll_until(Duration::from_secs(5), "the idle session to expire", || {
+        http.send("GET", &path, &[], b"").status == 404
+    });
+
+    // consume=1: the value once, then 404; the key is gone from Redis.
+    let login = key();
+    let login_path = format!("/v1/session/internal.oidc/{login}");
+    assert_eq!(
+        http.send("PUT", &format!("{login_path}?ttl_ms=60000"), &[], b"state")
+            .status,
+        204
+    );
+    let first = http.send("GET", &format!("{login_path}?consume=1"), &[], b"");
+    assert_eq!((first.status, first.body.as_slice()), (200, &b"state"[..]));
+    let second = http.send("GET", &format!("{login_path}?consume=1"), &[], b"");
+    assert_eq!(second.status, 404);
+    assert_eq!(second.json()["error"], "no_session");
+    assert_eq!(http.send("GET", &login_path, &[], b"").status, 404);
+    assert_eq!(redis.admin(&["DBSIZE"]), "0");
+
+    let stats = http.stats();
+    assert_eq!(stats["session_touch"], 3);
+    assert_eq!(stats["session_consume"], 2);
+    assert_eq!(stats["unavailable"], 0);
+    let commandstats = redis.admin(&["INFO", "commandstats"]);
+    assert!(
+        commandstats.contains("cmdstat_getex:calls=3"),
+        "{commandstats}"
+    );
+    assert!(
+        commandstats.contains("cmdstat_getdel:calls=2"),
+        "{commandstats}"
+    );
+    assert_eq!(
+        redis.admin(&["ACL", "LOG"]),
+        "",
+        "a command outside the ACL"
+    );
+}
+
+#[test]
+fn a_consumed_value_is_handed_out_once_across_two_stores() {
+    // Two stores on one Redis, as the two replicas' sidecars: readers racing
+    // on both get the value exactly once between them.
+    let redis = Redis::start();
+    let stores = [
+        Store::start(&redis.url(), &[]),
+        Store::start(&redis.url(), &[]),
+    ];
+    const READERS: usize = 8;
+    for round in 0..20 {
+        let k = key();
+        let path = format!("/v1/session/internal.oidc/{k}");
+        let value = format!("login-{round}");
+        let put = stores[0].client().send(
+            "PUT",
+            &format!("{path}?ttl_ms=60000"),
+            &[],
+            value.as_bytes(),
+        );
+        assert_eq!(put.status, 204);
+        let mut clients: Vec<Http> = (0..READERS).map(|i| stores[i % 2].client()).collect();
+        let barrier = std::sync::Barrier::new(READERS);
+        let target = format!("{path}?consume=1");
+        let answers: Vec<(u16, Vec<u8>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = clients
+                .iter_mut()
+                .map(|client| {
+                    let (barrier, target) = (&barrier, &target);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let resp = client.send("GET", target, &[], b"");
+                        (resp.status, resp.body)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<_> = answers.iter().filter(|(s, _)| *s == 200).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {answers:?}");
+        assert_eq!(winners[0].1, value.as_bytes());
+        assert_eq!(
+            answers.iter().filter(|(s, _)| *s == 404).count(),
+            READERS - 1,
+            "round {round}: {answers:?}"
+        );
+    }
+    assert_eq!(redis.admin(&["DBSIZE"]), "0");
+}
+
+#[test]
 fn the_acl_user_can_run_nothing_but_the_stores_commands() {
     let redis = Redis::start();
     let store_user = |args: &[&str]| redis.cli_as("gateway-store", STORE_PASSWORD, args);
@@ -567,6 +718,8 @@ fn the_acl_user_can_run_nothing_but_the_stores_commands() {
         store_user(&["SET", "gw:web.jwt:x", "1", "NX", "PX", "1000"]),
         "OK"
     );
+    assert_eq!(store_user(&["GETEX", "gw:web.jwt:x", "PX", "100000"]), "1");
+    assert_eq!(store_user(&["GETDEL", "gw:web.jwt:y"]), "");
     // ...anything else is refused, keys outside gw:* included.
     for args in [
         &["FLUSHALL"][..],
@@ -584,6 +737,9 @@ fn the_acl_user_can_run_nothing_but_the_stores_commands() {
         &["EXPIRE", "gw:web.jwt:x", "100000"],
         &["SET", "other", "1"],
         &["GET", "session:abc"],
+        &["GETEX", "session:abc", "PERSIST"],
+        &["GETDEL", "session:abc"],
+        &["PERSIST", "gw:web.jwt:x"],
         &["DEL", "other"],
         // A script runs with its caller's ACL: no way round it.
         &["EVAL", "return redis.call('FLUSHALL')", "0"],

@@ -161,6 +161,7 @@ fn the_shipped_configs_hold_for_their_body_rules_and_for_unknown_lengths() {
     );
     assert_eq!(fields("secure.json"), ["unknown_length_body"]);
     assert_eq!(fields("egress.json"), ["unknown_length_body"]);
+    assert_eq!(fields("internal.json"), ["unknown_length_body"]);
     let reasons = load(&std::fs::read(repo().join("examples/config/sanitize/web.json")).unwrap())
         .unwrap()
         .body_hold();
