@@ -110,7 +110,7 @@ WASM_BUILDS = ("filters", "suite", "chain")
 #: The per-filter modules that suite.wasm contains (by file name).
 SUITE_MODULES = frozenset({
     "sanitize.wasm", "jwt.wasm", "replay_guard.wasm", "e2ee.wasm", "fds_block.wasm",
-    "passport.wasm", "route_breaker.wasm", "san_authz.wasm",
+    "passport.wasm", "route_breaker.wasm", "san_authz.wasm", "oidc.wasm",
 })
 
 

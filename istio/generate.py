@@ -92,6 +92,7 @@ PLACEMENT: dict[str, tuple[str, int]] = {
     "jwt": ("AUTHN", 900),  # verifies the credential, publishes the identity
     "replay-guard": ("AUTHN", 800),  # (app) the credential of the app gateway
     "e2ee": ("AUTHN", 700),  # (app) decrypts under the key id replay-guard verified
+    "oidc": ("AUTHN", 850),  # (internal) the SSO session, before anything reads the identity
     "sanitize-body": ("AUTHN", 600),  # (app) sanitize's JSON body rules, on e2ee's plaintext
     "san-authz": ("AUTHZ", 1000),  # (secure) certificate SAN -> host/path/method rules
     "fds-block": ("AUTHZ", 900),  # block lists on the verified identity
