@@ -60,6 +60,10 @@ REDIS_SERVER_BIN = Path(os.environ.get("REDIS_SERVER", "redis-server"))
 DEFAULT_CONFIG = REPO / "build" / "envoy" / "envoy.yaml"
 DEFAULT_STATE_DIR = REPO / "build" / "stack"
 REDIS_PASSWORD_FILE = REPO / "examples" / "keys" / "redis-password"
+#: The demo OIDC provider's signing key and its client's secret (absolute
+#: paths, so the stack runs from any current directory).
+OIDC_KEY_FILE = REPO / "examples" / "keys" / "oidc-rs256.pem"
+OIDC_CLIENT_SECRET_FILE = REPO / "examples" / "keys" / "oidc-client-secret"
 
 HOST = "127.0.0.1"
 #: Gateway listeners of the contract (../shared/demo-contract.md).
@@ -70,7 +74,7 @@ LISTENERS: dict[str, int] = {"web": 10000, "app": 10001, "egress": 10002, "secur
 TLS_GATEWAYS = frozenset({"secure", "internal"})
 ADMIN_PORT = 9901
 #: Demo services, one binary, consecutive ports from SERVICES_BASE_PORT.
-SERVICES: dict[str, int] = {"echo": 18080, "issuer": 18081, "fds": 18082, "partner": 18083}
+SERVICES: dict[str, int] = {"echo": 18080, "issuer": 18081, "fds": 18082, "partner": 18083, "oidc": 18084}
 SERVICES_BASE_PORT = 18080
 DEMO_READY_LINE = "demo-services ready"
 #: Replicas of every gateway (render.py --replica): replica r serves on
@@ -560,14 +564,15 @@ class Stack:
 
     # ---- demo services
     def start_demo_services(self, timeout: float = DEMO_START_TIMEOUT) -> None:
-        """Start the demo services (all four) and wait for their ready line."""
+        """Start the demo services (all five) and wait for their ready line."""
         if self._demo is not None and self._demo.alive():
             return
         check_ports_free(SERVICES, self.host)
         sink = self._open_log("demo-services.log") if self.log_dir else sys.stdout
         self._demo = _Child(
             "demo-services",
-            [str(self.demo_services_bin), "--bind-host", self.host, "--base-port", str(SERVICES_BASE_PORT)],
+            [str(self.demo_services_bin), "--bind-host", self.host, "--base-port", str(SERVICES_BASE_PORT),
+             "--oidc-key", str(OIDC_KEY_FILE), "--oidc-client-secret-file", str(OIDC_CLIENT_SECRET_FILE)],
             stdout=sink,
             stderr=sink if self.log_dir else None,
             ready_line=DEMO_READY_LINE,
@@ -582,7 +587,7 @@ class Stack:
                 raise StackError(f"demo-services {why}\n{_tail(self.demo_services_log)}".rstrip())
 
     def stop_demo_services(self) -> None:
-        """Stop the demo services (echo, issuer, FDS, partner) and wait for them."""
+        """Stop the demo services (echo, issuer, FDS, partner, OIDC) and wait for them."""
         if self._demo is not None:
             self._demo.stop()
             self._demo = None
