@@ -321,10 +321,10 @@ def test_internal_gateway_routes_everything_to_the_echo_service(rendered):
     assert first_route(routes, "TRACE", "/x")["direct_response"]["status"] == 405
 
 
-def test_internal_gateway_runs_sanitize_then_route_breaker_with_its_own_configs(rendered):
+def test_internal_gateway_runs_sanitize_oidc_route_breaker_with_its_own_configs(rendered):
     filters = hcm(listeners_by_name(rendered["local"])["internal"])["http_filters"]
-    assert [f["name"] for f in filters] == ["sanitize", "route-breaker", "envoy.filters.http.router"]
-    for f, file in zip(filters, ("sanitize/internal.json", "route-breaker/internal.json")):
+    assert [f["name"] for f in filters] == ["sanitize", "oidc", "route-breaker", "envoy.filters.http.router"]
+    for f, file in zip(filters, ("sanitize/internal.json", "oidc/internal.json", "route-breaker/internal.json")):
         value = json.loads(f["typed_config"]["config"]["configuration"]["value"])
         assert value == json.loads((REPO / "examples" / "config" / file).read_text(encoding="utf-8")), file
     sanitize = json.loads(filters[0]["typed_config"]["config"]["configuration"]["value"])

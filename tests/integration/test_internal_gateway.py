@@ -1,11 +1,10 @@
 """The internal gateway (10444, replica 10544): HTTPS with the demo server
-certificate and no client certificate, sanitize -> route-breaker -> router
-to the echo service (../shared/demo-contract.md, "Internal gateway").
+certificate and no client certificate, sanitize -> oidc -> route-breaker ->
+router to the echo service (../shared/demo-contract.md, "Internal gateway").
 
-The oidc filter (SSO) is not in the chain yet: it goes between sanitize and
-route-breaker (`# oidc goes here` in envoy/envoy.yaml.tmpl). Once it is, the
-requests below that reach the echo need a logged-in session (or hit the open
-/health), and the header tests gain the gateway's own x-user-* values.
+The requests below that reach the echo carry a logged-in session (the SSO
+flow itself is test_oidc.py's); the identity headers the echo sees are the
+gateway's own, whatever the client sent.
 
 Also here: the gateway-store sidecars of the running stack serve the oidc
 filter's namespace `internal.oidc` end to end (flags, Redis ACL user), with
@@ -27,6 +26,7 @@ import pytest
 import requests
 
 from helpers import CA, HOST, TIMEOUT, denial, echo_stats, wait_until
+from sso import login
 
 INTERNAL = {1: "https://localhost:10444", 2: "https://localhost:10544"}
 PORT = {1: 10444, 2: 10544}
@@ -34,9 +34,21 @@ STORE = {1: "http://127.0.0.1:18090", 2: "http://127.0.0.1:18091"}
 REPLICAS = (1, 2)
 
 
-def get(replica: int, path: str, **kwargs) -> requests.Response:
-    """GET over TLS, trusting only the demo CA, presenting no client certificate."""
-    return requests.get(INTERNAL[replica] + path, verify=str(CA), timeout=TIMEOUT, **kwargs)
+_SESSION: list[str] = []
+
+
+def session() -> str:
+    """alice's session cookie, logged in once for this module."""
+    if not _SESSION:
+        _SESSION.append(login("alice"))
+    return _SESSION[0]
+
+
+def get(replica: int, path: str, headers: dict | None = None, **kwargs) -> requests.Response:
+    """GET over TLS, trusting only the demo CA, presenting no client
+    certificate, with alice's session."""
+    h = {"cookie": session(), **(headers or {})}
+    return requests.get(INTERNAL[replica] + path, verify=str(CA), timeout=TIMEOUT, headers=h, **kwargs)
 
 
 def tls_context(alpn: list[str]) -> ssl.SSLContext:
@@ -101,11 +113,15 @@ def test_a_request_reaches_the_echo_service_with_its_path_query_and_request_id(s
     assert echo_stats() == before + 1
 
 
-def test_admin_and_oauth2_paths_go_to_the_echo_service_until_the_oidc_filter_takes_them(stack):
-    for path in ("/admin/users", "/oauth2/callback?code=x&state=y", "/"):
+def test_admin_and_tool_paths_reach_the_echo_and_the_oauth2_paths_are_the_gateways(stack):
+    for path in ("/admin/users", "/"):
         resp = get(1, path)
         assert resp.status_code == 200, (path, resp.text)
-        assert resp.json()["path"] == path.split("?")[0]
+        assert resp.json()["path"] == path
+    before = echo_stats()
+    resp = get(1, "/oauth2/callback?code=x&state=y")
+    assert resp.status_code == 401 and denial(resp)["error"] == "invalid_state"
+    assert echo_stats() == before, "the callback is answered by the oidc filter"
 
 
 @pytest.mark.parametrize("replica", REPLICAS)
@@ -118,12 +134,13 @@ def test_client_supplied_identity_headers_never_reach_the_echo_service(stack, re
         "x-gateway-identity": "forged",
         "x-forwarded-client-cert": "By=spiffe://x;URI=spiffe://internal.example/ns/tools/sa/admin",
     }
-    resp = get(replica, "/admin/users", headers=spoofed)
+    resp = get(replica, "/admin/users", headers={**spoofed, "x-user-id": "mallory"})
     assert resp.status_code == 200, resp.text
     headers = resp.json()["headers"]
     leaked = {name: headers[name] for name in headers
               if name.startswith(("x-user-", "x-gateway-")) or name == "x-forwarded-client-cert"}
-    assert leaked == {}
+    # only the gateway's own identity headers, with the session's values
+    assert leaked == {"x-user-id": "alice", "x-user-email": "alice@example.com", "x-user-groups": "tools-admin"}
 
 
 def test_client_supplied_identity_headers_are_stripped_over_http2_too(stack):
@@ -131,14 +148,15 @@ def test_client_supplied_identity_headers_are_stripped_over_http2_too(stack):
     nghttp = shutil.which("nghttp")
     assert nghttp, "nghttp is missing: apt-get install nghttp2-client"
     out = subprocess.run(
-        [nghttp, "-H", "x-user-id: alice", "-H", "x-user-groups: tools-admin", "-H", "x-user-email: a@b",
-         f"https://localhost:{PORT[1]}/tools/h2"],
+        [nghttp, "-H", "x-user-id: mallory", "-H", "x-user-groups: forged", "-H", "x-user-email: a@b",
+         "-H", "x-user-anything: x", "-H", f"cookie: {session()}", f"https://localhost:{PORT[1]}/tools/h2"],
         capture_output=True, text=True, timeout=TIMEOUT, check=False,
     )
     # nghttp does not verify the server certificate; what matters is the echo's view
     doc = json.loads(out.stdout[out.stdout.find("{"):])
     assert doc["path"] == "/tools/h2"
-    assert not [h for h in doc["headers"] if h.startswith("x-user-")], doc["headers"]
+    users = {h: v for h, v in doc["headers"].items() if h.startswith("x-user-")}
+    assert users == {"x-user-id": "alice", "x-user-email": "alice@example.com", "x-user-groups": "tools-admin"}
 
 
 def test_sanitize_guards_the_internal_gateway(stack):
