@@ -133,6 +133,7 @@ def envoy_validate(config: dict, tmp_path: Path) -> subprocess.CompletedProcess[
     env = dict(os.environ)
     # the HOST environment variable the gateway Deployment sets from a Secret
     env["REPLAY_GUARD_MASTER_V1"] = (chain.REPO / "examples" / "keys" / "app-master.key").read_text().strip()
+    env["OIDC_CLIENT_SECRET"] = (chain.REPO / "examples" / "keys" / "oidc-client-secret").read_text().strip()
     return subprocess.run(
         [str(ENVOY), "--mode", "validate", "--disable-hot-restart", "--log-level", "warn",
          "--component-log-level", "wasm:info", "-c", str(path)],

@@ -329,9 +329,14 @@ def test_secrets_come_from_the_gateway_environment_never_the_manifest(would_be_p
             for k in p["patch"]["value"]["typed_config"]["config"]["vm_config"]["environment_variables"].get(
                 "host_env_keys", [])}
     assert keys == {"REPLAY_GUARD_MASTER_V1"}
-    secret = (chain.REPO / "examples" / "keys" / "app-master.key").read_text().strip()
-    for path, text in generated.items():
-        assert secret not in text, path
+    # the internal gateway's oidc client secret: the same rule
+    oidc = [p for p in would_be_plugins["internal"] if p["metadata"]["name"] == "internal-oidc"][0]
+    assert oidc["spec"]["vmConfig"]["env"] == [{"name": "OIDC_CLIENT_SECRET", "valueFrom": "HOST"}]
+    assert oidc["spec"]["pluginConfig"]["client_secret_env"] == "OIDC_CLIENT_SECRET"
+    for file in ("app-master.key", "oidc-client-secret"):
+        secret = (chain.REPO / "examples" / "keys" / file).read_text().strip()
+        for path, text in generated.items():
+            assert secret not in text, (file, path)
 
 
 # ------------------------------------------------------------- pluginConfig

@@ -90,7 +90,7 @@ def layouts(tmp_path_factory) -> dict[str, Path]:
 def test_one_image_per_filter_and_one_of_the_suite(layouts):
     assert set(layouts) == set(chain.packaged_modules())
     assert set(layouts) == {"sanitize", "jwt", "replay-guard", "e2ee", "fds-block", "passport", "san-authz",
-                            "route-breaker", "suite"}
+                            "route-breaker", "oidc", "suite"}
 
 
 def test_same_module_gives_the_same_bytes(tmp_path):

@@ -187,6 +187,7 @@ def gateways(manifests, plugins, would_be_plugins, refused, chains, tmp_path_fac
     (tmp / "envoy.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     env = dict(os.environ)
     env["REPLAY_GUARD_MASTER_V1"] = (chain.REPO / "examples" / "keys" / "app-master.key").read_text().strip()
+    env["OIDC_CLIENT_SECRET"] = (chain.REPO / "examples" / "keys" / "oidc-client-secret").read_text().strip()
     log = (tmp / "envoy.log").open("w")
     proc = subprocess.Popen(
         [str(ENVOY), "-c", str(tmp / "envoy.yaml"), "--disable-hot-restart", "--concurrency", "1",
@@ -293,7 +294,7 @@ def test_only_the_envoyfilter_chains_carry_the_flag(gateways, refused):
     assert sorted(refused) == ["app", "web"]
 
 
-GENERATED = [("egress", "/partner-a/orders"), ("secure", "/partner/v1/billing/orders"), ("internal", "/tools/orders")]
+GENERATED = [("egress", "/partner-a/orders"), ("secure", "/partner/v1/billing/orders")]
 
 
 @pytest.mark.parametrize("gateway, path", GENERATED, ids=[g for g, _ in GENERATED])
@@ -421,3 +422,21 @@ def test_the_refused_gateways_generate_no_wasmplugin(generated, refused):
         assert files == [f"{gateway}/wasmplugin/REFUSED.md"]
         assert f"istio/generated/{gateway}/envoyfilter" in generated[files[0]]
     assert generate.refusals(chain.chains()).keys() == refused.keys()
+
+
+@pytest.mark.parametrize("kind", ["wasmplugin", "envoyfilter"])
+def test_the_internal_gateway_judges_bodies_before_sso_and_sends_nothing_without_a_session(gateways, kind):
+    """The internal gateway's sanitize answers bodies the same way (411/413,
+    or counted with the flag); a body within the limit then meets oidc, which
+    needs a session (none here: 401 login_required) and forwards nothing."""
+    listener, path = f"{kind}-internal", "/tools/orders"
+    up = gateways.upstream
+    before = up.count()
+    if kind == "wasmplugin":
+        answered(post(gateways, listener, path, SMALL, chunked=True), 411, "length_required")
+    else:
+        answered(post(gateways, listener, path, OVERSIZED, chunked=True), 413, "body_too_large")
+        answered(post(gateways, listener, path, SMALL, chunked=True), 401, "login_required")
+    answered(post(gateways, listener, path, OVERSIZED), 413, "body_too_large")
+    answered(post(gateways, listener, path, SMALL), 401, "login_required")
+    assert up.count() == before, "nothing reached the upstream"
