@@ -293,7 +293,7 @@ def to_suite(text: str, wasm_dir: str) -> str:
 CHAIN_NAMES = {
     "sanitize.wasm": "sanitize", "jwt.wasm": "jwt", "replay_guard.wasm": "replay-guard",
     "fds_block.wasm": "fds-block", "passport.wasm": "passport",
-    "route_breaker.wasm": "route-breaker", "san_authz.wasm": "san-authz",
+    "route_breaker.wasm": "route-breaker", "san_authz.wasm": "san-authz", "oidc.wasm": "oidc",
 }
 
 

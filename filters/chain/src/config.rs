@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The filters a chain can run, by their Envoy filter name.
-pub const FILTERS: [&str; 7] = [
+pub const FILTERS: [&str; 8] = [
     "sanitize",
     "jwt",
     "replay-guard",
@@ -27,6 +27,7 @@ pub const FILTERS: [&str; 7] = [
     "passport",
     "route-breaker",
     "san-authz",
+    "oidc",
 ];
 
 /// Most filters in one chain (each filter at most once).
@@ -63,7 +64,7 @@ pub struct ChainConfig {
 #[serde(deny_unknown_fields)]
 pub struct Part {
     /// The filter (`sanitize`, `jwt`, `replay-guard`, `fds-block`,
-    /// `passport`, `route-breaker`, `san-authz`).
+    /// `passport`, `route-breaker`, `san-authz`, `oidc`).
     pub name: String,
     /// The filter's own configuration (docs/filters/<name>.md).
     pub config: serde_json::Value,
@@ -193,6 +194,7 @@ pub fn validate_parts(
             "passport" => passport::config::load(bytes).map(drop),
             "route-breaker" => route_breaker::config::load(bytes).map(drop),
             "san-authz" => san_authz::config::load(bytes).map(drop),
+            "oidc" => oidc::config::load(bytes, &env).map(drop),
             _ => Ok(()),
         };
         r.map_err(|e| {

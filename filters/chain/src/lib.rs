@@ -1,6 +1,6 @@
 //! # chain: one Envoy HTTP filter per gateway
 //!
-//! `chain.wasm` links the seven filter crates (without their own entry
+//! `chain.wasm` links the eight filter crates (without their own entry
 //! point, like filters/suite) and runs a gateway's filters, in order, inside
 //! ONE Envoy HTTP filter: one VM entry per callback for the whole gateway.
 //! Its configuration is the ordered list of the gateway's filters, each

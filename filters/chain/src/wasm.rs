@@ -37,6 +37,7 @@ fn filter_root(name: &str, id: u32) -> Option<Box<dyn RootContext>> {
         "passport" => passport::root_context(id),
         "route-breaker" => route_breaker::root_context(id),
         "san-authz" => san_authz::root_context(id),
+        "oidc" => oidc::root_context(id),
         _ => return None,
     })
 }
