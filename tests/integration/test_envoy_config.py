@@ -366,12 +366,15 @@ def test_the_internal_gateway_runs_sanitize_oidc_route_breaker_in_every_build(bu
     listeners = listeners_by_name_of(render.render("local", wasm_build=build))
     manager = hcm(listeners["internal"])
     assert filter_order(manager) == ["sanitize", "oidc", "route-breaker", "envoy.filters.http.router"]
-    oidc = next(f for f in manager["http_filters"] if f["name"] == "oidc")["typed_config"]["config"]
-    assert oidc["failure_policy"] == "FAIL_CLOSED"
+    block = next(f for f in manager["http_filters"] if f["name"] in ("oidc", "chain"))["typed_config"]["config"]
+    assert block["failure_policy"] == "FAIL_CLOSED"
     secret = (REPO / "examples" / "keys" / "oidc-client-secret").read_text().strip()
-    assert oidc["vm_config"]["environment_variables"]["key_values"]["OIDC_CLIENT_SECRET"] == secret
-    assert secret not in oidc["configuration"]["value"]
-    assert json.loads(oidc["configuration"]["value"])["client_secret_env"] == "OIDC_CLIENT_SECRET"
+    assert block["vm_config"]["environment_variables"]["key_values"]["OIDC_CLIENT_SECRET"] == secret
+    assert secret not in block["configuration"]["value"]
+    conf = json.loads(block["configuration"]["value"])
+    if "filters" in conf:  # the chain: oidc's part, unchanged
+        conf = next(p["config"] for p in conf["filters"] if p["name"] == "oidc")
+    assert conf["client_secret_env"] == "OIDC_CLIENT_SECRET"
 
 
 def listeners_by_name_of(text: str) -> dict[str, dict]:
