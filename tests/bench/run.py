@@ -103,6 +103,8 @@ BUDGET = {
     # issue 25: the Redis claim (gateway-store) against the local store
     "claim_cpu_us": 30.0,
     "claim_p99_us": 1000.0,
+    # issue 27: a request with a valid SSO session vs the same route with SSO off
+    "sso_p99_us": 1000.0,
 }
 
 # The web, app and secure gateways of the suite and chain builds, beside the
@@ -140,6 +142,9 @@ class Material:
         self.dir = OUT / "material"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.offsets: dict[str, int] = {}
+        #: the SSO session cookie of the `sso` targets, filled once the stack
+        #: runs (sso_login); the targets hold this very dict
+        self.sso_headers: dict[str, str] = {}
         now = int(time.time())
         self.cached = self.mint("RS256", "bench-user", now, 0)
         t0 = time.monotonic()
@@ -279,6 +284,12 @@ def main_targets(mat: Material) -> list[dict]:
         T("tls bare", "mtls", 10111, None, path="/partner/v1/billing/bench", lat=True),
         T("secure", "mtls", 10110, "tls bare", path="/partner/v1/billing/bench", lat=True),
         T("web unstable", "breaker", 10000, "bare", path="/api/v1/unstable/bench", lat=True),
+        # SSO (oidc): the internal gateway's chain over plain HTTP, with a
+        # valid session (one session lookup in Redis through the sidecar per
+        # request) against the same chain without oidc (SSO_PORTS).
+        T("internal, SSO off", "sso", SSO_PORTS["off"], "bare", path=SSO_PATH, lat=True),
+        T("internal, session", "sso", SSO_PORTS["on"], "internal, SSO off", path=SSO_PATH,
+          headers=mat.sso_headers, lat=True),
     ]
     t += [T(f"probe {kind}", "hostcall", port, "bare") for kind, port in PROBES.items()]
     return t
@@ -641,6 +652,44 @@ def local_store_listeners() -> Path:
     return path
 
 
+#: The internal gateway's chain again, over plain HTTP (wrk speaks no TLS
+#: here, and TLS is not what is measured): with oidc, and without it.
+SSO_PORTS = {"off": 10052, "on": 10053}
+SSO_PATH = "/tools/bench"
+
+
+def sso_listeners() -> Path:
+    """The internal listener of the rendered config on SSO_PORTS, without its
+    TLS transport socket; the "off" one also without the oidc filter."""
+    import yaml
+
+    doc = yaml.safe_load(render_mod.render("local", wasm_build="filters"))
+    out = []
+    for kind, port in SSO_PORTS.items():
+        lst = copy.deepcopy(next(x for x in doc["static_resources"]["listeners"] if x["name"] == "internal"))
+        lst["name"] = f"bench_internal_sso_{kind}"
+        lst["address"]["socket_address"]["port_value"] = port
+        for fc in lst["filter_chains"]:
+            fc.pop("transport_socket", None)
+            for nf in fc["filters"]:
+                hcm = nf.get("typed_config", {})
+                if kind == "off":
+                    hcm["http_filters"] = [h for h in hcm.get("http_filters", []) if h.get("name") != "oidc"]
+        out.append(lst)
+    path = OUT / "sso-listeners.yaml"
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(out, sort_keys=False, width=1 << 20))
+    return path
+
+
+def sso_login(mat: Material) -> None:
+    """alice's session, through the real login on the internal gateway
+    (10444) and the demo provider: the cookie the `sso` targets send."""
+    import sso  # tests/integration/sso.py
+
+    mat.sso_headers.update({"cookie": sso.login("alice"), "accept": "application/json"})
+
+
 def _configured(filter_block: str, value: str) -> str:
     """A no-op filter block of listeners.yaml with a plugin configuration."""
     return filter_block.replace("              failure_policy: FAIL_CLOSED",
@@ -721,7 +770,8 @@ def make_stack(include_root: Path | None = None, overrides: dict | None = None, 
                concurrency: int = 1, extra: bool = True, builds: list[Path] | None = None) -> stack_mod.Stack:
     builds = builds or []
     return stack_mod.Stack(
-        extra_listeners=[LISTENERS_YAML, probe_listeners(), local_store_listeners(), *builds] if extra else [],
+        extra_listeners=[LISTENERS_YAML, probe_listeners(), local_store_listeners(), sso_listeners(), *builds]
+        if extra else [],
         replicas=1,
         include_root=include_root,
         overrides=overrides,
@@ -776,6 +826,8 @@ def main_pass(mat: Material, args, only, build: str = "filters") -> tuple[list[d
                                      admin=f"http://127.0.0.1:{BRIDGE_ADMIN}")
         try:
             side = {"store": st.store_pid(), "redis": st.redis_pid()}
+            if any(t["section"] == "sso" for t in ts):
+                sso_login(mat)
             runner = Runner(mat, pid, args.seconds, side)
             runner.warm(ts)
             print(f"bench: {build} pass, {len(ts)} targets x {args.rounds} rounds x {args.seconds}s, "
@@ -963,6 +1015,16 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                 dp99 = round(a["p99_us"] - b["p99_us"], 1)
                 check(f"{with_redis.split(',')[0]}: claim +p99 (1 conn)", f"{dp99} µs", "≤ 1000 µs",
                       dp99 <= BUDGET["claim_p99_us"])
+    if sec("sso"):
+        out.append(table("SSO (oidc): a valid session vs the same internal chain without oidc, one pass "
+                         f"(plain HTTP copies of the internal gateway, GET {SSO_PATH}; base of the session row: "
+                         "SSO off; sidecar and Redis CPU per request of that target)",
+                         [*std_head, "sidecar CPU µs", "Redis CPU µs"],
+                         [std(r) + [r.get("store_cpu_us"), r.get("redis_cpu_us")] for r in sec("sso")]))
+        r = by.get("internal, session")
+        if r and r.get("added_p99_us") is not None:
+            check("SSO session +p99 (1 conn, with the Redis lookup)", f"{r['added_p99_us']} µs", "≤ 1000 µs",
+                  r["added_p99_us"] <= BUDGET["sso_p99_us"])
     if sec("hostcall") and "noop" in by:
         floor = by["noop"]["cpu_us"]
         hrs = [[r["target"].removeprefix("probe "), r["port"], r["rps"], r["cpu_us"],
