@@ -268,6 +268,10 @@ def test_metrics_count_logins_and_failures(stack):
     assert counter(1, "oidc_logins_failed_total") >= failed + 1
     text = requests.get(f"{ADMIN[1]}/stats?filter=oidc_logins_failed", timeout=TIMEOUT).text
     assert "state" in text, text
+    # the decision counter, labelled like every filter's (docs/operations.md)
+    prom = requests.get(f"{ADMIN[1]}/stats/prometheus", timeout=TIMEOUT).text
+    denied = [line for line in prom.splitlines() if line.startswith("oidc_denied_total{")]
+    assert any('gateway="internal"' in line and 'reason="login_failed"' in line for line in denied), denied
 
 
 def test_login_round_trip_is_quick(stack):

@@ -49,6 +49,9 @@ mod wasm {
     }
 
     const LOGINS_FAILED: &str = "oidc_logins_failed_total";
+    /// The decision counter of every denial, labelled like the other
+    /// filters' (docs/operations.md): gateway, route, reason (the code).
+    const DENIED: &str = "oidc_denied_total";
 
     filter_core::metric_set! {
         struct Metrics {
@@ -240,6 +243,14 @@ mod wasm {
                         sh.metrics.count(e);
                         if let Some((status, code)) = e.denial_code() {
                             let names = filter_core::decision::route_names(&ProxyHost);
+                            proxy::increment_tagged(
+                                DENIED,
+                                &[
+                                    ("gateway", names.gateway.as_str()),
+                                    ("route", names.route.as_str()),
+                                    ("reason", code),
+                                ],
+                            );
                             let rid = ProxyHost.request_header(filter_core::headers::REQUEST_ID);
                             let method = ProxyHost.request_header(":method").unwrap_or_default();
                             filter_core::decision::log_denial(
