@@ -126,16 +126,18 @@ impl RequestContext {
         }
         self.dirty = false;
         let before = self.read.take().unwrap_or_default();
-        let current = self.current.borrow().clone();
+        let current = self.current.borrow();
         match self.writes {
             HeaderWrites::Map => raw.set_request_headers(&current),
             HeaderWrites::Each => {
-                let values = |all: &[(String, String)], name: &str| -> Vec<String> {
+                // Compared in place: no copy of a value (the token, say) per
+                // name, as this runs on every request that edits a header.
+                fn values<'a>(all: &'a [(String, String)], name: &str) -> Vec<&'a str> {
                     all.iter()
                         .filter(|(n, _)| n == name)
-                        .map(|(_, v)| v.clone())
+                        .map(|(_, v)| v.as_str())
                         .collect()
-                };
+                }
                 let mut names: Vec<&str> = Vec::new();
                 for (n, _) in before.iter().chain(current.iter()) {
                     if !names.contains(&n.as_str()) {
@@ -143,9 +145,13 @@ impl RequestContext {
                     }
                 }
                 for name in names {
-                    let was = values(&before, name);
                     let now = values(&current, name);
-                    if was == now {
+                    if before
+                        .iter()
+                        .filter(|(n, _)| n == name)
+                        .map(|(_, v)| v.as_str())
+                        .eq(now.iter().copied())
+                    {
                         continue;
                     }
                     match now.as_slice() {
@@ -161,7 +167,9 @@ impl RequestContext {
                 }
             }
         }
-        *self.read.borrow_mut() = Some(current);
+        let now = current.clone();
+        drop(current);
+        *self.read.borrow_mut() = Some(now);
     }
 }
 
