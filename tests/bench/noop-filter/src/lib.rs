@@ -294,6 +294,8 @@ mod tests {
     fn probes_parse() {
         assert_eq!(Probe::parse("property:10"), Probe::Property(10));
         assert_eq!(Probe::parse("metric:3"), Probe::Metric(3));
+        assert_eq!(Probe::parse("spin:20"), Probe::Spin(20));
+        assert_ne!(super::spin(2), super::spin(3));
         assert_eq!(Probe::parse(""), Probe::None);
         assert_eq!(Probe::parse("bogus:1"), Probe::None);
         assert_eq!(Probe::parse("header:x"), Probe::None);
