@@ -253,6 +253,15 @@ def main_targets(mat: Material) -> list[dict]:
         T("web", "web", 10000, "bare", headers=auth, lat=True, floor_of="noop"),
         T("web public", "web", 10000, "bare", path="/api/v1/public/bench", lat=True, floor_of="noop"),
         T("sanitize only", "web", 10014, "bare", path="/api/v1/public/bench", lat=True, floor_of="noop"),
+        # sanitize alone on the users route: with the default `size` written
+        # into :path (rewrite, the bench request) and with a query it leaves
+        # as it is; and the no-op filter writing :path once (the write and
+        # Envoy's route re-match alone). docs/performance.md, "The first
+        # filter's cost".
+        T("sanitize only users (rewrite)", "first", 10014, "bare"),
+        T("sanitize only users?size=20 (no rewrite)", "first", 10014, "bare size20", path=f"{USERS}?size=20"),
+        T("bare size20", "first", 10009, None, path=f"{USERS}?size=20"),
+        T("noop + one :path write", "first", PATH_PROBE, "bare"),
         T("web:1 sanitize", "share", 10014, "bare", headers=auth),
         T("web:2 +jwt", "share", 10030, "bare", headers=auth),
         T("web:3 +fds-block", "share", 10031, "bare", headers=auth),
@@ -573,7 +582,12 @@ def lock_stack():
 #: (tests/bench/noop-filter), one listener each, priced against the plain no-op.
 PROBE_CALLS = 10
 PROBES = {"property": 10020, "header": 10021, "metric": 10022, "time": 10023, "set_header": 10024,
-          "header_map": 10025, "set_property": 10026}
+          "header_map": 10025, "set_property": 10026,
+          # not a host call: 10 rounds of noop::spin, pure code (its µs "per
+          # call" is per round; node runs the same, examples/spin.rs)
+          "spin": 10034}
+#: The no-op filter writing :path once (the bench request's rewrite).
+PATH_PROBE = 10035
 NOOP5_SEP, NOOP5_SHARED = 10027, 10028
 #: The no-op filter making one callout per request to the gateway-store
 #: sidecar (GET /stats, no Redis): Envoy's own cost of a callout.
@@ -713,6 +727,8 @@ def probe_listeners() -> Path:
         out.append(b)
     b = block.replace("port_value: 10010", f"port_value: {CALLOUT_PROBE}").replace("bench_noop", "bench_probe_callout")
     out.append(_configured(b, "callout:1"))
+    b = block.replace("port_value: 10010", f"port_value: {PATH_PROBE}").replace("bench_noop", "bench_probe_path")
+    out.append(_configured(b, f"script:path={USERS}?size=20"))
     # The floor of a five-filter chain (the web chain's length): five no-op
     # filters in five VMs (vm_id noop_1..5, as per-filter modules run) and
     # five sharing one VM (one vm_id, five root contexts, as the suite runs).
@@ -1032,6 +1048,10 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         out.append(table(f"What a host call costs: the no-op filter making {PROBE_CALLS} calls of one kind per request "
                          "(on_http_request_headers), minus the plain no-op, same pass",
                          ["call", "port", "req/s", "CPU µs/req", f"+CPU vs noop ({PROBE_CALLS} calls)", "µs per call"], hrs))
+    if sec("first"):
+        out.append(table("The first filter's cost: sanitize alone on the users route, with and without its :path "
+                         "rewrite, and one :path write by the no-op filter (base: bare, same path)",
+                         std_head, [std(r) for r in sec("first") if not r["target"].startswith("bare")]))
     if sec("share"):
         trs, prev = [], None
         for r in sec("share"):

@@ -516,29 +516,6 @@ impl HttpContext for Http {
         self.leave(step)
     }
 
-    fn on_http_response_headers(&mut self, n: usize, end_of_stream: bool) -> Action {
-        self.enter();
-        let mut out = Action::Continue;
-        {
-            let mut r = self.req.borrow_mut();
-            // Response filters run in reverse order, as in Envoy.
-            let ran: Vec<usize> = r.run.ran().rev().collect();
-            for i in ran {
-                if let Some(m) = r.stages.get_mut(i) {
-                    hooks::set_stage(i);
-                    if matches!(
-                        m.http.on_http_response_headers(n, end_of_stream),
-                        Action::Pause
-                    ) {
-                        out = Action::Pause;
-                    }
-                }
-            }
-        }
-        self.shared.apply_ticks(Some(self.id));
-        out
-    }
-
     fn on_log(&mut self) {
         self.enter();
         let mut r = self.req.borrow_mut();

@@ -325,9 +325,8 @@ fn the_web_chain_makes_fewer_host_calls_over_one_request_context() {
     );
     println!(
         "VM entries per request (exported callbacks, filters/wasm-opt/callbacks): per-filter 5 x \
-         (context_create + request_headers + delete) + route-breaker response_headers + log x2 \
-         (sanitize, route-breaker) = 18; chain: context_create, request_headers, response_headers, \
-         log, delete = 5."
+         (context_create + request_headers + delete) + log x2 (sanitize, route-breaker) = 17; \
+         chain: context_create, request_headers, log, delete = 4 (no response callback)."
     );
     assert!(results[0].1 < per_total && results[1].1 <= results[0].1);
 }

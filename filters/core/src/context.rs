@@ -10,9 +10,9 @@
 //!   left (sanitize's rewrites before jwt, jwt's edits before passport);
 //! * keeps header writes in the copy and applies them together
 //!   ([`RequestContext::flush`]) before the request goes on or a local
-//!   reply leaves, either as the fewest single-header calls (the difference
-//!   between the map as read and as it is now) or as one replacement of the
-//!   whole map ([`HeaderWrites`]);
+//!   reply leaves, either as the fewest single-header calls (the names
+//!   written since the last flush whose values differ from what the host
+//!   has) or as one replacement of the whole map ([`HeaderWrites`]);
 //! * keeps the values filters hand each other through filter state (the
 //!   verified identity, the client's original `:path` and body) in VM
 //!   memory ([`LOCAL_PROPERTIES`]), unless the chain is told to export one
@@ -58,10 +58,15 @@ pub enum HeaderWrites {
 /// The per-request context of the chain build.
 #[derive(Debug, Default)]
 pub struct RequestContext {
-    /// The header map as first read (None: not read yet).
-    read: RefCell<Option<Vec<(String, String)>>>,
+    /// The header map has been read (into `current`).
+    loaded: Cell<bool>,
     /// The header map as the filters left it so far.
     current: RefCell<Vec<(String, String)>>,
+    /// The header names written since the last flush, each with its values
+    /// as they were at the last flush (what the host has): the flush writes
+    /// the names whose values differ, without keeping a second copy of the
+    /// whole map.
+    touched: RefCell<Vec<(String, Vec<String>)>>,
     /// A write happened since the last flush.
     dirty: bool,
     /// Values of [`LOCAL_PROPERTIES`] set by the chain's filters.
@@ -111,11 +116,27 @@ impl RequestContext {
     }
 
     fn load<H: HttpHost + ?Sized>(&self, raw: &H) {
-        if self.read.borrow().is_none() {
-            let all = raw.request_headers();
-            *self.current.borrow_mut() = all.clone();
-            *self.read.borrow_mut() = Some(all);
+        if !self.loaded.get() {
+            *self.current.borrow_mut() = raw.request_headers();
+            self.loaded.set(true);
         }
+    }
+
+    /// Remembers the values `name` has in the host (as of the last flush)
+    /// before its first write since then.
+    fn touch(&self, name: &str) {
+        let mut touched = self.touched.borrow_mut();
+        if touched.iter().any(|(n, _)| n == name) {
+            return;
+        }
+        let was = self
+            .current
+            .borrow()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect();
+        touched.push((name.to_string(), was));
     }
 
     /// Applies the collected header writes to `raw` (nothing to do: no host
@@ -125,27 +146,21 @@ impl RequestContext {
             return;
         }
         self.dirty = false;
-        let before = self.read.take().unwrap_or_default();
-        let current = self.current.borrow().clone();
+        let touched = self.touched.take();
+        let current = self.current.borrow();
         match self.writes {
             HeaderWrites::Map => raw.set_request_headers(&current),
             HeaderWrites::Each => {
-                let values = |all: &[(String, String)], name: &str| -> Vec<String> {
-                    all.iter()
+                // Only the names written since the last flush, compared in
+                // place with what the host has: writes that cancel out cost
+                // no call, and no copy of the map is kept for the diff.
+                for (name, was) in &touched {
+                    let now: Vec<&str> = current
+                        .iter()
                         .filter(|(n, _)| n == name)
-                        .map(|(_, v)| v.clone())
-                        .collect()
-                };
-                let mut names: Vec<&str> = Vec::new();
-                for (n, _) in before.iter().chain(current.iter()) {
-                    if !names.contains(&n.as_str()) {
-                        names.push(n);
-                    }
-                }
-                for name in names {
-                    let was = values(&before, name);
-                    let now = values(&current, name);
-                    if was == now {
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    if was.iter().map(String::as_str).eq(now.iter().copied()) {
                         continue;
                     }
                     match now.as_slice() {
@@ -161,7 +176,6 @@ impl RequestContext {
                 }
             }
         }
-        *self.read.borrow_mut() = Some(current);
     }
 }
 
@@ -179,7 +193,7 @@ impl<H: HttpHost + ?Sized> HttpHost for ContextHost<'_, H> {
     }
 
     fn request_header(&self, name: &str) -> Option<String> {
-        if self.ctx.read.borrow().is_none() {
+        if !self.ctx.loaded.get() {
             // One header before anyone needed the map: one read of it alone.
             return self.raw.request_header(name);
         }
@@ -194,6 +208,7 @@ impl<H: HttpHost + ?Sized> HttpHost for ContextHost<'_, H> {
 
     fn set_request_header(&mut self, name: &str, value: &str) {
         self.ctx.load(&*self.raw);
+        self.ctx.touch(name);
         let mut cur = self.ctx.current.borrow_mut();
         match cur.iter().position(|(n, _)| n == name) {
             Some(i) => {
@@ -219,6 +234,7 @@ impl<H: HttpHost + ?Sized> HttpHost for ContextHost<'_, H> {
 
     fn add_request_header(&mut self, name: &str, value: &str) {
         self.ctx.load(&*self.raw);
+        self.ctx.touch(name);
         self.ctx
             .current
             .borrow_mut()
@@ -228,6 +244,10 @@ impl<H: HttpHost + ?Sized> HttpHost for ContextHost<'_, H> {
 
     fn remove_request_header(&mut self, name: &str) {
         self.ctx.load(&*self.raw);
+        if !self.ctx.current.borrow().iter().any(|(n, _)| n == name) {
+            return;
+        }
+        self.ctx.touch(name);
         let mut cur = self.ctx.current.borrow_mut();
         let before = cur.len();
         cur.retain(|(n, _)| n != name);
@@ -296,6 +316,17 @@ impl<H: HttpHost + ?Sized> HttpHost for ContextHost<'_, H> {
 
     fn set_request_headers(&mut self, headers: &[(String, String)]) {
         self.ctx.load(&*self.raw);
+        let names: Vec<String> = self
+            .ctx
+            .current
+            .borrow()
+            .iter()
+            .chain(headers.iter())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &names {
+            self.ctx.touch(n);
+        }
         *self.ctx.current.borrow_mut() = headers.to_vec();
         self.ctx.dirty = true;
     }
@@ -365,6 +396,42 @@ mod tests {
         }
         ctx.flush(&mut raw);
         assert_eq!(raw.calls.get(), 1);
+    }
+
+    #[test]
+    fn each_flush_writes_against_what_the_host_has_then() {
+        let mut raw = req();
+        let mut ctx = RequestContext::default();
+        ctx.host(&mut raw).set_request_header("x-drop", "2");
+        ctx.flush(&mut raw);
+        assert_eq!((raw.calls.get(), raw.header("x-drop")), (2, Some("2")));
+        // Back to the value of the first read: the host has "2" now.
+        ctx.host(&mut raw).set_request_header("x-drop", "1");
+        // Removing a header that is not there is no write at all.
+        ctx.host(&mut raw).remove_request_header("x-none");
+        ctx.flush(&mut raw);
+        assert_eq!((raw.calls.get(), raw.header("x-drop")), (3, Some("1")));
+    }
+
+    #[test]
+    fn a_whole_map_set_by_a_filter_is_written_by_name() {
+        let mut raw = req();
+        let mut ctx = RequestContext::default();
+        {
+            let mut h = ctx.host(&mut raw);
+            let mut all = h.request_headers();
+            all.retain(|(n, _)| n != "x-drop");
+            all.push(("x-new".into(), "n".into()));
+            h.set_request_headers(&all);
+        }
+        ctx.flush(&mut raw);
+        // the read, one remove, one set
+        assert_eq!(raw.calls.get(), 3);
+        assert_eq!(
+            (raw.header("x-drop"), raw.header("x-new")),
+            (None, Some("n"))
+        );
+        assert_eq!(raw.header("x-multi"), Some("a"));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub mod flags {
 
 /// Property path of the response flags.
 pub const RESPONSE_FLAGS: &[&str] = &["response", "flags"];
+/// Property path of the response status (an integer; 0 when none was sent).
+pub const RESPONSE_CODE: &[&str] = &["response", "code"];
 /// Property path of Envoy's route name (the matched route entry's `name`;
 /// Envoy 1.40 answers nothing for the older `["route_name"]`).
 pub const ROUTE_NAME: &[&str] = &["xds", "route_name"];
@@ -260,38 +262,19 @@ fn record<S: SharedData + ?Sized>(
     }
 }
 
-/// The response headers (the upstream's, or the router's local reply for a
-/// reset or timeout): classify and record. `status` is the `:status`.
-pub fn on_response_headers<H, S>(
-    cfg: &Compiled,
-    host: &H,
-    store: &S,
-    call: &mut Call,
-    status: Option<u16>,
-    events: &mut Vec<Event>,
-) where
-    H: HttpHost + ?Sized,
-    S: SharedData + ?Sized,
-{
-    if call.done {
-        return;
-    }
-    let Some(route) = cfg.routes.get(call.route) else {
-        return;
-    };
-    let now = now_ms(host);
-    let outcome = crate::decide::response_outcome(
-        route,
-        status,
-        response_flags(host),
-        now.saturating_sub(call.started_ms),
-    );
-    record(cfg, store, call, outcome, now, events);
-}
-
-/// The end of the stream: a call whose response headers never came through
-/// this filter is a failure if the upstream failed (reset, timeout…),
-/// otherwise (the client went away first) it is not counted.
+/// The end of the stream (Envoy's access-log callback, the only callback
+/// after the request that this filter is entered for): classify and record
+/// the call once. A response status (`response.code`: the upstream's, or the
+/// router's local reply for a reset or timeout) counts as a response does: a
+/// failure when the status is a failure status or the response flags say
+/// the upstream failed, slow when the call took longer than the threshold.
+/// Without a status (no response headers were ever sent), the call is a
+/// failure if the upstream failed (reset, timeout…), otherwise (the client
+/// went away first) it is not counted.
+///
+/// One callback instead of two (response headers, then log): one VM entry
+/// less per guarded request, and none at all for the response headers in
+/// the chain build (docs/performance.md, 2026-12-06).
 pub fn on_log<H, S>(cfg: &Compiled, host: &H, store: &S, call: &mut Call, events: &mut Vec<Event>)
 where
     H: HttpHost + ?Sized,
@@ -304,12 +287,23 @@ where
         return;
     };
     let now = now_ms(host);
-    let outcome = crate::decide::log_outcome(
-        route,
-        response_flags(host),
-        now.saturating_sub(call.started_ms),
-    );
+    let elapsed = now.saturating_sub(call.started_ms);
+    let flags = response_flags(host);
+    let outcome = match response_code(host) {
+        Some(status) => crate::decide::response_outcome(route, Some(status), flags, elapsed),
+        None => crate::decide::log_outcome(route, flags, elapsed),
+    };
     record(cfg, store, call, outcome, now, events);
+}
+
+/// The response status Envoy sent (`response.code`), if any: none (0) when
+/// no response headers were sent.
+fn response_code<H: HttpHost + ?Sized>(host: &H) -> Option<u16> {
+    host.property(RESPONSE_CODE)
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| *c != 0)
 }
 
 #[cfg(test)]
@@ -352,10 +346,15 @@ mod tests {
         let mut h = at(start);
         let (v, c) = on_request_headers(cfg, &mut h, store, ev);
         if let Some(mut c) = c {
-            let end = at(start + took);
-            on_response_headers(cfg, &end, store, &mut c, Some(status), ev);
+            let end = responded(at(start + took), status);
+            on_log(cfg, &end, store, &mut c, ev);
         }
         (v, h)
+    }
+
+    /// The host at the end of a stream whose response had `status`.
+    fn responded(h: FakeHost, status: u16) -> FakeHost {
+        h.with_property(RESPONSE_CODE, &u64::from(status).to_le_bytes())
     }
 
     fn phase(cfg: &Compiled, store: &MemorySharedData) -> Phase {
@@ -451,7 +450,7 @@ mod tests {
         assert_eq!(v3, Verdict::Responded);
         assert_eq!(h3.response.unwrap().header("retry-after"), Some("1"));
         for mut c in [c1.unwrap(), c2.unwrap()] {
-            on_response_headers(&cfg, &at(5_100), &store, &mut c, Some(200), &mut ev);
+            on_log(&cfg, &responded(at(5_100), 200), &store, &mut c, &mut ev);
         }
         assert_eq!(phase(&cfg, &store), Phase::Closed);
     }
@@ -484,7 +483,7 @@ mod tests {
             let end =
                 at(10).with_property(RESPONSE_FLAGS, &flags::UPSTREAM_REMOTE_RESET.to_le_bytes());
             // Even a 200 (say, a reset after a retry policy rewrote it).
-            on_response_headers(&cfg, &end, &store, &mut c.unwrap(), Some(200), &mut ev);
+            on_log(&cfg, &responded(end, 200), &store, &mut c.unwrap(), &mut ev);
         }
         assert_eq!(phase(&cfg, &store), Phase::Open);
     }
@@ -522,8 +521,8 @@ mod tests {
         let mut h = at(0);
         let (_, c) = on_request_headers(&cfg, &mut h, &store, &mut ev);
         let mut c = c.unwrap();
-        on_response_headers(&cfg, &at(1), &store, &mut c, Some(500), &mut ev);
-        on_response_headers(&cfg, &at(1), &store, &mut c, Some(500), &mut ev);
+        on_log(&cfg, &responded(at(1), 500), &store, &mut c, &mut ev);
+        on_log(&cfg, &responded(at(1), 500), &store, &mut c, &mut ev);
         on_log(&cfg, &at(1), &store, &mut c, &mut ev);
         let n = ev
             .iter()
@@ -553,7 +552,7 @@ mod tests {
         assert!(h.response.is_none());
         assert!(matches!(ev.as_slice(), [Event::StoreError { .. }]));
         let mut c = c.unwrap();
-        on_response_headers(&cfg, &at(1), &Broken, &mut c, Some(500), &mut ev);
+        on_log(&cfg, &responded(at(1), 500), &Broken, &mut c, &mut ev);
         assert_eq!(ev.len(), 1, "nothing to record without a ticket");
     }
 

@@ -14,13 +14,14 @@
 //!   compare-and-swap, so every Envoy worker sees the same state: when one
 //!   opens it, all answer 503; HALF_OPEN admits exactly the permitted number
 //!   of probes across all workers.
-//! * An outcome is recorded at the response headers: a failure when the
-//!   status is one of `failure_statuses` (5xx by default) or Envoy's
-//!   response flags say the upstream reset, refused, or timed out; slow when
-//!   the response headers took longer than `slow_call_duration_threshold`
-//!   after this filter let the request go. A call whose response never came
-//!   through is counted at the end of the stream if the upstream failed,
-//!   and ignored if the client went away.
+//! * An outcome is recorded once, at the end of the stream (the access-log
+//!   callback: one VM entry, no response-headers callback): a failure when
+//!   the response status is one of `failure_statuses` (5xx by default) or
+//!   Envoy's response flags say the upstream reset, refused, or timed out;
+//!   slow when the call took longer than `slow_call_duration_threshold`
+//!   from the moment this filter let the request go to the end of the
+//!   response. A call that got no response at all counts as a failure if
+//!   the upstream failed, and is ignored if the client went away.
 //!
 //! [`breaker`] is the pure state machine (property-tested against a
 //! reference model), [`config`] the config, [`filter`] the request logic;
@@ -40,7 +41,7 @@ mod wasm {
     use filter_core::metrics;
     use filter_core::proxy::{self, ProxyHost, ProxySharedData};
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, MapType};
+    use proxy_wasm::types::{Action, ContextType};
 
     use crate::breaker::Phase;
     use crate::config::{self, Compiled};
@@ -256,26 +257,6 @@ mod wasm {
             self.call = call;
             self.flush();
             proxy::action(v)
-        }
-
-        fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
-            if self.call.is_some_and(|c| !c.done) {
-                let status = proxy::header(MapType::HttpResponseHeaders, ":status")
-                    .and_then(|s| s.parse::<u16>().ok());
-                let Some(call) = self.call.as_mut() else {
-                    return Action::Continue;
-                };
-                filter::on_response_headers(
-                    &self.shared.config,
-                    &ProxyHost,
-                    &ProxySharedData,
-                    call,
-                    status,
-                    &mut self.events,
-                );
-                self.flush();
-            }
-            Action::Continue
         }
 
         fn on_log(&mut self) {

@@ -22,6 +22,9 @@
 //! filter-state value of `len` bytes), `time`, `metric`, `shared=<len>` (read a
 //! shared-data value of `len` bytes, written at configuration).
 
+pub mod spin;
+pub use spin::spin;
+
 /// One host call of a scripted probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -70,6 +73,8 @@ pub enum Probe {
     SetHeader(u32),
     HeaderMap(u32),
     SetProperty(u32),
+    /// `n` rounds of [`spin`], no host call.
+    Spin(u32),
     Script(Vec<Op>),
     /// One `dispatch_http_call` per request to the cluster `gateway_store`
     /// (`GET /stats`, no Redis), the request held until it answers: what
@@ -103,6 +108,7 @@ impl Probe {
             "set_header" => Probe::SetHeader(n),
             "header_map" => Probe::HeaderMap(n),
             "set_property" => Probe::SetProperty(n),
+            "spin" => Probe::Spin(n),
             _ => Probe::None,
         }
     }
@@ -189,6 +195,10 @@ mod wasm {
                     {
                         return Action::Pause;
                     }
+                }
+                Probe::Spin(n) => {
+                    // black_box: the work is not optimised away
+                    std::hint::black_box(super::spin(n));
                 }
                 Probe::Script(ref ops) => {
                     for op in ops {
@@ -284,6 +294,8 @@ mod tests {
     fn probes_parse() {
         assert_eq!(Probe::parse("property:10"), Probe::Property(10));
         assert_eq!(Probe::parse("metric:3"), Probe::Metric(3));
+        assert_eq!(Probe::parse("spin:20"), Probe::Spin(20));
+        assert_ne!(super::spin(2), super::spin(3));
         assert_eq!(Probe::parse(""), Probe::None);
         assert_eq!(Probe::parse("bogus:1"), Probe::None);
         assert_eq!(Probe::parse("header:x"), Probe::None);
