@@ -98,6 +98,39 @@ mod wasm {
         provider: RefCell<ProviderState>,
     }
 
+    impl Shared {
+        /// `GET path` of the provider (discovery, JWKS), from the current context.
+        fn get_from_provider(&self, path: &str) -> Result<u32, proxy_wasm::types::Status> {
+            let c = &self.config;
+            hostcalls::dispatch_http_call(
+                &c.cluster,
+                vec![
+                    (":method", "GET"),
+                    (":path", path),
+                    (":authority", c.authority.as_str()),
+                    ("accept", "application/json"),
+                ],
+                None,
+                vec![],
+                c.provider_timeout,
+            )
+        }
+
+        /// Runs one step of the flow with this worker's provider state, the
+        /// proxy's clock and the host's randomness.
+        fn step(&self, f: impl FnOnce(&mut Env<'_>) -> Step) -> Step {
+            let mut random = random;
+            let mut provider = self.provider.borrow_mut();
+            let mut env = Env {
+                cfg: &self.config,
+                provider: &mut provider,
+                now: ProxyHost.unix_seconds(),
+                random: &mut random,
+            };
+            f(&mut env)
+        }
+    }
+
     #[derive(Default)]
     struct Root {
         shared: Option<Rc<Shared>>,
@@ -119,18 +152,7 @@ mod wasm {
                     .map(|(m, _)| m.jwks_path.clone()),
             };
             let Some(path) = path else { return };
-            match self.dispatch_http_call(
-                &c.cluster,
-                vec![
-                    (":method", "GET"),
-                    (":path", path.as_str()),
-                    (":authority", c.authority.as_str()),
-                    ("accept", "application/json"),
-                ],
-                None,
-                vec![],
-                c.provider_timeout,
-            ) {
+            match sh.get_from_provider(&path) {
                 Ok(token) => sh.provider.borrow_mut().started(token, doc),
                 Err(e) => {
                     proxy::increment(sh.metrics.fetch_failed);
@@ -272,23 +294,11 @@ mod wasm {
                         }
                         Err(why) => {
                             log::warn!("oidc: callout could not start: {why}");
-                            let mut random = random;
-                            let mut provider = sh.provider.borrow_mut();
-                            let mut env = Env {
-                                cfg: &sh.config,
-                                provider: &mut provider,
-                                now: ProxyHost.unix_seconds(),
-                                random: &mut random,
+                            let no_answer = Answer {
+                                status: None,
+                                body: b"",
                             };
-                            step = flow::resume(
-                                &mut env,
-                                &mut ProxyHost,
-                                *p,
-                                Answer {
-                                    status: None,
-                                    body: b"",
-                                },
-                            );
+                            step = sh.step(|env| flow::resume(env, &mut ProxyHost, *p, no_answer));
                         }
                     },
                 }
@@ -322,19 +332,10 @@ mod wasm {
                     c.provider_timeout,
                 )
                 .map_err(|e| format!("{e:?}")),
-                Call::Jwks { path } => hostcalls::dispatch_http_call(
-                    &c.cluster,
-                    vec![
-                        (":method", "GET"),
-                        (":path", path.as_str()),
-                        (":authority", c.authority.as_str()),
-                        ("accept", "application/json"),
-                    ],
-                    None,
-                    vec![],
-                    c.provider_timeout,
-                )
-                .map_err(|e| format!("{e:?}")),
+                Call::Jwks { path } => self
+                    .shared
+                    .get_from_provider(path)
+                    .map_err(|e| format!("{e:?}")),
             }
         }
     }
@@ -364,25 +365,11 @@ mod wasm {
             } else {
                 Vec::new()
             };
-            let step = {
-                let mut random = random;
-                let mut provider = sh.provider.borrow_mut();
-                let mut env = Env {
-                    cfg: &sh.config,
-                    provider: &mut provider,
-                    now: ProxyHost.unix_seconds(),
-                    random: &mut random,
-                };
-                flow::resume(
-                    &mut env,
-                    &mut ProxyHost,
-                    *p,
-                    Answer {
-                        status: status.as_deref(),
-                        body: &body,
-                    },
-                )
+            let answer = Answer {
+                status: status.as_deref(),
+                body: &body,
             };
+            let step = sh.step(|env| flow::resume(env, &mut ProxyHost, *p, answer));
             if self.drive(step) == Verdict::Continue {
                 // the proxy wrapper: in the chain build the filters after this one run first
                 proxy::resume_http_request();
@@ -392,18 +379,7 @@ mod wasm {
 
     impl HttpContext for Http {
         fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
-            let sh = self.shared.clone();
-            let step = {
-                let mut random = random;
-                let mut provider = sh.provider.borrow_mut();
-                let mut env = Env {
-                    cfg: &sh.config,
-                    provider: &mut provider,
-                    now: ProxyHost.unix_seconds(),
-                    random: &mut random,
-                };
-                flow::start(&mut env, &mut ProxyHost)
-            };
+            let step = self.shared.step(|env| flow::start(env, &mut ProxyHost));
             proxy::action(self.drive(step))
         }
     }
