@@ -279,3 +279,32 @@ def test_login_round_trip_is_quick(stack):
     t = time.monotonic()
     login()
     assert time.monotonic() - t < 3.0
+
+
+def test_the_access_token_goes_upstream_and_is_refreshed_once_per_session(stack):
+    """forward_access_token: the session's access token reaches the tool as
+    Authorization: Bearer (never the client's), refreshed with the refresh
+    token before it expires. With 30 s tokens and refresh_before 60 s every
+    request is due: concurrent requests refresh one at a time (a refresh
+    lock in Redis), and since the provider revokes the whole session when a
+    refresh token is used twice (RFC 9700), every request still succeeding
+    afterwards proves no refresh token was used twice."""
+    control("/_control/access_token_ttl", {"seconds": 30})
+    session = login()
+    r = get(1, "/tools", cookie=session, headers={"authorization": "Basic forged"})
+    first = seen(r)["headers"]["authorization"]
+    assert first.startswith("Bearer ") and "forged" not in first
+    tokens_before = requests.get(PROVIDER + "/stats", timeout=TIMEOUT).json()["token_requests"]
+    refreshed = counter(1, "oidc_token_refreshes_total") + counter(2, "oidc_token_refreshes_total")
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: get(1 + i % 2, "/tools", cookie=session), range(16)))
+    assert [a.status_code for a in answers] == [200] * 16, [a.text for a in answers if a.status_code != 200]
+    seen_tokens = {a.json()["headers"]["authorization"] for a in answers}
+    assert first not in seen_tokens or len(seen_tokens) > 1, "the token was refreshed"
+    after = counter(1, "oidc_token_refreshes_total") + counter(2, "oidc_token_refreshes_total")
+    tokens_after = requests.get(PROVIDER + "/stats", timeout=TIMEOUT).json()["token_requests"]
+    assert after > refreshed and tokens_after - tokens_before == after - refreshed, "one token call per refresh"
+    r = get(2, "/tools", cookie=session)
+    assert r.status_code == 200 and r.json()["headers"]["authorization"].startswith("Bearer ")

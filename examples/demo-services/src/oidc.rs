@@ -345,6 +345,14 @@ struct DelayControl {
     ms: u64,
 }
 
+/// `POST /_control/access_token_ttl {"seconds": N}`: the `expires_in` of
+/// the access tokens issued from now on (the gateway's refresh, tested).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TtlControl {
+    seconds: u64,
+}
+
 /// DEMO/TEST ONLY controls.
 async fn control(state: &OidcState, path: &str, req: Request<Incoming>) -> Resp {
     let body = match http::read_body(req.into_body()).await {
@@ -385,6 +393,17 @@ async fn control(state: &OidcState, path: &str, req: Request<Incoming>) -> Resp 
                 let ms = ms.min(http::MAX_DELAY_MS);
                 state.lock().set_delay_ms(ms);
                 http::json(StatusCode::OK, &json!({ "delay_ms": ms }))
+            }
+            Err(e) => invalid(e),
+        },
+        "/_control/access_token_ttl" => match serde_json::from_slice::<TtlControl>(&body) {
+            Ok(TtlControl { seconds }) => {
+                let mut p = state.lock();
+                p.set_access_ttl_s(seconds);
+                http::json(
+                    StatusCode::OK,
+                    &json!({ "access_token_ttl": seconds.clamp(1, 86_400) }),
+                )
             }
             Err(e) => invalid(e),
         },

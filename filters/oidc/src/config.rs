@@ -86,6 +86,26 @@ pub struct OidcConfig {
     /// Allowed clock difference with the provider for `exp`/`iat` (default "60s", at most "5m").
     #[serde(default = "default_skew")]
     pub clock_skew: ConfigDuration,
+    /// Also send the session's access token to the upstream as
+    /// `Authorization: Bearer` (the client's own `Authorization` is then
+    /// always removed), refreshed with the refresh token before it
+    /// expires, one refresh per session at a time across replicas. Off
+    /// when absent.
+    #[serde(default)]
+    pub forward_access_token: Option<ForwardTokenConfig>,
+}
+
+/// The access token for the upstream.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardTokenConfig {
+    /// Refresh this long before the token expires (default "60s", at most "1h").
+    #[serde(default = "default_refresh_before")]
+    pub refresh_before: ConfigDuration,
+}
+
+fn default_refresh_before() -> ConfigDuration {
+    ConfigDuration::from_secs(60)
 }
 
 /// How the gateway reaches the provider.
@@ -337,6 +357,9 @@ pub struct Compiled {
     pub headers: HeadersConfig,
     pub algorithms: Vec<Algorithm>,
     pub skew_secs: u64,
+    /// `forward_access_token.refresh_before` in seconds; `None`: no token
+    /// goes upstream (and none is kept in the session).
+    pub forward_token_refresh_secs: Option<u64>,
 }
 
 impl std::fmt::Debug for ClientSecret {
@@ -638,6 +661,18 @@ impl Compiled {
             Duration::ZERO,
             Duration::from_secs(300),
         )?;
+        let forward_token_refresh_secs = match &c.forward_access_token {
+            None => None,
+            Some(f) => Some(
+                duration_in(
+                    "forward_access_token.refresh_before",
+                    f.refresh_before,
+                    Duration::ZERO,
+                    Duration::from_secs(3600),
+                )?
+                .as_secs(),
+            ),
+        };
         let authority = c
             .provider
             .authority
@@ -676,6 +711,7 @@ impl Compiled {
                 .map(|a| a.algorithm())
                 .collect(),
             skew_secs: skew.as_secs(),
+            forward_token_refresh_secs,
         })
     }
 

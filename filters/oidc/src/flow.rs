@@ -53,6 +53,8 @@ pub enum Event {
     Open,
     /// A session allowed the request.
     Allowed,
+    /// A session allowed the request after its access token was refreshed.
+    Refreshed,
     /// No session: 401 `login_required`.
     LoginRequired,
     /// A session without the path's group: 403.
@@ -102,6 +104,9 @@ pub enum Call {
     Token { path: String, body: String },
     /// `GET` of the provider's JWKS (`path`).
     Jwks { path: String },
+    /// A once-only claim in the session store (`POST /v1/claim`): the lock
+    /// that lets one request at a time refresh a session's access token.
+    Claim { key: [u8; 32], ttl_ms: u64 },
 }
 
 /// The state a paused request resumes from.
@@ -111,6 +116,7 @@ pub enum Pending {
     Session {
         access: Access,
         groups_any: Vec<String>,
+        key: [u8; 32],
         req: Req,
     },
     /// Waiting for the login state to be stored.
@@ -131,8 +137,23 @@ pub enum Pending {
     Keys {
         login: LoginRecord,
         id_token: String,
+        grant: Grant,
         req: Req,
     },
+    /// Waiting for the refresh lock of a session.
+    RefreshLock {
+        session: SessionRecord,
+        key: [u8; 32],
+        req: Req,
+    },
+    /// Waiting for the token endpoint's refresh.
+    Refresh {
+        session: SessionRecord,
+        key: [u8; 32],
+        req: Req,
+    },
+    /// Waiting for the refreshed session to be stored.
+    SaveRefreshed { session: SessionRecord, req: Req },
     /// Waiting for the new session to be stored.
     SaveSession {
         cookie: String,
@@ -202,6 +223,73 @@ pub struct SessionRecord {
     pub groups: Vec<String>,
     pub iat: u64,
     pub exp: u64,
+    /// With `forward_access_token` only: the access token, its expiry and
+    /// the refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rt: Option<String>,
+}
+
+/// The tokens of a token endpoint answer besides the ID token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub at: Option<String>,
+    pub at_exp: Option<u64>,
+    pub rt: Option<String>,
+}
+
+/// What the gateway reads of the token endpoint's answer.
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    id_token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+/// Lifetime assumed for an access token whose answer gave no `expires_in`.
+pub const DEFAULT_ACCESS_TTL_SECS: u64 = 300;
+/// How long one request holds a session's refresh lock at most.
+pub const REFRESH_LOCK_MS: u64 = 10_000;
+
+impl TokenResponse {
+    fn parse(body: &[u8]) -> Option<TokenResponse> {
+        (body.len() <= MAX_TOKEN_RESPONSE_BYTES)
+            .then(|| serde_json::from_slice::<TokenResponse>(body).ok())
+            .flatten()
+    }
+
+    fn grant(&self, now: u64) -> Grant {
+        let usable = |t: &Option<String>| {
+            t.clone()
+                .filter(|v| !v.is_empty() && v.len() <= 4096 && !v.chars().any(char::is_control))
+        };
+        let at = usable(&self.access_token);
+        Grant {
+            at_exp: at
+                .as_ref()
+                .map(|_| now.saturating_add(self.expires_in.unwrap_or(DEFAULT_ACCESS_TTL_SECS))),
+            at,
+            rt: usable(&self.refresh_token),
+        }
+    }
+}
+
+/// The store key of a session's refresh lock for the token expiring at `at_exp`.
+pub fn refresh_lock_key(session_key: &[u8; 32], at_exp: u64) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"oidc-refresh:")
+        .chain_update(session_key)
+        .chain_update(at_exp.to_be_bytes())
+        .finalize()
+        .into()
 }
 
 /// The store key of a session id (never the id itself).
@@ -428,6 +516,10 @@ pub fn start<H: HttpHost + ?Sized>(env: &mut Env<'_>, host: &mut H) -> Step {
     ] {
         host.remove_request_header(h);
     }
+    if cfg.forward_token_refresh_secs.is_some() {
+        // the Authorization the upstream sees is the session's, or none
+        host.remove_request_header("authorization");
+    }
     let cookies = host.request_header("cookie");
     let cookies = cookies.as_deref();
     let (path, query) = filter_core::route::split_path(&req.path);
@@ -472,6 +564,7 @@ pub fn start<H: HttpHost + ?Sized>(env: &mut Env<'_>, host: &mut H) -> Step {
             Box::new(Pending::Session {
                 access,
                 groups_any: groups_any.to_vec(),
+                key: session_key(id),
                 req,
             }),
         ),
@@ -490,6 +583,7 @@ pub fn resume<H: HttpHost + ?Sized>(
         Pending::Session {
             access,
             groups_any,
+            key,
             req,
         } => match SessionAnswer::from_status(a.status) {
             SessionAnswer::Unavailable => store_unavailable(host, &req),
@@ -501,7 +595,7 @@ pub fn resume<H: HttpHost + ?Sized>(
                     .filter(|s| s.exp > env.now);
                 match session {
                     None => no_session(env, host, req, true),
-                    Some(s) => admit(env, host, &req, access, &groups_any, &s),
+                    Some(s) => admit(env, host, req, access, &groups_any, s, key),
                 }
             }
         },
@@ -568,15 +662,12 @@ pub fn resume<H: HttpHost + ?Sized>(
         },
         Pending::Token { login, req } => match a.status {
             Some("200") => {
-                #[derive(Deserialize)]
-                struct TokenResponse {
-                    id_token: String,
-                }
-                let parsed = (a.body.len() <= MAX_TOKEN_RESPONSE_BYTES)
-                    .then(|| serde_json::from_slice::<TokenResponse>(a.body).ok())
-                    .flatten();
-                match parsed {
-                    Some(t) => verify_and_store(env, host, login, t.id_token, req, true),
+                let parsed = TokenResponse::parse(a.body);
+                match parsed.as_ref().and_then(|t| t.id_token.clone()) {
+                    Some(id_token) => {
+                        let grant = parsed.map(|t| t.grant(env.now)).unwrap_or_default();
+                        verify_and_store(env, host, login, id_token, grant, req, true)
+                    }
                     None => login_failed(
                         env,
                         host,
@@ -600,6 +691,7 @@ pub fn resume<H: HttpHost + ?Sized>(
         Pending::Keys {
             login,
             id_token,
+            grant,
             req,
         } => {
             if a.status == Some("200") {
@@ -608,8 +700,82 @@ pub fn resume<H: HttpHost + ?Sized>(
                     env.provider.jwks_wanted = false;
                 }
             }
-            verify_and_store(env, host, login, id_token, req, false)
+            verify_and_store(env, host, login, id_token, grant, req, false)
         }
+        Pending::RefreshLock { session, key, req } => {
+            let still_valid = session.at_exp.is_some_and(|e| e > env.now);
+            match filter_core::store::ClaimAnswer::from_status(a.status) {
+                filter_core::store::ClaimAnswer::Claimed => {
+                    let meta = env.provider.metadata(env.cfg, env.now);
+                    let (Some(meta), Some(rt)) = (meta, session.rt.clone()) else {
+                        return use_current(host, &req, &session, still_valid);
+                    };
+                    let body = form_urlencoded::Serializer::new(String::new())
+                        .append_pair("grant_type", "refresh_token")
+                        .append_pair("refresh_token", &rt)
+                        .finish();
+                    Step::Call(
+                        Call::Token {
+                            path: meta.token_path.clone(),
+                            body,
+                        },
+                        Box::new(Pending::Refresh { session, key, req }),
+                    )
+                }
+                // another request (on any replica) refreshes it right now
+                filter_core::store::ClaimAnswer::Taken => {
+                    use_current(host, &req, &session, still_valid)
+                }
+                filter_core::store::ClaimAnswer::Unavailable => store_unavailable(host, &req),
+            }
+        }
+        Pending::Refresh {
+            mut session,
+            key,
+            req,
+        } => {
+            let still_valid = session.at_exp.is_some_and(|e| e > env.now);
+            match a.status {
+                Some("200") => {
+                    let grant = TokenResponse::parse(a.body)
+                        .map(|t| t.grant(env.now))
+                        .unwrap_or_default();
+                    let Some(at) = grant.at else {
+                        return use_current(host, &req, &session, still_valid);
+                    };
+                    session.at = Some(at);
+                    session.at_exp = grant.at_exp;
+                    if grant.rt.is_some() {
+                        session.rt = grant.rt;
+                    }
+                    let body = serde_json::to_vec(&session).unwrap_or_default();
+                    Step::Call(
+                        Call::Store {
+                            method: "PUT",
+                            key,
+                            query: format!("ttl_ms={}", env.cfg.idle_ms),
+                            body: Some(body),
+                        },
+                        Box::new(Pending::SaveRefreshed { session, req }),
+                    )
+                }
+                // the refresh token is spent or revoked: log in again
+                Some(s) if s.starts_with('4') && !still_valid => {
+                    log::info!("oidc: refresh refused ({s}); the session needs a new login");
+                    no_session(env, host, req, true)
+                }
+                _ => use_current(host, &req, &session, still_valid),
+            }
+        }
+        Pending::SaveRefreshed { session, req } => match SessionAnswer::from_status(a.status) {
+            SessionAnswer::Ok => {
+                if let Some(at) = &session.at {
+                    host.set_request_header("authorization", &format!("Bearer {at}"));
+                }
+                Step::Done(Verdict::Continue, Event::Refreshed)
+            }
+            _ => store_unavailable(host, &req),
+        },
         Pending::SaveSession {
             cookie,
             return_to,
@@ -820,6 +986,7 @@ fn verify_and_store<H: HttpHost + ?Sized>(
     host: &mut H,
     login: LoginRecord,
     id_token: String,
+    grant: Grant,
     req: Req,
     may_fetch_keys: bool,
 ) -> Step {
@@ -827,20 +994,21 @@ fn verify_and_store<H: HttpHost + ?Sized>(
     let now = env.now;
     // The JWKS fetched from this request (at most once per request).
     let jwks_path = env.provider.metadata(cfg, now).map(|m| m.jwks_path.clone());
-    let fetch_keys = move |login: LoginRecord, id_token: String, req: Req| {
+    let fetch_keys = move |login: LoginRecord, id_token: String, grant: Grant, req: Req| {
         let path = jwks_path.clone()?;
         Some(Step::Call(
             Call::Jwks { path },
             Box::new(Pending::Keys {
                 login,
                 id_token,
+                grant,
                 req,
             }),
         ))
     };
     let verified = match env.provider.keys(cfg, now) {
         None if may_fetch_keys => {
-            return fetch_keys(login, id_token, req.clone())
+            return fetch_keys(login, id_token, grant.clone(), req.clone())
                 .unwrap_or_else(|| provider_unavailable(host, &req, true));
         }
         None => return provider_unavailable(host, &req, true),
@@ -860,7 +1028,7 @@ fn verify_and_store<H: HttpHost + ?Sized>(
     let identity: Identity = match verified {
         Ok(i) => i,
         Err(IdTokenError::UnknownKid) if may_fetch_keys && env.provider.kid_miss(cfg, now) => {
-            return fetch_keys(login, id_token, req.clone())
+            return fetch_keys(login, id_token, grant.clone(), req.clone())
                 .unwrap_or_else(|| provider_unavailable(host, &req, true));
         }
         Err(e) => {
@@ -879,12 +1047,16 @@ fn verify_and_store<H: HttpHost + ?Sized>(
         log::error!("oidc: no randomness from the host (random_get failed)");
         return provider_unavailable(host, &req, true);
     };
+    let forward = cfg.forward_token_refresh_secs.is_some();
     let record = SessionRecord {
         sub: identity.sub,
         email: identity.email,
         groups: identity.groups,
         iat: now,
         exp: now.saturating_add(cfg.lifetime_secs),
+        at: grant.at.filter(|_| forward),
+        at_exp: grant.at_exp.filter(|_| forward),
+        rt: grant.rt.filter(|_| forward),
     };
     let body = serde_json::to_vec(&record).unwrap_or_default();
     let cookie = cookie_line(
@@ -913,15 +1085,16 @@ fn verify_and_store<H: HttpHost + ?Sized>(
 fn admit<H: HttpHost + ?Sized>(
     env: &Env<'_>,
     host: &mut H,
-    req: &Req,
+    req: Req,
     access: Access,
     groups_any: &[String],
-    s: &SessionRecord,
+    s: SessionRecord,
+    key: [u8; 32],
 ) -> Step {
     if access == Access::Groups && !s.groups.iter().any(|g| groups_any.contains(g)) {
         return deny(
             host,
-            req,
+            &req,
             Denial::forbidden("forbidden", "your account may not open this page"),
             &[],
             Event::Forbidden,
@@ -935,7 +1108,47 @@ fn admit<H: HttpHost + ?Sized>(
     if !s.groups.is_empty() {
         host.set_request_header(&h.groups, &s.groups.join(","));
     }
-    Step::Done(Verdict::Continue, Event::Allowed)
+    let Some(before) = env.cfg.forward_token_refresh_secs else {
+        return Step::Done(Verdict::Continue, Event::Allowed);
+    };
+    let (Some(at), Some(at_exp)) = (&s.at, s.at_exp) else {
+        return Step::Done(Verdict::Continue, Event::Allowed);
+    };
+    if at_exp > env.now.saturating_add(before) || s.rt.is_none() {
+        if at_exp > env.now {
+            host.set_request_header("authorization", &format!("Bearer {at}"));
+        }
+        return Step::Done(Verdict::Continue, Event::Allowed);
+    }
+    // Due for a refresh: one request at a time per session, on every replica.
+    Step::Call(
+        Call::Claim {
+            key: refresh_lock_key(&key, at_exp),
+            ttl_ms: REFRESH_LOCK_MS,
+        },
+        Box::new(Pending::RefreshLock {
+            session: s,
+            key,
+            req,
+        }),
+    )
+}
+
+/// No refresh now (another request holds the lock, or the provider cannot
+/// answer): the current token while it is valid, else 503 and a retry.
+fn use_current<H: HttpHost + ?Sized>(
+    host: &mut H,
+    req: &Req,
+    s: &SessionRecord,
+    still_valid: bool,
+) -> Step {
+    match (&s.at, still_valid) {
+        (Some(at), true) => {
+            host.set_request_header("authorization", &format!("Bearer {at}"));
+            Step::Done(Verdict::Continue, Event::Allowed)
+        }
+        _ => provider_unavailable(host, req, false),
+    }
 }
 
 /// 302 to the provider's logout (or to the post-logout path when it has

@@ -56,6 +56,7 @@ mod wasm {
     filter_core::metric_set! {
         struct Metrics {
             allowed: counter("oidc_allowed_total"),
+            refreshes: counter("oidc_token_refreshes_total"),
             open: counter("oidc_open_total"),
             login_required: counter("oidc_login_required_total"),
             forbidden: counter("oidc_forbidden_total"),
@@ -74,6 +75,10 @@ mod wasm {
         fn count(&self, e: Event) {
             let id = match e {
                 Event::Allowed => self.allowed,
+                Event::Refreshed => {
+                    proxy::increment(self.refreshes);
+                    self.allowed
+                }
                 Event::Open => self.open,
                 Event::LoginRequired => self.login_required,
                 Event::Forbidden => self.forbidden,
@@ -332,6 +337,13 @@ mod wasm {
                     c.provider_timeout,
                 )
                 .map_err(|e| format!("{e:?}")),
+                Call::Claim { key, ttl_ms } => {
+                    let claim = filter_core::store::Claim {
+                        key: *key,
+                        ttl_ms: *ttl_ms,
+                    };
+                    proxy::dispatch_claim(&c.store, &claim).map_err(|e| format!("{e:?}"))
+                }
                 Call::Jwks { path } => self
                     .shared
                     .get_from_provider(path)

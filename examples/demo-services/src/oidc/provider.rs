@@ -356,6 +356,8 @@ pub struct Provider {
     other_key: Option<RsaKey>,
     next_id_token: Option<IdTokenOverride>,
     delay_ms: u64,
+    /// Lifetime of the access tokens issued from now on (test control).
+    access_ttl_s: u64,
     codes: Bounded<CodeGrant>,
     access: Bounded<AccessGrant>,
     refresh: Bounded<RefreshGrant>,
@@ -380,6 +382,7 @@ impl Provider {
             other_key: None,
             next_id_token: None,
             delay_ms: 0,
+            access_ttl_s: TOKEN_TTL_S,
             codes: Bounded::new(MAX_ENTRIES),
             access: Bounded::new(MAX_ENTRIES),
             refresh: Bounded::new(MAX_ENTRIES),
@@ -656,7 +659,7 @@ impl Provider {
                 user,
                 family: family.clone(),
             },
-            now + TOKEN_TTL_S,
+            now + self.access_ttl_s,
             now,
         );
         self.refresh.insert(
@@ -675,7 +678,7 @@ impl Provider {
         Ok(json!({
             "access_token": access_token,
             "token_type": "Bearer",
-            "expires_in": TOKEN_TTL_S,
+            "expires_in": self.access_ttl_s,
             "id_token": id_token,
             "refresh_token": refresh_token,
             "scope": scope,
@@ -806,6 +809,11 @@ impl Provider {
         self.current.kid.clone()
     }
 
+    /// Lifetime of the access tokens issued from now on (1 s .. 1 day).
+    pub fn set_access_ttl_s(&mut self, s: u64) {
+        self.access_ttl_s = s.clamp(1, 86_400);
+    }
+
     pub fn set_delay_ms(&mut self, ms: u64) {
         self.delay_ms = ms;
     }
@@ -820,5 +828,6 @@ impl Provider {
         self.previous = None;
         self.next_id_token = None;
         self.delay_ms = 0;
+        self.access_ttl_s = TOKEN_TTL_S;
     }
 }

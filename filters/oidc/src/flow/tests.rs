@@ -47,6 +47,8 @@ struct World {
     provider: ProviderState,
     /// The fake session store: hex key → value.
     store: std::collections::HashMap<[u8; 32], Vec<u8>>,
+    /// The fake store's once-only claims.
+    claims: std::collections::HashSet<[u8; 32]>,
     store_down: bool,
     now: u64,
 }
@@ -59,6 +61,7 @@ impl World {
             cfg,
             provider,
             store: Default::default(),
+            claims: Default::default(),
             store_down: false,
             now: NOW,
         }
@@ -113,6 +116,13 @@ impl World {
                             }
                             _ => unreachable!(),
                         },
+                        Call::Claim { key, .. } => {
+                            if self.claims.insert(*key) {
+                                (Some("201"), Vec::new())
+                            } else {
+                                (Some("409"), Vec::new())
+                            }
+                        }
                         Call::Token { body, .. } => token(body),
                         Call::Jwks { .. } => (Some("200"), tok::jwks_json("k1").into_bytes()),
                     };
@@ -570,6 +580,163 @@ fn no_metadata_yet_is_503_for_a_login_but_sessions_still_work() {
     );
     let mut h = browser("/x").with_header("cookie", &session);
     assert_eq!(w.run(&mut h, &mut |_| unreachable!()).1, Event::Allowed);
+}
+
+fn forwarding_world() -> World {
+    let mut doc: serde_json::Value = serde_json::from_str(crate::config::tests::EXAMPLE).unwrap();
+    doc["forward_access_token"] = serde_json::json!({"refresh_before": "60s"});
+    let cfg = crate::config::load(doc.to_string().as_bytes(), &crate::config::tests::env).unwrap();
+    let provider = ready_provider(&cfg);
+    World {
+        cfg,
+        provider,
+        store: Default::default(),
+        claims: Default::default(),
+        store_down: false,
+        now: NOW,
+    }
+}
+
+fn form(body: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A token endpoint that answers the code with a1/r1 and each refresh
+/// token rN with a(N+1)/r(N+1), refusing a refresh token used twice.
+fn token_endpoint(
+    used: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+) -> impl FnMut(&str) -> (Option<&'static str>, Vec<u8>) {
+    move |body: &str| {
+        let answer = |n: usize, id_token: Option<String>| {
+            let mut v = serde_json::json!({"access_token": format!("a{n}"), "expires_in": 300,
+                                           "refresh_token": format!("r{n}"), "token_type": "Bearer"});
+            if let Some(t) = id_token {
+                v["id_token"] = t.into();
+            }
+            (Some("200"), v.to_string().into_bytes())
+        };
+        match form(body, "grant_type").as_deref() {
+            Some("refresh_token") => {
+                let rt = form(body, "refresh_token").unwrap();
+                if used.borrow().contains(&rt) {
+                    return (Some("400"), br#"{"error":"invalid_grant"}"#.to_vec());
+                }
+                used.borrow_mut().push(rt.clone());
+                let n: usize = rt.trim_start_matches('r').parse().unwrap();
+                answer(n + 1, None)
+            }
+            _ => answer(1, Some(alice("PLACEHOLDER"))),
+        }
+    }
+}
+
+#[test]
+fn the_access_token_goes_upstream_and_is_refreshed_once_before_it_expires() {
+    let mut w = forwarding_world();
+    let used = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    // the login: the token endpoint's id_token must carry the login's nonce
+    let mut h = browser("/");
+    w.run(&mut h, &mut |_| unreachable!());
+    let loc = h
+        .response
+        .clone()
+        .unwrap()
+        .header("location")
+        .unwrap()
+        .to_string();
+    let (state, nonce) = (
+        query_param(&loc, "state").unwrap(),
+        query_param(&loc, "nonce").unwrap(),
+    );
+    let mut cb = browser(&format!("/oauth2/callback?code=c&state={state}"))
+        .with_header("cookie", &cookie_value(&set_cookies(&h)[0]));
+    let mut endpoint = token_endpoint(used.clone());
+    let (_, e, _) = w.run(&mut cb, &mut |body| {
+        let (st, b) = endpoint(body);
+        let text = String::from_utf8(b)
+            .unwrap()
+            .replace(&alice("PLACEHOLDER"), &alice(&nonce));
+        (st, text.into_bytes())
+    });
+    assert_eq!(e, Event::LoginCompleted);
+    let session = cookie_value(
+        set_cookies(&cb)
+            .iter()
+            .find(|c| c.starts_with("__Host-gw-session="))
+            .unwrap(),
+    );
+
+    let mut page = browser("/tools")
+        .with_header("cookie", &session)
+        .with_header("authorization", "Basic forged");
+    let (_, e, calls) = w.run(&mut page, &mut |_| unreachable!());
+    assert_eq!((e, calls.len()), (Event::Allowed, 1));
+    assert_eq!(page.header("authorization"), Some("Bearer a1"));
+
+    // 250 s later the token is within refresh_before (60 s) of its expiry
+    w.now = NOW + 250;
+    let mut endpoint = token_endpoint(used.clone());
+    let mut page = browser("/tools").with_header("cookie", &session);
+    let (_, e, calls) = w.run(&mut page, &mut endpoint);
+    assert_eq!(e, Event::Refreshed, "{calls:?}");
+    assert_eq!(page.header("authorization"), Some("Bearer a2"));
+    assert!(matches!(
+        &calls[..],
+        [
+            Call::Store { .. },
+            Call::Claim { .. },
+            Call::Token { .. },
+            Call::Store { method: "PUT", .. }
+        ]
+    ));
+    // the refreshed session serves the next request with no refresh
+    let mut page = browser("/tools").with_header("cookie", &session);
+    let (_, e, calls) = w.run(&mut page, &mut |_| unreachable!());
+    assert_eq!((e, calls.len()), (Event::Allowed, 1));
+    assert_eq!(page.header("authorization"), Some("Bearer a2"));
+    assert_eq!(
+        *used.borrow(),
+        vec!["r1".to_string()],
+        "each refresh token used once"
+    );
+
+    // another request holds the refresh lock: the current token while it is valid
+    w.now = NOW + 250 + 250;
+    let lock = w
+        .store
+        .keys()
+        .copied()
+        .find(|k| serde_json::from_slice::<SessionRecord>(&w.store[k]).is_ok());
+    let rec: SessionRecord = serde_json::from_slice(&w.store[&lock.unwrap()]).unwrap();
+    w.claims
+        .insert(refresh_lock_key(&lock.unwrap(), rec.at_exp.unwrap()));
+    let mut page = browser("/tools").with_header("cookie", &session);
+    let (_, e, calls) = w.run(&mut page, &mut |_| unreachable!());
+    assert_eq!(e, Event::Allowed, "{calls:?}");
+    assert_eq!(page.header("authorization"), Some("Bearer a2"));
+    // ...and once it has expired, 503 and a retry rather than no token
+    w.now = NOW + 250 + 301;
+    let mut page = FakeHost::request("GET", "/tools").with_header("cookie", &session);
+    let (_, e, _) = w.run(&mut page, &mut |_| unreachable!());
+    assert_eq!(e, Event::ProviderUnavailable);
+    assert_eq!(page.response.unwrap().status, 503);
+}
+
+#[test]
+fn without_forwarding_no_token_is_kept_and_client_authorization_passes() {
+    let mut w = World::new();
+    let session = login(&mut w, "/", &mut alice);
+    assert!(w
+        .store
+        .values()
+        .all(|v| !String::from_utf8_lossy(v).contains("\"at\"")));
+    let mut page = browser("/x")
+        .with_header("cookie", &session)
+        .with_header("authorization", "Basic tool");
+    w.run(&mut page, &mut |_| unreachable!());
+    assert_eq!(page.header("authorization"), Some("Basic tool"));
 }
 
 proptest::proptest! {
