@@ -282,12 +282,14 @@ impl TokenResponse {
     }
 }
 
-/// The store key of a session's refresh lock for the token expiring at `at_exp`.
-pub fn refresh_lock_key(session_key: &[u8; 32], at_exp: u64) -> [u8; 32] {
+/// The store key of a session's refresh lock for its access token `at`:
+/// one lock per token being replaced (two tokens issued within the same
+/// second still get their own).
+pub fn refresh_lock_key(session_key: &[u8; 32], at: &str) -> [u8; 32] {
     Sha256::new()
         .chain_update(b"oidc-refresh:")
         .chain_update(session_key)
-        .chain_update(at_exp.to_be_bytes())
+        .chain_update(at.as_bytes())
         .finalize()
         .into()
 }
@@ -1123,7 +1125,7 @@ fn admit<H: HttpHost + ?Sized>(
     // Due for a refresh: one request at a time per session, on every replica.
     Step::Call(
         Call::Claim {
-            key: refresh_lock_key(&key, at_exp),
+            key: refresh_lock_key(&key, at),
             ttl_ms: REFRESH_LOCK_MS,
         },
         Box::new(Pending::RefreshLock {

@@ -711,7 +711,7 @@ fn the_access_token_goes_upstream_and_is_refreshed_once_before_it_expires() {
         .find(|k| serde_json::from_slice::<SessionRecord>(&w.store[k]).is_ok());
     let rec: SessionRecord = serde_json::from_slice(&w.store[&lock.unwrap()]).unwrap();
     w.claims
-        .insert(refresh_lock_key(&lock.unwrap(), rec.at_exp.unwrap()));
+        .insert(refresh_lock_key(&lock.unwrap(), rec.at.as_deref().unwrap()));
     let mut page = browser("/tools").with_header("cookie", &session);
     let (_, e, calls) = w.run(&mut page, &mut |_| unreachable!());
     assert_eq!(e, Event::Allowed, "{calls:?}");
