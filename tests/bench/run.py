@@ -21,6 +21,10 @@ BENCH_SKIP=suite,fds saves about 2):
                         through a client-certificate bridge (see below)
                 breaker web chain on a guarded route, breaker closed
                 passport one cache miss (sequential latency, new vs known sub)
+                e2ee    app gateway, signed POST /api/v1/orders (unique nonces)
+                        with 1 and 16 KiB orders, plain vs encrypted
+                        (aes128gcm, answer encrypted): decryption +
+                        re-encryption per request and per KiB (issue 26)
   fds pass    the same stack with fds-block holding 100,000 static entries
               (filters/fds-block/bench/gen_config.py): web chain vs bare again
   memory pass Envoy --concurrency 2: the full config vs a bare-only config
@@ -105,6 +109,9 @@ BUDGET = {
     "claim_p99_us": 1000.0,
     # issue 27: a request with a valid SSO session vs the same route with SSO off
     "sso_p99_us": 1000.0,
+    # issue 26: e2ee decryption + re-encryption, end to end (encrypted vs plain)
+    "e2ee_per_kib_us": 2.0,
+    "e2ee_fixed_us": 20.0,
 }
 
 # The web, app and secure gateways of the suite and chain builds, beside the
@@ -142,6 +149,8 @@ class Material:
         self.dir = OUT / "material"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.offsets: dict[str, int] = {}
+        #: the e2ee feeds' body pools (orders): feed -> (signer, key id, [(offset, body)])
+        self._pools: dict[str, tuple] = {}
         #: the SSO session cookie of the `sso` targets, filled once the stack
         #: runs (sso_login); the targets hold this very dict
         self.sso_headers: dict[str, str] = {}
@@ -210,29 +219,116 @@ class Material:
         p.write_text("\n".join(lines) + "\n")
         return p
 
+    def orders(self, feed: str, n: int, port: int) -> Path:
+        """A fresh file of n signed POST /api/v1/orders requests with bodies,
+        unique nonces (feed `order-<plain|aes128gcm>-<plaintext bytes>`): a
+        header-set file as for `signed`, each line naming its body by
+        "body: <offset>+<length>" in `<file>.body`. The bodies are a pool of
+        ORDER_POOL distinct ones (each its own padding and, encrypted, its own
+        salt), made once per run; every request carries its own signature
+        over its body's Content-Digest, so a pool costs the gateway nothing
+        less than unique bodies would (nothing is keyed by the body)."""
+        from signing import Signer
+
+        _, kind, size = feed.split("-")
+        if feed not in self._pools:
+            import ece  # tests/integration/ece.py
+
+            # one key id for the run (lifetime beyond the longest bench)
+            s = Signer.demo(device="bench-phone", user="bench-user", lifetime=7200)
+            kid = s.key_id()
+            ikm = ece.ikm(ece.demo_master(), kid)
+            blob, refs = bytearray(), []
+            for i in range(ORDER_POOL):
+                plain = order_body(int(size), i)
+                body = ece.encrypt(plain, ikm, kid) if kind == "aes128gcm" else plain
+                refs.append((len(blob), body))
+                blob += body
+            (self.dir / f"{feed}.txt.body").write_bytes(bytes(blob))
+            self._pools[feed] = (s, kid, refs)
+        s, kid, refs = self._pools[feed]
+        extra = {"content-type": "application/json"}
+        if kind == "aes128gcm":
+            extra["content-encoding"] = "aes128gcm"
+        lines = []
+        for i in range(n):
+            off, body = refs[i % len(refs)]
+            h = {"method": "POST", **s.sign("POST", f"127.0.0.1:{port}", ORDERS, body, key_id=kid), **extra,
+                 "body": f"{off}+{len(body)}"}
+            lines.append("\t".join(f"{k}: {v}" for k, v in h.items()))
+        p = self.dir / f"{feed}.txt"
+        p.write_text("\n".join(lines) + "\n")
+        return p
+
+
+ORDERS = "/api/v1/orders"
+#: the e2ee scenario's plaintext body sizes (KiB)
+E2EE_KIB = (1, 16)
+#: distinct bodies per e2ee feed (16 KiB ones: 4 MiB in wrk's memory)
+ORDER_POOL = 256
+
+
+def order_body(size: int, i: int) -> bytes:
+    """A valid order padded to exactly `size` bytes of JSON by its `note`
+    (a field sanitize-body strips: the upstream gets the order alone)."""
+    head = f'{{"item_id":"a1","quantity":2,"note":"{i:06d}'.encode()
+    tail = b'"}'
+    pad = size - len(head) - len(tail)
+    if pad < 0:
+        raise ValueError(f"order body of {size} bytes is too small")
+    return head + b"x" * pad + tail
+
 
 LUA = r"""-- written by tests/bench/run.py: cycles through header sets, one request
 -- per line of the file given as the first script argument ("name: value"
--- pairs separated by tabs; a "method: POST" pair sets the method), starting
--- at the line given as the second.
+-- pairs separated by tabs; a "method: POST" pair sets the method; a
+-- "body: <offset>+<length>" pair sends those bytes of <file>.body as the
+-- body, with its Content-Length), starting at the line given as the second.
 local reqs, n, idx = {}, 0, 0
+local function with_body(m, h, body)
+  -- wrk.format would do, but its Content-Length is the body's and the
+  -- request string would hold a copy of the body per line: the head is
+  -- kept per line, the body once per distinct body (joined per request)
+  h["Content-Length"] = #body
+  local s = { string.format("%s %s HTTP/1.1", m or wrk.method, wrk.path) }
+  for k, v in pairs(h) do s[#s + 1] = k .. ": " .. v end
+  s[#s + 1] = ""
+  s[#s + 1] = ""
+  return { table.concat(s, "\r\n"), body }
+end
 function init(args)
+  local blob, bodies = nil, {}
   for line in io.lines(args[1]) do
-    local h, m = {}, nil
+    local h, m, b = {}, nil, nil
     for k, v in pairs(wrk.headers) do h[k] = v end
     for pair in string.gmatch(line, "[^\t]+") do
       local k, v = string.match(pair, "^([^:]+):%s*(.*)$")
-      if k == "method" then m = v else h[k] = v end
+      if k == "method" then m = v elseif k == "body" then b = v else h[k] = v end
     end
     n = n + 1
-    reqs[n] = wrk.format(m, nil, h)
+    if b then
+      if not blob then
+        local f = assert(io.open(args[1] .. ".body", "rb"))
+        blob = f:read("*a")
+        f:close()
+      end
+      if not bodies[b] then
+        local off, len = string.match(b, "^(%d+)%+(%d+)$")
+        bodies[b] = string.sub(blob, tonumber(off) + 1, tonumber(off) + tonumber(len))
+      end
+      reqs[n] = with_body(m, h, bodies[b])
+    else
+      reqs[n] = wrk.format(m, nil, h)
+    end
   end
   if n == 0 then error("no header sets in " .. args[1]) end
   idx = (tonumber(args[2]) or 0) % n
 end
 function request()
   idx = idx % n + 1
-  return reqs[idx]
+  local r = reqs[idx]
+  if type(r) == "table" then return r[1] .. r[2] end
+  return r
 end
 """
 
@@ -301,6 +397,17 @@ def main_targets(mat: Material) -> list[dict]:
           headers=mat.sso_headers, lat=True),
     ]
     t += [T(f"probe {kind}", "hostcall", port, "bare") for kind, port in PROBES.items()]
+    # e2ee (issue 26): signed POST /api/v1/orders with unique nonces, the
+    # same order padded to 1 and 16 KiB of plaintext, plain and encrypted
+    # (aes128gcm; the answer comes back encrypted); base of an encrypted row:
+    # its plain row; of a plain row: bare with the same bodies.
+    for kib in E2EE_KIB:
+        size = kib * 1024
+        t += [T(f"e2ee bare {kib} KiB", "e2ee", 10009, None, path=ORDERS, feed=f"order-plain-{size}", lat=True),
+              T(f"e2ee plain {kib} KiB", "e2ee", 10001, f"e2ee bare {kib} KiB", path=ORDERS,
+                feed=f"order-plain-{size}", lat=True),
+              T(f"e2ee encrypted {kib} KiB", "e2ee", 10001, f"e2ee plain {kib} KiB", path=ORDERS,
+                feed=f"order-aes128gcm-{size}", lat=True)]
     return t
 
 
@@ -429,6 +536,8 @@ class Runner:
             return self.mat.signed(n_hint, t["port"]), 0
         if t["feed"] == "onetime":
             return self.mat.onetime(n_hint), 0
+        if t["feed"].startswith("order-"):
+            return self.mat.orders(t["feed"], n_hint, t["port"]), 0
         return self.mat.feed(t["feed"])
 
     def run(self, t: dict, conns: int, seconds: int, n_hint: int = 40000) -> dict:
@@ -440,7 +549,7 @@ class Runner:
         c1 = envoy_cpu_seconds(self.pid)
         for k, p in self.side.items():
             w[f"{k}_cpu_us"] = (envoy_cpu_seconds(p) - s0[k]) * 1e6 / max(1, w["requests"])
-        if t["feed"] and t["feed"] not in ("signed", "onetime"):
+        if t["feed"] and t["feed"] not in ("signed", "onetime") and not t["feed"].startswith("order-"):
             self.mat.advance(t["feed"], w["requests"])
         bad = w["non2xx"] if t["expect"] == "2xx" else w["requests"] - w["non2xx"]
         if bad or w["requests"] == 0:
@@ -1041,6 +1150,25 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         if r and r.get("added_p99_us") is not None:
             check("SSO session +p99 (1 conn, with the Redis lookup)", f"{r['added_p99_us']} µs", "≤ 1000 µs",
                   r["added_p99_us"] <= BUDGET["sso_p99_us"])
+    if sec("e2ee"):
+        kib = {r["target"]: int(r["target"].split()[-2]) for r in sec("e2ee")}
+        erows = [std(r) + [kib[r["target"]], round(r["added_cpu_us"] / kib[r["target"]], 1)] for r in sec("e2ee")]
+        out.append(table("E2EE: signed POST /api/v1/orders on the app gateway, unique nonces, the order padded to "
+                         "1 / 16 KiB of plaintext (sanitize-body strips the padding: the upstream's answer is small), "
+                         "one pass; base of an encrypted row: its plain row (+CPU = decryption + re-encryption of "
+                         "the answer); of a plain row: bare with the same bodies",
+                         [*std_head, "body KiB", "+CPU µs per KiB"], erows))
+        e1, e16 = by.get(f"e2ee encrypted {E2EE_KIB[0]} KiB"), by.get(f"e2ee encrypted {E2EE_KIB[1]} KiB")
+        if e1 and e16:
+            span = E2EE_KIB[1] - E2EE_KIB[0]
+            per_kib = round((e16["added_cpu_us"] - e1["added_cpu_us"]) / span, 2)
+            fixed = round(e1["added_cpu_us"] - E2EE_KIB[0] * per_kib, 1)
+            out[-1] += (f"\ne2ee per KiB = (+CPU {E2EE_KIB[1]} KiB − +CPU {E2EE_KIB[0]} KiB) / {span} = {per_kib} µs; "
+                        f"fixed = +CPU {E2EE_KIB[0]} KiB − {E2EE_KIB[0]} × per KiB = {fixed} µs\n")
+            check("e2ee: decryption + re-encryption per KiB (Envoy CPU)", f"{per_kib} µs", "≤ 2 µs",
+                  per_kib <= BUDGET["e2ee_per_kib_us"])
+            check("e2ee: fixed cost per request (Envoy CPU)", f"{fixed} µs", "≤ 20 µs",
+                  fixed <= BUDGET["e2ee_fixed_us"])
     if sec("hostcall") and "noop" in by:
         floor = by["noop"]["cpu_us"]
         hrs = [[r["target"].removeprefix("probe "), r["port"], r["rps"], r["cpu_us"],
