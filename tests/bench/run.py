@@ -515,12 +515,15 @@ def wrk(url: str, headers: dict, conns: int, seconds: int, script: tuple[Path, i
         raise SystemExit(f"wrk failed on {url}: {proc.stderr.strip() or proc.stdout.strip()}")
     out = proc.stdout
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    read = re.search(r"requests in [\d.]+\w+, ([\d.]+)([KMGT]?B) read", out)
+    read_b = float(read.group(1)) * 1024 ** "BKMGT".index(read.group(2)[0]) if read else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     lat = {p: _to_us(v, u) for p, v, u in _LAT.findall(out)}
     return {"requests": reqs, "rps": rps, "p50_us": lat.get("50"), "p99_us": lat.get("99"),
-            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else "",
+            "resp_bytes": read_b / reqs if read_b is not None and reqs else None}
 
 
 class Runner:
@@ -563,7 +566,8 @@ class Runner:
 
     def rounds(self, ts: list[dict], rounds: int, label: str) -> dict:
         side = [f"{k}_cpu_us" for k in self.side]
-        res = {t["name"]: {"rps": [], "cpu_us": [], "p50": [], "p99": [], **{k: [] for k in side}} for t in ts}
+        res = {t["name"]: {"rps": [], "cpu_us": [], "p50": [], "p99": [], "resp_bytes": [], **{k: [] for k in side}}
+               for t in ts}
         for r in range(rounds):
             for t in ts:
                 hint = int(max(8000, 2 * self.seconds * max(res[t["name"]]["rps"] or [4000])))
@@ -571,6 +575,8 @@ class Runner:
                 m = res[t["name"]]
                 m["rps"].append(w["rps"])
                 m["cpu_us"].append(w["cpu_us"])
+                if w["resp_bytes"] is not None:
+                    m["resp_bytes"].append(w["resp_bytes"])
                 for k in side:
                     m[k].append(w[k])
                 if t["lat"]:
@@ -592,6 +598,8 @@ def rows_for(ts: list[dict], med: dict) -> list[dict]:
         for k in ("store_cpu_us", "redis_cpu_us"):
             if m.get(k) is not None:
                 row[k] = round(m[k], 1)
+        if m.get("resp_bytes") is not None:
+            row["resp_bytes"] = round(m["resp_bytes"])
         if m["p50"] is not None:
             row.update(p50_us=round(m["p50"]), p99_us=round(m["p99"]))
             if base["p50"] is not None:
@@ -1152,12 +1160,14 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                   r["added_p99_us"] <= BUDGET["sso_p99_us"])
     if sec("e2ee"):
         kib = {r["target"]: int(r["target"].split()[-2]) for r in sec("e2ee")}
-        erows = [std(r) + [kib[r["target"]], round(r["added_cpu_us"] / kib[r["target"]], 1)] for r in sec("e2ee")]
+        erows = [std(r) + [kib[r["target"]], r.get("resp_bytes"),
+                           round(r["added_cpu_us"] / kib[r["target"]], 1) if r["base"] != r["target"] else None]
+                 for r in sec("e2ee")]
         out.append(table("E2EE: signed POST /api/v1/orders on the app gateway, unique nonces, the order padded to "
                          "1 / 16 KiB of plaintext (sanitize-body strips the padding: the upstream's answer is small), "
                          "one pass; base of an encrypted row: its plain row (+CPU = decryption + re-encryption of "
                          "the answer); of a plain row: bare with the same bodies",
-                         [*std_head, "body KiB", "+CPU µs per KiB"], erows))
+                         [*std_head, "body KiB", "answer B (wrk read/req)", "+CPU µs per KiB"], erows))
         e1, e16 = by.get(f"e2ee encrypted {E2EE_KIB[0]} KiB"), by.get(f"e2ee encrypted {E2EE_KIB[1]} KiB")
         if e1 and e16:
             span = E2EE_KIB[1] - E2EE_KIB[0]
