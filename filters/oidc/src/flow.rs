@@ -29,6 +29,7 @@ use subtle::ConstantTimeEq;
 use filter_core::denial::Denial;
 use filter_core::host::{HttpHost, Verdict};
 use filter_core::store::SessionAnswer;
+use percent_encoding::percent_decode_str;
 
 use crate::config::{Access, Compiled, SameSite};
 use crate::idtoken::{self, Expect, IdTokenError, Identity};
@@ -368,45 +369,15 @@ pub fn safe_return(path: &str) -> String {
 
 fn percent_decode_lossy(s: &str) -> String {
     // Twice: `%252F` must not become `//` one decode later either.
-    let once = form_urlencoded_path_decode(s);
-    form_urlencoded_path_decode(&once)
+    let once = percent_decode_str(s).decode_utf8_lossy();
+    percent_decode_str(&once).decode_utf8_lossy().into_owned()
 }
 
-fn form_urlencoded_path_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let (c, step) = match (b.get(i), b.get(i + 1), b.get(i + 2)) {
-            (Some(b'%'), Some(h), Some(l)) => match (hex(*h), hex(*l)) {
-                (Some(h), Some(l)) => (h << 4 | l, 3),
-                _ => (b'%', 1),
-            },
-            (Some(c), _, _) => (*c, 1),
-            (None, _, _) => break,
-        };
-        out.push(c);
-        i += step;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-}
-
-fn cookie_line(
-    cfg: &Compiled,
-    name: &str,
-    value: &str,
-    max_age: u64,
-    same_site: SameSite,
-) -> String {
+fn cookie_line(name: &str, value: &str, max_age: u64, same_site: SameSite) -> String {
     let ss = match same_site {
         SameSite::Lax => "Lax",
         SameSite::Strict => "Strict",
     };
-    let _ = cfg;
     format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite={ss}; Max-Age={max_age}")
 }
 
@@ -471,7 +442,7 @@ fn login_failed<H: HttpHost + ?Sized>(
     reason: &'static str,
 ) -> Step {
     // The pre-login cookie is spent either way.
-    let expire = cookie_line(env.cfg, &env.cfg.login_cookie, "", 0, SameSite::Lax);
+    let expire = cookie_line(&env.cfg.login_cookie, "", 0, SameSite::Lax);
     deny(
         host,
         req,
@@ -784,8 +755,7 @@ pub fn resume<H: HttpHost + ?Sized>(
             req,
         } => match SessionAnswer::from_status(a.status) {
             SessionAnswer::Ok => {
-                let expire_login =
-                    cookie_line(env.cfg, &env.cfg.login_cookie, "", 0, SameSite::Lax);
+                let expire_login = cookie_line(&env.cfg.login_cookie, "", 0, SameSite::Lax);
                 redirect(
                     host,
                     &return_to,
@@ -813,7 +783,7 @@ fn no_session<H: HttpHost + ?Sized>(
     let expire: Vec<(&'static str, String)> = if stale_cookie {
         vec![(
             "set-cookie",
-            cookie_line(cfg, &cfg.session_cookie, "", 0, cfg.same_site),
+            cookie_line(&cfg.session_cookie, "", 0, cfg.same_site),
         )]
     } else {
         Vec::new()
@@ -890,7 +860,6 @@ fn no_session<H: HttpHost + ?Sized>(
     };
     let body = serde_json::to_vec(&record).unwrap_or_default();
     let cookie = cookie_line(
-        cfg,
         &cfg.login_cookie,
         &login_id,
         cfg.login_timeout_secs,
@@ -1062,7 +1031,6 @@ fn verify_and_store<H: HttpHost + ?Sized>(
     };
     let body = serde_json::to_vec(&record).unwrap_or_default();
     let cookie = cookie_line(
-        cfg,
         &cfg.session_cookie,
         &session_id,
         cfg.lifetime_secs,
@@ -1174,8 +1142,8 @@ fn logout_redirect<H: HttpHost + ?Sized>(env: &Env<'_>, host: &mut H, req: &Req)
         None => cfg.post_logout_path.clone(),
     };
     let expire = [
-        cookie_line(cfg, &cfg.session_cookie, "", 0, cfg.same_site),
-        cookie_line(cfg, &cfg.login_cookie, "", 0, SameSite::Lax),
+        cookie_line(&cfg.session_cookie, "", 0, cfg.same_site),
+        cookie_line(&cfg.login_cookie, "", 0, SameSite::Lax),
     ];
     redirect(host, &location, &expire, Event::Logout)
 }

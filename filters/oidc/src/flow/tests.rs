@@ -142,6 +142,23 @@ impl World {
     }
 }
 
+impl World {
+    /// A browser navigation to "/" without a session: the gateway's
+    /// redirect location and the answered request (its pre-login cookie).
+    fn begin_login(&mut self) -> (String, FakeHost) {
+        let mut h = browser("/");
+        self.run(&mut h, &mut |_| unreachable!());
+        let loc = h
+            .response
+            .as_ref()
+            .unwrap()
+            .header("location")
+            .unwrap()
+            .to_string();
+        (loc, h)
+    }
+}
+
 fn browser(path: &str) -> FakeHost {
     let mut h =
         FakeHost::request("GET", path).with_header("accept", "text/html,application/xhtml+xml");
@@ -349,15 +366,7 @@ fn no_session_api_call_is_401_and_open_path_passes_stripped() {
 #[test]
 fn login_csrf_state_must_match_this_browser_and_is_single_use() {
     let mut w = World::new();
-    let mut h = browser("/");
-    w.run(&mut h, &mut |_| unreachable!());
-    let loc = h
-        .response
-        .clone()
-        .unwrap()
-        .header("location")
-        .unwrap()
-        .to_string();
+    let (loc, h) = w.begin_login();
     let state = query_param(&loc, "state").unwrap();
     let login_cookie = cookie_value(&set_cookies(&h)[0]);
 
@@ -392,15 +401,7 @@ fn a_refused_code_or_a_bad_id_token_creates_no_session() {
         ),
     ] {
         let mut w = World::new();
-        let mut h = browser("/");
-        w.run(&mut h, &mut |_| unreachable!());
-        let loc = h
-            .response
-            .clone()
-            .unwrap()
-            .header("location")
-            .unwrap()
-            .to_string();
+        let (loc, h) = w.begin_login();
         let state = query_param(&loc, "state").unwrap();
         let mut cb = browser(&format!("/oauth2/callback?code=c&state={state}"))
             .with_header("cookie", &cookie_value(&set_cookies(&h)[0]));
@@ -411,15 +412,7 @@ fn a_refused_code_or_a_bad_id_token_creates_no_session() {
     }
     // nonce of another login
     let mut w = World::new();
-    let mut h = browser("/");
-    w.run(&mut h, &mut |_| unreachable!());
-    let loc = h
-        .response
-        .clone()
-        .unwrap()
-        .header("location")
-        .unwrap()
-        .to_string();
+    let (loc, h) = w.begin_login();
     let state = query_param(&loc, "state").unwrap();
     let mut cb = browser(&format!("/oauth2/callback?code=c&state={state}"))
         .with_header("cookie", &cookie_value(&set_cookies(&h)[0]));
@@ -435,15 +428,7 @@ fn a_refused_code_or_a_bad_id_token_creates_no_session() {
     assert!(w.store.is_empty());
     // provider down at the token endpoint
     let mut w = World::new();
-    let mut h = browser("/");
-    w.run(&mut h, &mut |_| unreachable!());
-    let loc = h
-        .response
-        .clone()
-        .unwrap()
-        .header("location")
-        .unwrap()
-        .to_string();
+    let (loc, h) = w.begin_login();
     let state = query_param(&loc, "state").unwrap();
     let mut cb = browser(&format!("/oauth2/callback?code=c&state={state}"))
         .with_header("cookie", &cookie_value(&set_cookies(&h)[0]));
@@ -637,15 +622,7 @@ fn the_access_token_goes_upstream_and_is_refreshed_once_before_it_expires() {
     let mut w = forwarding_world();
     let used = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     // the login: the token endpoint's id_token must carry the login's nonce
-    let mut h = browser("/");
-    w.run(&mut h, &mut |_| unreachable!());
-    let loc = h
-        .response
-        .clone()
-        .unwrap()
-        .header("location")
-        .unwrap()
-        .to_string();
+    let (loc, h) = w.begin_login();
     let (state, nonce) = (
         query_param(&loc, "state").unwrap(),
         query_param(&loc, "nonce").unwrap(),
