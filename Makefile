@@ -118,9 +118,15 @@ build-suite: wasm-target wasm-opt ## suite.wasm: all seven filters in one module
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,suite)
 
 # Like the suite: its own cargo invocation (the filters without `standalone`).
-build-chain: wasm-target wasm-opt ## chain.wasm: one Envoy filter per gateway running its filters in order (filters/chain)
+# Two modules from one build (filters/wasm-opt/callbacks): chain.wasm
+# exports no response callback (gateways whose filters need none: Envoy never
+# enters its VM for a response), chain_response.wasm exports the response
+# steps too (gateways with e2ee). The copy only renames cargo's output.
+build-chain: wasm-target wasm-opt ## chain.wasm (+ chain_response.wasm): one Envoy filter per gateway running its filters in order (filters/chain)
 	$(CARGO) build --release --target $(WASM_TARGET) -p chain
-	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,chain)
+	mkdir -p build/chain
+	cp -p $(CARGO_WASM_DIR)/chain.wasm build/chain/chain_response.wasm
+	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,chain) build/chain/chain_response.wasm
 
 build-native:
 	$(CARGO) build --release -p demo-services -p gatewayctl -p gateway-store
