@@ -347,6 +347,17 @@ impl Member {
     }
 }
 
+/// A response step's answer. The request's local reply (a denial) has its
+/// response go through the filters that ran like any other, so a reply
+/// sent earlier does not end a response step (unlike [`Member::step`]).
+fn response_step(a: Action) -> Step {
+    if matches!(a, Action::Continue) {
+        Step::Continue
+    } else {
+        Step::Hold
+    }
+}
+
 impl Stage for Member {
     fn headers(&mut self, end_of_stream: bool) -> Step {
         hooks::set_stage(self.index);
@@ -376,17 +387,17 @@ impl Stage for Member {
         let a = self
             .http
             .on_http_response_headers(self.headers, end_of_stream);
-        self.step(a)
+        response_step(a)
     }
     fn response_body(&mut self, size: usize, end_of_stream: bool) -> Step {
         hooks::set_stage(self.index);
         let a = self.http.on_http_response_body(size, end_of_stream);
-        self.step(a)
+        response_step(a)
     }
     fn response_trailers(&mut self) -> Step {
         hooks::set_stage(self.index);
         let a = self.http.on_http_response_trailers(0);
-        self.step(a)
+        response_step(a)
     }
     fn body_size(&mut self, response: bool) -> Option<usize> {
         if response {
