@@ -360,10 +360,10 @@ def filter_order(manager: dict) -> list[str]:
 
 @pytest.mark.parametrize("build", render.WASM_BUILDS)
 def test_the_internal_gateway_runs_sanitize_oidc_route_breaker_in_every_build(build):
-    """The contract's chain of the internal gateway, in every build (the chain
-    build keeps the internal gateway's per-filter blocks until the chain runs
-    oidc: docs/chain.md), with the client secret reaching oidc's VM as an
-    environment variable and never in its JSON configuration."""
+    """The contract's chain of the internal gateway, in every build (one
+    chain filter under the chain build: docs/chain.md), with the client
+    secret reaching oidc's VM as an environment variable and never in its
+    JSON configuration."""
     listeners = listeners_by_name_of(render.render("local", wasm_build=build))
     manager = hcm(listeners["internal"])
     assert filter_order(manager) == ["sanitize", "oidc", "route-breaker", "envoy.filters.http.router"]
