@@ -275,7 +275,13 @@ pub fn validate_parts(
             "sanitize" => sanitize::config::load(bytes).map(drop),
             "jwt" => jwt::config::load(bytes).map(drop),
             "replay-guard" => replay_guard::config::load(bytes, &env).map(drop),
+            #[cfg(feature = "e2ee")]
             "e2ee" => e2ee::config::load(bytes, &env).map(drop),
+            #[cfg(not(feature = "e2ee"))]
+            "e2ee" => Err(ConfigError::at(
+                ".",
+                "this build of the chain does not link e2ee (chain_response.wasm does)",
+            )),
             "fds-block" => fds_block::config::load(bytes).map(drop),
             "passport" => passport::config::load(bytes).map(drop),
             "route-breaker" => route_breaker::config::load(bytes).map(drop),

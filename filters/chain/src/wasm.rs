@@ -33,6 +33,9 @@ fn filter_root(name: &str, id: u32) -> Option<Box<dyn RootContext>> {
         "sanitize" => sanitize::root_context(id),
         "jwt" => jwt::root_context(id),
         "replay-guard" => replay_guard::root_context(id),
+        // chain.wasm is built without e2ee (Cargo feature `e2ee`):
+        // chain_response.wasm runs the gateways that have it.
+        #[cfg(feature = "e2ee")]
         "e2ee" => e2ee::root_context(id),
         "fds-block" => fds_block::root_context(id),
         "passport" => passport::root_context(id),
@@ -235,7 +238,7 @@ impl RootContext for Root {
             let name = &part.instance;
             let Some(mut root) = filter_root(part.filter, self.id) else {
                 log::error!(
-                    "chain: invalid config at `filters[{i}].name`: unknown filter {}",
+                    "chain: invalid config at `filters[{i}].name`: {} is not linked into this module (e2ee: chain_response.wasm)",
                     part.filter
                 );
                 return false;
