@@ -118,9 +118,18 @@ build-suite: wasm-target wasm-opt ## suite.wasm: all seven filters in one module
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,suite)
 
 # Like the suite: its own cargo invocation (the filters without `standalone`).
-build-chain: wasm-target wasm-opt ## chain.wasm: one Envoy filter per gateway running its filters in order (filters/chain)
+# Two modules (filters/wasm-opt/callbacks): chain.wasm, without e2ee (Cargo
+# feature), exports no response callback (gateways whose filters need none:
+# Envoy never enters its VM for a response); chain_response.wasm, with e2ee,
+# exports the response steps too (the app gateway). Cargo keeps both builds
+# (one per feature set), so an unchanged tree relinks neither.
+build-chain: wasm-target wasm-opt ## chain.wasm + chain_response.wasm: one Envoy filter per gateway running its filters in order (filters/chain)
+	mkdir -p build/chain
 	$(CARGO) build --release --target $(WASM_TARGET) -p chain
-	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,chain)
+	cp -p $(CARGO_WASM_DIR)/chain.wasm build/chain/chain_response.wasm
+	$(CARGO) build --release --target $(WASM_TARGET) -p chain --no-default-features
+	cp -p $(CARGO_WASM_DIR)/chain.wasm build/chain/chain.wasm
+	$(OPTIMIZE) $(WASM_DIR) build/chain/chain.wasm build/chain/chain_response.wasm
 
 build-native:
 	$(CARGO) build --release -p demo-services -p gatewayctl -p gateway-store

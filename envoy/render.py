@@ -30,11 +30,15 @@ ONE vm_id ("suite") for the whole process: the module is compiled once and
 runs in one VM per worker, each filter of each gateway keeping its root_id and
 configuration; the environment variables of all filters are merged into that
 VM's config. "chain" replaces each gateway's filter blocks by ONE filter that
-runs ${WASM_DIR}/chain.wasm (vm_id "chain") with the ordered list of that
-gateway's filters and their configurations as its configuration; per-route
-`disabled` FilterConfigs of those filters become the chain's
-`disabled_on_routes`; a listener without wasm filters stays as it is. See
-docs/chain.md and docs/performance.md.
+runs ${WASM_DIR}/chain.wasm (vm_id "chain"; chain_response.wasm, vm_id
+"chain_response", for a gateway with a filter that has response callbacks:
+e2ee) with the ordered list of that gateway's filters and their
+configurations as its configuration (a filter that appears twice, as the app
+gateway's sanitize-body, keeps its Envoy filter name as its instance name);
+per-route `disabled` FilterConfigs of those filters become the chain's
+`disabled_on_routes`; a listener without wasm filters stays as it is; a wasm
+filter the chain cannot run is an error. See docs/chain.md and
+docs/performance.md.
 
 Standard library only, so that it runs before any virtualenv exists (the
 suite build alone needs PyYAML: the project venv has it).
@@ -292,9 +296,16 @@ def to_suite(text: str, wasm_dir: str) -> str:
 #: Per-filter module file name -> the filter's name in a chain configuration.
 CHAIN_NAMES = {
     "sanitize.wasm": "sanitize", "jwt.wasm": "jwt", "replay_guard.wasm": "replay-guard",
-    "fds_block.wasm": "fds-block", "passport.wasm": "passport",
+    "e2ee.wasm": "e2ee", "fds_block.wasm": "fds-block", "passport.wasm": "passport",
     "route_breaker.wasm": "route-breaker", "san_authz.wasm": "san-authz", "oidc.wasm": "oidc",
 }
+#: Filters with response callbacks (filters/chain/src/config.rs
+#: RESPONSE_FILTERS): a gateway with one runs chain_response.wasm (which
+#: exports the response callbacks), every other gateway chain.wasm (which
+#: does not, so Envoy never enters its VM for a response).
+CHAIN_RESPONSE_FILTERS = frozenset({"e2ee"})
+#: Chain module -> its vm_id (one VM per worker for each module).
+CHAIN_MODULES = {"chain.wasm": "chain", "chain_response.wasm": "chain_response"}
 
 
 def _wasm_module(http: dict) -> str | None:
@@ -346,10 +357,12 @@ def _route_disables(route_config: dict, names: dict[str, str], where: str) -> di
 
 
 def to_chain(text: str, wasm_dir: str) -> str:
-    """The rendered config `text` with each HTTP connection manager's filter
-    blocks of the seven filters replaced by ONE filter running
-    `wasm_dir`/chain.wasm (vm_id "chain", one VM per worker for the process):
-    its configuration is {"filters": [{"name", "config"}...], "disabled_on_routes"}
+    """The rendered config `text` with each HTTP connection manager's wasm
+    filter blocks replaced by ONE filter running `wasm_dir`/chain.wasm (vm_id
+    "chain", one VM per worker for the process), or chain_response.wasm
+    (vm_id "chain_response") when a filter of the gateway has response
+    callbacks (CHAIN_RESPONSE_FILTERS): its configuration is
+    {"filters": [{"name", "instance"?, "config"}...], "disabled_on_routes"}
     in the gateway's order, each filter's configuration unchanged."""
     try:
         import yaml  # noqa: PLC0415 (only the suite and chain builds need it)
@@ -362,20 +375,18 @@ def to_chain(text: str, wasm_dir: str) -> str:
             for net in fc.get("filters", []):
                 hcm = net.get("typed_config", {})
                 filters = hcm.get("http_filters", [])
-                idx = [i for i, h in enumerate(filters) if _wasm_module(h)]
+                idx = [i for i, h in enumerate(filters)
+                       if h.get("typed_config", {}).get("@type", "").endswith(".filters.http.wasm.v3.Wasm")]
                 if not idx:
                     continue
-                # A gateway with a filter the chain does not run yet (e2ee:
-                # response-body streaming; a filter twice, as the app
-                # gateway's sanitize-body) keeps its per-filter blocks: it
-                # serves the contract the same, without the chain's savings
-                # (docs/chain.md).
-                wasm = [h for h in filters
-                        if h.get("typed_config", {}).get("@type", "").endswith(".filters.http.wasm.v3.Wasm")]
-                modules = [_wasm_module(h) for h in wasm]
-                if None in modules or len(set(modules)) != len(modules):
-                    continue
                 where = f"listener {listener.get('name')}"
+                # Every wasm filter of a gateway runs inside its chain: one
+                # the chain cannot run is an error, never a silent fallback
+                # to per-filter blocks.
+                for i in idx:
+                    if _wasm_module(filters[i]) is None:
+                        raise RenderError(f"{where}: chain build: the chain cannot run wasm filter "
+                                          f"{filters[i].get('name')!r} (known modules: {', '.join(sorted(CHAIN_NAMES))})")
                 if idx != list(range(idx[0], idx[-1] + 1)):
                     raise RenderError(f"{where}: chain build: the gateway's wasm filters must be adjacent")
                 blocks = [filters[i] for i in idx]
@@ -383,13 +394,23 @@ def to_chain(text: str, wasm_dir: str) -> str:
                 for h in blocks:
                     conf = h["typed_config"]["config"]
                     chain_name = CHAIN_NAMES[_wasm_module(h)]
-                    names[h.get("name", chain_name)] = chain_name
+                    # A filter that runs twice (the app gateway's
+                    # sanitize-body): the Envoy filter's name becomes the
+                    # part's instance name (filters/chain/src/config.rs).
+                    instance = h.get("name", chain_name)
+                    if instance in names:
+                        raise RenderError(f"{where}: chain build: two wasm filters named {instance!r}")
+                    names[instance] = instance
                     value = conf.get("configuration", {}).get("value", "")
                     try:
                         part = json.loads(value)
                     except ValueError as exc:
-                        raise RenderError(f"{where}: {chain_name}'s configuration is not JSON: {exc}") from exc
-                    parts.append({"name": chain_name, "config": part})
+                        raise RenderError(f"{where}: {instance}'s configuration is not JSON: {exc}") from exc
+                    entry = {"name": chain_name}
+                    if instance != chain_name:
+                        entry["instance"] = instance
+                    entry["config"] = part
+                    parts.append(entry)
                     stop_iter = stop_iter or bool(conf.get("allow_on_headers_stop_iteration"))
                     if conf.get("failure_policy", "FAIL_CLOSED") != "FAIL_CLOSED":
                         raise RenderError(f"{where}: chain build: {chain_name} is not FAIL_CLOSED")
@@ -399,6 +420,8 @@ def to_chain(text: str, wasm_dir: str) -> str:
                     off = _route_disables(rc, names, where)
                     if off:
                         doc["disabled_on_routes"] = off
+                module = ("chain_response.wasm" if any(p["name"] in CHAIN_RESPONSE_FILTERS for p in parts)
+                          else "chain.wasm")
                 chain_conf = {
                     "name": f"chain-{listener.get('name')}",
                     "root_id": "chain",
@@ -411,7 +434,7 @@ def to_chain(text: str, wasm_dir: str) -> str:
                 }
                 if stop_iter:
                     chain_conf["allow_on_headers_stop_iteration"] = True
-                chains.append((chain_conf, [b["typed_config"]["config"] for b in blocks]))
+                chains.append((chain_conf, [b["typed_config"]["config"] for b in blocks], module))
                 hcm["http_filters"] = filters[: idx[0]] + [{
                     "name": "chain",
                     "typed_config": {
@@ -421,12 +444,13 @@ def to_chain(text: str, wasm_dir: str) -> str:
                 }] + filters[idx[-1] + 1:]
     if not chains:
         return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
-    # One VM for every gateway's chain: one vm_config, the filters'
-    # environments merged (a clash is an error).
+    # One VM per chain module for every gateway's chain that runs it: one
+    # vm_config per module, the filters' environments merged (a clash is an
+    # error).
     env: dict[str, str] = {}
     host_keys: list[str] = []
     runtime = "envoy.wasm.runtime.v8"
-    for _, confs in chains:
+    for _, confs, _ in chains:
         for conf in confs:
             runtime = conf["vm_config"].get("runtime", runtime)
             ev = conf["vm_config"].get("environment_variables", {})
@@ -435,12 +459,13 @@ def to_chain(text: str, wasm_dir: str) -> str:
                     raise RenderError(f"chain build: environment variable {k} differs between filters")
                 env[k] = v
             host_keys += [k for k in ev.get("host_env_keys", []) if k not in host_keys]
-    vm = {"vm_id": "chain", "runtime": runtime, "code": {"local": {"filename": f"{wasm_dir}/chain.wasm"}}}
-    if env or host_keys:
-        vm["environment_variables"] = {**({"key_values": env} if env else {}),
-                                       **({"host_env_keys": host_keys} if host_keys else {})}
-    for chain_conf, _ in chains:
-        chain_conf["vm_config"] = json.loads(json.dumps(vm))
+    for chain_conf, _, module in chains:
+        vm = {"vm_id": CHAIN_MODULES[module], "runtime": runtime,
+              "code": {"local": {"filename": f"{wasm_dir}/{module}"}}}
+        if env or host_keys:
+            vm["environment_variables"] = {**({"key_values": env} if env else {}),
+                                           **({"host_env_keys": host_keys} if host_keys else {})}
+        chain_conf["vm_config"] = vm
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
 
 

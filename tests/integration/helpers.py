@@ -219,7 +219,9 @@ def set_filter_config(hcm: dict, name: str, config: dict) -> bool:
         elif f["name"] == "chain":
             chain = json.loads(conf["configuration"]["value"])
             for part in chain["filters"]:
-                if part["name"] == name:
+                # A part's name in the chain: its instance name
+                # (sanitize-body), else its filter's.
+                if part.get("instance", part["name"]) == name:
                     part["config"] = config
                     found = True
             conf["configuration"]["value"] = json.dumps(chain)

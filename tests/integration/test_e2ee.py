@@ -23,7 +23,7 @@ import requests
 
 import ece
 from helpers import (APP, FDS, KEYS, LISTENERS, TIMEOUT, admin_url, denial, echo_stats, h2_request, service_url,
-                     wait_until)
+                     wait_until, wasm_build)
 from signing import Signer, content_digest
 
 AUTHORITY = "127.0.0.1:10001"
@@ -395,3 +395,23 @@ def test_an_encrypted_request_decrypted_on_one_replica_is_a_replay_on_the_other(
     before = echo_stats()
     refused(requests.post(APP + "/api/v1/transfers", headers=headers, data=body, timeout=TIMEOUT),
             401, "replay", before)
+
+
+def test_the_running_app_gateway_has_e2ee_in_its_filters(stack):
+    """What the running Envoy serves on 10001 (its config dump): under the
+    chain build ONE wasm filter, chain_response.wasm (the module that
+    exports e2ee's response steps) running the whole gateway, sanitize-body
+    a named instance of sanitize; under the others, e2ee's own filter."""
+    dump = requests.get(admin_url("/config_dump?resource=static_listeners"), timeout=TIMEOUT).json()
+    [app] = [c["listener"] for c in dump["configs"] if c["listener"]["name"] == "app"]
+    manager = app["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm = [f for f in manager["http_filters"] if f["typed_config"]["@type"].endswith("wasm.v3.Wasm")]
+    if wasm_build() != "chain":
+        assert "e2ee" in [f["name"] for f in wasm]
+        return
+    assert [f["name"] for f in wasm] == ["chain"], "the app gateway runs exactly one wasm filter"
+    conf = wasm[0]["typed_config"]["config"]
+    assert conf["vm_config"]["vm_id"] == "chain_response"
+    parts = json.loads(conf["configuration"]["value"])["filters"]
+    assert [p.get("instance", p["name"]) for p in parts] == [
+        "sanitize", "replay-guard", "e2ee", "sanitize-body", "fds-block", "passport", "route-breaker"]

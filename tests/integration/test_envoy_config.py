@@ -351,7 +351,8 @@ def filter_order(manager: dict) -> list[str]:
     out = []
     for f in manager["http_filters"]:
         if f["name"] == "chain":
-            out += [p["name"] for p in json.loads(f["typed_config"]["config"]["configuration"]["value"])["filters"]]
+            out += [p.get("instance", p["name"])
+                    for p in json.loads(f["typed_config"]["config"]["configuration"]["value"])["filters"]]
         else:
             out.append(f["name"])
     return out
@@ -359,10 +360,10 @@ def filter_order(manager: dict) -> list[str]:
 
 @pytest.mark.parametrize("build", render.WASM_BUILDS)
 def test_the_internal_gateway_runs_sanitize_oidc_route_breaker_in_every_build(build):
-    """The contract's chain of the internal gateway, in every build (the chain
-    build keeps the internal gateway's per-filter blocks until the chain runs
-    oidc: docs/chain.md), with the client secret reaching oidc's VM as an
-    environment variable and never in its JSON configuration."""
+    """The contract's chain of the internal gateway, in every build (one
+    chain filter under the chain build: docs/chain.md), with the client
+    secret reaching oidc's VM as an environment variable and never in its
+    JSON configuration."""
     listeners = listeners_by_name_of(render.render("local", wasm_build=build))
     manager = hcm(listeners["internal"])
     assert filter_order(manager) == ["sanitize", "oidc", "route-breaker", "envoy.filters.http.router"]
@@ -375,6 +376,41 @@ def test_the_internal_gateway_runs_sanitize_oidc_route_breaker_in_every_build(bu
     if "filters" in conf:  # the chain: oidc's part, unchanged
         conf = next(p["config"] for p in conf["filters"] if p["name"] == "oidc")
     assert conf["client_secret_env"] == "OIDC_CLIENT_SECRET"
+
+
+@pytest.mark.parametrize("build", render.WASM_BUILDS)
+def test_the_app_gateway_runs_its_filters_in_order_in_every_build(build):
+    """The app gateway's order (sanitize -> replay-guard -> e2ee ->
+    sanitize-body -> fds-block -> passport -> route-breaker) in every build;
+    under the chain build it is ONE wasm filter (chain_response.wasm, whose
+    exports carry e2ee's response steps), sanitize-body a named instance of
+    sanitize with its own configuration, and every other gateway stays on
+    chain.wasm, which exports no response callback."""
+    listeners = listeners_by_name_of(render.render("local", wasm_build=build))
+    manager = hcm(listeners["app"])
+    assert filter_order(manager) == ["sanitize", "replay-guard", "e2ee", "sanitize-body", "fds-block",
+                                     "passport", "route-breaker", "envoy.filters.http.router"]
+    wasm = [f for f in manager["http_filters"] if f["typed_config"]["@type"].endswith("wasm.v3.Wasm")]
+    if build != "chain":
+        assert len(wasm) == 7
+        return
+    assert [f["name"] for f in wasm] == ["chain"], "the app gateway runs exactly one wasm filter"
+    conf = wasm[0]["typed_config"]["config"]
+    assert conf["vm_config"]["vm_id"] == "chain_response"
+    assert conf["vm_config"]["code"]["local"]["filename"].endswith("/chain_response.wasm")
+    parts = json.loads(conf["configuration"]["value"])["filters"]
+    body = next(p for p in parts if p.get("instance") == "sanitize-body")
+    assert body["name"] == "sanitize"
+    assert body["config"] == json.loads((REPO / "examples/config/sanitize/app-body.json").read_text())
+    for name in ("web", "egress", "secure", "internal"):
+        [chain] = [f for f in hcm(listeners[name])["http_filters"] if f["name"] == "chain"]
+        assert chain["typed_config"]["config"]["vm_config"]["vm_id"] == "chain", name
+
+
+def test_the_chain_build_refuses_a_wasm_filter_it_cannot_run(tmp_path):
+    text = render.render("local", wasm_build="filters").replace("/e2ee.wasm", "/unknown.wasm")
+    with pytest.raises(render.RenderError, match="cannot run wasm filter 'e2ee'"):
+        render.to_chain(text, "/wasm")
 
 
 def listeners_by_name_of(text: str) -> dict[str, dict]:

@@ -123,9 +123,9 @@ def test_every_implemented_callback_is_listed():
         assert not missing, f"{module} implements {sorted(missing)} but filters/wasm-opt/callbacks does not keep them"
 
 
-# The filters the chain can run (filters/chain/src/wasm.rs `filter_root`): not
-# e2ee, whose response-body steps the chain does not drive (docs/chain.md).
-CHAIN_MEMBERS = [m for m in CRATES if m != "e2ee"]
+# The filters the chain can run (filters/chain/src/wasm.rs `filter_root`): all.
+CHAIN_MEMBERS = list(CRATES)
+RESPONSE_CALLBACKS = {"response_headers", "response_body", "response_trailers"}
 
 
 def test_the_suite_keeps_every_filters_callbacks():
@@ -136,17 +136,24 @@ def test_the_suite_keeps_every_filters_callbacks():
 
 def test_the_chain_keeps_exactly_what_it_and_its_filters_implement():
     """The chain enters a filter only from its own callbacks: each callback a
-    member filter implements must be one the chain implements and exports,
-    and the chain exports nothing else (every other export is a VM entry
-    per request for nothing)."""
+    member filter implements must be one the chain implements, and
+    chain_response.wasm (gateways with e2ee) exports exactly those;
+    chain.wasm (every other gateway) exports the same minus the response
+    callbacks, so the web chain's VM entries do not grow with e2ee's
+    response steps (every other export is a VM entry per request for
+    nothing)."""
     lists = listed()
     own = implemented("filters/chain")
     members = set().union(*(implemented(CRATES[m]) for m in CHAIN_MEMBERS))
     assert members <= own, f"filters/chain does not forward {sorted(members - own)} to its filters"
-    assert lists["chain"] == own, f"chain line {sorted(lists['chain'])} != chain glue {sorted(own)}"
+    assert lists["chain_response"] == own, f"chain_response line {sorted(lists['chain_response'])} != chain glue {sorted(own)}"
+    assert lists["chain"] == own - RESPONSE_CALLBACKS, f"chain line {sorted(lists['chain'])}"
+    # The filters whose response callbacks make render.py pick chain_response.
+    responders = {m.replace("_", "-") for m in CHAIN_MEMBERS if implemented(CRATES[m]) & RESPONSE_CALLBACKS}
+    assert responders == set(render.CHAIN_RESPONSE_FILTERS), responders
 
 
-@pytest.mark.parametrize("module", [*CRATES, "suite", "chain"])
+@pytest.mark.parametrize("module", [*CRATES, "suite", "chain", "chain_response"])
 def test_built_module_exports_exactly_the_listed_callbacks(module):
     path = WASM_DIR / f"{module}.wasm"
     if not path.exists():

@@ -5,11 +5,17 @@
 //! ```json
 //! {"filters": [
 //!    {"name": "sanitize", "config": {...}},
-//!    {"name": "jwt", "config": {...}}],
+//!    {"name": "jwt", "config": {...}},
+//!    {"name": "sanitize", "instance": "sanitize-body", "config": {...}}],
 //!  "disabled_on_routes": {"health": ["fds-block", "route-breaker"]},
 //!  "header_writes": "each",
 //!  "export": []}
 //! ```
+//!
+//! A filter may run more than once (the app gateway's second sanitize pass,
+//! `sanitize-body`, judges the body e2ee decrypted): each run is a named
+//! instance with its own configuration and its own root context, exactly
+//! as two Envoy filters of one module would be.
 
 use std::collections::BTreeMap;
 
@@ -19,10 +25,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The filters a chain can run, by their Envoy filter name.
-pub const FILTERS: [&str; 8] = [
+pub const FILTERS: [&str; 9] = [
     "sanitize",
     "jwt",
     "replay-guard",
+    "e2ee",
     "fds-block",
     "passport",
     "route-breaker",
@@ -30,8 +37,17 @@ pub const FILTERS: [&str; 8] = [
     "oidc",
 ];
 
-/// Most filters in one chain (each filter at most once).
-pub const MAX_FILTERS: usize = FILTERS.len();
+/// The filters that implement response callbacks (headers, body,
+/// trailers): the chain drives its response steps for them only, and a
+/// chain that has none runs from a module that exports no response
+/// callback (docs/chain.md, "Response steps").
+pub const RESPONSE_FILTERS: [&str; 1] = ["e2ee"];
+
+/// Most parts in one chain (instances included).
+pub const MAX_FILTERS: usize = 16;
+
+/// Longest instance name.
+pub const MAX_INSTANCE_LEN: usize = 64;
 
 /// Most routes in `disabled_on_routes` (a route config's size).
 pub const MAX_ROUTES: usize = 256;
@@ -63,9 +79,16 @@ pub struct ChainConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Part {
-    /// The filter (`sanitize`, `jwt`, `replay-guard`, `fds-block`,
+    /// The filter (`sanitize`, `jwt`, `replay-guard`, `e2ee`, `fds-block`,
     /// `passport`, `route-breaker`, `san-authz`, `oidc`).
     pub name: String,
+    /// This part's name in the chain when the filter runs more than once
+    /// (the app gateway's `sanitize-body`): `[a-z0-9-]`, at most 64
+    /// characters, unique in the chain; what `disabled_on_routes` and the
+    /// chain's own logs name. Default: the filter's name. The filter's
+    /// metrics and decision logs are the filter's, whatever the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// The filter's own configuration (docs/filters/<name>.md).
     pub config: serde_json::Value,
 }
@@ -79,12 +102,30 @@ pub enum Writes {
     Map,
 }
 
+/// One part of a checked chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPart {
+    /// The filter ([`FILTERS`]).
+    pub filter: &'static str,
+    /// The part's name in the chain: its `instance`, else the filter's name.
+    pub instance: String,
+    /// The filter's configuration as JSON bytes.
+    pub config: Vec<u8>,
+}
+
+impl CompiledPart {
+    /// Whether the filter implements response callbacks ([`RESPONSE_FILTERS`]).
+    pub fn on_response(&self) -> bool {
+        RESPONSE_FILTERS.contains(&self.filter)
+    }
+}
+
 /// The chain's configuration, checked: the filters' own configurations are
 /// still JSON (each filter loads its part in its `on_configure`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compiled {
-    /// (filter name, its configuration as JSON bytes), in order.
-    pub parts: Vec<(&'static str, Vec<u8>)>,
+    /// The parts, in order.
+    pub parts: Vec<CompiledPart>,
     /// Route name → for each filter of `parts`, whether it is disabled there.
     pub disabled: BTreeMap<String, Vec<bool>>,
     pub writes: HeaderWrites,
@@ -96,6 +137,22 @@ impl Compiled {
     pub fn disabled_on(&self, route: &str) -> Option<&[bool]> {
         self.disabled.get(route).map(Vec::as_slice)
     }
+
+    /// Whether any part implements response callbacks: only then does the
+    /// chain need a module that exports them (docs/chain.md).
+    pub fn on_response(&self) -> bool {
+        self.parts.iter().any(CompiledPart::on_response)
+    }
+}
+
+/// Whether `name` is a valid instance name (`[a-z0-9-]`, 1 to
+/// [`MAX_INSTANCE_LEN`] characters).
+fn valid_instance(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_INSTANCE_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Parses and checks a chain configuration.
@@ -111,9 +168,15 @@ fn compile(c: ChainConfig) -> Result<Compiled, ConfigError> {
             "a chain needs at least one filter",
         ));
     }
-    let mut parts: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(c.filters.len());
+    if c.filters.len() > MAX_FILTERS {
+        return Err(ConfigError::at(
+            "filters",
+            format!("at most {MAX_FILTERS} filters in one chain"),
+        ));
+    }
+    let mut parts: Vec<CompiledPart> = Vec::with_capacity(c.filters.len());
     for (i, p) in c.filters.iter().enumerate() {
-        let Some(name) = FILTERS.iter().copied().find(|f| *f == p.name) else {
+        let Some(filter) = FILTERS.iter().copied().find(|f| *f == p.name) else {
             return Err(ConfigError::at(
                 format!("filters[{i}].name"),
                 format!(
@@ -123,15 +186,36 @@ fn compile(c: ChainConfig) -> Result<Compiled, ConfigError> {
                 ),
             ));
         };
-        if parts.iter().any(|(n, _)| *n == name) {
+        let instance = match &p.instance {
+            Some(n) if !valid_instance(n) => {
+                return Err(ConfigError::at(
+                    format!("filters[{i}].instance"),
+                    format!("{n:?} is not an instance name ([a-z0-9-], 1 to {MAX_INSTANCE_LEN} characters)"),
+                ));
+            }
+            Some(n) => n.clone(),
+            None => filter.to_string(),
+        };
+        if parts.iter().any(|q| q.instance == instance) {
+            let at = if p.instance.is_some() {
+                "instance"
+            } else {
+                "name"
+            };
             return Err(ConfigError::at(
-                format!("filters[{i}].name"),
-                format!("{name} is already in the chain (each filter runs at most once)"),
+                format!("filters[{i}].{at}"),
+                format!(
+                    "{instance} is already in the chain (a filter that runs twice needs an `instance` name for each other run)"
+                ),
             ));
         }
-        let bytes = serde_json::to_vec(&p.config)
+        let config = serde_json::to_vec(&p.config)
             .map_err(|e| ConfigError::at(format!("filters[{i}].config"), e.to_string()))?;
-        parts.push((name, bytes));
+        parts.push(CompiledPart {
+            filter,
+            instance,
+            config,
+        });
     }
     if c.disabled_on_routes.len() > MAX_ROUTES {
         return Err(ConfigError::at(
@@ -143,7 +227,7 @@ fn compile(c: ChainConfig) -> Result<Compiled, ConfigError> {
     for (route, names) in &c.disabled_on_routes {
         let mut off = vec![false; parts.len()];
         for (j, n) in names.iter().enumerate() {
-            let Some(k) = parts.iter().position(|(p, _)| p == n) else {
+            let Some(k) = parts.iter().position(|p| p.instance == *n) else {
                 return Err(ConfigError::at(
                     format!("disabled_on_routes.{route}[{j}]"),
                     format!("{n:?} is not a filter of this chain"),
@@ -185,11 +269,19 @@ pub fn validate_parts(
     c: &Compiled,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
-    for (i, (name, bytes)) in c.parts.iter().enumerate() {
-        let r = match *name {
+    for (i, part) in c.parts.iter().enumerate() {
+        let (name, bytes) = (part.filter, &part.config);
+        let r = match name {
             "sanitize" => sanitize::config::load(bytes).map(drop),
             "jwt" => jwt::config::load(bytes).map(drop),
             "replay-guard" => replay_guard::config::load(bytes, &env).map(drop),
+            #[cfg(feature = "e2ee")]
+            "e2ee" => e2ee::config::load(bytes, &env).map(drop),
+            #[cfg(not(feature = "e2ee"))]
+            "e2ee" => Err(ConfigError::at(
+                ".",
+                "this build of the chain does not link e2ee (chain_response.wasm does)",
+            )),
             "fds-block" => fds_block::config::load(bytes).map(drop),
             "passport" => passport::config::load(bytes).map(drop),
             "route-breaker" => route_breaker::config::load(bytes).map(drop),
@@ -227,11 +319,79 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.parts.len(), 2);
-        assert_eq!(c.parts[0], ("sanitize", br#"{"dry_run":true}"#.to_vec()));
-        assert_eq!(c.parts[1].0, "route-breaker");
+        assert_eq!(
+            c.parts[0],
+            CompiledPart {
+                filter: "sanitize",
+                instance: "sanitize".into(),
+                config: br#"{"dry_run":true}"#.to_vec()
+            }
+        );
+        assert_eq!(c.parts[1].filter, "route-breaker");
+        assert!(!c.on_response());
         assert_eq!(c.disabled_on("health"), Some(&[false, true][..]));
         assert_eq!(c.disabled_on("api"), None);
         assert_eq!(c.writes, HeaderWrites::Each);
+    }
+
+    #[test]
+    fn a_filter_runs_twice_as_named_instances_each_with_its_config() {
+        let c = load(
+            br#"{"filters":[{"name":"sanitize","config":{"dry_run":true}},
+                            {"name":"e2ee","config":{}},
+                            {"name":"sanitize","instance":"sanitize-body","config":{}}],
+                 "disabled_on_routes":{"health":["sanitize-body","e2ee"]}}"#,
+        )
+        .unwrap();
+        let names: Vec<_> = c
+            .parts
+            .iter()
+            .map(|p| (p.filter, p.instance.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("sanitize", "sanitize"),
+                ("e2ee", "e2ee"),
+                ("sanitize", "sanitize-body")
+            ]
+        );
+        assert_eq!(c.parts[2].config, b"{}");
+        assert_eq!(c.disabled_on("health"), Some(&[false, true, true][..]));
+        assert!(c.on_response(), "e2ee answers response callbacks");
+    }
+
+    #[test]
+    fn instance_names_are_unique_and_well_formed() {
+        // The same filter twice without a name for the second run.
+        let e = load(
+            br#"{"filters":[{"name":"sanitize","config":{}},{"name":"sanitize","config":{}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "filters[1].name");
+        // An instance that takes another part's name.
+        let e = load(
+            br#"{"filters":[{"name":"jwt","config":{}},{"name":"sanitize","instance":"jwt","config":{}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "filters[1].instance");
+        for bad in [
+            "",
+            "Sanitize",
+            "a b",
+            "x.y",
+            &"a".repeat(MAX_INSTANCE_LEN + 1),
+        ] {
+            let doc = serde_json::json!({"filters": [{"name": "sanitize", "instance": bad, "config": {}}]});
+            let e = load(&serde_json::to_vec(&doc).unwrap()).unwrap_err();
+            assert_eq!(e.path, "filters[0].instance", "{bad:?}");
+        }
+        let many: Vec<_> = (0..=MAX_FILTERS)
+            .map(|i| serde_json::json!({"name": "sanitize", "instance": format!("s{i}"), "config": {}}))
+            .collect();
+        let e = load(&serde_json::to_vec(&serde_json::json!({ "filters": many })).unwrap())
+            .unwrap_err();
+        assert_eq!(e.path, "filters");
     }
 
     #[test]
@@ -280,5 +440,7 @@ mod tests {
     fn the_schema_describes_the_parts() {
         let s = schema();
         assert!(s["properties"]["filters"].is_object());
+        assert!(s["$defs"]["Part"]["properties"]["instance"].is_object());
+        filter_core::testing::assert_schema_current(env!("CARGO_MANIFEST_DIR"), "chain", &s);
     }
 }

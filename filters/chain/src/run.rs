@@ -18,6 +18,16 @@
 //! Unlike separate Envoy filters, a filter that does not read the body
 //! never sees body callbacks: one that holds for a callout keeps holding
 //! until its answer comes, whatever data arrives meanwhile.
+//!
+//! The response goes the other way, as Envoy's filter manager runs
+//! encoders: response headers, body data and trailers go to the filters
+//! that ran for the request and implement response callbacks
+//! ([`Stage::on_response`]), in reverse order. Each chunk goes through
+//! them in turn, each one getting the chunk as the one before it left it
+//! (a filter that replaces the chunk, e2ee's records, tells its new size
+//! through [`Stage::body_size`]); a filter that holds stops the ones after
+//! it until it lets go, and they then get what has been buffered, as on
+//! the request side.
 
 /// What a filter did in a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +49,47 @@ pub trait Stage {
     fn trailers(&mut self) -> Step;
     /// Whether the filter reads the request body (gets body callbacks).
     fn reads_body(&self) -> bool;
+    /// Whether the filter gets the response callbacks (headers, body and
+    /// trailers). Default: no.
+    fn on_response(&self) -> bool {
+        false
+    }
+    /// Response headers.
+    fn response_headers(&mut self, _end_of_stream: bool) -> Step {
+        Step::Continue
+    }
+    /// Response body data; `size` is the data as the filters before this
+    /// one (in response order) left it.
+    fn response_body(&mut self, _size: usize, _end_of_stream: bool) -> Step {
+        Step::Continue
+    }
+    /// Response trailers: the response body is complete.
+    fn response_trailers(&mut self) -> Step {
+        Step::Continue
+    }
+    /// After a body step of this filter: the body's size now if the filter
+    /// replaced it (request: the whole body; response: the chunk), `None`
+    /// when it left it alone. Asked only when a filter after it gets the
+    /// body.
+    fn body_size(&mut self, _response: bool) -> Option<usize> {
+        None
+    }
+}
+
+/// Where the response stands: the response side of a [`Run`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Response {
+    /// The filters that get the response callbacks, in response order.
+    order: Vec<usize>,
+    /// How many of `order` have run their response-headers step.
+    reached: usize,
+    /// The position (in `order`) of the filter that holds the response.
+    held: Option<usize>,
+    headers_eos: bool,
+    /// The latest body callback: (size, end of stream).
+    body: Option<(usize, bool)>,
+    trailers: bool,
+    replied: bool,
 }
 
 /// The state of one request's run through the chain.
@@ -57,6 +108,7 @@ pub struct Run {
     replied: bool,
     /// Every filter has let the request go.
     passed: bool,
+    response: Response,
 }
 
 impl Run {
@@ -137,15 +189,39 @@ impl Run {
         }
     }
 
-    fn body_step<S: Stage>(&self, s: &mut S) -> Option<Step> {
+    /// A body reader's body step. `first`: the filter has not seen the body
+    /// yet (it was held behind another filter); when the trailers are in,
+    /// it gets the body first, then the trailers, as Envoy's filter manager
+    /// gives a filter it resumes.
+    fn body_step<S: Stage>(&mut self, s: &mut S, first: bool) -> Option<Step> {
         if !s.reads_body() {
             return None;
         }
-        if self.trailers {
-            Some(s.trailers())
+        let step = if self.trailers {
+            match self.body {
+                Some((n, _)) if first => match s.body(n, false) {
+                    Step::Replied => Step::Replied,
+                    _ => {
+                        if let (Some(m), Some((size, _))) = (s.body_size(false), self.body.as_mut())
+                        {
+                            *size = m;
+                        }
+                        s.trailers()
+                    }
+                },
+                _ => s.trailers(),
+            }
         } else {
-            self.body.map(|(n, eos)| s.body(n, eos))
+            let (n, eos) = self.body?;
+            s.body(n, eos)
+        };
+        // A filter that replaced the body (e2ee's plaintext, sanitize's
+        // rewrite): the filters after it get its size, as Envoy would give
+        // them.
+        if let (Some(n), Some((size, _))) = (s.body_size(false), self.body.as_mut()) {
+            *size = n;
         }
+        Some(step)
     }
 
     /// Runs the filters from `from` on (none of them has run yet).
@@ -159,7 +235,7 @@ impl Run {
             let eos = self.headers_eos && self.body.is_none() && !self.trailers;
             let mut step = s.headers(eos);
             if step != Step::Replied {
-                if let Some(b) = self.body_step(s) {
+                if let Some(b) = self.body_step(s, true) {
                     step = b;
                 }
             }
@@ -197,7 +273,7 @@ impl Run {
                 continue;
             }
             let Some(s) = st.get_mut(i) else { break };
-            let Some(step) = self.body_step(s) else {
+            let Some(step) = self.body_step(s, false) else {
                 if self.held == Some(i) {
                     // Holds for a callout: the body waits with it.
                     return Step::Hold;
@@ -229,6 +305,154 @@ impl Run {
     }
 }
 
+/// The response side, in reverse order of the chain.
+impl Run {
+    /// The response headers arrived: the filters that ran for the request
+    /// and implement response callbacks get them, last one first.
+    pub fn response_headers<S: Stage>(&mut self, st: &mut [S], end_of_stream: bool) -> Step {
+        let ran: Vec<usize> = self.ran().collect();
+        let order = ran
+            .into_iter()
+            .rev()
+            .filter(|i| st.get(*i).is_some_and(|s| s.on_response()))
+            .collect();
+        self.response = Response {
+            order,
+            headers_eos: end_of_stream,
+            ..Response::default()
+        };
+        self.response_advance(st, 0)
+    }
+
+    /// Response body data arrived (`size`: the chunk, or everything
+    /// buffered while the response is held).
+    pub fn response_body<S: Stage>(
+        &mut self,
+        st: &mut [S],
+        size: usize,
+        end_of_stream: bool,
+    ) -> Step {
+        self.response.body = Some((size, end_of_stream));
+        self.response_deliver(st)
+    }
+
+    /// Response trailers arrived: the response body is complete.
+    pub fn response_trailers<S: Stage>(&mut self, st: &mut [S]) -> Step {
+        self.response.trailers = true;
+        self.response_deliver(st)
+    }
+
+    /// The filter that holds the response, by its index in the chain.
+    pub fn response_held(&self) -> Option<usize> {
+        let r = &self.response;
+        r.held.and_then(|p| r.order.get(p).copied())
+    }
+
+    /// `first`: as [`Run::body_step`]'s.
+    fn response_body_step<S: Stage>(&mut self, s: &mut S, first: bool, last: bool) -> Option<Step> {
+        let r = &mut self.response;
+        let step = if r.trailers {
+            if let (true, Some((n, _))) = (first, r.body) {
+                if s.response_body(n, false) == Step::Replied {
+                    return Some(Step::Replied);
+                }
+                if let (false, Some(m), Some((size, _))) =
+                    (last, s.body_size(true), r.body.as_mut())
+                {
+                    *size = m;
+                }
+            }
+            s.response_trailers()
+        } else {
+            let (n, eos) = r.body?;
+            s.response_body(n, eos)
+        };
+        if !last {
+            if let (Some(n), Some((size, _))) = (s.body_size(true), r.body.as_mut()) {
+                *size = n;
+            }
+        }
+        Some(step)
+    }
+
+    /// The response filters from position `from` of the response order
+    /// run their headers step (and get the body that has arrived).
+    fn response_advance<S: Stage>(&mut self, st: &mut [S], from: usize) -> Step {
+        let n = self.response.order.len();
+        for pos in from..n {
+            self.response.reached = pos + 1;
+            let Some(i) = self.response.order.get(pos).copied() else {
+                break;
+            };
+            let Some(s) = st.get_mut(i) else { break };
+            let r = &self.response;
+            let eos = r.headers_eos && r.body.is_none() && !r.trailers;
+            let mut step = s.response_headers(eos);
+            if step != Step::Replied {
+                if let Some(b) = self.response_body_step(s, true, pos + 1 == n) {
+                    step = b;
+                }
+            }
+            match self.response_outcome(pos, step) {
+                Step::Continue => {}
+                other => return other,
+            }
+        }
+        Step::Continue
+    }
+
+    /// Body data or trailers: through the response filters that have their
+    /// headers, in response order, up to the one that holds; on from there
+    /// when it lets go.
+    fn response_deliver<S: Stage>(&mut self, st: &mut [S]) -> Step {
+        if self.response.replied {
+            return Step::Replied;
+        }
+        let n = self.response.order.len();
+        let reached = self.response.reached;
+        for pos in 0..reached {
+            let Some(i) = self.response.order.get(pos).copied() else {
+                break;
+            };
+            let Some(s) = st.get_mut(i) else { break };
+            let step = self
+                .response_body_step(s, false, pos + 1 == n)
+                .unwrap_or(Step::Continue);
+            match self.response_outcome(pos, step) {
+                Step::Continue => {}
+                other => return other,
+            }
+        }
+        if reached < n {
+            // The filter that held the headers let go: the ones after it
+            // get the headers and what has arrived.
+            return self.response_advance(st, reached);
+        }
+        Step::Continue
+    }
+
+    fn response_outcome(&mut self, pos: usize, step: Step) -> Step {
+        let r = &mut self.response;
+        match step {
+            Step::Continue => {
+                if r.held == Some(pos) {
+                    r.held = None;
+                }
+                Step::Continue
+            }
+            Step::Hold => {
+                r.held = Some(pos);
+                Step::Hold
+            }
+            Step::Replied => {
+                r.replied = true;
+                r.held = None;
+                Step::Replied
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +467,17 @@ mod tests {
         /// Answer to body/trailers: Hold until end of stream, then this.
         at_end: Step,
         log: Rc<RefCell<Vec<String>>>,
+        /// Response side: gets response callbacks, its answer to the
+        /// headers, whether it holds the body until its end, and how many
+        /// bytes it adds to each chunk (a re-encoder).
+        responds: bool,
+        on_response_headers: Step,
+        hold_response_body: bool,
+        adds: usize,
+        last_size: usize,
+        /// The request body it replaces with this many bytes at its end.
+        replaces_with: Option<usize>,
+        replaced: Option<usize>,
     }
 
     impl Stage for Fake {
@@ -257,6 +492,7 @@ mod tests {
                 .borrow_mut()
                 .push(format!("{}:body({size},{eos})", self.name));
             if eos {
+                self.replaced = self.replaces_with;
                 self.at_end
             } else {
                 Step::Hold
@@ -266,10 +502,44 @@ mod tests {
             self.log
                 .borrow_mut()
                 .push(format!("{}:trailers", self.name));
+            self.replaced = self.replaces_with;
             self.at_end
         }
         fn reads_body(&self) -> bool {
             self.reads_body
+        }
+        fn on_response(&self) -> bool {
+            self.responds
+        }
+        fn response_headers(&mut self, eos: bool) -> Step {
+            self.log
+                .borrow_mut()
+                .push(format!("{}:response_headers({eos})", self.name));
+            self.on_response_headers
+        }
+        fn response_body(&mut self, size: usize, eos: bool) -> Step {
+            self.log
+                .borrow_mut()
+                .push(format!("{}:response_body({size},{eos})", self.name));
+            self.last_size = size;
+            if self.hold_response_body && !eos {
+                Step::Hold
+            } else {
+                Step::Continue
+            }
+        }
+        fn response_trailers(&mut self) -> Step {
+            self.log
+                .borrow_mut()
+                .push(format!("{}:response_trailers", self.name));
+            Step::Continue
+        }
+        fn body_size(&mut self, response: bool) -> Option<usize> {
+            if response {
+                (self.adds > 0).then(|| self.last_size + self.adds)
+            } else {
+                self.replaced.take()
+            }
         }
     }
 
@@ -292,6 +562,13 @@ mod tests {
                 on_headers,
                 at_end: Step::Continue,
                 log: self.log.clone(),
+                responds: false,
+                on_response_headers: Step::Continue,
+                hold_response_body: false,
+                adds: 0,
+                last_size: 0,
+                replaces_with: None,
+                replaced: None,
             });
             self
         }
@@ -302,7 +579,31 @@ mod tests {
                 on_headers,
                 at_end,
                 log: self.log.clone(),
+                responds: false,
+                on_response_headers: Step::Continue,
+                hold_response_body: false,
+                adds: 0,
+                last_size: 0,
+                replaces_with: None,
+                replaced: None,
             });
+            self
+        }
+        /// The last stage added also gets the response callbacks.
+        fn responding(mut self, on_headers: Step, hold_body: bool, adds: usize) -> Self {
+            if let Some(f) = self.stages.last_mut() {
+                f.responds = true;
+                f.on_response_headers = on_headers;
+                f.hold_response_body = hold_body;
+                f.adds = adds;
+            }
+            self
+        }
+        /// The last stage added replaces the request body at its end.
+        fn replacing(mut self, with: usize) -> Self {
+            if let Some(f) = self.stages.last_mut() {
+                f.replaces_with = Some(with);
+            }
             self
         }
         fn log(&self) -> Vec<String> {
@@ -391,7 +692,37 @@ mod tests {
                 "sanitize:body(5,false)",
                 "sanitize:trailers",
                 "replay:headers(false)",
+                "replay:body(5,false)",
                 "replay:trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_reader_held_until_the_trailers_gets_the_body_then_the_trailers() {
+        // HTTP/2 with trailers: e2ee, held behind replay-guard's body check,
+        // needs the body before the trailers, as Envoy would give it.
+        let mut s = Script::new()
+            .body_stage("replay", Hold, Continue)
+            .body_stage("e2ee", Hold, Continue)
+            .replacing(9)
+            .body_stage("sanitize-body", Hold, Continue);
+        let mut r = Run::default();
+        r.headers(&mut s.stages, false);
+        assert_eq!(r.body(&mut s.stages, 40, false), Hold);
+        assert_eq!(r.trailers(&mut s.stages), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "replay:headers(false)",
+                "replay:body(40,false)",
+                "replay:trailers",
+                "e2ee:headers(false)",
+                "e2ee:body(40,false)",
+                "e2ee:trailers",
+                "sanitize-body:headers(false)",
+                "sanitize-body:body(9,false)",
+                "sanitize-body:trailers"
             ]
         );
     }
@@ -498,6 +829,185 @@ mod tests {
                 "sanitize:headers(false)",
                 "jwt:headers(false)",
                 "sanitize:body(3,true)"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_response_goes_to_the_response_filters_that_ran_last_one_first() {
+        let mut s = Script::new()
+            .stage("sanitize", Continue)
+            .responding(Continue, false, 0)
+            .stage("jwt", Continue)
+            .stage("e2ee", Continue)
+            .responding(Continue, false, 0)
+            .stage("breaker", Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, true), Continue);
+        s.log();
+        assert_eq!(r.response_headers(&mut s.stages, false), Continue);
+        assert_eq!(r.response_body(&mut s.stages, 5, false), Continue);
+        assert_eq!(r.response_body(&mut s.stages, 3, true), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "e2ee:response_headers(false)",
+                "sanitize:response_headers(false)",
+                "e2ee:response_body(5,false)",
+                "sanitize:response_body(5,false)",
+                "e2ee:response_body(3,true)",
+                "sanitize:response_body(3,true)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_filter_that_replaces_a_response_chunk_hands_its_new_size_on() {
+        // e2ee (later in the chain, so first for the response) turns each
+        // chunk into records, 4 bytes longer here; the filter before it in
+        // the chain gets the records.
+        let mut s = Script::new()
+            .stage("outer", Continue)
+            .responding(Continue, false, 0)
+            .stage("e2ee", Continue)
+            .responding(Continue, false, 4);
+        let mut r = Run::default();
+        r.headers(&mut s.stages, true);
+        r.response_headers(&mut s.stages, false);
+        s.log();
+        assert_eq!(r.response_body(&mut s.stages, 10, false), Continue);
+        assert_eq!(r.response_trailers(&mut s.stages), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "e2ee:response_body(10,false)",
+                "outer:response_body(14,false)",
+                "e2ee:response_trailers",
+                "outer:response_trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn response_headers_end_of_stream_and_filters_without_response_callbacks() {
+        let mut s = Script::new()
+            .stage("jwt", Continue)
+            .stage("e2ee", Continue)
+            .responding(Continue, false, 0);
+        let mut r = Run::default();
+        r.headers(&mut s.stages, true);
+        s.log();
+        assert_eq!(r.response_headers(&mut s.stages, true), Continue);
+        assert_eq!(s.log(), ["e2ee:response_headers(true)"]);
+
+        // No filter with response callbacks: nothing is called.
+        let mut s = Script::new()
+            .stage("jwt", Continue)
+            .stage("breaker", Continue);
+        let mut r = Run::default();
+        r.headers(&mut s.stages, true);
+        s.log();
+        assert_eq!(r.response_headers(&mut s.stages, false), Continue);
+        assert_eq!(r.response_body(&mut s.stages, 7, true), Continue);
+        assert!(s.log().is_empty());
+    }
+
+    #[test]
+    fn after_a_denial_only_the_filters_that_ran_see_the_response() {
+        let mut s = Script::new()
+            .stage("sanitize", Continue)
+            .responding(Continue, false, 0)
+            .stage("replay", Replied)
+            .stage("e2ee", Continue)
+            .responding(Continue, false, 0);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, true), Replied);
+        s.log();
+        // The local reply's response: e2ee never ran, so it is not asked.
+        assert_eq!(r.response_headers(&mut s.stages, false), Continue);
+        assert_eq!(r.response_body(&mut s.stages, 40, true), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "sanitize:response_headers(false)",
+                "sanitize:response_body(40,true)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_response_filter_that_holds_stops_the_ones_after_it_until_it_lets_go() {
+        // The last filter of the chain holds the response headers and body
+        // until the body's end; the filter before it gets nothing until
+        // then, and then the headers and the whole (buffered) body.
+        let mut s = Script::new()
+            .stage("outer", Continue)
+            .responding(Continue, false, 0)
+            .stage("inner", Continue)
+            .responding(Hold, true, 0);
+        let mut r = Run::default();
+        r.headers(&mut s.stages, true);
+        s.log();
+        assert_eq!(r.response_headers(&mut s.stages, false), Hold);
+        assert_eq!(r.response_held(), Some(1));
+        assert_eq!(r.response_body(&mut s.stages, 4, false), Hold);
+        assert_eq!(r.response_body(&mut s.stages, 9, true), Continue);
+        assert_eq!(r.response_held(), None);
+        assert_eq!(
+            s.log(),
+            [
+                "inner:response_headers(false)",
+                "inner:response_body(4,false)",
+                "inner:response_body(9,true)",
+                "outer:response_headers(false)",
+                "outer:response_body(9,true)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_filter_that_replaces_the_request_body_hands_its_size_to_the_ones_after_it() {
+        // e2ee decrypts 60 bytes into 23; sanitize-body judges 23.
+        let mut s = Script::new()
+            .body_stage("e2ee", Hold, Continue)
+            .replacing(23)
+            .body_stage("sanitize-body", Hold, Continue);
+        let mut r = Run::default();
+        assert_eq!(r.headers(&mut s.stages, false), Hold);
+        assert_eq!(r.body(&mut s.stages, 60, true), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "e2ee:headers(false)",
+                "e2ee:body(60,true)",
+                "sanitize-body:headers(false)",
+                "sanitize-body:body(23,true)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_response_held_until_its_trailers_reaches_the_next_filter_body_first() {
+        let mut s = Script::new()
+            .stage("outer", Continue)
+            .responding(Continue, false, 0)
+            .stage("inner", Continue)
+            .responding(Hold, true, 0);
+        let mut r = Run::default();
+        r.headers(&mut s.stages, true);
+        s.log();
+        assert_eq!(r.response_headers(&mut s.stages, false), Hold);
+        assert_eq!(r.response_body(&mut s.stages, 6, false), Hold);
+        assert_eq!(r.response_trailers(&mut s.stages), Continue);
+        assert_eq!(
+            s.log(),
+            [
+                "inner:response_headers(false)",
+                "inner:response_body(6,false)",
+                "inner:response_trailers",
+                "outer:response_headers(false)",
+                "outer:response_body(6,false)",
+                "outer:response_trailers"
             ]
         );
     }

@@ -25,7 +25,7 @@ proxy_wasm::main! {{
 }}
 
 /// The filters that read the request body (get body and trailer callbacks).
-const READS_BODY: [&str; 2] = ["sanitize", "replay-guard"];
+const READS_BODY: [&str; 3] = ["sanitize", "replay-guard", "e2ee"];
 
 /// A filter's root context, as its own module would create it.
 fn filter_root(name: &str, id: u32) -> Option<Box<dyn RootContext>> {
@@ -33,6 +33,10 @@ fn filter_root(name: &str, id: u32) -> Option<Box<dyn RootContext>> {
         "sanitize" => sanitize::root_context(id),
         "jwt" => jwt::root_context(id),
         "replay-guard" => replay_guard::root_context(id),
+        // chain.wasm is built without e2ee (Cargo feature `e2ee`):
+        // chain_response.wasm runs the gateways that have it.
+        #[cfg(feature = "e2ee")]
+        "e2ee" => e2ee::root_context(id),
         "fds-block" => fds_block::root_context(id),
         "passport" => passport::root_context(id),
         "route-breaker" => route_breaker::root_context(id),
@@ -230,13 +234,19 @@ impl RootContext for Root {
         };
         let mut filters = Vec::with_capacity(config.parts.len());
         let _ = hooks::take_ticks();
-        for (i, (name, part)) in config.parts.iter().enumerate() {
-            let Some(mut root) = filter_root(name, self.id) else {
-                log::error!("chain: invalid config at `filters[{i}].name`: unknown filter {name}");
+        for (i, part) in config.parts.iter().enumerate() {
+            let name = &part.instance;
+            let Some(mut root) = filter_root(part.filter, self.id) else {
+                log::error!(
+                    "chain: invalid config at `filters[{i}].name`: {} is not linked into this module (e2ee: chain_response.wasm)",
+                    part.filter
+                );
                 return false;
             };
             hooks::set_stage(i);
-            let ok = hooks::with_config(part.clone(), || root.on_configure(part.len()));
+            let bytes = part.config.clone();
+            let len = bytes.len();
+            let ok = hooks::with_config(bytes, || root.on_configure(len));
             if !ok {
                 log::error!(
                     "chain: filters[{i}] ({name}) refused its configuration (the error above names the field)"
@@ -251,7 +261,7 @@ impl RootContext for Root {
             config
                 .parts
                 .iter()
-                .map(|(n, _)| *n)
+                .map(|p| p.instance.as_str())
                 .collect::<Vec<_>>()
                 .join(" -> ")
         );
@@ -289,13 +299,14 @@ impl RootContext for Root {
             cfg.export.clone(),
         )));
         let mut stages = Vec::with_capacity(self.filters.len());
-        for (i, (f, (name, _))) in self.filters.iter().zip(cfg.parts.iter()).enumerate() {
+        for (i, (f, part)) in self.filters.iter().zip(cfg.parts.iter()).enumerate() {
             hooks::set_stage(i);
             let http = f.create_http_context(id)?;
             stages.push(Member {
                 index: i,
                 http,
-                reads_body: READS_BODY.contains(name),
+                reads_body: READS_BODY.contains(&part.filter),
+                on_response: part.on_response(),
                 ctx: ctx.clone(),
                 headers: 0,
             });
@@ -320,6 +331,8 @@ struct Member {
     index: usize,
     http: Box<dyn HttpContext>,
     reads_body: bool,
+    /// The filter implements response callbacks (config::RESPONSE_FILTERS).
+    on_response: bool,
     ctx: hooks::Shared,
     /// The header count of the current callback (passed through).
     headers: usize,
@@ -334,6 +347,17 @@ impl Member {
         } else {
             Step::Hold
         }
+    }
+}
+
+/// A response step's answer. The request's local reply (a denial) has its
+/// response go through the filters that ran like any other, so a reply
+/// sent earlier does not end a response step (unlike [`Member::step`]).
+fn response_step(a: Action) -> Step {
+    if matches!(a, Action::Continue) {
+        Step::Continue
+    } else {
+        Step::Hold
     }
 }
 
@@ -357,6 +381,41 @@ impl Stage for Member {
     }
     fn reads_body(&self) -> bool {
         self.reads_body
+    }
+    fn on_response(&self) -> bool {
+        self.on_response
+    }
+    fn response_headers(&mut self, end_of_stream: bool) -> Step {
+        hooks::set_stage(self.index);
+        let a = self
+            .http
+            .on_http_response_headers(self.headers, end_of_stream);
+        response_step(a)
+    }
+    fn response_body(&mut self, size: usize, end_of_stream: bool) -> Step {
+        hooks::set_stage(self.index);
+        let a = self.http.on_http_response_body(size, end_of_stream);
+        response_step(a)
+    }
+    fn response_trailers(&mut self) -> Step {
+        hooks::set_stage(self.index);
+        let a = self.http.on_http_response_trailers(0);
+        response_step(a)
+    }
+    fn body_size(&mut self, response: bool) -> Option<usize> {
+        if response {
+            // The filter may have replaced the chunk with raw host calls
+            // (e2ee's records): its length now, for the next response
+            // filter (read only when one follows).
+            hostcalls::get_buffer(BufferType::HttpResponseBody, 0, usize::MAX)
+                .ok()
+                .map(|b| b.map_or(0, |b| b.len()))
+        } else {
+            self.ctx
+                .try_borrow_mut()
+                .ok()
+                .and_then(|mut c| c.take_replaced_body())
+        }
     }
 }
 
@@ -516,6 +575,36 @@ impl HttpContext for Http {
         self.leave(step)
     }
 
+    // The response steps: only a module that exports these callbacks
+    // (chain_response.wasm, for chains with a filter of
+    // config::RESPONSE_FILTERS) is entered for them; chain.wasm's exports
+    // leave them out (filters/wasm-opt/callbacks), so a gateway whose
+    // filters need no response callback never enters the VM for its
+    // responses.
+    fn on_http_response_headers(&mut self, n: usize, end_of_stream: bool) -> Action {
+        self.enter();
+        let mut r = self.req.borrow_mut();
+        let Request { run, stages, .. } = &mut *r;
+        for m in stages.iter_mut() {
+            m.headers = n;
+        }
+        respond(run.response_headers(stages, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.enter();
+        let mut r = self.req.borrow_mut();
+        let Request { run, stages, .. } = &mut *r;
+        respond(run.response_body(stages, size, end_of_stream))
+    }
+
+    fn on_http_response_trailers(&mut self, _n: usize) -> Action {
+        self.enter();
+        let mut r = self.req.borrow_mut();
+        let Request { run, stages, .. } = &mut *r;
+        respond(run.response_trailers(stages))
+    }
+
     fn on_log(&mut self) {
         self.enter();
         let mut r = self.req.borrow_mut();
@@ -526,6 +615,15 @@ impl HttpContext for Http {
                 m.http.on_log();
             }
         }
+    }
+}
+
+/// A response step's action: on, or held (Envoy buffers the body for the
+/// filter that holds it).
+fn respond(step: Step) -> Action {
+    match step {
+        Step::Continue => Action::Continue,
+        Step::Hold | Step::Replied => Action::Pause,
     }
 }
 

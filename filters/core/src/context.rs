@@ -77,6 +77,10 @@ pub struct RequestContext {
     now: Cell<Option<SystemTime>>,
     /// A local reply has been sent.
     responded: bool,
+    /// The length of the body a filter put in place of the request body
+    /// (e2ee's plaintext, sanitize's rewrite), until the chain hands it to
+    /// the filters after it ([`RequestContext::take_replaced_body`]).
+    replaced_body: Option<usize>,
     writes: HeaderWrites,
     /// Local properties also written to Envoy's filter state.
     export: Vec<String>,
@@ -103,6 +107,13 @@ impl RequestContext {
     /// Whether a filter has sent a local reply.
     pub fn responded(&self) -> bool {
         self.responded
+    }
+
+    /// The new length of the request body if a filter replaced it since
+    /// the last call: the size the filters after it get, as Envoy would
+    /// give separate filters.
+    pub fn take_replaced_body(&mut self) -> Option<usize> {
+        self.replaced_body.take()
     }
 
     /// Whether header writes wait for [`RequestContext::flush`].
@@ -263,6 +274,7 @@ impl<H: HttpHost + ?Sized> HttpHost for ContextHost<'_, H> {
     }
 
     fn replace_request_body(&mut self, body: &[u8]) {
+        self.ctx.replaced_body = Some(body.len());
         self.raw.replace_request_body(body);
     }
 
@@ -382,6 +394,17 @@ mod tests {
         assert_eq!(raw.header("x-user"), Some("u"));
         ctx.flush(&mut raw);
         assert_eq!(raw.calls.get(), 4, "nothing new to write");
+    }
+
+    #[test]
+    fn a_replaced_body_reports_its_new_length_once() {
+        let mut raw = FakeHost::request("POST", "/a").with_body(b"ciphertext-bytes");
+        let mut ctx = RequestContext::default();
+        assert_eq!(ctx.take_replaced_body(), None);
+        ctx.host(&mut raw).replace_request_body(b"plain");
+        assert_eq!(raw.body, b"plain");
+        assert_eq!(ctx.take_replaced_body(), Some(5));
+        assert_eq!(ctx.take_replaced_body(), None);
     }
 
     #[test]

@@ -69,7 +69,7 @@ enum Cmd {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Print a filter's config JSON Schema.
+    /// Print a filter's config JSON Schema (`chain`: the chain build's configuration).
     Schema { filter: String },
     /// List the config settings that make the filter hold the request headers while it
     /// reads the body: they need Envoy's allow_on_headers_stop_iteration, which an Istio
@@ -263,10 +263,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(print_reports(&reports))
         }
         Cmd::Schema { filter: name } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&filter(&name)?.schema())?
-            );
+            // `chain`: the chain build's configuration (filters/chain/config.schema.json).
+            let schema = if name == "chain" {
+                chain::config::schema()
+            } else {
+                filter(&name)?.schema()
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BodyHold {

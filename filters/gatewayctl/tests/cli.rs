@@ -89,14 +89,17 @@ fn unknown_filter_is_a_usage_error() {
 
 #[test]
 fn schema_prints_the_committed_schema() {
-    let o = run(&["schema", "sanitize"]);
-    assert!(o.status.success());
-    let have: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let want: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("filters/sanitize/config.schema.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(have, want);
+    for name in ["sanitize", "chain"] {
+        let o = run(&["schema", name]);
+        assert!(o.status.success(), "{name}");
+        let have: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let want: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(repo().join(format!("filters/{name}/config.schema.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(have, want, "{name}");
+    }
 }
 
 #[test]
