@@ -15,6 +15,14 @@ answers LIVE and every listener accepts TCP), prints the ports, and stays in
 the foreground until Ctrl-C or SIGTERM, then stops every process group and
 waits for them. `make run` builds everything first and calls this.
 
+Each Envoy runs the dynamic form of the render (render.to_dynamic): its wasm
+filters' configurations come by ECDS from watched files, so
+
+    python3 envoy/stack.py reload [--override REL=FILE ...]     # make reload
+
+pushes the current examples/config files into every running replica and
+prints whether each accepted them (docs/operations.md, "Live configuration").
+
 The same machinery is a Python API for the integration tests and the
 benchmark (standard library only):
 
@@ -1003,6 +1011,10 @@ class Stack:
             lines.append(f"  {name:<8} http://{self.host}:{port:<6} demo service")
         lines += ["", f"  config   {self.config_path}"]
         lines += [f"           {self.config_path_of(r)}" for r in self.replicas if r != 1]
+        if self.dynamic:
+            lines.append(f"  live     filter configs by ECDS from {self.ecds_dir_of(1)}"
+                         + (" (and ecds-2)" if len(self.replicas) > 1 else "")
+                         + ": edit examples/config, then `make reload`")
         lines.append("")
         return "\n".join(lines)
 

@@ -186,3 +186,45 @@ def test_make_reload_prints_each_replicas_verdict_and_fails_on_a_rejection(stack
     same = subprocess.run(cli, capture_output=True, text=True, timeout=60)
     assert same.returncode == 0, same.stdout + same.stderr
     assert "replica 1" in same.stdout and "replica 2" in same.stdout and "accepted" in same.stdout
+
+
+# ------------------------------------------------------------------ render.py's dynamic form
+
+@pytest.mark.parametrize("build", ["filters", "suite", "chain"])
+def test_the_dynamic_form_moves_every_wasm_filter_into_its_own_ecds_file(build, tmp_path):
+    import render  # envoy/render.py (on sys.path via helpers)
+    import yaml
+
+    static = render.render("local", wasm_build=build)
+    boot, files = render.to_dynamic(static, tmp_path)
+    cfg, dyn = yaml.safe_load(static), yaml.safe_load(boot)
+    assert dyn["node"]["id"] and dyn["node"]["cluster"]
+    moved = 0
+    for lis_static, lis in zip(cfg["static_resources"]["listeners"], dyn["static_resources"]["listeners"]):
+        hcm_static = lis_static["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+        names = {f["name"] for f in hcm["http_filters"]}
+        for before, after in zip(hcm_static["http_filters"], hcm["http_filters"]):
+            if before.get("typed_config", {}).get("@type") != render.WASM_FILTER_TYPE:
+                assert after == before
+                continue
+            moved += 1
+            assert after["name"] == f"{lis['name']}.{before['name']}" and "typed_config" not in after
+            source = after["config_discovery"]["config_source"]["path_config_source"]["path"]
+            assert source == str(tmp_path / f"{after['name']}.json")
+            doc = json.loads(files[f"{after['name']}.json"])
+            # The filter's Wasm config moves unchanged.
+            assert doc["resources"] == [{"@type": render.ECDS_RESOURCE_TYPE, "name": after["name"],
+                                         "typed_config": before["typed_config"]}]
+        # Per-route settings follow the rename.
+        for vh in hcm.get("route_config", {}).get("virtual_hosts", []):
+            for route in [vh, *vh.get("routes", [])]:
+                assert set(route.get("typed_per_filter_config", {})) <= names, route
+    assert moved == len(files) > 0
+
+
+def test_an_override_the_render_does_not_include_is_an_error(tmp_path):
+    import render
+
+    with pytest.raises(render.RenderError, match="includes no such file"):
+        render.render("local", include_overrides={"config/sanitize/nope.json": tmp_path / "x.json"})
