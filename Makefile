@@ -50,7 +50,7 @@ BENCH_ARGS  ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run test test-rust \
+.PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run reload test test-rust \
         lint validate browser test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools
 
@@ -136,8 +136,18 @@ build-native:
 
 # ------------------------------------------------------------------------ run
 
-run: build venv redis ## build, then run the whole stack in the foreground (Ctrl-C stops it)
+run: build venv redis ## build, then run the whole stack in the foreground (Ctrl-C stops it; filter configs live: make reload)
 	$(VPY) envoy/stack.py run
+
+# The running stack takes its filters' configurations by ECDS from watched
+# files (docs/operations.md, "Live configuration"): this re-renders them from
+# examples/config and pushes them into every running replica, printing each
+# one's verdict; exit 1 when a replica refused one (its old config keeps
+# serving). RELOAD_ARGS='--override config/sanitize/web.json=/tmp/x.json'
+# tries a file without editing examples/.
+RELOAD_ARGS ?=
+reload: ## push the edited examples/config filter configs into the running `make run` Envoys (live, ECDS); exit 1 on a rejection
+	$(VPY) envoy/stack.py reload $(RELOAD_ARGS)
 
 render: ## render the local Envoy config into build/envoy/envoy.yaml
 	$(PYTHON) envoy/render.py --profile local

@@ -47,6 +47,7 @@ suite build alone needs PyYAML: the project venv has it).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -192,8 +193,19 @@ def inline_text(path: Path) -> str:
     return json.dumps(text, ensure_ascii=True)
 
 
-def substitute(text: str, variables: Mapping[str, str], include_root: Path, origin: str) -> str:
-    """Replace every ${...} in `text`; `origin` names the file in errors."""
+def substitute(text: str, variables: Mapping[str, str], include_root: Path, origin: str,
+               include_overrides: Mapping[str, Path] | None = None,
+               used: set[str] | None = None) -> str:
+    """Replace every ${...} in `text`; `origin` names the file in errors.
+
+    include_overrides: REL -> file read instead of include_root/REL (stack.py
+    reload --override); `used` collects every REL the text includes."""
+    include_overrides = include_overrides or {}
+
+    def include_path(rel: str) -> Path:
+        if used is not None:
+            used.add(rel)
+        return Path(include_overrides[rel]) if rel in include_overrides else include_root / rel
 
     def replace(match: re.Match[str], line_index: int) -> str:
         body = match.group(1)
@@ -202,12 +214,12 @@ def substitute(text: str, variables: Mapping[str, str], include_root: Path, orig
             rel = body[len("text:"):]
             if not rel or rel.startswith("/") or ".." in Path(rel).parts:
                 raise RenderError(f"{where}: ${{text:...}} needs a relative path inside {include_root}, got {rel!r}")
-            return inline_text(include_root / rel)
+            return inline_text(include_path(rel))
         if body.startswith("json:"):
             rel = body[len("json:"):]
             if not rel or rel.startswith("/") or ".." in Path(rel).parts:
                 raise RenderError(f"{where}: ${{json:...}} needs a relative path inside {include_root}, got {rel!r}")
-            return inline_json(include_root / rel)
+            return inline_json(include_path(rel))
         if not _NAME.match(body):
             raise RenderError(f"{where}: malformed placeholder ${{{body}}}")
         if body not in variables:
@@ -469,6 +481,127 @@ def to_chain(text: str, wasm_dir: str) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
 
 
+#: What the dynamic form's watched files hold (ECDS, Envoy's extension
+#: config discovery): one TypedExtensionConfig per file.
+ECDS_RESOURCE_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def ecds_name(listener: str, http_filter: str) -> str:
+    """The ECDS resource (and HTTP filter) name of `http_filter` on `listener`
+    in the dynamic form: "web.sanitize", "app.sanitize-body", "web.chain"."""
+    return f"{listener}.{http_filter}"
+
+
+def ecds_file(name: str) -> str:
+    """The watched file of ECDS resource `name`, relative to the ECDS directory."""
+    return f"{name}.json"
+
+
+def ecds_document(resource: dict) -> str:
+    """The watched file's text: a DiscoveryResponse with the one resource,
+    its version a digest of the resource (Envoy's
+    extension_config_discovery.http_filter.<name>.version_text shows it)."""
+    canonical = json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    version = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    return json.dumps({"version_info": version, "resources": [resource]}, indent=1, ensure_ascii=False) + "\n"
+
+
+def to_dynamic(text: str, ecds_dir: os.PathLike[str] | str, node_id: str = "demo-gateway") -> tuple[str, dict[str, str]]:
+    """The rendered config `text` (any wasm build) in its dynamic form: every
+    wasm HTTP filter of every static listener is delivered by ECDS from a
+    watched file instead of inline, the local twin of Istio's WasmPlugin push.
+
+    Returns (bootstrap text, {file name under ecds_dir: file text}). In the
+    bootstrap, the filter `F` of listener `L` becomes the HTTP filter
+    ecds_name(L, F) with a `config_discovery` reading ecds_dir/ecds_file(name)
+    (a path_config_source: Envoy re-reads the file when one is moved onto it);
+    the routes' typed_per_filter_config keys follow the rename. The filter's
+    Wasm config itself is unchanged, moved into the file. Envoy needs a node
+    id and cluster for ECDS: `node_id`, "demo-gateway" (when the config has no
+    node). Listeners, clusters and everything else stay static: a change to
+    them still needs a restart."""
+    try:
+        import yaml  # noqa: PLC0415 (only the dynamic form needs it)
+    except ImportError as exc:
+        raise RenderError("the dynamic form needs PyYAML: run with the project venv (.venv/bin/python)") from exc
+    cfg = json.loads(json.dumps(yaml.safe_load(text)))
+    ecds_dir = Path(ecds_dir)
+    files: dict[str, str] = {}
+    for listener in cfg.get("static_resources", {}).get("listeners", []):
+        lname = listener.get("name", "")
+        for fc in listener.get("filter_chains", []):
+            for net in fc.get("filters", []):
+                hcm = net.get("typed_config", {})
+                renames: dict[str, str] = {}
+                filters = hcm.get("http_filters", [])
+                for i, http in enumerate(filters):
+                    tc = http.get("typed_config", {})
+                    if tc.get("@type") != WASM_FILTER_TYPE:
+                        continue
+                    name = ecds_name(lname, http.get("name", ""))
+                    resource = {"@type": ECDS_RESOURCE_TYPE, "name": name, "typed_config": tc}
+                    doc = ecds_document(resource)
+                    fname = ecds_file(name)
+                    if files.get(fname, doc) != doc:
+                        raise RenderError(f"listener {lname}: two filter chains configure {name} differently "
+                                          "(the dynamic form names filters by listener)")
+                    files[fname] = doc
+                    renames[http.get("name", "")] = name
+                    rest = {k: v for k, v in http.items() if k not in ("name", "typed_config")}
+                    filters[i] = {"name": name, **rest, "config_discovery": {
+                        "config_source": {
+                            "resource_api_version": "V3",
+                            "path_config_source": {"path": str(ecds_dir / fname)},
+                        },
+                        "type_urls": [WASM_FILTER_TYPE],
+                    }}
+                rc = hcm.get("route_config")
+                if renames and rc is not None:
+                    def rename(holder: dict) -> None:
+                        tpfc = holder.get("typed_per_filter_config")
+                        if tpfc:
+                            holder["typed_per_filter_config"] = {renames.get(k, k): v for k, v in tpfc.items()}
+                    rename(rc)
+                    for vh in rc.get("virtual_hosts", []):
+                        rename(vh)
+                        for r in vh.get("routes", []):
+                            rename(r)
+    if files and "node" not in cfg:
+        cfg = {"node": {"id": node_id, "cluster": "demo-gateway"}, **cfg}
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20), files
+
+
+def dynamic_header(rendered: str) -> str:
+    """The first line of the dynamic bootstrap: the static render's header, marked."""
+    first = rendered.splitlines()[0] if rendered else ""
+    return (first.replace("# GENERATED by envoy/render.py", "# GENERATED (dynamic form: wasm filter configs by ECDS) by envoy/render.py", 1)
+            if first.startswith("# GENERATED") else "# GENERATED by envoy/render.py (dynamic form)") + "\n"
+
+
+def write_dynamic(bootstrap_path: Path, ecds_dir: Path, bootstrap: str, files: Mapping[str, str],
+                  only_changed: bool = False) -> list[str]:
+    """Write the dynamic form: each ECDS file atomically (a temporary file in
+    the same directory renamed onto it: Envoy reacts to the move and never
+    reads half a file), then the bootstrap. only_changed: leave a file whose
+    text is already the same alone (no update for Envoy). Returns the names of
+    the ECDS files written."""
+    ecds_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, text in sorted(files.items()):
+        target = ecds_dir / fname
+        if only_changed:
+            try:
+                if target.read_text(encoding="utf-8") == text:
+                    continue
+            except OSError:
+                pass
+        write(target, text)
+        written.append(fname)
+    write(bootstrap_path, bootstrap)
+    return written
+
+
 def variables_for(profile: str, local_paths: bool = False, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     if profile not in PROFILES:
         raise RenderError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
@@ -493,16 +626,23 @@ def render(
     template: os.PathLike[str] | str = TEMPLATE,
     wasm_build: str | None = None,
     replica: int = 1,
+    include_overrides: Mapping[str, os.PathLike[str] | str] | None = None,
 ) -> str:
     """The rendered Envoy config as text. Raises RenderError on any problem.
 
     wasm_build: "filters", "suite" or "chain" (module docstring); None reads the
-    WASM_BUILD environment variable (default "filters")."""
+    WASM_BUILD environment variable (default "filters").
+    include_overrides: REL -> FILE, an included file (REL relative to the
+    include root, e.g. "config/sanitize/web.json") read from FILE instead for
+    this render (stack.py reload --override); a REL the render does not
+    include is an error."""
     wasm_build = wasm_build or os.environ.get("WASM_BUILD") or "filters"
     if wasm_build not in WASM_BUILDS:
         raise RenderError(f"unknown wasm build {wasm_build!r} (known: {', '.join(WASM_BUILDS)})")
     values = variables_for(profile, local_paths, overrides)
     root = Path(include_root)
+    swaps = {str(rel): Path(f) for rel, f in (include_overrides or {}).items()}
+    used: set[str] = set()
     template_path = Path(template)
     try:
         text = template_path.read_text(encoding="utf-8")
@@ -520,11 +660,15 @@ def render(
             first = next((ln for ln in raw.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
             if not first.startswith("- "):
                 raise RenderError(f"extra file {p}: must be a YAML list whose items start at column 0 ('- name: ...')")
-            blocks.append(substitute(raw, values, root, str(p)))
+            blocks.append(substitute(raw, values, root, str(p), swaps, used))
         return blocks
 
     listeners, clusters = load(extra_listeners), load(extra_clusters)
-    text = substitute(text, values, root, str(template_path))
+    text = substitute(text, values, root, str(template_path), swaps, used)
+    unused = sorted(set(swaps) - used)
+    if unused:
+        raise RenderError(f"override of {', '.join(unused)}: the render includes no such file "
+                          f"(paths are relative to {root}, e.g. config/sanitize/web.json)")
     text = splice(text, MARKERS[0], listeners)
     text = splice(text, MARKERS[1], clusters)
     if wasm_build == "suite":
@@ -543,7 +687,9 @@ def render(
 
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # A temporary file in the same directory, then a rename: readers (Envoy's
+    # file watcher among them) see the old file or the new one, never half.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
@@ -566,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wasm-build", choices=WASM_BUILDS, default=None,
                         help="filters: one module per filter; suite: suite.wasm, one VM per worker; "
                              "chain: chain.wasm, one filter per gateway (default: $WASM_BUILD, else filters)")
+    parser.add_argument("--dynamic", type=Path, metavar="DIR",
+                        help="the dynamic form (to_dynamic): every wasm filter's config in its own ECDS file "
+                             "under DIR, watched by Envoy; the output is the bootstrap that reads them")
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -586,6 +735,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
         return 0
     out = args.output or DEFAULT_OUTPUT[args.profile]
+    if args.dynamic is not None:
+        try:
+            boot, files = to_dynamic(text, args.dynamic.resolve(), node_id=f"demo-gateway-{args.replica}")
+        except RenderError as exc:
+            print(f"render.py: error: {exc}", file=sys.stderr)
+            return 1
+        write_dynamic(out, args.dynamic, dynamic_header(text) + boot, files)
+        print(f"render.py: wrote {out} and {len(files)} ECDS file(s) under {args.dynamic}", file=sys.stderr)
+        return 0
     write(out, text)
     print(f"render.py: wrote {out}", file=sys.stderr)
     return 0

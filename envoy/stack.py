@@ -15,6 +15,14 @@ answers LIVE and every listener accepts TCP), prints the ports, and stays in
 the foreground until Ctrl-C or SIGTERM, then stops every process group and
 waits for them. `make run` builds everything first and calls this.
 
+Each Envoy runs the dynamic form of the render (render.to_dynamic): its wasm
+filters' configurations come by ECDS from watched files, so
+
+    python3 envoy/stack.py reload [--override REL=FILE ...]     # make reload
+
+pushes the current examples/config files into every running replica and
+prints whether each accepted them (docs/operations.md, "Live configuration").
+
 The same machinery is a Python API for the integration tests and the
 benchmark (standard library only):
 
@@ -43,6 +51,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO, Iterable, Mapping, Sequence
@@ -283,6 +292,14 @@ class Stack:
       render.py), e.g. the benchmark's extra listeners.
     overrides: profile variables to replace (render.py --set).
     envoy_args: appended to Envoy's command line.
+    dynamic: True (the default): Envoy runs the dynamic form of the render
+      (render.to_dynamic): every wasm filter's configuration comes by ECDS
+      from a watched file under ecds_dir_of(replica), so reload() changes it
+      in the running Envoys. False: the static form, config_path_of(replica).
+      Either way config_path_of(replica) holds the static render (what
+      `gatewayctl drift --rendered` compares with).
+    wasm_build: "filters", "suite" or "chain" (render.py); None: $WASM_BUILD
+      when the stack renders, else "filters".
     """
 
     def __init__(
@@ -304,6 +321,8 @@ class Stack:
         state_dir: os.PathLike[str] | str | None = None,
         gateway_store_bin: os.PathLike[str] | str = GATEWAY_STORE_BIN,
         redis_server_bin: os.PathLike[str] | str = REDIS_SERVER_BIN,
+        dynamic: bool = True,
+        wasm_build: str | None = None,
     ):
         self.extra_listeners = list(extra_listeners or [])
         self.extra_clusters = list(extra_clusters or [])
@@ -330,6 +349,12 @@ class Stack:
         self._demo: _Child | None = None
         self._files: list[IO[str]] = []
         self._atexit_registered = False
+        self.dynamic = dynamic
+        self.wasm_build = wasm_build
+        #: After reload(): per replica, ECDS resource -> "accepted"/"rejected",
+        #: and the Envoy log lines of a refusal (when log_dir is known).
+        self.last_reload: dict[int, dict[str, str]] = {}
+        self.last_reload_log: dict[int, list[str]] = {}
 
     # ---- paths of the logs (None in the foreground mode)
     @staticmethod
@@ -358,6 +383,21 @@ class Stack:
         if replica == 1:
             return self.config_path
         return self.config_path.with_name(f"{self.config_path.stem}{self._suffix(replica)}{self.config_path.suffix}")
+
+    def live_config_path_of(self, replica: int) -> Path:
+        """The bootstrap Envoy runs in the dynamic form (build/envoy/envoy.live.yaml)."""
+        static = self.config_path_of(replica)
+        return static.with_name(f"{static.stem}.live{static.suffix}")
+
+    def ecds_dir_of(self, replica: int) -> Path:
+        """The watched ECDS files of replica `replica` (build/envoy/ecds, ecds-2)."""
+        return (self.config_path.parent / f"ecds{self._suffix(replica)}").resolve()
+
+    @property
+    def state_file(self) -> Path:
+        """What the stack was rendered with (JSON), so that `stack.py reload`
+        in another process renders the same way."""
+        return self.config_path.with_name(f"{self.config_path.stem}.stack.json")
 
     @property
     def demo_services_log(self) -> Path | None:
@@ -391,18 +431,246 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _render_text(self, replica: int, include_overrides: Mapping[str, Path] | None = None) -> str:
+        return render.render(
+            "local",
+            overrides=self.overrides,
+            extra_listeners=self.extra_listeners,
+            extra_clusters=self.extra_clusters,
+            include_root=self.include_root,
+            wasm_build=self.wasm_build,
+            replica=replica,
+            include_overrides=include_overrides,
+        )
+
+    def _dynamic_form(self, replica: int, text: str) -> tuple[str, dict[str, str]]:
+        boot, files = render.to_dynamic(text, self.ecds_dir_of(replica), node_id=f"demo-gateway-{replica}")
+        return render.dynamic_header(text) + boot, files
+
     def render(self) -> Path:
+        """Render every replica's config: the static form at config_path_of(r)
+        and, when dynamic, the bootstrap Envoy runs and its ECDS files.
+        Returns config_path (replica 1's static form)."""
+        self.wasm_build = self.wasm_build or os.environ.get("WASM_BUILD") or "filters"
         for r in self.replicas:
-            text = render.render(
-                "local",
-                overrides=self.overrides,
-                extra_listeners=self.extra_listeners,
-                extra_clusters=self.extra_clusters,
-                include_root=self.include_root,
-                replica=r,
-            )
+            text = self._render_text(r)
             render.write(self.config_path_of(r), text)
+            if self.dynamic:
+                boot, files = self._dynamic_form(r, text)
+                ecds = self.ecds_dir_of(r)
+                if ecds.is_dir():  # files of another build's render must not linger
+                    for old in ecds.glob("*.json"):
+                        if old.name not in files:
+                            old.unlink()
+                render.write_dynamic(self.live_config_path_of(r), ecds, boot, files)
+        render.write(self.state_file, json.dumps({
+            "wasm_build": self.wasm_build,
+            "dynamic": self.dynamic,
+            "replicas": len(self.replicas),
+            "overrides": self.overrides,
+            "include_root": str(self.include_root),
+            "extra_listeners": [str(Path(p).resolve()) for p in self.extra_listeners],
+            "extra_clusters": [str(Path(p).resolve()) for p in self.extra_clusters],
+            "log_dir": str(self.log_dir.resolve()) if self.log_dir else None,
+        }, indent=1) + "\n")
         return self.config_path
+
+    @classmethod
+    def from_state(cls, config_path: os.PathLike[str] | str = DEFAULT_CONFIG) -> "Stack":
+        """A handle on the stack rendered at `config_path` (by `make run` or a
+        test session in another process): same render inputs, nothing started.
+        Enough for reload() and admin()."""
+        config_path = Path(config_path)
+        state = config_path.with_name(f"{config_path.stem}.stack.json")
+        try:
+            saved = json.loads(state.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StackError(f"no stack rendered at {config_path} ({state}: {exc}); is `make run` up?") from exc
+        return cls(
+            extra_listeners=saved["extra_listeners"],
+            extra_clusters=saved["extra_clusters"],
+            overrides=saved["overrides"],
+            include_root=saved["include_root"],
+            config_path=config_path,
+            replicas=saved["replicas"],
+            dynamic=saved["dynamic"],
+            wasm_build=saved["wasm_build"],
+            log_dir=saved.get("log_dir"),
+        )
+
+    # ---- live configuration (ECDS)
+    def ecds_stats(self, replica: int = 1) -> dict[str, dict[str, int]]:
+        """ECDS resource -> its counters (update_success, update_rejected,
+        config_fail, ...) from replica `replica`'s admin /stats; {} when the
+        admin does not answer."""
+        status, body = self.admin("/stats?format=json&filter=" + urllib.parse.quote(r"^extension_config_discovery\.http_filter\."),
+                                  replica)
+        if status != 200:
+            return {}
+        prefix = "extension_config_discovery.http_filter."
+        out: dict[str, dict[str, int]] = {}
+        for stat in json.loads(body).get("stats", []):
+            name, value = stat.get("name", ""), stat.get("value")
+            if not name.startswith(prefix) or not isinstance(value, int):
+                continue
+            resource, _, counter = name[len(prefix):].rpartition(".")
+            out.setdefault(resource, {})[counter] = value
+        return out
+
+    def ecds_read_versions(self, replica: int = 1) -> dict[str, str]:
+        """ECDS resource -> the version replica `replica` read last, from its
+        config_dump ({} when the admin does not answer). After a refusal that
+        is the refused version: Envoy's dump shows what it read, the stat
+        extension_config_discovery.http_filter.<name>.version_text what runs."""
+        status, body = self.admin("/config_dump?resource=ecds_filters", replica)
+        if status != 200:
+            return {}
+        out = {}
+        for entry in json.loads(body).get("configs", []):
+            name = entry.get("ecds_filter", {}).get("name")
+            if name:
+                out[name] = entry.get("version_info", "")
+        return out
+
+    def _log_size(self, replica: int) -> int:
+        log = self.envoy_log_of(replica)
+        try:
+            return log.stat().st_size if log is not None else 0
+        except OSError:
+            return 0
+
+    def _refusal_lines(self, replica: int, offset: int) -> list[str]:
+        """Envoy's log lines since `offset` that say why a config was refused
+        (the filter's own "invalid config at `field`" line, Envoy's verdict)."""
+        log = self.envoy_log_of(replica)
+        if log is None:
+            return []
+        try:
+            with open(log, encoding="utf-8", errors="replace") as fh:
+                fh.seek(offset)
+                text = fh.read()
+        except OSError:
+            return []
+        keep = ("invalid config", "config update rejected", "Unable to create Wasm")
+        return [line for line in text.splitlines() if any(k in line for k in keep)]
+
+    def envoy_ready(self, replica: int = 1) -> bool:
+        """Replica `replica`'s admin answers /ready with LIVE (started by this
+        object or not)."""
+        status, body = http_get(self.admin_url("/ready", replica), timeout=1.0)
+        return status == 200 and body.strip() == b"LIVE"
+
+    def reload(self, overrides: Mapping[str, os.PathLike[str] | str] | None = None,
+               timeout: float = 10.0) -> dict[int, str]:
+        """Re-render the filters' configurations from the include root
+        (examples/), with `overrides` (REL under the include root, e.g.
+        "config/sanitize/web.json" -> a file read instead), and push them into
+        every replica: each changed ECDS file is replaced atomically, Envoy
+        re-reads it and builds the filter anew (in-flight requests finish on
+        the old one; no listener drains).
+
+        Returns, per replica, "accepted" (every changed filter config applied,
+        or nothing changed), "rejected" (Envoy refused at least one: the
+        filter's on_configure returned false; the old config keeps serving,
+        extension_config_discovery.http_filter.<name>.update_rejected moved,
+        and Envoy's log names the field) or "not running" (admin not ready:
+        the files are written, the replica reads them when it starts). It
+        waits for the stats to move (polling, up to `timeout` seconds per
+        reload; StackError if they do not). A rejected file is put back to
+        the last accepted one, so a replica restarted later starts with what
+        runs; the static render (config_path_of) keeps what was asked for, so
+        `gatewayctl drift --rendered` shows the difference. Per filter
+        outcomes: self.last_reload.
+
+        Only the wasm filters' configurations are live: when anything else of
+        the render differs from what runs (listeners, routes, clusters), it
+        raises StackError (restart the stack for that)."""
+        if not self.dynamic:
+            raise StackError("this stack runs the static form (dynamic=False): restart it to change a config")
+        swaps = {str(rel): Path(f) for rel, f in (overrides or {}).items()}
+        plans: dict[int, tuple[str, dict[str, str], dict[str, str]]] = {}
+        for r in self.replicas:
+            try:
+                text = self._render_text(r, swaps)
+                boot, files = self._dynamic_form(r, text)
+            except render.RenderError as exc:
+                raise StackError(f"cannot render the Envoy config: {exc}") from exc
+            live = self.live_config_path_of(r)
+            try:
+                running_boot = live.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise StackError(f"{live}: {exc.strerror}; start the stack first") from exc
+            if running_boot != boot:
+                raise StackError(
+                    f"replica {r}: the render differs from what {live} runs beyond the wasm filters' "
+                    "configurations (listeners, routes, clusters, or the wasm build): restart the stack "
+                    "to apply that; reload pushes filter configurations only")
+            old, new = {}, {}
+            # What the replica read last (after a refusal: the refused
+            # config, while the file already holds the running one again).
+            read = self.ecds_read_versions(r)
+            for fname, doc in files.items():
+                try:
+                    current = (self.ecds_dir_of(r) / fname).read_text(encoding="utf-8")
+                except OSError:
+                    current = ""
+                name = fname[: -len(".json")]
+                if current != doc or read.get(name, json.loads(doc)["version_info"]) != json.loads(doc)["version_info"]:
+                    old[fname], new[fname] = current, doc
+            plans[r] = (text, old, new)
+        # Everything rendered: push. Counters first, so a move is ours.
+        names = {fname: fname[: -len(".json")] for _, _, new in plans.values() for fname in new}
+        log_sizes = {r: self._log_size(r) for r in self.replicas}
+        before = {r: self.ecds_stats(r) for r in self.replicas}
+        running = {r: bool(before[r]) and self.envoy_ready(r) for r in self.replicas}
+        for r, (text, _, new) in plans.items():
+            render.write(self.config_path_of(r), text)
+            for fname, doc in sorted(new.items()):
+                render.write(self.ecds_dir_of(r) / fname, doc)
+        outcome: dict[int, dict[str, str]] = {r: {} for r in self.replicas}
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = []
+            for r, (_, _, new) in plans.items():
+                if not running[r]:
+                    continue
+                now = self.ecds_stats(r)
+                for fname in new:
+                    name = names[fname]
+                    if name in outcome[r]:
+                        continue
+                    was, cur = before[r].get(name, {}), now.get(name, {})
+                    if cur.get("update_rejected", 0) > was.get("update_rejected", 0):
+                        outcome[r][name] = "rejected"
+                    elif cur.get("update_success", 0) > was.get("update_success", 0):
+                        outcome[r][name] = "accepted"
+                    else:
+                        waiting.append(f"replica {r}: {name}")
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"no ECDS update seen after {timeout:.0f}s: {', '.join(waiting)}")
+            time.sleep(0.05)
+        # A refused file goes back to the last accepted config, so the
+        # watched files always hold what runs and a restarted replica comes
+        # back with it. Written in place, not renamed: Envoy reacts only to a
+        # file moved onto the path, so the running replica, which already
+        # runs that config, sees no second update (the stats show one push,
+        # one rejection).
+        for r, (_, old, _) in plans.items():
+            for name, verdict in outcome[r].items():
+                fname = render.ecds_file(name)
+                if verdict == "rejected" and old.get(fname):
+                    with open(self.ecds_dir_of(r) / fname, "w", encoding="utf-8") as fh:
+                        fh.write(old[fname])
+                        fh.flush()
+                        os.fsync(fh.fileno())
+        self.last_reload = outcome
+        self.last_reload_log = {r: self._refusal_lines(r, log_sizes[r]) for r in self.replicas
+                                if "rejected" in outcome[r].values()}
+        return {r: ("not running" if not running[r]
+                    else "rejected" if "rejected" in outcome[r].values() else "accepted")
+                for r in self.replicas}
 
     def start(self) -> "Stack":
         for path, hint in ((self.envoy_bin, "make venv"), (self.demo_services_bin, "make build"),
@@ -597,9 +865,10 @@ class Stack:
 
     # ---- envoy
     def envoy_command(self, replica: int = 1) -> list[str]:
+        config = self.live_config_path_of(replica) if self.dynamic else self.config_path_of(replica)
         return [
             str(self.envoy_bin),
-            "-c", str(self.config_path_of(replica)),
+            "-c", str(config),
             "--concurrency", str(self.concurrency),
             "--log-level", self.log_level,
             *(["--component-log-level", self.component_log_level] if self.component_log_level else []),
@@ -645,12 +914,20 @@ class Stack:
         while True:
             waiting = [p for p in ports if not tcp_accepts(self.host, p)]
             if not waiting:
-                return
+                break
             if not child.alive():
                 raise fail("exited during start-up")
             if time.monotonic() > deadline:
                 raise fail(f"listener port(s) {waiting} not accepting after {timeout:.0f}s")
             time.sleep(0.05)
+        if self.dynamic:
+            # A refused ECDS file does not stop Envoy: its filter would be
+            # missing (500 extension_config_missing). Refuse to call that started.
+            refused = sorted(name for name, c in self.ecds_stats(replica).items()
+                             if c.get("update_rejected", 0) or not c.get("update_success", 0))
+            if refused:
+                raise fail(f"refused the filter configuration(s) of {', '.join(refused)} "
+                           f"(ECDS files under {self.ecds_dir_of(replica)})")
 
     def _start_envoy(self, timeout: float = ENVOY_START_TIMEOUT) -> None:
         self.start_envoy(1, timeout)
@@ -734,6 +1011,10 @@ class Stack:
             lines.append(f"  {name:<8} http://{self.host}:{port:<6} demo service")
         lines += ["", f"  config   {self.config_path}"]
         lines += [f"           {self.config_path_of(r)}" for r in self.replicas if r != 1]
+        if self.dynamic:
+            lines.append(f"  live     filter configs by ECDS from {self.ecds_dir_of(1)}"
+                         + (" (and ecds-2)" if len(self.replicas) > 1 else "")
+                         + ": edit examples/config, then `make reload`")
         lines.append("")
         return "\n".join(lines)
 
@@ -758,6 +1039,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         overrides=dict(item.partition("=")[::2] for item in args.set),
         include_root=args.include_root,
+        dynamic=not args.static,
     )
     signal.signal(signal.SIGTERM, _raise_terminate)
     signal.signal(signal.SIGINT, _raise_terminate)
@@ -789,6 +1071,38 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("stack.py: stopped", file=sys.stderr, flush=True)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Push the current examples/config files (with --override swaps) into
+    every running replica; print each one's verdict; 1 on a rejection."""
+    overrides = {}
+    for item in args.override:
+        rel, sep, path = item.partition("=")
+        if not sep or not rel or not path:
+            print(f"stack.py: error: --override expects REL=FILE, got {item!r}", file=sys.stderr)
+            return 2
+        overrides[rel] = Path(path).resolve()
+    try:
+        stack = Stack.from_state(args.config)
+        results = stack.reload(overrides, timeout=args.timeout)
+    except StackError as exc:
+        print(f"stack.py: error: {exc}", file=sys.stderr)
+        return 1
+    for r, verdict in results.items():
+        per = stack.last_reload.get(r, {})
+        changed = ", ".join(f"{name} {v}" for name, v in sorted(per.items())) or "no filter config changed"
+        print(f"replica {r} (admin {stack.admin_url('', r)}): {verdict}"
+              + (f" ({changed})" if verdict != "not running" else ""))
+        for line in stack.last_reload_log.get(r, []):
+            print(f"    {line}")
+        if verdict == "rejected":
+            print(f"    the old config keeps serving; see extension_config_discovery.http_filter.<name>.update_rejected "
+                  f"at {stack.admin_url('/stats?filter=update_rejected', r)} and Envoy's log for the field")
+    if all(v == "not running" for v in results.values()):
+        print("stack.py: error: no replica is running (make run)", file=sys.stderr)
+        return 1
+    return 1 if "rejected" in results.values() else 0
+
+
 def cmd_check_ports(_args: argparse.Namespace) -> int:
     try:
         check_ports_free(Stack().ports())
@@ -814,12 +1128,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="override a render variable (render.py --set)")
     run.add_argument("--include-root", type=Path, help="root of ${json:...} includes (default examples/)")
+    run.add_argument("--static", action="store_true",
+                     help="serve the static form (filter configs inline; no live configuration, no reload)")
     sub.add_parser("check-ports", help="fail when a stack port is taken")
+    rl = sub.add_parser("reload", help="push the filters' configurations (examples/config) into the running replicas")
+    rl.add_argument("--override", action="append", default=[], metavar="REL=FILE",
+                    help="read FILE instead of examples/REL for this push (e.g. config/sanitize/web.json=/tmp/x.json)")
+    rl.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                    help=f"the running stack's rendered config (default {DEFAULT_CONFIG.relative_to(REPO)})")
+    rl.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for Envoy's verdict")
     args = parser.parse_args(argv)
     if args.command in (None, "run"):
         if args.command is None:
             args = parser.parse_args(["run", *(argv or sys.argv[1:])])
         return cmd_run(args)
+    if args.command == "reload":
+        return cmd_reload(args)
     return cmd_check_ports(args)
 
 

@@ -6,6 +6,20 @@
 //! as JSON and compared semantically (key order and number spelling do not
 //! matter). Only those values are read and printed — never the VM's
 //! environment variables (which hold the app master secret in the demo).
+//!
+//! The stack's Envoys get their wasm filters' configurations by ECDS (the
+//! dynamic form of `envoy/render.py`, docs/operations.md "Live
+//! configuration"): in `/config_dump` such a filter is a `config_discovery`
+//! named `<listener>.<filter>` in the listener, and its configuration is the
+//! configuration is under `EcdsConfigDump.ecds_filters`. Drift resolves one
+//! through the other and compares it under the filter's own name.
+//!
+//! Envoy 1.40's dump shows the config ECDS last READ, even when the filter
+//! refused it and the previous one keeps serving (the RDS flavour of this
+//! was envoyproxy/envoy#7939); the stat
+//! `extension_config_discovery.http_filter.<name>.version_text` keeps the
+//! version that runs. So drift reads both: when they differ, the dumped
+//! config is a refused one, and drift says so instead of comparing with it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +42,10 @@ pub struct WasmFilter {
     pub root_id: String,
     /// `configuration.value` parsed as JSON (a string when it is not JSON).
     pub config: Value,
+    /// Delivered by ECDS: the resource name and the version the dump shows.
+    pub ecds: Option<(String, String)>,
+    /// The version that runs, when Envoy refused the dumped one (mark_refused).
+    pub refused: Option<String>,
 }
 
 /// listener name → its wasm filters in chain order.
@@ -37,9 +55,14 @@ fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-/// The wasm filters of one listener object (static or dynamic shape).
-fn listener_chain(listener: &Value) -> Vec<WasmFilter> {
+/// ECDS resource name → (its `typed_config`, its `version_info`) as dumped.
+type Ecds = BTreeMap<String, (Value, String)>;
+
+/// The wasm filters of one listener object (static or dynamic shape);
+/// `ecds` resolves filters delivered by `config_discovery`.
+fn listener_chain(listener: &Value, ecds: &Ecds) -> Vec<WasmFilter> {
     let mut out = Vec::new();
+    let listener_name = str_at(listener, "name");
     let chains = listener
         .get("filter_chains")
         .and_then(Value::as_array)
@@ -53,8 +76,37 @@ fn listener_chain(listener: &Value) -> Vec<WasmFilter> {
                 .and_then(|t| t.get("http_filters"))
                 .and_then(Value::as_array);
             for hf in http.into_iter().flatten() {
-                let Some(tc) = hf.get("typed_config") else {
-                    continue;
+                let mut name = str_at(hf, "name");
+                let mut ecds_of = None;
+                let tc = if hf.get("config_discovery").is_some() {
+                    // The dynamic form names the filter "<listener>.<filter>".
+                    let own = name
+                        .strip_prefix(listener_name)
+                        .and_then(|n| n.strip_prefix('.'))
+                        .unwrap_or(name);
+                    match ecds.get(name) {
+                        Some((tc, version)) => {
+                            ecds_of = Some((name.to_string(), version.clone()));
+                            name = own;
+                            tc
+                        }
+                        None => {
+                            out.push(WasmFilter {
+                                filter: own.to_string(),
+                                plugin: String::new(),
+                                root_id: String::new(),
+                                config: Value::String(format!("<ECDS resource {name} not loaded>")),
+                                ecds: Some((name.to_string(), String::new())),
+                                refused: None,
+                            });
+                            continue;
+                        }
+                    }
+                } else {
+                    let Some(tc) = hf.get("typed_config") else {
+                        continue;
+                    };
+                    tc
                 };
                 if str_at(tc, "@type") != WASM_TYPE {
                     continue;
@@ -68,10 +120,12 @@ fn listener_chain(listener: &Value) -> Vec<WasmFilter> {
                 let config =
                     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
                 out.push(WasmFilter {
-                    filter: str_at(hf, "name").to_string(),
+                    filter: name.to_string(),
                     plugin: str_at(&cfg, "name").to_string(),
                     root_id: str_at(&cfg, "root_id").to_string(),
                     config,
+                    ecds: ecds_of,
+                    refused: None,
                 });
             }
         }
@@ -87,7 +141,7 @@ pub fn from_bootstrap(doc: &Value) -> Chains {
         .and_then(|s| s.get("listeners"))
         .and_then(Value::as_array);
     for l in listeners.into_iter().flatten() {
-        let chain = listener_chain(l);
+        let chain = listener_chain(l, &Ecds::new());
         if !chain.is_empty() {
             out.insert(str_at(l, "name").to_string(), chain);
         }
@@ -99,6 +153,22 @@ pub fn from_bootstrap(doc: &Value) -> Chains {
 pub fn from_config_dump(doc: &Value) -> Chains {
     let mut out = Chains::new();
     let configs = doc.get("configs").and_then(Value::as_array);
+    let mut ecds = Ecds::new();
+    for c in configs.into_iter().flatten() {
+        if !str_at(c, "@type").ends_with("EcdsConfigDump") {
+            continue;
+        }
+        let filters = c.get("ecds_filters").and_then(Value::as_array);
+        for entry in filters.into_iter().flatten() {
+            let Some(f) = entry.get("ecds_filter") else {
+                continue;
+            };
+            if let Some(tc) = f.get("typed_config") {
+                let version = str_at(entry, "version_info").to_string();
+                ecds.insert(str_at(f, "name").to_string(), (tc.clone(), version));
+            }
+        }
+    }
     for c in configs.into_iter().flatten() {
         if !str_at(c, "@type").ends_with("ListenersConfigDump") {
             continue;
@@ -116,13 +186,63 @@ pub fn from_config_dump(doc: &Value) -> Chains {
                     .filter_map(|d| d.get("active_state").and_then(|a| a.get("listener"))),
             );
         for l in listeners {
-            let chain = listener_chain(l);
+            let chain = listener_chain(l, &ecds);
             if !chain.is_empty() {
                 out.insert(str_at(l, "name").to_string(), chain);
             }
         }
     }
     out
+}
+
+/// ECDS resource → the version that runs, from `<admin>/stats`
+/// (`extension_config_discovery.http_filter.<name>.version_text`).
+pub fn running_versions(stats: &Value) -> BTreeMap<String, String> {
+    const PREFIX: &str = "extension_config_discovery.http_filter.";
+    let mut out = BTreeMap::new();
+    let stats = stats.get("stats").and_then(Value::as_array);
+    for s in stats.into_iter().flatten() {
+        let name = str_at(s, "name");
+        let Some(resource) = name
+            .strip_prefix(PREFIX)
+            .and_then(|n| n.strip_suffix(".version_text"))
+        else {
+            continue;
+        };
+        if let Some(v) = s.get("value").and_then(Value::as_str) {
+            out.insert(resource.to_string(), v.to_string());
+        }
+    }
+    out
+}
+
+/// Marks every ECDS-delivered filter whose dumped config is not the one
+/// that runs (the dump shows a refused config, `running` has another version).
+pub fn mark_refused(live: &mut Chains, running: &BTreeMap<String, String>) {
+    for f in live.values_mut().flatten() {
+        if let Some((resource, read)) = &f.ecds {
+            match running.get(resource) {
+                Some(v) if v != read && !read.is_empty() => f.refused = Some(v.clone()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Fetches `<admin>/stats?format=json` for the ECDS counters and versions.
+pub fn fetch_ecds_stats(admin: &str) -> Result<Value> {
+    let url = format!(
+        "{}/stats?format=json&filter=%5Eextension_config_discovery%5C.",
+        admin.trim_end_matches('/')
+    );
+    let mut resp = ureq::get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading {url}"))?;
+    serde_json::from_str(&body).with_context(|| format!("{url} is not JSON"))
 }
 
 /// Every difference, as printable lines (empty: no drift).
@@ -145,6 +265,16 @@ pub fn compare(repo: &Chains, live: &Chains) -> Vec<String> {
             let Some(h) = have.iter().find(|h| h.filter == w.filter) else {
                 continue;
             };
+            if let (Some(running), Some((resource, read))) = (&h.refused, &h.ecds) {
+                out.push(format!(
+                    "{name}/{}: Envoy refused the config it read last (ECDS {resource} version {read}) \
+                     and still runs version {running}, so the config compared here is not what runs \
+                     (extension_config_discovery.http_filter.{resource}.update_rejected; Envoy's log names \
+                     the field; `make reload` pushes the repository's config again)",
+                    w.filter
+                ));
+                continue;
+            }
             for (what, a, b) in [
                 ("config.name", &w.plugin, &h.plugin),
                 ("root_id", &w.root_id, &h.root_id),
@@ -265,6 +395,86 @@ mod tests {
             d[0]
         );
         assert!(!d[0].contains("SECRET"));
+    }
+
+    /// The dynamic form's dump: the listener names "web.sanitize" by ECDS,
+    /// its configuration is in EcdsConfigDump.
+    fn ecds_dump(running: &str) -> Value {
+        let mut l = listener("web", "{}");
+        l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0] = json!({
+            "name": "web.sanitize",
+            "config_discovery": {"config_source": {"path_config_source": {"path": "/x/web.sanitize.json"}},
+                                 "type_urls": [WASM_TYPE]}});
+        let tc = listener("web", running)["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"][0]["typed_config"]
+            .clone();
+        json!({"configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.EcdsConfigDump", "ecds_filters": [{
+                "version_info": "abc", "ecds_filter": {
+                    "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                    "name": "web.sanitize", "typed_config": tc}}]},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+             "static_listeners": [{"listener": l}]}]})
+    }
+
+    #[test]
+    fn an_ecds_delivered_config_matches_the_same_static_render() {
+        let boot = json!({"static_resources": {"listeners": [listener("web", r#"{"a":1}"#)]}});
+        let live = from_config_dump(&ecds_dump(r#"{"a":1}"#));
+        assert_eq!(live["web"][0].filter, "sanitize");
+        assert_eq!(live["web"][0].plugin, "sanitize");
+        let d = compare(&from_bootstrap(&boot), &live);
+        assert!(d.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn an_ecds_config_that_differs_from_the_render_is_reported_by_field() {
+        let boot = json!({"static_resources": {"listeners": [listener("web", r#"{"max_body_bytes":1}"#)]}});
+        let d = compare(
+            &from_bootstrap(&boot),
+            &from_config_dump(&ecds_dump(r#"{"max_body_bytes":65536}"#)),
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].starts_with("web/sanitize: configuration max_body_bytes"),
+            "{}",
+            d[0]
+        );
+    }
+
+    #[test]
+    fn a_config_envoy_refused_is_named_instead_of_compared() {
+        // The dump shows the refused config (what the render asked for); the
+        // stat says another version runs.
+        let boot = json!({"static_resources": {"listeners": [listener("web", r#"{"bad":1}"#)]}});
+        let mut live = from_config_dump(&ecds_dump(r#"{"bad":1}"#));
+        assert!(compare(&from_bootstrap(&boot), &live).is_empty());
+        let stats = json!({"stats": [
+            {"name": "extension_config_discovery.http_filter.web.sanitize.version_text", "value": "good"},
+            {"name": "extension_config_discovery.http_filter.web.sanitize.update_rejected", "value": 1}]});
+        mark_refused(&mut live, &running_versions(&stats));
+        let d = compare(&from_bootstrap(&boot), &live);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].starts_with("web/sanitize: Envoy refused the config it read last (ECDS web.sanitize version abc) and still runs version good"), "{}", d[0]);
+    }
+
+    #[test]
+    fn the_same_version_read_and_running_is_not_a_refusal() {
+        let mut live = from_config_dump(&ecds_dump("{}"));
+        let stats = json!({"stats": [
+            {"name": "extension_config_discovery.http_filter.web.sanitize.version_text", "value": "abc"}]});
+        mark_refused(&mut live, &running_versions(&stats));
+        assert_eq!(live["web"][0].refused, None);
+    }
+
+    #[test]
+    fn an_ecds_filter_that_never_loaded_is_drift() {
+        let mut dump = ecds_dump("{}");
+        dump["configs"][0]["ecds_filters"] = json!([]);
+        let boot = json!({"static_resources": {"listeners": [listener("web", "{}")]}});
+        let d = compare(&from_bootstrap(&boot), &from_config_dump(&dump));
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d.iter().any(|l| l.contains("not loaded")), "{d:?}");
     }
 
     #[test]

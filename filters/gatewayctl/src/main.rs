@@ -431,7 +431,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if want.is_empty() {
                 bail!("the repository's render has no wasm filter: wrong file or profile?");
             }
-            let have = drift::from_config_dump(&drift::fetch_config_dump(&admin)?);
+            let mut have = drift::from_config_dump(&drift::fetch_config_dump(&admin)?);
+            // ECDS: the dump shows the config read last, even a refused one.
+            if have.values().flatten().any(|f| f.ecds.is_some()) {
+                let running = drift::running_versions(&drift::fetch_ecds_stats(&admin)?);
+                drift::mark_refused(&mut have, &running);
+            }
             let diffs = drift::compare(&want, &have);
             let filters: usize = want.values().map(Vec::len).sum();
             if diffs.is_empty() {
