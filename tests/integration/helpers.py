@@ -226,3 +226,30 @@ def set_filter_config(hcm: dict, name: str, config: dict) -> bool:
                     found = True
             conf["configuration"]["value"] = json.dumps(chain)
     return found
+
+
+def running_http_filters(listener: str) -> list[dict]:
+    """The HTTP filters the running Envoy (replica 1) serves on `listener`,
+    each as {"name", "typed_config"} with the filter's name as the template
+    has it (an ECDS resource is named `<listener>.<name>`): a filter delivered through ECDS (the
+    stack's dynamic form, docs/operations.md "Live configuration") resolved
+    to the config Envoy runs, from the ECDS section of the config dump."""
+    dump = requests.get(admin_url("/config_dump"), timeout=TIMEOUT).json()
+    listeners = [c for c in dump["configs"] if c["@type"].endswith("ListenersConfigDump")]
+    [found] = [s["listener"] for l in listeners for s in l.get("static_listeners", [])
+               if s["listener"]["name"] == listener]
+    ecds = {f["ecds_filter"]["name"]: f["ecds_filter"]["typed_config"]
+            for c in dump["configs"] if c["@type"].endswith("EcdsConfigDump")
+            for f in c.get("ecds_filters", [])}
+    manager = found["filter_chains"][0]["filters"][0]["typed_config"]
+    out = []
+    for f in manager["http_filters"]:
+        if "config_discovery" in f:
+            # The ECDS resource wraps the filter's own config in a
+            # TypedExtensionConfig: {"name", "typed_config"}.
+            resource = ecds[f["name"]]
+            out.append({"name": f["name"].removeprefix(listener + "."),
+                        "typed_config": resource.get("typed_config", resource)})
+        else:
+            out.append({"name": f["name"], "typed_config": f.get("typed_config", {})})
+    return out

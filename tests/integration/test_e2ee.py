@@ -22,7 +22,7 @@ import pytest
 import requests
 
 import ece
-from helpers import (APP, FDS, KEYS, LISTENERS, TIMEOUT, admin_url, denial, echo_stats, h2_request, service_url,
+from helpers import (APP, running_http_filters, FDS, KEYS, LISTENERS, TIMEOUT, admin_url, denial, echo_stats, h2_request, service_url,
                      wait_until, wasm_build)
 from signing import Signer, content_digest
 
@@ -402,10 +402,7 @@ def test_the_running_app_gateway_has_e2ee_in_its_filters(stack):
     chain build ONE wasm filter, chain_response.wasm (the module that
     exports e2ee's response steps) running the whole gateway, sanitize-body
     a named instance of sanitize; under the others, e2ee's own filter."""
-    dump = requests.get(admin_url("/config_dump?resource=static_listeners"), timeout=TIMEOUT).json()
-    [app] = [c["listener"] for c in dump["configs"] if c["listener"]["name"] == "app"]
-    manager = app["filter_chains"][0]["filters"][0]["typed_config"]
-    wasm = [f for f in manager["http_filters"] if f["typed_config"]["@type"].endswith("wasm.v3.Wasm")]
+    wasm = [f for f in running_http_filters("app") if f["typed_config"].get("@type", "").endswith("wasm.v3.Wasm")]
     if wasm_build() != "chain":
         assert "e2ee" in [f["name"] for f in wasm]
         return
