@@ -183,9 +183,10 @@ def build(soak: "Soak", echo_total: int, panics: list[str], out: Path, args) -> 
         "phases": phases_out, "violations": violations,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(doc, indent=2))
     (out / "report.md").write_text(markdown(doc))
-    chart(soak, results, verdicts, out / "soak.png")
+    # the chart's series, so that a run can be charted again
+    doc["series"] = chart(soak, results, verdicts, out / "soak.png")
+    (out / "report.json").write_text(json.dumps(doc, indent=1))
     return doc
 
 
@@ -225,28 +226,33 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(soak: "Soak", results: list[wl.Result], verdicts: list[str], path: Path) -> None:
+def chart(soak: "Soak", results: list[wl.Result], verdicts: list[str], path: Path) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    end = int(soak.phases[-1].t1) + 1
+    # whole seconds only (the last, partial one would read as a drop)
+    end = max(1, int(soak.phases[-1].t1))
     ok = [0] * end
     fault = [0] * end
     bad = [0] * end
     for r, v in zip(results, verdicts):
-        s = min(int(r.t), end - 1)
+        s = int(r.t)
+        if s >= end:
+            continue
         (ok if v == "normal" else fault if v == "fault" else bad)[s] += 1
+    # per-second counts of [s, s + 1): bars from s, line points at s + 0.5
     xs = list(range(end))
+    mid = [x + 0.5 for x in xs]
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(12, 8), sharex=True,
                                         gridspec_kw={"height_ratios": [2, 1.2, 2]})
-    ax1.plot(xs, [a + b + c for a, b, c in zip(ok, fault, bad)], lw=0.8, color="#555", label="all answers")
-    ax1.plot(xs, ok, lw=0.8, color="#2a7", label="normal answers")
+    ax1.plot(mid, [a + b + c for a, b, c in zip(ok, fault, bad)], lw=0.8, color="#555", label="all answers")
+    ax1.plot(mid, ok, lw=0.8, color="#2a7", label="normal answers")
     ax1.set_ylabel("requests / s")
     ax1.legend(loc="lower left", fontsize=8)
-    ax2.bar(xs, fault, width=1.0, color="#e9a23b", label="documented fault answers")
-    ax2.bar(xs, bad, width=1.0, bottom=fault, color="#d33", label="unexpected (invariant broken)")
+    ax2.bar(xs, fault, width=1.0, align="edge", color="#e9a23b", label="documented fault answers")
+    ax2.bar(xs, bad, width=1.0, align="edge", bottom=fault, color="#d33", label="unexpected (invariant broken)")
     ax2.set_ylabel("errors / s")
     ax2.legend(loc="upper left", fontsize=8)
     colors = {1: "#1f77b4", 2: "#9467bd"}
@@ -268,3 +274,7 @@ def chart(soak: "Soak", results: list[wl.Result], verdicts: list[str], path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return {"per_second": {"normal": ok, "fault": fault, "unexpected": bad},
+            "rss_kb": [[round(t, 1), r, kb] for t, r, kb in soak.rss],
+            "fault_windows": [[ph.name, round(ph.fault_t0, 1), round(ph.fault_t1 or ph.t1, 1)]
+                              for ph in soak.phases if ph.start]}

@@ -113,8 +113,8 @@ def phases() -> list[Phase]:
                             (503, "provider_unavailable"))],
               start=lambda s: s.restart_demo_services(), reports_checked=False, fault_share=0.3,
               min_recovery=7.0),
-        Phase("issuer-slow", "the passport issuer answers every lookup 300 ms late (its timeout: 500 ms)",
-              start=lambda s: s.control(ISSUER, "/_control/delay_ms", 300),
+        Phase("issuer-slow", "the passport issuer answers every lookup 250 ms late (its timeout: 500 ms)",
+              start=lambda s: s.control(ISSUER, "/_control/delay_ms", 250),
               end=lambda s: s.control(ISSUER, "/_control/delay_ms", 0)),
         Phase("issuer-down", "the passport issuer closes every connection unanswered (POST /_control/down)",
               allowed=[rule(PASSPORT, ANY, (503, "passport_unavailable"))],
@@ -152,8 +152,9 @@ def phases() -> list[Phase]:
 # --------------------------------------------------------------------------- the soak
 
 class Soak:
-    def __init__(self, stack: Stack, duration: float, rate: float, workers: int):
+    def __init__(self, stack: Stack, duration: float, rate: float, workers: int, out: Path = OUT):
         self.stack = stack
+        self.out = out
         self.duration = duration
         self.rate = rate
         self.started = time.monotonic()
@@ -385,7 +386,7 @@ class Soak:
             self.note("skipped: no live config (Stack.reload is not there)")
             return
         base = json.loads((REPO / "examples" / "config" / "sanitize" / "web.json").read_text())
-        push = OUT / "push"
+        push = self.out / "push"
         push.mkdir(parents=True, exist_ok=True)
         valid = dict(base, query=dict(base["query"], max_params=48))
         (push / "web-valid.json").write_text(json.dumps(valid, indent=2))
@@ -396,11 +397,13 @@ class Soak:
         self.note(f"valid push: {got}")
         if set(got.values()) != {"accepted"}:
             self.violations.append(f"config-push: a valid sanitize config was not accepted by every replica: {got}")
+        self.probe_params(denied=True, why="the valid push (max_params 48) in force")
         time.sleep(max(1.0, self.phase_len * 0.2))
         got = self.stack.reload({rel: push / "web-invalid.json"})  # type: ignore[attr-defined]
         self.note(f"invalid push: {got}")
         if set(got.values()) != {"rejected"}:
             self.violations.append(f"config-push: an invalid sanitize config was not rejected by every replica: {got}")
+        self.probe_params(denied=True, why="the last good config (max_params 48) still in force after the invalid push")
 
     def restore_configs(self) -> None:
         if not hasattr(Stack, "reload"):
@@ -409,6 +412,31 @@ class Soak:
         self.note(f"original config pushed back: {got}")
         if set(got.values()) != {"accepted"}:
             self.violations.append(f"config-push: the original config was not accepted back: {got}")
+        self.probe_params(denied=False, why="the original config (max_params 64) back")
+
+    def probe_params(self, denied: bool, why: str, timeout: float = 10.0) -> None:
+        """A public web request with 50 query parameters (the workload sends
+        at most 2): refused under max_params 48, answered under 64. Polled
+        on each replica until it answers as `why` says, at most `timeout` s."""
+        query = "&".join(f"p{i}=1" for i in range(50))
+        t0 = time.monotonic()
+        for r in self.stack.replicas:
+            while True:
+                try:
+                    resp = HTTP.get(f"{wl.WEB[r]}/api/v1/public/soak?{query}", timeout=5)
+                    status = resp.status_code
+                    if status == 200 and '"service":"echo"' in resp.text.replace(" ", ""):
+                        self.probe_echo += 1
+                except requests.RequestException:
+                    status = 0
+                if (400 <= status < 500) if denied else status == 200:
+                    break
+                if time.monotonic() - t0 > timeout:
+                    self.violations.append(f"config-push: replica {r} never showed {why} within {timeout:.0f}s "
+                                           f"(50 query parameters answered {status})")
+                    return
+                time.sleep(0.2)
+        self.note(f"{why}: seen on every replica after {time.monotonic() - t0:.1f}s")
 
     def note(self, text: str) -> None:
         self.phases[self.current].notes.append(text)
@@ -419,8 +447,8 @@ class Soak:
         n = len(self.phases)
         # the clock starts with the traffic (not with the logins before it)
         self.started = self.wl.started = time.monotonic()
-        steady = max(8.0, self.duration * 0.1)
-        self.phase_len = max(6.0, (self.duration - 2 * steady) / (n - 2))
+        steady = max(8.0, self.duration * 0.1) if n > 2 else self.duration / 2
+        self.phase_len = max(6.0, (self.duration - 2 * steady) / (n - 2)) if n > 2 else 0.0
         threads = [threading.Thread(target=f, daemon=True, name=f.__name__)
                    for f in (self.traffic, self.sample_rss, self.report_poller)]
         for t in threads:
@@ -479,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="tasks per second (default $SOAK_RATE or 40)")
     ap.add_argument("--workers", type=int, default=32, help="client threads (tasks in flight at most)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-faults", action="store_true",
+                    help="steady traffic only (warm-up and cool-down): to measure what rate the stack sustains")
     ap.add_argument("--chart", type=Path, help="also copy the chart there (e.g. docs/img/soak.png)")
     args = ap.parse_args(argv)
 
@@ -500,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"soak: the demo stack did not start: {exc}", file=sys.stderr)
             return 2
         try:
-            soak = Soak(stack, args.duration, args.rate, args.workers)
+            soak = Soak(stack, args.duration, args.rate, args.workers, out)
+            if args.no_faults:
+                soak.phases = [soak.phases[0], soak.phases[-1]]
             soak.wl.login_pool()
             soak.ensure_block()
             log(f"stack up; {args.duration:.0f}s at {args.rate:g} tasks/s, {len(soak.phases)} phases")
