@@ -22,7 +22,8 @@ RSS_PCT = float(os.environ.get("SOAK_RSS_BOUND_PCT", "10"))
 RSS_MIB = float(os.environ.get("SOAK_RSS_BOUND_MIB", "24"))
 #: Answers that may or may not have reached the echo (its counter can be
 #: above what the workload saw answered by it by at most these).
-AMBIGUOUS = {"unavailable", "upstream_reset", "no_healthy_upstream", "upstream_timeout", "connection_error", "client_timeout"}
+AMBIGUOUS = {"unavailable", "upstream_reset", "no_healthy_upstream", "upstream_timeout", "connection_error",
+             "client_timeout"}
 #: Classes whose route ends at the echo.
 ECHO_ROUTED = {c for c, steps in wl.NORMAL.items() if any(code == "echo" for s in steps.values() for _, code in s)}
 #: Most tasks the dispatcher may skip (every client thread busy) before the
@@ -74,7 +75,8 @@ def build(soak: "Soak", echo_total: int, panics: list[str], out: Path, args) -> 
             unexpected[(soak.phases[r.phase].name if r.phase >= 0 else "?", r.cls, r.step, r.replica,
                         r.status, r.code)] += 1
     for (ph, cls, step, replica, status, code), n in sorted(unexpected.items()):
-        kind = "a 5xx/no answer not documented for this phase" if status >= 500 or status <= 0 else "an unexpected answer"
+        kind = ("a 5xx/no answer not documented for this phase" if status >= 500 or status <= 0
+                else "an unexpected answer")
         violations.append(f"{ph}: {n} x {cls}/{step} on replica {replica} got {status} {code}: {kind}")
 
     # ---- 2. no replay accepted (transfers, app nonces, a logged-out session)

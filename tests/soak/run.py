@@ -538,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"stack up; {args.duration:.0f}s at {args.rate:g} tasks/s, {len(soak.phases)} phases")
             soak.run()
             echo_total = soak.echo_base + soak.echo_count()
+        except (StackError, RuntimeError, OSError, requests.RequestException) as exc:
+            print(f"soak: the run itself failed (a fault could not be injected or undone, or the stack broke): "
+                  f"{exc}\nlogs: {log_dir}", file=sys.stderr)
+            return 2
         finally:
             stack.stop()
     result = report.build(soak, echo_total, wasm_panics(log_dir), out, args)

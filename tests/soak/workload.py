@@ -111,6 +111,8 @@ class Workload:
         self.cached_tokens = [mint_token("users:read orders:write", sub=f"soak-cached-{i}", ttl=ttl,
                                          kid="demo-rs256" if i % 2 else "demo-es256") for i in range(8)]
         self.counter = itertools.count()
+        self.alternate: dict[str, int] = {}
+        self.alternate_lock = threading.Lock()
         #: SSO sessions: (user, cookie pair), logged in by `login_pool`.
         self.sessions: dict[str, str] = {}
         #: The current phase (set by the scheduler): names the suspects of
@@ -155,18 +157,26 @@ class Workload:
         out.append(res)
         return res, resp
 
-    def replica(self) -> int:
-        return 1 + next(self.counter) % 2
+    def nth(self, key: str) -> int:
+        """0, 1, 2, ... per key (thread-safe)."""
+        with self.alternate_lock:
+            n = self.alternate.get(key, 0)
+            self.alternate[key] = n + 1
+        return n
+
+    def replica(self, cls: str) -> int:
+        """Each class alternates between the replicas on its own."""
+        return 1 + self.nth(cls) % 2
 
     # ------------------------------------------------------------ web (JWT)
     def web_cached(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("web_cached")
         token = self.cached_tokens[next(self.counter) % len(self.cached_tokens)]
         self.call(out, "web_cached", "main", r, "web", "GET", WEB[r] + "/api/v1/users/7?size=10",
                   headers={"authorization": f"Bearer {token}"})
 
     def web_new(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("web_new")
         n = next(self.counter)
         # 64 subjects: the passport cache (30 s) misses now and then
         token = mint_token("users:read", sub=f"soak-user-{n % 64}", kid="demo-rs256" if n % 2 else "demo-es256")
@@ -174,7 +184,7 @@ class Workload:
                   headers={"authorization": f"Bearer {token}"})
 
     def web_order(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("web_order")
         token = self.cached_tokens[next(self.counter) % len(self.cached_tokens)]
         self.call(out, "web_order", "main", r, "web", "POST", WEB[r] + "/api/v1/orders",
                   headers={"authorization": f"Bearer {token}"},
@@ -182,7 +192,7 @@ class Workload:
 
     def web_transfer(self, out: list[Result]) -> None:
         """A one-time transfer, then the same token again on the OTHER replica."""
-        r = self.replica()
+        r = self.replica("web_transfer")
         token = mint_token("transfers:write", sub="soak-payer", jti=secrets.token_hex(12))
         h = {"authorization": f"Bearer {token}"}
         first, _ = self.call(out, "web_transfer", "main", r, "web", "POST", WEB[r] + "/api/v1/transfers", headers=h,
@@ -217,18 +227,17 @@ class Workload:
                                             {"headers": {"authorization": "Bearer " + mint_token(
                                                 "users:read", sub=BLOCKED_USER)}})),
         ]
-        n = next(self.counter)
-        cls, build = kinds[n % len(kinds)]
+        cls, build = kinds[self.nth("web_denied.kind") % len(kinds)]
         if cls == "web_deny_blocked" and not self.block_active.is_set():
             cls, build = kinds[0]
-        r = self.replica()
+        r = self.replica("web_denied")
         method, path, kw = build(r)
         self.call(out, cls, "main", r, "web", method, WEB[r] + path, **kw)
 
     def web_unstable(self, out: list[Result]) -> None:
         """The breaker's route, failing on purpose: the echo's 500, then the
         breaker's 503 `circuit_open` (per replica, per worker)."""
-        r = self.replica()
+        r = self.replica("web_unstable")
         self.call(out, "web_unstable", "main", r, "web", "GET", WEB[r] + "/api/v1/unstable/soak?status=500")
 
     # ------------------------------------------------------------ app (signed, E2EE)
@@ -237,7 +246,7 @@ class Workload:
         return s, s.key_id()
 
     def app_get(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("app_get")
         s, kid = self._signer("get")
         h = {"host": AUTHORITY, **s.sign("GET", AUTHORITY, "/api/v1/users/7?size=5", key_id=kid)}
         self.call(out, "app_get", "main", r, "app", "GET", APP[r] + "/api/v1/users/7?size=5", headers=h)
@@ -261,15 +270,17 @@ class Workload:
             res.reached_echo = res.code in ("echo", "echo_body_mismatch")
 
     def app_order_enc(self, out: list[Result]) -> None:
-        self._encrypted(out, "app_order_enc", self.replica(), "/api/v1/orders", b'{"item_id":"soak","quantity":3}')
+        self._encrypted(out, "app_order_enc", self.replica("app_order_enc"), "/api/v1/orders",
+                        b'{"item_id":"soak","quantity":3}')
 
     def app_transfer_enc(self, out: list[Result]) -> None:
-        self._encrypted(out, "app_transfer_enc", self.replica(), "/api/v1/transfers", b'{"amount":5}')
+        self._encrypted(out, "app_transfer_enc", self.replica("app_transfer_enc"), "/api/v1/transfers",
+                        b'{"amount":5}')
 
     def app_replay(self, out: list[Result]) -> None:
         """A signed request, then the very same bytes on the OTHER replica:
         a replay (401, reported to the FDS under this phase's device)."""
-        r = self.replica()
+        r = self.replica("app_replay")
         device = f"soak-replay-p{self.phase}"
         s = Signer.demo(device=device, user="soak", lifetime=self.ttl)
         h = {"host": AUTHORITY, **s.sign("GET", AUTHORITY, "/api/v1/users/9")}
@@ -285,7 +296,7 @@ class Workload:
     def app_badsig(self, out: list[Result]) -> None:
         """A signature made with the wrong key, from this phase's client
         address (the trusted load balancer's X-Forwarded-For)."""
-        r = self.replica()
+        r = self.replica("app_badsig")
         client = f"10.99.{self.phase}.1"
         s = Signer.demo(device="soak-forger", user="soak", lifetime=self.ttl)
         s.master = b"not-the-master-secret"
@@ -295,7 +306,7 @@ class Workload:
             res.suspect = ("invalid_signature", client)
 
     def app_plain_transfer(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("app_plain_transfer")
         s, kid = self._signer("plain")
         body = b'{"amount":1}'
         h = {"host": AUTHORITY, "content-type": "application/json",
@@ -305,15 +316,15 @@ class Workload:
 
     # ------------------------------------------------------------ secure (mTLS), egress
     def secure_ok(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("secure_ok")
         self.call(out, "secure_ok", "main", r, "secure", "GET", SECURE[r] + "/partner/v1/billing/invoices")
 
     def secure_denied(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("secure_denied")
         self.call(out, "secure_denied", "main", r, "stranger", "GET", SECURE[r] + "/partner/v1/billing/invoices")
 
     def egress(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("egress")
         res, resp = self.call(out, "egress", "main", r, "web", "GET", EGRESS[r] + "/partner-a/orders",
                               headers={"authorization": "Bearer leak", "x-passport": "leak",
                                        "x-user-id": "leak", "cookie": "s=leak"})
@@ -364,12 +375,12 @@ class Workload:
             self.sessions[user] = cookie
 
     def sso_request(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("sso_request")
         self.call(out, "sso_request", "main", r, "internal", "GET", INTERNAL[r] + "/tools/report",
                   headers={**JSON_ACCEPT, "cookie": self.sessions["alice"]})
 
     def sso_denied(self, out: list[Result]) -> None:
-        r = self.replica()
+        r = self.replica("sso_denied")
         if next(self.counter) % 2:
             self.call(out, "sso_deny_admin", "main", r, "internal", "GET", INTERNAL[r] + "/admin/users",
                       headers={**JSON_ACCEPT, "cookie": self.sessions["bob"]})
@@ -380,7 +391,7 @@ class Workload:
     def sso_login(self, out: list[Result]) -> None:
         """A new login on one replica, its session used on the other, the
         logout, and the old cookie refused on the other replica."""
-        r = self.replica()
+        r = self.replica("sso_login")
         cookie = self.login("alice", r, out)
         if cookie is None:
             return
