@@ -181,7 +181,7 @@ def build(soak: "Soak", echo_total: int, panics: list[str], out: Path, args) -> 
         "requests": len(results), "skipped_tasks": soak.skipped,
         "replays": {"attempted": len(replays), "accepted": len(accepted)},
         "echo": echo, "fds_reports": {"suspects": fds_rows, "suppressed": suppressed},
-        "rss": rss_out, "rss_bound": {"pct": RSS_PCT, "mib": RSS_MIB}, "wasm_panics": panics[:20],
+        "sso_token_refreshes": soak.refreshes, "rss": rss_out, "rss_bound": {"pct": RSS_PCT, "mib": RSS_MIB}, "wasm_panics": panics[:20],
         "phases": phases_out, "violations": violations,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -215,6 +215,8 @@ def markdown(doc: dict) -> str:
                  f"{sum(s['events'] for s in checked)}, reported {sum(s['reported'] for s in checked)} "
                  f"(suppressed {doc['fds_reports']['suppressed']})")
     lines.append(f"- wasm panics in Envoy's logs: {len(doc['wasm_panics'])}")
+    lines.append("- SSO access tokens refreshed by the gateway (per replica, since its start): "
+                 + ", ".join(f"replica {r}: {n}" for r, n in doc["sso_token_refreshes"].items()))
     for rep, m in doc["rss"].items():
         lines.append(f"- replica {rep}: RSS {m['after_warmup_mib']} MiB after warm-up, {m['after_run_mib']} MiB "
                      f"after the run (bound {m['bound_mib']}), max {m['max_mib']}, slope "

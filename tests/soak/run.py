@@ -46,6 +46,11 @@ ECHO = "http://127.0.0.1:18080"
 ISSUER = "http://127.0.0.1:18081"
 FDS = "http://127.0.0.1:18082"
 OIDC = "http://127.0.0.1:18084"
+#: The demo provider's access token lifetime during the soak (default 300 s):
+#: with the internal gateway's `refresh_before` of 60 s, each session's token
+#: is refreshed every minute, so every run exercises the refresh (and its
+#: lock across replicas) under load.
+ACCESS_TOKEN_TTL = 120
 HTTP = requests.Session()
 HTTP.trust_env = False
 
@@ -110,7 +115,10 @@ def phases() -> list[Phase]:
               "(SIGTERM) and started again; the FDS block entry is re-added",
               allowed=[rule(ANY, ANY, *UPSTREAM_DOWN, (503, "passport_unavailable"), (503, "circuit_open")),
                        rule("sso_login", ANY, (0, "connection_error"), (0, "provider_login_failed"),
-                            (503, "provider_unavailable"))],
+                            (503, "provider_unavailable")),
+                       # the restarted demo provider forgot every grant: a session
+                       # whose token is due cannot refresh it (until its re-login)
+                       rule(SESSIONS, ANY, (503, "provider_unavailable"), (401, "login_required"))],
               start=lambda s: s.restart_demo_services(), reports_checked=False, fault_share=0.3,
               min_recovery=7.0),
         Phase("issuer-slow", "the passport issuer answers every lookup 250 ms late (its timeout: 500 ms)",
@@ -133,7 +141,9 @@ def phases() -> list[Phase]:
               "half-way it answers again but its token endpoint 2.5 s late, past the gateway's 2 s timeout "
               "(the callback fails); sessions keep working throughout",
               allowed=[rule("sso_login", ANY, (0, "connection_error"), (0, "provider_login_failed"),
-                            (503, "provider_unavailable"))],
+                            (503, "provider_unavailable")),
+                       # a session whose access token expired while no refresh could reach the provider
+                       rule(SESSIONS, ANY, (503, "provider_unavailable"))],
               start=lambda s: s.down(OIDC), mid=lambda s: s.oidc_slow_token(),
               end=lambda s: s.control(OIDC, "/_control/delay_ms", 0)),
         Phase("envoy-restart", "Envoy replica 2 is stopped (SIGTERM) and started again; traffic keeps going to it",
@@ -179,7 +189,7 @@ class Soak:
         self.current = 0
         self.violations: list[str] = []
         self.block_id: str | None = None
-        self.originals: dict[str, Path] = {}
+        self.refreshes: dict[int, int] = {}
 
     # ---------------------------------------------------------------- traffic
     def _task(self, name: str) -> None:
@@ -263,6 +273,15 @@ class Soak:
         while not self.stop_traffic.wait(3.0):
             if self.gate.is_set():
                 self.collect_reports()
+
+    def envoy_counter(self, replica: int, name: str) -> int:
+        """The sum of a filter metric over its labels (admin /stats), since
+        that replica's Envoy started."""
+        status, body = self.stack.admin(f"/stats?filter={name}", replica)
+        if status != 200:
+            return -1
+        return sum(int(line.rsplit(":", 1)[1]) for line in body.decode().splitlines()
+                   if name in line and line.rsplit(":", 1)[1].strip().isdigit())
 
     def echo_count(self) -> int:
         return int(HTTP.get(ECHO + "/_stats", timeout=5).json()["requests"])
@@ -353,8 +372,26 @@ class Soak:
             self.resume()
         time.sleep(1.0)
         self.stack.start_demo_services()
-        self.note("demo services restarted (their state is gone: echo counter, block list, reports)")
+        self.note("demo services restarted (their state is gone: echo counter, block list, reports, "
+                  "the provider's grants)")
         self.ensure_block()
+        self.sso_setup()
+        self.note("SSO sessions logged in again (the provider forgot their refresh tokens)")
+
+    def sso_setup(self) -> None:
+        """Short-lived access tokens (the gateway refreshes them under load,
+        on both replicas), then the long-lived sessions of the workload."""
+        resp = HTTP.post(OIDC + "/_control/access_token_ttl", json={"seconds": ACCESS_TOKEN_TTL}, timeout=5)
+        resp.raise_for_status()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.wl.login_pool()
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def ensure_block(self) -> None:
         """Puts the soak's user on the FDS block list and waits until both
@@ -533,11 +570,12 @@ def main(argv: list[str] | None = None) -> int:
             soak = Soak(stack, args.duration, args.rate, args.workers, out)
             if args.no_faults:
                 soak.phases = [soak.phases[0], soak.phases[-1]]
-            soak.wl.login_pool()
+            soak.sso_setup()
             soak.ensure_block()
             log(f"stack up; {args.duration:.0f}s at {args.rate:g} tasks/s, {len(soak.phases)} phases")
             soak.run()
             echo_total = soak.echo_base + soak.echo_count()
+            soak.refreshes = {r: soak.envoy_counter(r, "oidc_token_refreshes_total") for r in stack.replicas}
         except (StackError, RuntimeError, OSError, requests.RequestException) as exc:
             print(f"soak: the run itself failed (a fault could not be injected or undone, or the stack broke): "
                   f"{exc}\nlogs: {log_dir}", file=sys.stderr)

@@ -367,12 +367,15 @@ class Workload:
         return cookie
 
     def login_pool(self) -> None:
-        """The long-lived sessions every sso_request uses (before the run)."""
+        """The long-lived sessions every sso_request uses (before the run,
+        and again when the provider has forgotten its grants)."""
+        fresh = {}
         for user in ("alice", "bob"):
             cookie = self.login(user, 1)
             if cookie is None:
                 raise RuntimeError(f"cannot log {user} in on the internal gateway")
-            self.sessions[user] = cookie
+            fresh[user] = cookie
+        self.sessions = fresh
 
     def sso_request(self, out: list[Result]) -> None:
         r = self.replica("sso_request")
