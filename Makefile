@@ -52,7 +52,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run reload test test-rust \
         lint validate browser test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
-        istio images image-tools test-istio http2-tools
+        istio images image-tools test-istio http2-tools soak test-soak
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -164,7 +164,7 @@ compose-config: ## render the docker-compose Envoy configs into build/compose/en
 # depend on the build (test_envoy_config.py: the shipped per-filter config's
 # shape; test_module_exports.py reads the sources and every built module in
 # either pass). The suite build keeps its own target (make test-suite).
-test: build venv test-rust lint validate test-integration test-chain test-istio test-ops ## everything CI runs
+test: build venv test-rust lint validate test-integration test-chain test-istio test-ops test-soak ## everything CI runs
 
 # The property tests (proptest: the filters' arbitrary-input tests, the
 # breaker model) draw their cases from this seed, so `make test` is
@@ -278,6 +278,27 @@ bench-e2ee: venv wasm-target ## e2ee decrypt + re-encrypt µs per request and pe
 bench-tools: ## install the load generator (wrk) if missing
 	@command -v wrk >/dev/null || { echo "installing wrk"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null; }
+
+# --------------------------------------------------------------------- soak
+# The whole stack (both replicas, Redis, sidecars, demo services) under a
+# mixed workload over every gateway at SOAK_RATE tasks/s, with a fault
+# schedule (demo services restarted, issuer slow then down, FDS down, Redis
+# paused then restarted, OIDC provider down, an Envoy replica restarted, a
+# valid and an invalid config pushed); per-phase figures, the invariants and
+# a chart under build/soak/ (report.md, report.json, soak.png); exits 1 when
+# an invariant breaks (docs/soak.md). A long run: make soak SOAK_DURATION=1800.
+SOAK_DURATION ?= 180
+SOAK_RATE     ?= 40
+SOAK_ARGS     ?=
+# The short form in `make test`: every fault once, ~2 minutes with the
+# stack's start and the replica restart.
+SOAK_SHORT_DURATION ?= 60
+
+soak: build venv redis ## soak + chaos for SOAK_DURATION s (default 180) at SOAK_RATE tasks/s; build/soak/ (docs/soak.md)
+	$(VPY) tests/soak/run.py --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_ARGS)
+
+test-soak: build venv redis ## the soak's short form (SOAK_SHORT_DURATION s, every fault once; part of make test)
+	$(VPY) tests/soak/run.py --duration $(SOAK_SHORT_DURATION) --rate $(SOAK_RATE) $(SOAK_ARGS)
 
 # ---------------------------------------------------------------------- istio
 # Istio packaging (docs/istio.md): OCI images of the filters and the manifests

@@ -6,12 +6,15 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
+use crate::fault;
 use crate::http::{self, Resp};
 
 /// State of the issuer: how many lookups it served.
 #[derive(Debug, Default)]
 pub struct IssuerState {
     calls: AtomicU64,
+    /// DEMO/TEST ONLY: `POST /_control/delay_ms` delays every lookup.
+    delay: fault::Delay,
 }
 
 /// Handles one request to the issuer.
@@ -26,6 +29,7 @@ pub async fn handle(state: &IssuerState, req: Request<Incoming>) -> Resp {
         }
         state.calls.fetch_add(1, Ordering::SeqCst);
         let user = http::query_param(query, "user");
+        state.delay.apply().await;
         return lookup(user, query).await;
     }
     if let Some(user) = user_from_path(path) {
@@ -33,7 +37,11 @@ pub async fn handle(state: &IssuerState, req: Request<Incoming>) -> Resp {
             return http::method_not_allowed("GET");
         }
         state.calls.fetch_add(1, Ordering::SeqCst);
+        state.delay.apply().await;
         return lookup(Some(user), query).await;
+    }
+    if path == "/_control/delay_ms" {
+        return fault::handle_delay(&state.delay, req).await;
     }
     match (path, method) {
         ("/stats", &Method::GET) => http::json(

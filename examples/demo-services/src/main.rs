@@ -21,16 +21,21 @@
 //! | base+3 | partner | any path: like echo, with `"service":"partner"` |
 //! | base+4 | OIDC provider | `GET /.well-known/openid-configuration`; `GET`/`POST /authorize` (HTML login form → 302 `redirect_uri?code&state`); `POST /token` (`client_secret_basic`, `authorization_code` + PKCE S256, `refresh_token` with rotation); `GET /jwks`; `GET /logout` (RP-initiated); `GET /stats` → `{"token_requests","authorize_requests","logins","logouts"}`; `POST /stats/reset`; DEMO/TEST ONLY `POST /_control/{next_id_token,rotate_key,delay_ms,reset}` |
 //!
+//! DEMO/TEST ONLY fault controls (module `fault`): `POST /_control/down
+//! {"ms": N}` on the issuer, the FDS feed and the OIDC provider closes every
+//! connection's requests without an answer for N ms; `POST
+//! /_control/delay_ms {"ms": N}` on the issuer delays every lookup.
+//!
 //! Request bodies are read up to 1 MiB (413 beyond). Unknown routes on the
 //! issuer, the FDS feed and the OIDC provider answer 404 JSON.
 
 mod echo;
+mod fault;
 mod fds;
 mod http;
 mod issuer;
 mod oidc;
 
-use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,6 +87,54 @@ struct State {
     issuer: issuer::IssuerState,
     fds: fds::FdsState,
     oidc: oidc::OidcState,
+    /// DEMO/TEST ONLY outages (`POST /_control/down`) of the dependencies.
+    issuer_outage: fault::Outage,
+    fds_outage: fault::Outage,
+    oidc_outage: fault::Outage,
+}
+
+impl State {
+    /// The outage switch of a service that has one (not the upstreams: the
+    /// soak restarts the process for those).
+    fn outage(&self, service: Service) -> Option<&fault::Outage> {
+        match service {
+            Service::Issuer => Some(&self.issuer_outage),
+            Service::Fds => Some(&self.fds_outage),
+            Service::Oidc => Some(&self.oidc_outage),
+            Service::Echo | Service::Partner => None,
+        }
+    }
+}
+
+/// What a request to a service that is down gets: hyper closes the
+/// connection without an answer.
+#[derive(Debug)]
+struct Down(&'static str);
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is down (/_control/down)", self.0)
+    }
+}
+
+impl std::error::Error for Down {}
+
+/// Serves one request, or refuses it while the service is down (but for the
+/// control that ends the outage).
+async fn serve(
+    service: Service,
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<http::Resp, Down> {
+    if let Some(outage) = state.outage(service) {
+        if req.uri().path() == fault::DOWN_PATH {
+            return Ok(fault::handle_down(outage, req).await);
+        }
+        if outage.is_down() {
+            return Err(Down(service.name()));
+        }
+    }
+    Ok(dispatch(service, state, req).await)
 }
 
 async fn dispatch(service: Service, state: &State, req: Request<Incoming>) -> http::Resp {
@@ -226,6 +279,9 @@ async fn run(opts: Options) -> ExitCode {
         issuer: issuer::IssuerState::default(),
         fds: fds::FdsState::default(),
         oidc,
+        issuer_outage: fault::Outage::default(),
+        fds_outage: fault::Outage::default(),
+        oidc_outage: fault::Outage::default(),
     });
     let mut listeners = Vec::with_capacity(Service::ALL.len());
     for (offset, service) in (0u16..).zip(Service::ALL) {
@@ -292,7 +348,7 @@ async fn serve_connection(
 ) {
     let svc = service_fn(move |req: Request<Incoming>| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(dispatch(service, &state, req).await) }
+        async move { serve(service, &state, req).await }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
