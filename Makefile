@@ -270,15 +270,16 @@ bench-tools: ## install the load generator (wrk) if missing
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null; }
 
 # ---------------------------------------------------------------------- istio
-# Istio packaging (docs/istio.md): OCI images of the filters and the manifests
-# generated from the Envoy chain, the example configs and the built modules.
+# Istio packaging (docs/istio.md): OCI images of the filters (and of the
+# suite and chain builds) and the manifests generated from the Envoy chain,
+# the example configs and the built modules.
 
 ISTIO_REGISTRY ?=
 
-istio: build-wasm build-suite venv gatewayctl ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter, suite EnvoyFilter; ISTIO_REGISTRY=host/path to change registry)
+istio: build-wasm build-suite build-chain venv gatewayctl ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter, suite EnvoyFilter, chain; ISTIO_REGISTRY=host/path to change registry)
 	$(VPY) istio/generate.py $(if $(ISTIO_REGISTRY),--registry $(ISTIO_REGISTRY))
 
-images: build-wasm build-suite venv ## OCI images (Istio compat shape) of every filter and the suite under build/images/, digests and sizes
+images: build-wasm build-suite build-chain venv ## OCI images (Istio compat shape) of every filter, the suite and the chain build under build/images/, digests and sizes
 	$(VPY) istio/oci.py
 
 image-tools: ## install skopeo and docker-registry (apt-get) if missing
