@@ -301,15 +301,16 @@ test-soak: build venv redis ## the soak's short form (SOAK_SHORT_DURATION s, eve
 	$(VPY) tests/soak/run.py --duration $(SOAK_SHORT_DURATION) --rate $(SOAK_RATE) $(SOAK_ARGS)
 
 # ---------------------------------------------------------------------- istio
-# Istio packaging (docs/istio.md): OCI images of the filters and the manifests
-# generated from the Envoy chain, the example configs and the built modules.
+# Istio packaging (docs/istio.md): OCI images of the filters (and of the
+# suite and chain builds) and the manifests generated from the Envoy chain,
+# the example configs and the built modules.
 
 ISTIO_REGISTRY ?=
 
-istio: build-wasm build-suite venv gatewayctl ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter, suite EnvoyFilter; ISTIO_REGISTRY=host/path to change registry)
+istio: build-wasm build-suite build-chain venv gatewayctl ## regenerate istio/generated/ (WasmPlugin, EnvoyFilter, suite EnvoyFilter, chain; ISTIO_REGISTRY=host/path to change registry)
 	$(VPY) istio/generate.py $(if $(ISTIO_REGISTRY),--registry $(ISTIO_REGISTRY))
 
-images: build-wasm build-suite venv ## OCI images (Istio compat shape) of every filter and the suite under build/images/, digests and sizes
+images: build-wasm build-suite build-chain venv ## OCI images (Istio compat shape) of every filter, the suite and the chain build under build/images/, digests and sizes
 	$(VPY) istio/oci.py
 
 image-tools: ## install skopeo and docker-registry (apt-get) if missing

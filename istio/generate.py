@@ -8,11 +8,13 @@
 Inputs, never copied by hand:
   * envoy/envoy.yaml.tmpl (through envoy/render.py): each gateway's chain, in
     order, with root_id, vm_id, failure policy, allow_on_headers_stop_iteration,
-    VM environment variable names, the referenced upstream clusters;
+    VM environment variable names, the referenced upstream clusters; and the
+    chain build's configuration of it (render.py's chain transform);
   * examples/config/<filter>/<file>.json: each filter's configuration (the one
     the template inlines) -> `pluginConfig`, unchanged;
-  * build/wasm/<lib>.wasm: the built modules (`make build-wasm`, and
-    `make build-suite` for suite.wasm) -> the OCI image manifest digest
+  * build/wasm/<lib>.wasm: the built modules (`make build-wasm`,
+    `make build-suite` for suite.wasm, `make build-chain` for chain.wasm and
+    chain_response.wasm) -> the OCI image manifest digest
     (istio/oci.py, same bytes as `make images`) -> `sha256`.
 
 Outputs (docs/istio.md explains each):
@@ -24,6 +26,11 @@ Outputs (docs/istio.md explains each):
                                                       allow_on_headers_stop_iteration) + kustomization.yaml
   istio/generated/<gw>/suite/                         that EnvoyFilter on the suite image (suite.wasm, one
                                                       vm_id for the chain) + kustomization.yaml
+  istio/generated/<gw>/chain/                         the chain build: the gateway's filters as ONE plugin
+                                                      (chain.wasm, or chain_response.wasm for app), a
+                                                      WasmPlugin, or where the chain holds request headers
+                                                      for the body an EnvoyFilter; README.md says which
+                                                      and why + kustomization.yaml
   istio/generated/<gw>/upstreams/                     EnvoyFilter adding the clusters the filter configs
                                                       name (fds, issuer), when the gateway needs any
 
@@ -37,7 +44,10 @@ asked, through `gatewayctl body-hold` (the filter crate's own
 any gets no WasmPlugin at all (a partial chain would skip a check), and its
 wasmplugin/REFUSED.md names the filters, the fields and the EnvoyFilter to use.
 `WASMPLUGIN_CONFIG` first switches sanitize's count of unannounced body sizes
-(which holds) to its 411 answer (which does not).
+(which holds) to its 411 answer (which does not). The chain build follows the
+same rule with one plugin: its pluginConfig (WASMPLUGIN_CONFIG applied to each
+part) is judged by `gatewayctl body-hold chain`, and a chain that holds gets
+the chain as one EnvoyFilter (the flag set) instead of a WasmPlugin.
 
 Standard library + PyYAML; cargo builds gatewayctl.
 """
@@ -199,6 +209,11 @@ def _body_hold(filter_name: str, config_json: str) -> tuple[tuple[str, str], ...
     return tuple((h["field"], h["reason"]) for h in json.loads(proc.stdout))
 
 
+def ctl_name(f: chain.Filter) -> str:
+    """The name gatewayctl knows `f` by: the filter, or `chain` for a gateway's chain."""
+    return chain.CHAIN if chain.is_chain(f) else f.filter
+
+
 def body_hold(filter_name: str, config: dict) -> list[tuple[str, str]]:
     """(field, reason) of every setting of `config` that makes the filter hold
     the request headers while it reads the body: the filter's own Rust code
@@ -208,10 +223,23 @@ def body_hold(filter_name: str, config: dict) -> list[tuple[str, str]]:
 
 
 def plugin_config(f: chain.Filter) -> dict:
-    """The WasmPlugin's pluginConfig: the example config with WASMPLUGIN_CONFIG applied."""
+    """The WasmPlugin's pluginConfig: the example config with WASMPLUGIN_CONFIG
+    applied (for a chain: to each part, by its filter's name)."""
     out = copy.deepcopy(f.config)
-    out.update(copy.deepcopy(WASMPLUGIN_CONFIG.get(f.filter, {})))
+    if chain.is_chain(f):
+        for part in out["filters"]:
+            part["config"].update(copy.deepcopy(WASMPLUGIN_CONFIG.get(part["name"], {})))
+    else:
+        out.update(copy.deepcopy(WASMPLUGIN_CONFIG.get(f.filter, {})))
     return out
+
+
+def placement(f: chain.Filter) -> tuple[str, int]:
+    """(phase, priority) of f's WasmPlugin; a chain's is its first filter's."""
+    if chain.is_chain(f):
+        first = f.config["filters"][0]
+        return PLACEMENT[first.get("instance", first["name"])]
+    return PLACEMENT[f.name]
 
 
 class WasmPluginRefused(Exception):
@@ -241,7 +269,7 @@ def check_body_hold(f: chain.Filter) -> None:
     """The Envoy template must set allow_on_headers_stop_iteration exactly on the
     filters whose configuration holds the headers (else the local stack and
     the EnvoyFilter would hang, or set a flag nothing needs)."""
-    holds = body_hold(f.filter, f.config)
+    holds = body_hold(ctl_name(f), f.config)
     if bool(holds) != f.allow_on_headers_stop_iteration:
         fields = ", ".join(field for field, _ in holds) or "nothing"
         raise SystemExit(
@@ -286,7 +314,7 @@ fails instead of installing a gateway whose body checks would hang.
 # ---------------------------------------------------------------- WasmPlugin
 
 def wasm_plugin(f: chain.Filter, image: oci.Image, registry: str) -> dict:
-    phase, priority = PLACEMENT[f.name]
+    phase, priority = placement(f)
     where = GATEWAY_WORKLOADS[f.gateway]
     spec: dict = {
         "selector": {"matchLabels": dict(where["labels"])},
@@ -412,6 +440,77 @@ def envoy_filter(gateway: str, filters: list[chain.Filter], vms: list[dict]) -> 
     }
 
 
+# ------------------------------------------------------------- chain build
+
+def chain_holds(c: chain.Filter) -> list[tuple[str, str]]:
+    """(field, reason) of every setting of the chain's WasmPlugin pluginConfig
+    that holds the request headers for the body (`gatewayctl body-hold chain`:
+    each part judged by its filter, fields `filters[i].config.<field>`)."""
+    return body_hold(chain.CHAIN, plugin_config(c))
+
+
+def chain_wasm_plugin(c: chain.Filter, image: oci.Image, registry: str) -> dict:
+    """The gateway's chain as ONE WasmPlugin, or WasmPluginRefused when its
+    pluginConfig holds the request headers for the body."""
+    holds = chain_holds(c)
+    if holds:
+        raise WasmPluginRefused(c.gateway, [(c, field, reason) for field, reason in holds])
+    return wasm_plugin(c, image, registry)
+
+
+def chain_envoy_filter(c: chain.Filter, image: oci.Image, registry: str) -> dict:
+    """The gateway's chain as ONE EnvoyFilter: one ECDS resource
+    (gateway-filters.<gw>.chain: the chain's vm_id, its image, the flag where
+    a part holds) inserted first in the HCM. Same object name as
+    ../envoyfilter/ and ../suite/: applying one replaces the others."""
+    return envoy_filter(c.gateway, [c], [vm_block(c.vm_id, list(c.env_keys), image, registry)])
+
+
+CHAIN_WASMPLUGIN_NOTE = """# The {gateway} gateway's chain as ONE WasmPlugin
+
+GENERATED by istio/generate.py (`make istio`): do not edit.
+
+`wasmplugin.yaml` runs the {gateway} gateway's filters ({parts}) in ONE
+Envoy filter: the `{image}` image ({module}, the chain build, docs/chain.md),
+`pluginConfig` = the chain's configuration (each part its filter's
+configuration as in ../wasmplugin/, `WASMPLUGIN_CONFIG` of
+istio/generate.py applied), placed where the first filter goes
+({phase}, priority {priority}).
+
+Why a WasmPlugin: no part of this chain holds the request headers while it
+reads the body (`gatewayctl body-hold chain`), so it runs correctly without
+`allow_on_headers_stop_iteration`, which a WasmPlugin cannot set.
+
+Apply `kubectl apply -k istio/generated/{gateway}/chain` INSTEAD of
+../wasmplugin/, ../envoyfilter/ or ../suite/ (delete the one installed
+first: together they would run the filters twice). docs/istio.md,
+"The chain build on Istio".
+"""
+
+CHAIN_ENVOYFILTER_NOTE = """# The {gateway} gateway's chain as ONE EnvoyFilter (no WasmPlugin)
+
+GENERATED by istio/generate.py (`make istio`): do not edit.
+
+`envoyfilter.yaml` runs the {gateway} gateway's filters ({parts}) in ONE
+Envoy filter: the `{image}` image ({module}, vm_id `{vm_id}`, the chain build,
+docs/chain.md), its configuration the chain's (each part its filter's example
+configuration, unchanged), with `allow_on_headers_stop_iteration: true`.
+
+Why not a WasmPlugin: the chain holds the request headers while it reads the
+body, which needs that flag, and a WasmPlugin cannot set it (the request
+would wait until Envoy's timeouts):
+
+```
+{holds}
+```
+
+The EnvoyFilter has the object name of ../envoyfilter/ and ../suite/
+(`gateway-filters-{gateway}`): applying one replaces the other in place.
+Do not combine it with WasmPlugins of the same gateway. docs/istio.md,
+"The chain build on Istio".
+"""
+
+
 SUITE_NOTE = (
     "# The suite build: the same chain, ECDS names and object name as ../envoyfilter/,\n"
     "# every filter running from the suite image in ONE VM per worker (vm_id suite;\n"
@@ -458,7 +557,7 @@ def mesh_cluster(local: dict) -> dict:
 
 
 def template_clusters() -> dict[str, dict]:
-    doc = yaml.safe_load(chain.render.render(profile="local"))
+    doc = yaml.safe_load(chain.render.render(profile="local", wasm_build="filters"))
     return {c["name"]: c for c in doc["static_resources"]["clusters"]}
 
 
@@ -476,8 +575,9 @@ def kustomization(namespace: str, resources: list[str]) -> dict:
 def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
     """relative path under istio/generated -> file content."""
     chains = chain.chains()
+    whole = chain.gateway_chains(chains)
     mods = chain.packaged_modules(chains)
-    missing = sorted(set(mods) - set(PLACEMENT) - {chain.SUITE})
+    missing = sorted(set(mods) - set(PLACEMENT) - {chain.SUITE} - set(chain.CHAIN_IMAGES.values()))
     if missing:
         raise SystemExit(f"no phase/priority for {missing}: add them to PLACEMENT in istio/generate.py")
     images = {name: oci.image_for(name, path) for name, path in mods.items()}
@@ -495,6 +595,8 @@ def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
     for filters in chains.values():
         for f in filters:
             check_body_hold(f)
+    for c in whole.values():
+        check_body_hold(c)
     refused = refusals(chains)
 
     for gateway, filters in chains.items():
@@ -548,6 +650,33 @@ def generate(registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
         )
         files[f"{gateway}/suite/kustomization.yaml"] = dump(
             [kustomization(ns, upstream_dirs + ["envoyfilter.yaml"])], header("istio/generate.py"))
+
+        c = whole[gateway]
+        image = images[c.filter]
+        chain_sources = (f"envoy/envoy.yaml.tmpl (listener {gateway}) through envoy/render.py --wasm-build chain "
+                         "(the chain's configuration)",
+                         *(rel(f.config_file) for f in filters),
+                         f"{rel(c.wasm)} -> image sha256:{image.manifest_digest}")
+        note = dict(gateway=gateway, parts=" -> ".join(f.name for f in filters), image=image.reference,
+                    module=c.wasm.name, vm_id=c.vm_id)
+        try:
+            plugin = chain_wasm_plugin(c, image, registry)
+        except WasmPluginRefused as refusal:
+            files[f"{gateway}/chain/envoyfilter.yaml"] = dump(
+                [chain_envoy_filter(c, image, registry)], header(*chain_sources))
+            files[f"{gateway}/chain/README.md"] = CHAIN_ENVOYFILTER_NOTE.format(
+                **note, holds="\n".join(f"{field}: {reason}" for _, field, reason in refusal.holds))
+            chain_file = "envoyfilter.yaml"
+        else:
+            phase, priority = placement(c)
+            files[f"{gateway}/chain/wasmplugin.yaml"] = dump(
+                [plugin], header(*chain_sources[:-1], "pluginConfig: WASMPLUGIN_CONFIG in istio/generate.py "
+                                 "applied to the parts", chain_sources[-1]))
+            files[f"{gateway}/chain/README.md"] = CHAIN_WASMPLUGIN_NOTE.format(
+                **note, phase=phase, priority=priority)
+            chain_file = "wasmplugin.yaml"
+        files[f"{gateway}/chain/kustomization.yaml"] = dump(
+            [kustomization(ns, upstream_dirs + [chain_file])], header("istio/generate.py"))
     return files
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Build one OCI image per wasm filter (and one of the suite build), reproducibly, without a container daemon.
+"""Build one OCI image per wasm filter (and of the suite and chain builds), reproducibly, without a container daemon.
 
-    python3 istio/oci.py                       # every filter of the chains and the suite -> build/images/<name>/
+    python3 istio/oci.py                       # every filter of the chains, the suite, chain, chain-response -> build/images/<name>/
     python3 istio/oci.py --out DIR sanitize    # some filters, elsewhere
 
 The image is Istio's "compat" Wasm image (the shape istio-agent's fetcher
@@ -169,7 +169,8 @@ def image_for(name: str, wasm_path: Path, tag: str | None = None) -> Image:
     try:
         wasm = wasm_path.read_bytes()
     except OSError as exc:
-        build = "make build-suite" if name == chain.SUITE else "make build-wasm"
+        build = ("make build-suite" if name == chain.SUITE
+                 else "make build-chain" if name in chain.CHAIN_IMAGES.values() else "make build-wasm")
         raise SystemExit(f"{name}: cannot read {wasm_path} ({exc.strerror}); run `{build}` first") from exc
     return build_image(name, wasm, tag or chain.workspace_version())
 
@@ -213,7 +214,7 @@ def build_all(out: Path, names: list[str] | None = None) -> list[Image]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("filters", nargs="*", help="filter names or `suite` (default: every filter of the chains and the suite)")
+    parser.add_argument("filters", nargs="*", help="filter names, `suite`, `chain` or `chain-response` (default: all of them)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory of the layouts (default build/images)")
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
     args = parser.parse_args(argv)

@@ -57,9 +57,28 @@ def would_be_plugins(chains) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="session")
 def plugins(manifests) -> dict[str, list[dict]]:
-    """gateway -> its generated WasmPlugins (generation order); refused gateways are absent."""
+    """gateway -> its generated per-filter WasmPlugins (generation order, the
+    chain build's in chain/ left out); refused gateways are absent."""
     out: dict[str, list[dict]] = {}
-    for doc in manifests.values():
-        if doc["kind"] == "WasmPlugin":
+    for path, doc in manifests.items():
+        if doc["kind"] == "WasmPlugin" and not path.split("/")[1] == "chain":
             out.setdefault(doc["metadata"]["labels"]["gateway-filters.io/gateway"], []).append(doc)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gateway_chains(chains) -> dict[str, chain.Filter]:
+    """gateway -> its chain as ONE filter (the chain build, render.py's chain transform)."""
+    return chain.gateway_chains(chains)
+
+
+@pytest.fixture(scope="session")
+def chain_docs(manifests) -> dict[str, dict]:
+    """gateway -> the one object of istio/generated/<gateway>/chain/ (a WasmPlugin or an EnvoyFilter)."""
+    out: dict[str, dict] = {}
+    for path, doc in manifests.items():
+        gateway, variant = path.split("/")[:2]
+        if variant == "chain":
+            assert gateway not in out, f"{gateway}/chain/ holds more than one object"
+            out[gateway] = doc
     return out

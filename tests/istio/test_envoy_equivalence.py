@@ -11,7 +11,9 @@ buildVMConfig; pkg/wasm/convert.go rewriteVMConfig):
 * EnvoyFilter -> its EXTENSION_CONFIG typed configs in its HTTP_FILTER patch
   order, the remote code rewritten to the local module and ISTIO_META_* keys
   stripped (what istio-agent does), plus the upstream CLUSTER patches; both
-  variants, the per-filter images and the suite image (one vm_id).
+  variants, the per-filter images and the suite image (one vm_id);
+* the chain build (istio/generated/<gw>/chain/): its one WasmPlugin or its one
+  EnvoyFilter, translated the same way, on chain.wasm / chain_response.wasm.
 
 `envoy --mode validate` then loads every module and runs its on_configure with
 that configuration, so each pluginConfig is judged by the filter's own Rust
@@ -105,7 +107,15 @@ def listener(name: str, port: int, http_filters: list[dict]) -> dict:
     }
 
 
-def bootstrap(manifests: dict[str, dict], plugins: dict[str, list[dict]], chains, only: str | None = None) -> dict:
+def chain_filters(doc: dict, modules: dict[str, Path]) -> list[dict]:
+    """The Envoy HTTP filter(s) istiod/istio-agent make of a chain/ object."""
+    if doc["kind"] == "WasmPlugin":
+        return [wasm_filter_from_plugin(doc, modules)]
+    return filters_from_envoyfilter(doc, modules)
+
+
+def bootstrap(manifests: dict[str, dict], plugins: dict[str, list[dict]], chains, only: str | None = None,
+              chain_docs: dict[str, dict] | None = None) -> dict:
     modules = chain.packaged_modules(chains)
     listeners, clusters = [], {}
     port = 20000
@@ -119,7 +129,9 @@ def bootstrap(manifests: dict[str, dict], plugins: dict[str, list[dict]], chains
                                   filters_from_envoyfilter(envoy_filter_doc(manifests, gateway), modules)))
         listeners.append(listener(f"suite-{gateway}", port + 2,
                                   filters_from_envoyfilter(envoy_filter_doc(manifests, gateway, "suite"), modules)))
-        port += 3
+        if chain_docs is not None:
+            listeners.append(listener(f"chain-{gateway}", port + 3, chain_filters(chain_docs[gateway], modules)))
+        port += 4
         for d in manifests.values():
             if d["kind"] == "EnvoyFilter" and d["metadata"]["name"] == f"gateway-filters-{gateway}-upstreams":
                 for p in d["spec"]["configPatches"]:
@@ -147,9 +159,35 @@ def _envoy():
         pytest.fail(f"{ENVOY} missing: run `make venv`")
 
 
-def test_what_istio_would_configure_passes_envoy_validate(manifests, plugins, chains, tmp_path):
-    result = envoy_validate(bootstrap(manifests, plugins, chains), tmp_path)
+def test_what_istio_would_configure_passes_envoy_validate(manifests, plugins, chains, chain_docs, tmp_path):
+    config = bootstrap(manifests, plugins, chains, chain_docs=chain_docs)
+    chain_listeners = [item["name"] for item in config["static_resources"]["listeners"] if item["name"].startswith("chain-")]
+    assert chain_listeners == [f"chain-{g}" for g in chain.GATEWAYS]
+    result = envoy_validate(config, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("gateway", ["secure", "app"])
+def test_an_unknown_field_in_a_chain_part_is_refused_by_that_filter_inside_the_chain(
+        manifests, plugins, chains, chain_docs, gateway, tmp_path):
+    """secure: the chain's WasmPlugin (pluginConfig); app: the chain's
+    EnvoyFilter on chain_response.wasm. The chain loads each part with its
+    filter's own loader in Envoy's on_configure, and the error names the part
+    and the field."""
+    broken = copy.deepcopy(chain_docs)
+    doc = broken[gateway]
+    if doc["kind"] == "WasmPlugin":
+        doc["spec"]["pluginConfig"]["filters"][1]["config"]["not_a_field"] = True
+    else:
+        config = doc["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["configuration"]
+        value = json.loads(config["value"])
+        value["filters"][1]["config"]["not_a_field"] = True
+        config["value"] = json.dumps(value)
+    result = envoy_validate(bootstrap(manifests, plugins, chains, only=gateway, chain_docs=broken), tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert "not_a_field" in out, out[-3000:]  # the part's filter names the field
+    assert "chain: filters[1]" in out, out[-3000:]  # the chain names the part
 
 
 def test_an_unknown_plugin_config_field_is_refused_by_the_filter_itself(manifests, plugins, chains, tmp_path):

@@ -87,10 +87,10 @@ def layouts(tmp_path_factory) -> dict[str, Path]:
     return {p.name: p for p in out.iterdir()}
 
 
-def test_one_image_per_filter_and_one_of_the_suite(layouts):
+def test_one_image_per_filter_and_one_of_the_suite_and_each_chain_module(layouts):
     assert set(layouts) == set(chain.packaged_modules())
     assert set(layouts) == {"sanitize", "jwt", "replay-guard", "e2ee", "fds-block", "passport", "san-authz",
-                            "route-breaker", "oidc", "suite"}
+                            "route-breaker", "oidc", "suite", "chain", "chain-response"}
 
 
 def test_same_module_gives_the_same_bytes(tmp_path):

@@ -20,6 +20,12 @@ a recording upstream in this process:
 * `envoyfilter-<gw>`: the chain of the gateway's EnvoyFilter (the flag where
   envoy/envoy.yaml.tmpl sets it), the output the refusal points to.
 
+* `chain-<gw>`: the chain build's one plugin (istio/generated/<gw>/chain/):
+  its WasmPlugin without the flag (secure, internal, egress) or its
+  EnvoyFilter with it (web, app); for web and app also `chainwp-<gw>`, the
+  chain WasmPlugin generate.wasm_plugin would build, which the generator
+  refuses: what a hand-made chain WasmPlugin of them would run;
+
 and proves, for each body behaviour, which holds: it works without the flag,
 or the gateway's WasmPlugin is refused and the would-be chain indeed never
 answers (asserted with a short timeout), while the EnvoyFilter answers it.
@@ -49,7 +55,8 @@ import yaml
 
 import chain
 import generate
-from test_envoy_equivalence import ENVOY, HCM_TYPE, ROUTER, filters_from_envoyfilter, wasm_filter_from_plugin
+from test_envoy_equivalence import (ENVOY, HCM_TYPE, ROUTER, chain_filters, filters_from_envoyfilter,
+                                    wasm_filter_from_plugin)
 from test_manifests import envoy_filter_doc, istio_order
 
 sys.path.insert(0, str(chain.REPO / "tests" / "integration"))
@@ -159,7 +166,7 @@ class Gateways:
 
 
 @pytest.fixture(scope="module")
-def gateways(manifests, plugins, would_be_plugins, refused, chains, tmp_path_factory):
+def gateways(manifests, plugins, would_be_plugins, refused, chains, chain_docs, gateway_chains, tmp_path_factory):
     if not ENVOY.exists():
         pytest.fail(f"{ENVOY} missing: run `make venv`")
     modules = chain.packaged_modules(chains)
@@ -172,7 +179,13 @@ def gateways(manifests, plugins, would_be_plugins, refused, chains, tmp_path_fac
         variants = {
             f"wasmplugin-{gateway}": [wasm_filter_from_plugin(p, modules) for p in istio_order(source)],
             f"envoyfilter-{gateway}": filters_from_envoyfilter(envoy_filter_doc(manifests, gateway), modules),
+            f"chain-{gateway}": chain_filters(chain_docs[gateway], modules),
         }
+        if gateway in refused:
+            c = gateway_chains[gateway]
+            would_be = generate.wasm_plugin(c, generate.oci.image_for(c.filter, modules[c.filter]),
+                                            generate.recorded_registry())
+            variants[f"chainwp-{gateway}"] = [wasm_filter_from_plugin(would_be, modules)]
         for name, filters in variants.items():
             ports[name] = _free_port()
             listeners.append(_listener(name, ports[name], filters, tls=gateway == "secure"))
@@ -291,15 +304,24 @@ def test_only_the_envoyfilter_chains_carry_the_flag(gateways, refused):
         flagged = {c["root_id"] for c in gateways.wasm_filters(f"envoyfilter-{gateway}")
                    if c.get("allow_on_headers_stop_iteration")}
         assert flagged == ({"sanitize", "replay_guard", "e2ee"} if gateway == "app" else {"sanitize"}), gateway
+        # the chain build: one filter, the flag only on the EnvoyFilter of a refused gateway
+        [one] = gateways.wasm_filters(f"chain-{gateway}")
+        assert one["root_id"] == "chain"
+        assert one.get("allow_on_headers_stop_iteration", False) == (gateway in refused), gateway
+        if gateway in refused:
+            [would_be] = gateways.wasm_filters(f"chainwp-{gateway}")
+            assert "allow_on_headers_stop_iteration" not in would_be
     assert sorted(refused) == ["app", "web"]
 
 
 GENERATED = [("egress", "/partner-a/orders"), ("secure", "/partner/v1/billing/orders")]
 
 
+@pytest.mark.parametrize("kind", ["wasmplugin", "chain"])
 @pytest.mark.parametrize("gateway, path", GENERATED, ids=[g for g, _ in GENERATED])
-def test_a_generated_wasmplugin_chain_answers_every_body_without_the_flag(gateways, gateway, path):
-    listener = f"wasmplugin-{gateway}"
+def test_a_generated_wasmplugin_chain_answers_every_body_without_the_flag(gateways, gateway, path, kind):
+    """kind: the per-filter WasmPlugins, or the chain build's one WasmPlugin."""
+    listener = f"{kind}-{gateway}"
     up = gateways.upstream
     before = up.count()
     # a body of unannounced size, small or oversized: 411 at the headers (no hold)
@@ -385,6 +407,13 @@ def test_web_as_wasmplugin_would_hang_on_the_orders_body_rule(gateways, refused)
     no_answer(gateways, "wasmplugin-web", "/api/v1/orders", SMALL)
     doc = answered(post(gateways, "envoyfilter-web", "/api/v1/orders", bad), 400, "invalid_body")
     assert "quantity" in doc["message"]
+    # the chain build: a chain WasmPlugin would hang the same way; the
+    # generated chain EnvoyFilter (the flag set) judges the body at once
+    no_answer(gateways, "chainwp-web", "/api/v1/orders", bad)
+    doc = answered(post(gateways, "chain-web", "/api/v1/orders", bad), 400, "invalid_body")
+    assert "quantity" in doc["message"]
+    answered(post(gateways, "chain-web", "/api/v1/orders", SMALL), 401)
+    answered(post(gateways, "chain-web", "/api/v1/public/x", OVERSIZED, chunked=True), 413, "body_too_large")
     # a valid body passes sanitize and meets jwt (no token): judged, not held
     answered(post(gateways, "envoyfilter-web", "/api/v1/orders", SMALL), 401)
     answered(post(gateways, "wasmplugin-web", "/api/v1/public/x", OVERSIZED, chunked=True), 411, "length_required")
@@ -406,6 +435,11 @@ def test_app_as_wasmplugin_would_hang_on_the_content_digest_and_the_body_rule(ga
     no_answer(gateways, "wasmplugin-app", path, SMALL, headers=signed(path, SMALL))
     answered(post(gateways, "envoyfilter-app", path, SMALL, headers=signed(path, SMALL, digest_of=b'{"other":"body"}')),
              401, "digest_invalid")
+    # the chain build (chain_response.wasm): the chain WasmPlugin would hang,
+    # the generated chain EnvoyFilter checks the digest at once
+    no_answer(gateways, "chainwp-app", path, SMALL, headers=signed(path, SMALL))
+    answered(post(gateways, "chain-app", path, SMALL, headers=signed(path, SMALL, digest_of=b'{"other":"body"}')),
+             401, "digest_invalid")
     bad = b'{"item_id":"a","quantity":0}'
     no_answer(gateways, "wasmplugin-app", "/api/v1/orders", bad, headers=signed("/api/v1/orders", bad))
     # The body rule (sanitize-body) comes after replay-guard's nonce claim;
@@ -413,6 +447,8 @@ def test_app_as_wasmplugin_would_hang_on_the_content_digest_and_the_body_rule(ga
     # closed first: an answer at once all the same, where the WasmPlugin
     # chain gives none.
     answered(post(gateways, "envoyfilter-app", "/api/v1/orders", bad, headers=signed("/api/v1/orders", bad)),
+             503, "replay_check_unavailable")
+    answered(post(gateways, "chain-app", "/api/v1/orders", bad, headers=signed("/api/v1/orders", bad)),
              503, "replay_check_unavailable")
 
 
@@ -424,7 +460,7 @@ def test_the_refused_gateways_generate_no_wasmplugin(generated, refused):
     assert generate.refusals(chain.chains()).keys() == refused.keys()
 
 
-@pytest.mark.parametrize("kind", ["wasmplugin", "envoyfilter"])
+@pytest.mark.parametrize("kind", ["wasmplugin", "envoyfilter", "chain"])
 def test_the_internal_gateway_judges_bodies_before_sso_and_sends_nothing_without_a_session(gateways, kind):
     """The internal gateway's sanitize answers bodies the same way (411/413,
     or counted with the flag); a body within the limit then meets oidc, which
@@ -432,7 +468,7 @@ def test_the_internal_gateway_judges_bodies_before_sso_and_sends_nothing_without
     listener, path = f"{kind}-internal", "/tools/orders"
     up = gateways.upstream
     before = up.count()
-    if kind == "wasmplugin":
+    if kind in ("wasmplugin", "chain"):  # internal's chain is a WasmPlugin (no flag)
         answered(post(gateways, listener, path, SMALL, chunked=True), 411, "length_required")
     else:
         answered(post(gateways, listener, path, OVERSIZED, chunked=True), 413, "body_too_large")

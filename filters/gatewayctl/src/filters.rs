@@ -120,6 +120,38 @@ impl Filter {
     }
 }
 
+/// The chain build's configuration (filters/chain: a gateway's filters in
+/// order, each with its own config) checked by the chain's loader and each
+/// part's filter, then the settings of every part that hold the request
+/// headers for the body, at `filters[i].config.<field>`: one Envoy filter
+/// runs them all, so the chain holds the headers when any part does.
+pub fn chain_body_hold(bytes: &[u8]) -> Result<Vec<BodyHold>, ConfigError> {
+    let c = chain::config::load(bytes)?;
+    chain::config::validate_parts(&c, &replay_guard_env)?;
+    let mut out = Vec::new();
+    for (i, part) in c.parts.iter().enumerate() {
+        let Some(f) = find(part.filter) else {
+            return Err(ConfigError::at(
+                format!("filters[{i}].name"),
+                format!("{}: no body-hold rule for this filter", part.filter),
+            ));
+        };
+        let holds = f.body_hold(&part.config).map_err(|e| {
+            ConfigError::at(
+                format!("filters[{i}].config.{}", e.path),
+                format!("{}: {}", part.filter, e.message),
+            )
+        })?;
+        out.extend(holds.into_iter().map(|h| {
+            BodyHold::new(
+                format!("filters[{i}].config.{}", h.field),
+                format!("{}: {}", part.instance, h.reason),
+            )
+        }));
+    }
+    Ok(out)
+}
+
 /// Finds a filter by its name or root_id (`replay-guard`, `replay_guard`).
 pub fn find(name: &str) -> Option<&'static Filter> {
     ALL.iter().find(|f| f.name == name || f.root_id == name)
@@ -133,6 +165,28 @@ pub fn names() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_holds_the_headers_where_any_part_does_and_names_the_part() {
+        let sanitize = r#"{"routes":[{"name":"orders","prefix":"/o","body":{"fields":{}}}],"unknown_length_body":"refuse"}"#;
+        let chain = format!(
+            r#"{{"filters":[{{"name":"sanitize","config":{sanitize}}},{{"name":"route-breaker","config":{{"name":"egress"}}}}]}}"#
+        );
+        let holds = chain_body_hold(chain.as_bytes()).unwrap();
+        assert_eq!(holds.len(), 1, "{holds:?}");
+        assert_eq!(holds[0].field, "filters[0].config.routes[0].body");
+        assert!(
+            holds[0].reason.starts_with("sanitize: "),
+            "{}",
+            holds[0].reason
+        );
+        let quiet =
+            r#"{"filters":[{"name":"sanitize","config":{"unknown_length_body":"refuse"}}]}"#;
+        assert_eq!(chain_body_hold(quiet.as_bytes()).unwrap(), Vec::new());
+        let bad = r#"{"filters":[{"name":"sanitize","config":{"not_a_field":1}}]}"#;
+        let e = chain_body_hold(bad.as_bytes()).unwrap_err();
+        assert!(e.path.starts_with("filters[0].config"), "{}", e.path);
+    }
 
     #[test]
     fn names_and_root_ids_both_resolve() {

@@ -7,6 +7,7 @@
 //! gatewayctl validate-manifest istio/generated
 //! gatewayctl schema jwt
 //! gatewayctl body-hold sanitize examples/config/sanitize/web.json [--json]
+//! gatewayctl body-hold chain chain-config.json [--json]
 //! gatewayctl token --scope orders:write [--sub user-1] [--kid demo-es256] [--ttl 300] [--jti auto]
 //! gatewayctl sign POST http://127.0.0.1:10001/api/v1/orders --body '{"item_id":"a","quantity":1}'
 //! gatewayctl key-id [--device phone-1] [--user alice] [--ttl 600]
@@ -75,7 +76,8 @@ enum Cmd {
     /// reads the body: they need Envoy's allow_on_headers_stop_iteration, which an Istio
     /// WasmPlugin cannot set (none listed: the config runs correctly without it).
     BodyHold {
-        /// Filter name (sanitize, jwt, replay-guard, fds-block, passport, san-authz, route-breaker).
+        /// Filter name (sanitize, jwt, replay-guard, fds-block, passport, san-authz, route-breaker),
+        /// or `chain` for a chain build's configuration (fields `filters[i].config.<field>`).
         filter: String,
         /// The JSON config file (`-`: standard input).
         file: PathBuf,
@@ -277,7 +279,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file,
             json,
         } => {
-            let f = filter(&name)?;
+            // `chain`: a chain build's configuration, every part judged by its filter.
+            let f = if name == "chain" {
+                None
+            } else {
+                Some(filter(&name)?)
+            };
             let bytes = if file.as_os_str() == "-" {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
@@ -286,13 +293,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
             };
-            let holds = match f.body_hold(&bytes) {
-                Ok(h) => h,
-                Err(e) => {
-                    println!("INVALID {}: {e}", file.display());
-                    return Ok(ExitCode::from(1));
-                }
-            };
+            let holds =
+                match f.map_or_else(|| filters::chain_body_hold(&bytes), |f| f.body_hold(&bytes)) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        println!("INVALID {}: {e}", file.display());
+                        return Ok(ExitCode::from(1));
+                    }
+                };
             if json {
                 let list: Vec<serde_json::Value> = holds
                     .iter()
@@ -300,7 +308,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else if holds.is_empty() {
-                println!("{}: never holds the request headers for the body", f.name);
+                println!(
+                    "{}: never holds the request headers for the body",
+                    f.map_or("chain", |f| f.name)
+                );
             } else {
                 for h in &holds {
                     println!("{}: {}", h.field, h.reason);

@@ -123,6 +123,56 @@ fn body_hold_message(filter: &Filter, holds: &[filter_core::config::BodyHold]) -
     )
 }
 
+/// A WasmPlugin of the chain build (istio/generated/<gateway>/chain/): the
+/// `gateway-filters.io/filter: chain` label, else `spec.pluginName: chain`
+/// (the chain's root_id).
+fn is_chain_plugin(doc: &Value) -> bool {
+    let label = doc
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(|l| l.get("gateway-filters.io/filter"))
+        .and_then(Value::as_str);
+    let plugin = doc
+        .get("spec")
+        .and_then(|s| s.get("pluginName"))
+        .and_then(Value::as_str);
+    label == Some("chain") || (label.is_none() && plugin == Some("chain"))
+}
+
+/// Why a chain WasmPlugin's pluginConfig cannot work, if it cannot: the
+/// chain's loader and each part's filter judge it, then no part may hold
+/// the request headers for the body (a WasmPlugin cannot set the flag).
+fn chain_plugin_error(doc: &Value) -> Option<String> {
+    let Some(cfg) = doc.get("spec").and_then(|s| s.get("pluginConfig")) else {
+        return Some("spec.pluginConfig: missing".to_string());
+    };
+    let bytes = serde_json::to_vec(cfg).unwrap_or_default();
+    match filters::chain_body_hold(&bytes) {
+        Err(e) => {
+            let field = if e.path == "." {
+                "spec.pluginConfig".to_string()
+            } else {
+                format!("spec.pluginConfig.{}", e.path)
+            };
+            Some(format!("chain config: invalid at `{field}`: {}", e.message))
+        }
+        Ok(holds) if !holds.is_empty() => {
+            let fields: Vec<String> = holds
+                .iter()
+                .map(|h| format!("`spec.pluginConfig.{}` ({})", h.field, h.reason))
+                .collect();
+            Some(format!(
+                "chain config holds the request headers while it reads the body: {}. That needs \
+                 Envoy's allow_on_headers_stop_iteration, which a WasmPlugin cannot set (the request \
+                 would hang): use the gateway's chain EnvoyFilter (istio/generated/<gateway>/chain/, \
+                 docs/istio.md)",
+                fields.join("; ")
+            ))
+        }
+        Ok(_) => None,
+    }
+}
+
 /// YAML files under `path` (itself when it is a file), sorted.
 fn yaml_files(path: &Path) -> Vec<PathBuf> {
     if path.is_dir() {
@@ -172,6 +222,13 @@ pub fn manifests(path: &Path) -> Result<Vec<Report>> {
                 .and_then(Value::as_str)
                 .unwrap_or("?");
             let what = format!("{} [WasmPlugin {name}]", p.display());
+            if is_chain_plugin(&doc) {
+                out.push(Report {
+                    what,
+                    error: chain_plugin_error(&doc),
+                });
+                continue;
+            }
             let Some(filter) = plugin_filter(&doc) else {
                 out.push(Report {
                     what,
@@ -250,5 +307,32 @@ mod tests {
         assert!(e.contains("envoyfilter"), "{e}");
         assert_eq!(reports[1].error, None, "{:?}", reports[1].error);
         assert_eq!(reports[2].error, None, "{:?}", reports[2].error);
+    }
+
+    #[test]
+    fn a_chain_wasmplugin_is_judged_part_by_part() {
+        let dir = std::env::temp_dir().join(format!("gatewayctl-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("chain.yaml");
+        std::fs::write(
+            &file,
+            "kind: WasmPlugin\nmetadata: {name: egress-chain, labels: {gateway-filters.io/filter: chain}}\nspec:\n  pluginName: chain\n  pluginConfig:\n    filters:\n    - {name: sanitize, config: {unknown_length_body: refuse}}\n    - {name: route-breaker, config: {name: egress}}\n\
+             ---\nkind: WasmPlugin\nmetadata: {name: web-chain}\nspec:\n  pluginName: chain\n  pluginConfig:\n    filters:\n    - name: sanitize\n      config: {routes: [{name: orders, prefix: /o, body: {fields: {}}}], unknown_length_body: refuse}\n\
+             ---\nkind: WasmPlugin\nmetadata: {name: bad-chain, labels: {gateway-filters.io/filter: chain}}\nspec:\n  pluginConfig:\n    filters:\n    - {name: route-breaker, config: {name: egress, not_a_field: 1}}\n",
+        )
+        .unwrap();
+        let reports = manifests(&file).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(reports.len(), 3);
+        assert_eq!(reports[0].error, None, "{:?}", reports[0].error);
+        let e = reports[1].error.as_deref().unwrap();
+        assert!(
+            e.contains("`spec.pluginConfig.filters[0].config.routes[0].body`"),
+            "{e}"
+        );
+        assert!(e.contains("allow_on_headers_stop_iteration"), "{e}");
+        let e = reports[2].error.as_deref().unwrap();
+        assert!(e.contains("spec.pluginConfig.filters[0].config"), "{e}");
+        assert!(e.contains("not_a_field"), "{e}");
     }
 }
