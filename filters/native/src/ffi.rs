@@ -191,6 +191,10 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
+    fn envoy_dynamic_module_callback_http_get_body_size(
+        filter: *mut c_void,
+        body_type: u32,
+    ) -> usize;
     fn envoy_dynamic_module_callback_http_get_body_chunks_size(
         filter: *mut c_void,
         body_type: u32,
@@ -345,6 +349,18 @@ pub mod envoy {
             }
         }
         out
+    }
+
+    /// How many headers map `kind` holds.
+    pub fn headers_count(f: FilterPtr, kind: u32) -> usize {
+        // SAFETY: `f` is the live filter of the current hook.
+        unsafe { envoy_dynamic_module_callback_http_get_headers_size(f.raw(), kind) }
+    }
+
+    /// The size in bytes of the body of type `kind` (as in [`body`]).
+    pub fn body_size(f: FilterPtr, kind: u32) -> usize {
+        // SAFETY: `f` is the live filter of the current hook.
+        unsafe { envoy_dynamic_module_callback_http_get_body_size(f.raw(), kind) }
     }
 
     /// All headers of map `kind`, in order.

@@ -423,7 +423,7 @@ pub fn request_headers(s: &Stream, eos: bool) -> u32 {
         refuse(s);
         return STOP_ITERATION;
     }
-    let n = envoy::headers(s.filter, REQUEST_HEADERS).len();
+    let n = envoy::headers_count(s.filter, REQUEST_HEADERS);
     let (a, responded) = call(s, Phase::RequestHeaders, |id| {
         sdk::on_request_headers(id, n, eos)
     });
@@ -434,8 +434,8 @@ pub fn request_body(s: &Stream, eos: bool) -> u32 {
     if s.context == 0 {
         return BODY_STOP_NO_BUFFER;
     }
-    let size = envoy::body(s.filter, BUFFERED_REQUEST_BODY).len()
-        + envoy::body(s.filter, RECEIVED_REQUEST_BODY).len();
+    let size = envoy::body_size(s.filter, BUFFERED_REQUEST_BODY)
+        + envoy::body_size(s.filter, RECEIVED_REQUEST_BODY);
     let (a, responded) = call(s, Phase::RequestBody, |id| {
         sdk::on_request_body(id, size, eos)
     });
@@ -456,7 +456,7 @@ pub fn response_headers(s: &Stream, eos: bool) -> u32 {
     if s.context == 0 {
         return CONTINUE;
     }
-    let n = envoy::headers(s.filter, RESPONSE_HEADERS).len();
+    let n = envoy::headers_count(s.filter, RESPONSE_HEADERS);
     let (a, responded) = call(s, Phase::ResponseHeaders, |id| {
         sdk::on_response_headers(id, n, eos)
     });
@@ -467,8 +467,8 @@ pub fn response_body(s: &Stream, eos: bool) -> u32 {
     if s.context == 0 {
         return CONTINUE;
     }
-    let size = envoy::body(s.filter, BUFFERED_RESPONSE_BODY).len()
-        + envoy::body(s.filter, RECEIVED_RESPONSE_BODY).len();
+    let size = envoy::body_size(s.filter, BUFFERED_RESPONSE_BODY)
+        + envoy::body_size(s.filter, RECEIVED_RESPONSE_BODY);
     let (a, responded) = call(s, Phase::ResponseBody, |id| {
         sdk::on_response_body(id, size, eos)
     });
