@@ -247,11 +247,12 @@ test-chain: build build-chain venv redis http2-tools browser ## integration test
 	WASM_BUILD=chain $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py \
 	  --ignore tests/integration/test_module_exports.py $(PYTEST_ARGS)
 
-bench: build venv redis bench-tools ## gateways vs bare Envoy and a no-op wasm floor; filters, suite and chain builds side by side, one interleaved run (docs/performance.md)
+bench: build venv redis bench-tools ## gateways vs bare Envoy and a no-op wasm floor; filters, suite, chain and native builds side by side, one interleaved run (docs/performance.md)
 	$(CARGO) build --release --target $(WASM_TARGET) -p noop
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,noop)
 	$(MAKE) --no-print-directory build-suite
 	$(MAKE) --no-print-directory build-chain
+	$(MAKE) --no-print-directory build-native-module
 	$(VPY) tests/bench/run.py $(BENCH_ARGS)
 
 # The pure verifier built for wasm32-wasip1 and run under Node's V8 (the
