@@ -91,7 +91,10 @@ fn next_id() -> u32 {
 pub struct Config {
     envoy: ConfigPtr,
     env: Envelope,
-    scheduler: Option<SchedulerPtr>,
+    /// The main-thread scheduler of metric flushes; `None` once the
+    /// configuration is destroyed (a late increment then schedules nothing:
+    /// the scheduler is deleted under this lock, never used after).
+    scheduler: Mutex<Option<SchedulerPtr>>,
     pending: Mutex<Pending>,
     /// proxy-wasm metric id → Envoy's id on this configuration, for the
     /// metrics defined while the configuration was built (main thread).
@@ -325,7 +328,7 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
     let c = Arc::new(Config {
         envoy: envoy_ptr,
         env,
-        scheduler,
+        scheduler: Mutex::new(scheduler),
         pending: Mutex::new(Pending::default()),
         envoy_ids: Mutex::new(HashMap::new()),
         labelled,
@@ -344,7 +347,7 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
 
 pub fn config_destroy(c: ConfigHandle) {
     flush_metrics(&c);
-    if let Some(s) = c.scheduler {
+    if let Some(s) = lock(&c.scheduler).take() {
         envoy::config_scheduler_delete(s);
     }
     drop(c);
@@ -613,7 +616,7 @@ fn kind_of(id: u32) -> Option<Kind> {
 
 fn schedule_flush(c: &Config, first: bool) {
     if first {
-        if let Some(s) = c.scheduler {
+        if let Some(s) = *lock(&c.scheduler) {
             envoy::config_scheduler_commit(s, 0);
         }
     }
