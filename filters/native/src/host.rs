@@ -26,7 +26,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::codec;
@@ -96,6 +96,8 @@ pub struct Config {
     /// the scheduler is deleted under this lock, never used after).
     scheduler: Mutex<Option<SchedulerPtr>>,
     pending: Mutex<Pending>,
+    /// When the last flush ran (ms since the epoch).
+    last_flush_ms: AtomicU64,
     /// proxy-wasm metric id → Envoy's id on this configuration, for the
     /// metrics defined while the configuration was built (main thread).
     envoy_ids: Mutex<HashMap<u32, usize>>,
@@ -329,6 +331,7 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
         envoy: envoy_ptr,
         env,
         scheduler: Mutex::new(scheduler),
+        last_flush_ms: AtomicU64::new(0),
         pending: Mutex::new(Pending::default()),
         envoy_ids: Mutex::new(HashMap::new()),
         labelled,
@@ -337,7 +340,10 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
     let root = ensure_root(&c);
     with(|t| t.defining = false);
     match root {
-        Some(_) => Some(c),
+        Some(_) => {
+            register_for_flushes(&c);
+            Some(c)
+        }
         None => {
             config_destroy(c);
             None
@@ -540,6 +546,7 @@ pub fn callout_done(
 
 /// Main thread: hands what the workers counted to Envoy.
 pub fn flush_metrics(c: &Config) {
+    c.last_flush_ms.store(now_ms(), Ordering::Relaxed);
     let batch = lock(&c.pending).take();
     let reg = lock(registry());
     let ids = lock(&c.envoy_ids);
@@ -614,12 +621,67 @@ fn kind_of(id: u32) -> Option<Kind> {
     lock(registry()).get(id).map(|(k, _)| k)
 }
 
-fn schedule_flush(c: &Config, first: bool) {
-    if first {
-        if let Some(s) = *lock(&c.scheduler) {
-            envoy::config_scheduler_commit(s, 0);
-        }
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn commit_flush(c: &Config) {
+    if let Some(s) = *lock(&c.scheduler) {
+        envoy::config_scheduler_commit(s, 0);
     }
+}
+
+/// After a change: schedules the flush now if the last one is old enough
+/// (else the flusher thread does within `FLUSH_EVERY_MS`).
+fn schedule_flush(c: &Config, pending: &mut Pending) {
+    if metrics::flush_now(c.last_flush_ms.load(Ordering::Relaxed), now_ms())
+        && pending.claim_flush()
+    {
+        commit_flush(c);
+    }
+}
+
+/// The configurations whose pending metrics the flusher thread watches.
+fn live_configs() -> &'static Mutex<Vec<Weak<Config>>> {
+    static L: OnceLock<Mutex<Vec<Weak<Config>>>> = OnceLock::new();
+    L.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Registers `c` with the flusher thread (started with the first
+/// configuration): every `FLUSH_EVERY_MS` it schedules a flush for each
+/// configuration with changes and none scheduled.
+fn register_for_flushes(c: &Arc<Config>) {
+    let mut l = lock(live_configs());
+    l.retain(|w| w.strong_count() > 0);
+    l.push(Arc::downgrade(c));
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("gateway-native-metrics".into())
+            .spawn(|| loop {
+                std::thread::sleep(std::time::Duration::from_millis(metrics::FLUSH_EVERY_MS));
+                let configs: Vec<Arc<Config>> = lock(live_configs())
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .collect();
+                for c in configs {
+                    if lock(&c.pending).claim_flush() {
+                        commit_flush(&c);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log(
+                4,
+                format!(
+                    "gateway_native: no metrics flusher thread ({e}): metrics flush per change"
+                )
+                .as_bytes(),
+            );
+        }
+    });
 }
 
 pub fn increment_metric(id: u32, offset: i64) -> bool {
@@ -629,8 +691,9 @@ pub fn increment_metric(id: u32, offset: i64) -> bool {
     let Ok(by) = u64::try_from(offset) else {
         return true;
     };
-    let first = lock(&cur.config.pending).increment(id, by);
-    schedule_flush(&cur.config, first);
+    let mut p = lock(&cur.config.pending);
+    p.increment(id, by);
+    schedule_flush(&cur.config, &mut p);
     true
 }
 
@@ -638,12 +701,13 @@ pub fn record_metric(id: u32, value: u64) -> bool {
     let (Some(cur), Some(kind)) = (current(), kind_of(id)) else {
         return false;
     };
-    let first = match kind {
-        Kind::Gauge => lock(&cur.config.pending).set_gauge(id, value),
-        Kind::Histogram => lock(&cur.config.pending).record(id, value),
+    let mut p = lock(&cur.config.pending);
+    match kind {
+        Kind::Gauge => p.set_gauge(id, value),
+        Kind::Histogram => p.record(id, value),
         Kind::Counter => return false,
-    };
-    schedule_flush(&cur.config, first);
+    }
+    schedule_flush(&cur.config, &mut p);
     true
 }
 

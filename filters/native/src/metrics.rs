@@ -11,10 +11,10 @@
 //!   the same number on every thread, like one wasm VM's ids);
 //! * [`Pending`]: per filter configuration, what the workers counted since
 //!   the last flush (counter deltas, last gauge values, histogram samples);
-//!   the first change schedules a flush on Envoy's main thread
-//!   (`..._config_scheduler_commit`), which defines what is new there and
-//!   hands the deltas to Envoy. A counter reaches `/stats` one main-thread
-//!   loop turn after the request that counted it.
+//!   a flush on Envoy's main thread (`..._config_scheduler_commit`) hands
+//!   the deltas to Envoy: at once after a quiet spell (a counter reaches
+//!   `/stats` one main-thread loop turn after the request), at most every
+//!   [`FLUSH_EVERY_MS`] under load ([`flush_now`]).
 //!
 //! Envoy refuses new metrics once a configuration is built (`Frozen`,
 //! abi.h's metrics result 3). So a metric the filter defines in its
@@ -176,34 +176,37 @@ pub struct Batch {
 }
 
 impl Pending {
-    /// Adds `by` to counter `id`. True when a flush must be scheduled.
-    pub fn increment(&mut self, id: u32, by: u64) -> bool {
+    /// Adds `by` to counter `id`.
+    pub fn increment(&mut self, id: u32, by: u64) {
         let c = self.counters.entry(id).or_insert(0);
         *c = c.saturating_add(by);
-        self.needs_flush()
     }
 
-    /// Sets gauge `id` (the last value wins). True when a flush must be scheduled.
-    pub fn set_gauge(&mut self, id: u32, v: u64) -> bool {
+    /// Sets gauge `id` (the last value wins).
+    pub fn set_gauge(&mut self, id: u32, v: u64) {
         self.gauges.insert(id, v);
-        self.needs_flush()
     }
 
     /// Records a histogram sample (dropped past [`MAX_SAMPLES`]).
-    pub fn record(&mut self, id: u32, v: u64) -> bool {
+    pub fn record(&mut self, id: u32, v: u64) {
         if self.samples.len() < MAX_SAMPLES {
             self.samples.push((id, v));
         }
-        self.needs_flush()
     }
 
-    fn needs_flush(&mut self) -> bool {
-        let first = !self.scheduled;
-        self.scheduled = true;
-        first
+    /// True (and a flush is then considered scheduled) when something is
+    /// waiting and no flush is scheduled yet: the caller schedules one.
+    pub fn claim_flush(&mut self) -> bool {
+        let waiting =
+            !(self.counters.is_empty() && self.gauges.is_empty() && self.samples.is_empty());
+        if waiting && !self.scheduled {
+            self.scheduled = true;
+            return true;
+        }
+        false
     }
 
-    /// Everything recorded since the last flush; the next change schedules again.
+    /// Everything recorded since the last flush; the next change can schedule again.
     pub fn take(&mut self) -> Batch {
         self.scheduled = false;
         let mut counters: Vec<_> = self.counters.drain().collect();
@@ -217,6 +220,19 @@ impl Pending {
         }
     }
 }
+
+/// Whether a change may schedule its flush right away: only when the last
+/// flush is at least [`FLUSH_EVERY_MS`] old (a first request after a quiet
+/// spell reaches `/stats` one main-thread loop turn later); otherwise the
+/// host's flusher thread schedules it within [`FLUSH_EVERY_MS`]. Under load
+/// that is at most one main-thread wake-up per configuration per
+/// [`FLUSH_EVERY_MS`] instead of one per request.
+pub fn flush_now(last_flush_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(last_flush_ms) >= FLUSH_EVERY_MS
+}
+
+/// The flush period under load (ms).
+pub const FLUSH_EVERY_MS: u64 = 20;
 
 #[cfg(test)]
 mod tests {
@@ -245,22 +261,33 @@ mod tests {
     }
 
     #[test]
-    fn the_first_change_schedules_a_flush_and_a_flush_hands_over_the_sums() {
+    fn one_flush_is_claimed_at_a_time_and_a_flush_hands_over_the_sums() {
         let mut p = Pending::default();
-        assert!(p.increment(1, 1));
-        assert!(!p.increment(1, 2));
-        assert!(!p.set_gauge(2, 5));
-        assert!(!p.set_gauge(2, 7));
-        assert!(!p.record(3, 40));
+        assert!(!p.claim_flush(), "nothing waiting, nothing to flush");
+        p.increment(1, 1);
+        assert!(p.claim_flush());
+        p.increment(1, 2);
+        p.set_gauge(2, 5);
+        p.set_gauge(2, 7);
+        p.record(3, 40);
+        assert!(!p.claim_flush(), "already scheduled");
         let b = p.take();
         assert_eq!(b.counters, vec![(1, 3)]);
         assert_eq!(b.gauges, vec![(2, 7)]);
         assert_eq!(b.samples, vec![(3, 40)]);
         assert_eq!(p.take(), Batch::default());
+        p.increment(1, 1);
         assert!(
-            p.increment(1, 1),
+            p.claim_flush(),
             "after a flush the next change schedules again"
         );
+    }
+
+    #[test]
+    fn a_change_flushes_at_once_only_after_a_quiet_spell() {
+        assert!(flush_now(1_000, 1_000 + FLUSH_EVERY_MS));
+        assert!(!flush_now(1_000, 1_005));
+        assert!(flush_now(0, 1_750_000_000_000), "the very first change");
     }
 
     #[test]
