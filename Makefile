@@ -171,6 +171,9 @@ compose-config: ## render the docker-compose Envoy configs into build/compose/en
 # depend on the build (test_envoy_config.py: the shipped per-filter config's
 # shape; test_module_exports.py reads the sources and every built module in
 # either pass). The suite build keeps its own target (make test-suite).
+# test-native (~5 min: tests/native, then the integration files that cover
+# the natively served gateway on WASM_BUILD=native) is the third pass; the
+# whole suite also passes on WASM_BUILD=native (docs/native.md).
 test: build venv test-rust lint validate test-integration test-chain test-native test-istio test-ops ## everything CI runs
 
 # The property tests (proptest: the filters' arbitrary-input tests, the
