@@ -20,7 +20,9 @@ WASM_TARGET  := wasm32-wasip1
 # gateway; docs/performance.md) or `chain` (chain.wasm: ONE Envoy filter per
 # gateway running its filters in order; docs/chain.md). Read by
 # envoy/render.py, so make run, test, validate and bench all follow it:
-# `make run WASM_BUILD=chain`.
+# `make run WASM_BUILD=chain`. `native`: the gateways whose filters the
+# native dynamic module serves run it (build/native/libgateway_native.so,
+# filters/native; docs/native.md), the others keep their wasm modules.
 WASM_BUILD   ?= filters
 export WASM_BUILD
 # cargo's modules, and the ones Envoy loads: the same after Binaryen's
@@ -50,6 +52,7 @@ BENCH_ARGS  ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
+.PHONY: build-native-module native-pin test-native
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run reload test test-rust \
         lint validate browser test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools soak test-soak
@@ -110,6 +113,7 @@ build-wasm: wasm-target wasm-opt ## the filters' modules (build/wasm/<name>.wasm
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,$(WASM_FILTERS) $(WASM_LINKED))
 	@if [ "$(WASM_BUILD)" = suite ]; then $(MAKE) --no-print-directory build-suite; fi
 	@if [ "$(WASM_BUILD)" = chain ]; then $(MAKE) --no-print-directory build-chain; fi
+	@if [ "$(WASM_BUILD)" = native ]; then $(MAKE) --no-print-directory build-native-module; fi
 
 # Its own cargo invocation: cargo unifies features per build, and the suite
 # links the filters WITHOUT their `standalone` entry point.
@@ -133,6 +137,28 @@ build-chain: wasm-target wasm-opt ## chain.wasm + chain_response.wasm: one Envoy
 
 build-native:
 	$(CARGO) build --release -p demo-services -p gatewayctl -p gateway-store
+
+# The native dynamic module (filters/native, docs/native.md): the filters'
+# proxy-wasm glue compiled for x86_64 (--cfg gateway_native) over the native
+# host shim, profile `native` (release, panic = unwind). Its own target dir:
+# the cfg changes every filter crate's build, and must not invalidate the
+# wasm or test builds. Pinned to the Envoy it was written against
+# (native-pin): the dynamic-module ABI is tied to the Envoy version, and
+# Envoy 1.40 only warns on an ABI version mismatch.
+NATIVE_DIR        := build/native
+NATIVE_TARGET_DIR := target/native
+NATIVE_ABI        := v0.2.0
+
+native-pin: venv ## refuse the native module with any Envoy but ENVOY_VERSION (ABI NATIVE_ABI)
+	@$(ENVOY) --version | grep -q '/$(ENVOY_VERSION)/' || \
+	  { echo "the native module is pinned to Envoy $(ENVOY_VERSION) (dynamic-module ABI $(NATIVE_ABI)); this Envoy is: $$($(ENVOY) --version)" >&2; exit 1; }
+
+build-native-module: native-pin ## build/native/libgateway_native.so: every filter as one Envoy dynamic module
+	RUSTFLAGS="--cfg gateway_native" CARGO_TARGET_DIR=$(NATIVE_TARGET_DIR) $(CARGO) build --profile native -p gateway-native
+	@mkdir -p $(NATIVE_DIR)
+	@# A new file, renamed over the old one: an Envoy running the old module keeps its mapping.
+	cp $(NATIVE_TARGET_DIR)/native/libgateway_native.so $(NATIVE_DIR)/.libgateway_native.so.tmp
+	mv -f $(NATIVE_DIR)/.libgateway_native.so.tmp $(NATIVE_DIR)/libgateway_native.so
 
 # ------------------------------------------------------------------------ run
 
@@ -164,7 +190,10 @@ compose-config: ## render the docker-compose Envoy configs into build/compose/en
 # depend on the build (test_envoy_config.py: the shipped per-filter config's
 # shape; test_module_exports.py reads the sources and every built module in
 # either pass). The suite build keeps its own target (make test-suite).
-test: build venv test-rust lint validate test-integration test-chain test-istio test-ops test-soak ## everything CI runs
+# test-native (~5 min: tests/native, then the integration files that cover
+# the natively served gateway on WASM_BUILD=native) is the third pass; the
+# whole suite also passes on WASM_BUILD=native (docs/native.md).
+test: build venv test-rust lint validate test-integration test-chain test-native test-istio test-ops test-soak ## everything CI runs
 
 # The property tests (proptest: the filters' arbitrary-input tests, the
 # breaker model) draw their cases from this seed, so `make test` is
@@ -201,6 +230,17 @@ validate: build-wasm build-suite build-chain venv compose-config ## render + env
 test-integration: build venv redis http2-tools browser ## pytest against the real Envoy (tests/integration)
 	$(VPY) -m pytest tests/integration $(PYTEST_ARGS)
 
+# The native dynamic module (docs/native.md): its symbols and ABI against
+# the shipped Envoy, the native config loading (tests/native), then the
+# integration files that cover the gateway the native build serves today
+# (egress: sanitize, route-breaker) against WASM_BUILD=native. The other gateways of that config still run their wasm
+# modules; the rest of the suite would re-test those (test-integration).
+NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_operations.py test_stack.py test_arbitrary_input.py
+
+test-native: build-wasm build-native build-native-module venv redis http2-tools ## native module: symbols/ABI/load checks + the integration subset on WASM_BUILD=native
+	$(VPY) -m pytest -c tests/pytest.ini tests/native $(PYTEST_ARGS)
+	WASM_BUILD=native $(VPY) -m pytest $(addprefix tests/integration/,$(NATIVE_TESTS)) $(PYTEST_ARGS)
+
 http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if missing
 	@command -v nghttp >/dev/null || { echo "installing nghttp (apt-get install nghttp2-client)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -229,11 +269,12 @@ test-chain: build build-chain venv redis http2-tools browser ## integration test
 	WASM_BUILD=chain $(VPY) -m pytest tests/integration --ignore tests/integration/test_envoy_config.py \
 	  --ignore tests/integration/test_module_exports.py $(PYTEST_ARGS)
 
-bench: build venv redis bench-tools ## gateways vs bare Envoy and a no-op wasm floor; filters, suite and chain builds side by side, one interleaved run (docs/performance.md)
+bench: build venv redis bench-tools ## gateways vs bare Envoy and a no-op wasm floor; filters, suite, chain and native builds side by side, one interleaved run (docs/performance.md)
 	$(CARGO) build --release --target $(WASM_TARGET) -p noop
 	$(OPTIMIZE) $(WASM_DIR) $(call wasm_files,noop)
 	$(MAKE) --no-print-directory build-suite
 	$(MAKE) --no-print-directory build-chain
+	$(MAKE) --no-print-directory build-native-module
 	$(VPY) tests/bench/run.py $(BENCH_ARGS)
 
 # The pure verifier built for wasm32-wasip1 and run under Node's V8 (the

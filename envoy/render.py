@@ -39,6 +39,12 @@ per-route `disabled` FilterConfigs of those filters become the chain's
 `disabled_on_routes`; a listener without wasm filters stays as it is; a wasm
 filter the chain cannot run is an error. See docs/chain.md and
 docs/performance.md.
+"native" replaces the wasm blocks of
+each gateway whose filters the native dynamic module serves (NATIVE_FILTERS)
+by DynamicModuleFilter blocks (module gateway_native, found by Envoy through
+ENVOY_DYNAMIC_MODULES_SEARCH_PATH, which envoy/stack.py points at
+build/native), one per filter, same names, same JSON configurations; the
+other gateways keep their wasm blocks (docs/native.md).
 
 Standard library only, so that it runs before any virtualenv exists (the
 suite build alone needs PyYAML: the project venv has it).
@@ -111,7 +117,7 @@ DEFAULT_OUTPUT = {
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 MARKERS = ("# @extra-listeners", "# @extra-clusters")
-WASM_BUILDS = ("filters", "suite", "chain")
+WASM_BUILDS = ("filters", "suite", "chain", "native")
 #: The per-filter modules that suite.wasm contains (by file name).
 SUITE_MODULES = frozenset({
     "sanitize.wasm", "jwt.wasm", "replay_guard.wasm", "e2ee.wasm", "fds_block.wasm",
@@ -602,6 +608,77 @@ def write_dynamic(bootstrap_path: Path, ecds_dir: Path, bootstrap: str, files: M
     return written
 
 
+#: The filters (wasm root_id) the native dynamic module serves like their wasm
+#: modules today. Not yet: root-context ticks and callouts (jwt's JWKS
+#: refresh, fds-block's feed, passport, oidc), the whole peer certificate
+#: (san-authz `source: "connection"`), VM environment variables (replay-guard's
+#: and oidc's secrets) and e2ee's response streaming (docs/native.md).
+NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz")
+#: The module's name: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+NATIVE_MODULE = "gateway_native"
+
+
+def _native_ready(h: dict) -> bool:
+    conf = h.get("typed_config", {}).get("config", {})
+    vm = conf.get("vm_config", {})
+    if (conf.get("root_id") not in NATIVE_FILTERS or vm.get("environment_variables")
+            or conf.get("failure_policy", "FAIL_CLOSED") != "FAIL_CLOSED"):
+        return False
+    if conf.get("root_id") == "san_authz":
+        # The whole peer certificate (`source: "connection"`, the default)
+        # is a wasm-host property with no dynamic-module attribute.
+        try:
+            identity = json.loads(conf.get("configuration", {}).get("value", "")).get("identity", {})
+        except ValueError:
+            return False
+        return identity.get("source") == "xfcc"
+    return True
+
+
+def native_block(h: dict) -> dict:
+    """The DynamicModuleFilter typed_config that runs wasm block `h`'s filter
+    natively (same root_id, same JSON configuration, same stop-iteration flag)."""
+    conf = h["typed_config"]["config"]
+    envelope = {"config": conf.get("configuration", {}).get("value", "")}
+    if conf.get("allow_on_headers_stop_iteration"):
+        envelope["allow_on_headers_stop_iteration"] = True
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": NATIVE_MODULE, "metrics_namespace": "wasmcustom"},
+        "filter_name": conf["root_id"],
+        "filter_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": json.dumps(envelope, separators=(",", ":"), ensure_ascii=False),
+        },
+    }
+
+
+def to_native(text: str) -> str:
+    """The rendered config `text` with the wasm blocks of every gateway whose
+    wasm filters are all NATIVE_FILTERS replaced by DynamicModuleFilter blocks
+    of the gateway_native module (same filter names, so per-route `disabled`
+    FilterConfigs still apply): filter_name is the wasm root_id, filter_config
+    a StringValue holding {"config": <the block's JSON configuration>,
+    "allow_on_headers_stop_iteration": <the block's flag>}."""
+    try:
+        import yaml  # noqa: PLC0415 (only the suite, chain and native builds need it)
+    except ImportError as exc:
+        raise RenderError("the native build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
+    cfg = json.loads(json.dumps(yaml.safe_load(text)))
+    for listener in cfg.get("static_resources", {}).get("listeners", []):
+        for fc in listener.get("filter_chains", []):
+            for net in fc.get("filters", []):
+                hcm = net.get("typed_config", {})
+                filters = hcm.get("http_filters", [])
+                wasm = [h for h in filters
+                        if h.get("typed_config", {}).get("@type", "").endswith(".filters.http.wasm.v3.Wasm")]
+                if not wasm or not all(_native_ready(h) for h in wasm):
+                    continue
+                for h in wasm:
+                    h["typed_config"] = native_block(h)
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
+
+
 def variables_for(profile: str, local_paths: bool = False, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     if profile not in PROFILES:
         raise RenderError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
@@ -675,6 +752,8 @@ def render(
         text = to_suite(text, values["WASM_DIR"])
     elif wasm_build == "chain":
         text = to_chain(text, values["WASM_DIR"])
+    elif wasm_build == "native":
+        text = to_native(text)
     text = to_replica(text, replica)
     header = (
         f"# GENERATED by envoy/render.py --profile {profile}"
@@ -711,7 +790,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="2: the second Envoy replica (listener ports + 100, admin 9902, sidecar 18091)")
     parser.add_argument("--wasm-build", choices=WASM_BUILDS, default=None,
                         help="filters: one module per filter; suite: suite.wasm, one VM per worker; "
-                             "chain: chain.wasm, one filter per gateway (default: $WASM_BUILD, else filters)")
+                             "chain: chain.wasm, one filter per gateway; native: the gateway_native dynamic "
+                             "module where it serves the gateway (default: $WASM_BUILD, else filters)")
     parser.add_argument("--dynamic", type=Path, metavar="DIR",
                         help="the dynamic form (to_dynamic): every wasm filter's config in its own ECDS file "
                              "under DIR, watched by Envoy; the output is the bootstrap that reads them")

@@ -67,6 +67,8 @@ DEMO_SERVICES_BIN = REPO / "target" / "release" / "demo-services"
 GATEWAY_STORE_BIN = REPO / "target" / "release" / "gateway-store"
 REDIS_SERVER_BIN = Path(os.environ.get("REDIS_SERVER", "redis-server"))
 DEFAULT_CONFIG = REPO / "build" / "envoy" / "envoy.yaml"
+# `make build-native-module`: libgateway_native.so, the native build's module.
+NATIVE_DIR = REPO / "build" / "native"
 DEFAULT_STATE_DIR = REPO / "build" / "stack"
 REDIS_PASSWORD_FILE = REPO / "examples" / "keys" / "redis-password"
 #: The demo OIDC provider's signing key and its client's secret (absolute
@@ -314,7 +316,7 @@ class Stack:
         log_dir: os.PathLike[str] | str | None = None,
         concurrency: int = 2,
         log_level: str = "warn",
-        component_log_level: str = "wasm:info",
+        component_log_level: str = "wasm:info,dynamic_modules:info",
         envoy_bin: os.PathLike[str] | str = ENVOY_BIN,
         demo_services_bin: os.PathLike[str] | str = DEMO_SERVICES_BIN,
         replicas: int = 2,
@@ -881,6 +883,9 @@ class Stack:
     def start_envoy(self, replica: int = 1, timeout: float = ENVOY_START_TIMEOUT) -> None:
         """Start replica `replica`'s Envoy (its config must be rendered) and
         wait until it is ready and every listener accepts."""
+        # The native build's DynamicModuleFilter blocks name the module
+        # (gateway_native); Envoy finds lib<name>.so on this path (inherited).
+        os.environ.setdefault("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", str(NATIVE_DIR))
         child = self._envoys.get(replica)
         if child is not None and child.alive():
             return

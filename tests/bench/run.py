@@ -127,6 +127,15 @@ BUILD_PORTS = {"suite": {"web": 10200, "app": 10201, "secure": 10643},
                          "bench_web_3": 10331, "bench_web_4": 10332},
                "chain-map": {"web": 10400, "app": 10401, "secure": 10843}}
 
+# The native build (docs/native.md; build/native/libgateway_native.so): the
+# filters it serves today, on the web gateway's routes (the web listener with
+# only sanitize and route-breaker kept), once as the per-filter wasm modules
+# and once as the native module: the same filters, the same configuration,
+# wasm vs native, against the same bare baseline.
+NATIVE_MODULE = REPO / "build" / "native" / "libgateway_native.so"
+NATIVE_PORTS = {"web_lite_wasm": 10500, "web_lite_native": 10501}
+NATIVE_KEEP = ("sanitize", "route_breaker")
+
 # Bridge (mTLS client) ports: plain HTTP in, mTLS out.
 BRIDGE = {10110: 10443, 10111: 10013, 10112: 10643, 10113: 10743, 10114: 10843}
 BRIDGE_ADMIN = 9911
@@ -434,6 +443,40 @@ def build_targets(mat: Material) -> list[dict]:
     return t
 
 
+def native_targets() -> list[dict]:
+    """sanitize → route-breaker on the web routes: wasm modules vs the native module."""
+    if not NATIVE_MODULE.exists():
+        return []
+    return [T("web lite wasm", "builds", NATIVE_PORTS["web_lite_wasm"], "bare", lat=True),
+            T("web lite native", "builds", NATIVE_PORTS["web_lite_native"], "bare", lat=True)]
+
+
+def native_listeners(cfg: dict) -> list[dict]:
+    """The web listener with only NATIVE_KEEP's wasm blocks, as wasm and as native."""
+    web = next(lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == "web")
+    out = []
+    for name, port in NATIVE_PORTS.items():
+        lis = json.loads(json.dumps(web))
+        lis["name"], lis["address"]["socket_address"]["port_value"] = name, port
+        for fc in lis["filter_chains"]:
+            for net in fc["filters"]:
+                tc = net.get("typed_config", {})
+                if "stat_prefix" in tc:
+                    tc["stat_prefix"] = f"{tc['stat_prefix']}_{name}"
+                kept = []
+                for h in tc.get("http_filters", []):
+                    root = h.get("typed_config", {}).get("config", {}).get("root_id")
+                    if root is not None and root not in NATIVE_KEEP:
+                        continue
+                    if root is not None and name.endswith("native"):
+                        h = {**h, "typed_config": render_mod.native_block(h)}
+                    kept.append(h)
+                if "http_filters" in tc:
+                    tc["http_filters"] = kept
+        out.append(lis)
+    return out
+
+
 def build_listeners() -> Path:
     """The web, app and secure listeners as the suite and chain builds render
     them, on BUILD_PORTS (a render.py extra file for the main pass)."""
@@ -464,6 +507,8 @@ def build_listeners() -> Path:
                             doc["header_writes"] = "map"
                             conf["value"] = json.dumps(doc, separators=(",", ":"))
             items.append(lis)
+    if NATIVE_MODULE.exists():
+        items += native_listeners(yaml.safe_load(render_mod.render("local", wasm_build="filters")))
     path = OUT / "build-listeners.yaml"
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text("# the suite and chain builds' gateways (tests/bench/run.py)\n"
@@ -943,7 +988,7 @@ def passport_miss(mat: Material, n: int = 30) -> dict:
 
 
 def main_pass(mat: Material, args, only, build: str = "filters") -> tuple[list[dict], dict | None]:
-    ts = only(main_targets(mat) + build_targets(mat) if build == "filters" else suite_targets(mat))
+    ts = only(main_targets(mat) + build_targets(mat) + native_targets() if build == "filters" else suite_targets(mat))
     os.environ["WASM_BUILD"] = build  # read by envoy/render.py
     extra = [build_listeners()] if build == "filters" and any(t["section"] == "builds" for t in ts) else []
     st = make_stack(name="envoy.yaml" if build == "filters" else "envoy-suite.yaml", builds=extra)
@@ -1252,6 +1297,15 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                          ["gateway", "filters +CPU µs", "×base", "+p50", "+p99", "suite +CPU µs", "×base", "+p50",
                           "+p99", "chain +CPU µs", "×base", "+p50", "+p99", "chain-map +CPU µs", "×base", "+p50",
                           "+p99"], trs))
+        nat = [by.get("web lite wasm"), by.get("web lite native")]
+        if all(nat):
+            out.append(table("Native module vs wasm modules: sanitize → route-breaker on the web routes, "
+                             "GET /api/v1/users/1 (base: bare; docs/native.md)",
+                             ["build", "req/s", "×bare", "+CPU µs", "+p50", "+p99"],
+                             [[label, r["rps"], r["rps_ratio"], r["added_cpu_us"], r.get("added_p50_us"),
+                               r.get("added_p99_us")]
+                              for label, r in zip(("wasm modules (sanitize.wasm, route_breaker.wasm)",
+                                                   "native module (libgateway_native.so)"), nat)]))
         c = by.get("web chain")
         if c:
             check("chain: web +CPU/req", f"{c['added_cpu_us']} µs", "≤ 40 µs", c["added_cpu_us"] <= 40)

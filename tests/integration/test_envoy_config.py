@@ -23,9 +23,12 @@ ENVOY = REPO / ".venv" / "bin" / "envoy"
 COMPOSE_FILE = REPO / "envoy" / "docker-compose.yaml"
 GATEWAYS = ("web", "app", "egress", "secure", "internal")
 
+# The shipped per-filter config's shape, whatever WASM_BUILD the suite runs
+# against (the native pass renders the egress gateway's blocks as
+# DynamicModuleFilter; docs/native.md).
 SHIPPED = {
-    "local": dict(profile="local"),
-    "compose": dict(profile="compose", local_paths=True),
+    "local": dict(profile="local", wasm_build="filters"),
+    "compose": dict(profile="compose", local_paths=True, wasm_build="filters"),
 }
 
 

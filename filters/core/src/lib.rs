@@ -43,7 +43,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", gateway_native))]
 pub mod proxy;
 
 pub use denial::Denial;

@@ -35,7 +35,7 @@ pub mod filter;
 pub mod path;
 pub mod query;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", gateway_native))]
 mod wasm {
     use std::rc::Rc;
 
@@ -176,7 +176,7 @@ mod wasm {
 
 /// The root context of this filter, for a module that links several filters
 /// and dispatches on the plugin's `root_id` (filters/suite; docs/performance.md).
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", gateway_native))]
 pub fn root_context(context_id: u32) -> Box<dyn proxy_wasm::traits::RootContext> {
     wasm::new_root(context_id)
 }

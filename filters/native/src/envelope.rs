@@ -1,0 +1,111 @@
+//! What one `DynamicModuleFilter` block hands the module: `filter_name` is
+//! the filter (the `root_id` of the wasm builds: `sanitize`, `route_breaker`
+//! …) and `filter_config` (a `google.protobuf.StringValue`) is this
+//! envelope, written by `envoy/render.py` from the wasm block it replaces:
+//!
+//! ```json
+//! {"config": "<the filter's JSON configuration, as in the wasm block>",
+//!  "allow_on_headers_stop_iteration": true}
+//! ```
+//!
+//! `config` is the same JSON text the wasm block's `configuration` carries,
+//! so the filter's own loader (serde, `deny_unknown_fields`) checks it
+//! exactly as in the wasm builds. `allow_on_headers_stop_iteration` keeps
+//! the wasm block's flag of that name: a filter that pauses in its request
+//! headers callback then still receives the body (Envoy's
+//! `StopIteration`); without it the pause holds everything
+//! (`StopAllIterationAndWatermark`, the wasm host's default).
+
+use serde::Deserialize;
+
+/// The filters the module runs, by the name a block gives (the wasm builds'
+/// `root_id`s, the same table as filters/suite).
+pub const FILTERS: [&str; 9] = [
+    "sanitize",
+    "jwt",
+    "replay_guard",
+    "fds_block",
+    "passport",
+    "route_breaker",
+    "san_authz",
+    "e2ee",
+    "oidc",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    config: String,
+    #[serde(default)]
+    allow_on_headers_stop_iteration: bool,
+}
+
+/// One block's filter and configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Index into [`FILTERS`].
+    pub filter: usize,
+    /// The filter's JSON configuration (what `on_configure` loads).
+    pub config: Vec<u8>,
+    pub allow_on_headers_stop_iteration: bool,
+}
+
+impl Envelope {
+    /// The filter's name (its `root_id`).
+    pub fn name(&self) -> &'static str {
+        FILTERS.get(self.filter).copied().unwrap_or("unknown")
+    }
+}
+
+/// Parses a block's `filter_name` and `filter_config`; the error names the
+/// field.
+pub fn parse(filter_name: &[u8], filter_config: &[u8]) -> Result<Envelope, String> {
+    let filter = FILTERS
+        .iter()
+        .position(|f| f.as_bytes() == filter_name)
+        .ok_or_else(|| {
+            format!(
+                "filter_name: unknown filter {:?} (expected one of {FILTERS:?})",
+                String::from_utf8_lossy(filter_name)
+            )
+        })?;
+    let mut de = serde_json::Deserializer::from_slice(filter_config);
+    let raw: Raw =
+        serde::Deserialize::deserialize(&mut de).map_err(|e| format!("filter_config: {e}"))?;
+    de.end().map_err(|e| format!("filter_config: {e}"))?;
+    Ok(Envelope {
+        filter,
+        config: raw.config.into_bytes(),
+        allow_on_headers_stop_iteration: raw.allow_on_headers_stop_iteration,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_names_its_filter_and_carries_its_json_config() {
+        let e = parse(b"route_breaker", br#"{"config": "{\"routes\": []}"}"#).unwrap();
+        assert_eq!(e.name(), "route_breaker");
+        assert_eq!(e.config, br#"{"routes": []}"#);
+        assert!(!e.allow_on_headers_stop_iteration);
+        let e = parse(
+            b"sanitize",
+            br#"{"config": "{}", "allow_on_headers_stop_iteration": true}"#,
+        )
+        .unwrap();
+        assert!(e.allow_on_headers_stop_iteration);
+    }
+
+    #[test]
+    fn an_unknown_filter_or_field_is_refused_naming_it() {
+        let e = parse(b"noop", br#"{"config": "{}"}"#).unwrap_err();
+        assert!(e.starts_with("filter_name: unknown filter \"noop\""), "{e}");
+        let e = parse(b"sanitize", br#"{"config": "{}", "vm_id": "x"}"#).unwrap_err();
+        assert!(e.starts_with("filter_config: unknown field `vm_id`"), "{e}");
+        let e = parse(b"sanitize", br#"{}"#).unwrap_err();
+        assert!(e.contains("missing field `config`"), "{e}");
+        assert!(parse(b"sanitize", b"not json").is_err());
+    }
+}
