@@ -349,8 +349,11 @@ impl Http {
 /// A distinct 64-hex key per call (the filters send a SHA-256).
 fn key() -> String {
     static N: AtomicU32 = AtomicU32::new(1);
+    // Always one hex letter (the `a`), so that the upper-case variant of a
+    // key is a different, invalid key whatever the process id is (a pid
+    // whose hex form is all digits made that case flaky).
     format!(
-        "{:032x}{:032x}",
+        "{:031x}a{:032x}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
