@@ -38,13 +38,32 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
 
 
+def overlapped(soak: "Soak", r: wl.Result) -> list[int]:
+    """The phases request `r` overlapped: the one it was sent in, and every
+    later one that began before its answer came (a request sent just before
+    a fault and answered during it meets that fault: a claim in flight when
+    Redis gets SIGSTOP times out and fails closed)."""
+    if not 0 <= r.phase < len(soak.phases):
+        return []
+    end = r.t + max(r.latency, 0.0)
+    out = [r.phase]
+    for i in range(r.phase + 1, len(soak.phases)):
+        # A phase that has not begun has t0 == 0 (only warm-up starts at 0).
+        if 0 < soak.phases[i].t0 <= end:
+            out.append(i)
+        else:
+            break
+    return out
+
+
 def judge(soak: "Soak", r: wl.Result) -> str:
-    """'normal', 'fault' (a documented answer of the phase's fault) or 'unexpected'."""
+    """'normal', 'fault' (a documented answer of a fault the request met:
+    overlapped()) or 'unexpected'."""
     answer = (r.status, r.code)
     if answer in wl.NORMAL.get(r.cls, {}).get(r.step, set()):
         return "normal"
-    if 0 <= r.phase < len(soak.phases):
-        for classes, replica, answers in soak.phases[r.phase].allowed:
+    for i in overlapped(soak, r):
+        for classes, replica, answers in soak.phases[i].allowed:
             if (classes is None or r.cls in classes) and (replica is None or r.replica == replica) \
                     and answer in answers:
                 return "fault"
