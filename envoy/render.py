@@ -395,7 +395,9 @@ def to_chain(text: str, wasm_dir: str) -> str:
                 filters = hcm.get("http_filters", [])
                 idx = [i for i, h in enumerate(filters)
                        if h.get("typed_config", {}).get("@type", "").endswith(".filters.http.wasm.v3.Wasm")]
-                if not idx:
+                # A listener with no gateway filter at all (the bench's no-op
+                # floors, tests/bench) is not a gateway: it stays as it is.
+                if not any(_wasm_module(filters[i]) is not None for i in idx):
                     continue
                 where = f"listener {listener.get('name')}"
                 # Every wasm filter of a gateway runs inside its chain: one

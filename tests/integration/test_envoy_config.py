@@ -416,6 +416,19 @@ def test_the_chain_build_refuses_a_wasm_filter_it_cannot_run(tmp_path):
         render.to_chain(text, "/wasm")
 
 
+def test_the_chain_build_leaves_a_listener_without_gateway_filters_as_it_is():
+    """The bench's floors (tests/bench/listeners.yaml: a no-op wasm filter)
+    are not gateways: the chain transform keeps their blocks (make bench
+    renders them under every build)."""
+    bench = REPO / "tests" / "bench" / "listeners.yaml"
+    text = render.render("local", wasm_build="chain", extra_listeners=[bench])
+    noop = listeners_by_name_of(text)["bench_noop"]
+    manager = noop["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm = [f for f in manager["http_filters"] if f["typed_config"]["@type"].endswith("wasm.v3.Wasm")]
+    assert wasm and all("noop" in f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
+                        for f in wasm)
+
+
 def listeners_by_name_of(text: str) -> dict[str, dict]:
     return {item["name"]: item for item in yaml.safe_load(text)["static_resources"]["listeners"]}
 
