@@ -477,6 +477,20 @@ def native_listeners(cfg: dict) -> list[dict]:
     return out
 
 
+def dump_yaml(doc, **kw) -> str:
+    """YAML without anchors and aliases: render.py splices several extra
+    files into one document, where two files' `&id001` would clash (the
+    stack's dynamic form parses the result with PyYAML, which refuses a
+    duplicate anchor)."""
+    import yaml  # noqa: PLC0415 (the venv has it)
+
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data) -> bool:  # noqa: ARG002
+            return True
+
+    return yaml.dump(doc, Dumper=NoAliases, sort_keys=False, width=1 << 20, **kw)
+
+
 def build_listeners() -> Path:
     """The web, app and secure listeners as the suite and chain builds render
     them, on BUILD_PORTS (a render.py extra file for the main pass)."""
@@ -512,7 +526,7 @@ def build_listeners() -> Path:
     path = OUT / "build-listeners.yaml"
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text("# the suite and chain builds' gateways (tests/bench/run.py)\n"
-                    + yaml.safe_dump(items, sort_keys=False, default_flow_style=False, width=1 << 20))
+                    + dump_yaml(items, default_flow_style=False))
     return path
 
 
@@ -824,7 +838,7 @@ def local_store_listeners() -> Path:
         out.append(lst)
     path = OUT / "local-store-listeners.yaml"
     OUT.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(out, sort_keys=False, width=1 << 20))
+    path.write_text(dump_yaml(out))
     return path
 
 
@@ -854,7 +868,7 @@ def sso_listeners() -> Path:
         out.append(lst)
     path = OUT / "sso-listeners.yaml"
     OUT.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(out, sort_keys=False, width=1 << 20))
+    path.write_text(dump_yaml(out))
     return path
 
 
