@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "envoy"))
 
 from stack import ADMIN_PORT, HOST, LISTENERS, SERVICES  # noqa: E402
+from render import replica_port  # noqa: E402
 
 CERTS = REPO / "examples" / "certs"
 CA = CERTS / "ca.pem"
@@ -32,12 +33,19 @@ T = TypeVar("T")
 TIMEOUT = 10
 
 
-def gateway_url(gateway: str, path: str = "/") -> str:
-    """URL of `path` on a gateway listener: web, app, egress, secure, internal, bare."""
+def gateway_url(gateway: str, path: str = "/", replica: int = 1) -> str:
+    """URL of `path` on a gateway listener: web, app, egress, secure, internal,
+    bare; of the second Envoy replica with replica=2 (render.replica_port)."""
+    port = replica_port(LISTENERS[gateway], replica)
     if gateway in ("secure", "internal"):
         # The demo server certificate is issued for localhost.
-        return f"https://localhost:{LISTENERS[gateway]}{path}"
-    return f"http://{HOST}:{LISTENERS[gateway]}{path}"
+        return f"https://localhost:{port}{path}"
+    return f"http://{HOST}:{port}{path}"
+
+
+def replica_urls(gateway: str) -> dict[int, str]:
+    """The gateway's base URL on each Envoy replica: {1: ..., 2: ...}."""
+    return {r: gateway_url(gateway, "", r) for r in (1, 2)}
 
 
 def web_url(path: str = "/") -> str:

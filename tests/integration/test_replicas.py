@@ -19,12 +19,12 @@ import time
 import pytest
 import requests
 
-from helpers import CA, TIMEOUT, denial, echo_stats, mint_token, seen, wait_until
+from helpers import CA, TIMEOUT, denial, echo_stats, mint_token, replica_urls, seen, wait_until
 from signing import Signer
 
-WEB = {1: "http://127.0.0.1:10000", 2: "http://127.0.0.1:10100"}
-APP = {1: "http://127.0.0.1:10001", 2: "http://127.0.0.1:10101"}
-INTERNAL = {1: "https://localhost:10444", 2: "https://localhost:10544"}
+WEB = replica_urls("web")
+APP = replica_urls("app")
+INTERNAL = replica_urls("internal")
 STORE = {1: "http://127.0.0.1:18090", 2: "http://127.0.0.1:18091"}
 ADMIN = {1: "http://127.0.0.1:9901", 2: "http://127.0.0.1:9902"}
 #: The replicas sit behind one load balancer: both take the same Host.

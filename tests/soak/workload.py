@@ -28,15 +28,15 @@ import requests
 
 import ece
 import sso
-from helpers import CA, client_cert, mint_token
+from helpers import CA, client_cert, mint_token, replica_urls
 from signing import Signer
 
 #: Both replicas of each gateway (replica 2: every port + 100).
-WEB = {1: "http://127.0.0.1:10000", 2: "http://127.0.0.1:10100"}
-APP = {1: "http://127.0.0.1:10001", 2: "http://127.0.0.1:10101"}
-EGRESS = {1: "http://127.0.0.1:10002", 2: "http://127.0.0.1:10102"}
-SECURE = {1: "https://localhost:10443", 2: "https://localhost:10543"}
-INTERNAL = {1: "https://localhost:10444", 2: "https://localhost:10544"}
+WEB = replica_urls("web")
+APP = replica_urls("app")
+EGRESS = replica_urls("egress")
+SECURE = replica_urls("secure")
+INTERNAL = replica_urls("internal")
 #: The replicas sit behind one load balancer: an app request is signed for
 #: this authority whichever replica gets it.
 AUTHORITY = "127.0.0.1:10001"
