@@ -235,7 +235,7 @@ test-integration: build venv redis http2-tools browser ## pytest against the rea
 # integration files that cover the gateway the native build serves today
 # (egress: sanitize, route-breaker) against WASM_BUILD=native. The other gateways of that config still run their wasm
 # modules; the rest of the suite would re-test those (test-integration).
-NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_operations.py test_stack.py test_arbitrary_input.py
+NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_san_authz.py test_operations.py test_stack.py test_arbitrary_input.py
 
 test-native: build-wasm build-native build-native-module venv redis http2-tools ## native module: symbols/ABI/load checks + the integration subset on WASM_BUILD=native
 	$(VPY) -m pytest -c tests/pytest.ini tests/native $(PYTEST_ARGS)

@@ -620,7 +620,23 @@ NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz")
 NATIVE_MODULE = "gateway_native"
 
 
-def _native_ready(h: dict) -> bool:
+def _sets_xfcc_from_connection(hcm: dict) -> bool:
+    """Envoy itself writes x-forwarded-client-cert on this connection manager:
+    the client's copy dropped, one element from the verified connection, its
+    Cert= the peer certificate (so the native host can read
+    connection.peer_certificate from it; docs/native.md)."""
+    return (hcm.get("forward_client_cert_details") == "SANITIZE_SET"
+            and bool((hcm.get("set_current_client_cert_details") or {}).get("cert")))
+
+
+def _san_authz_source(conf: dict) -> str | None:
+    try:
+        return json.loads(conf.get("configuration", {}).get("value", "")).get("identity", {}).get("source", "connection")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _native_ready(h: dict, hcm: dict | None = None) -> bool:
     conf = h.get("typed_config", {}).get("config", {})
     vm = conf.get("vm_config", {})
     if (conf.get("root_id") not in NATIVE_FILTERS or vm.get("environment_variables")
@@ -628,22 +644,26 @@ def _native_ready(h: dict) -> bool:
         return False
     if conf.get("root_id") == "san_authz":
         # The whole peer certificate (`source: "connection"`, the default)
-        # is a wasm-host property with no dynamic-module attribute.
-        try:
-            identity = json.loads(conf.get("configuration", {}).get("value", "")).get("identity", {})
-        except ValueError:
-            return False
-        return identity.get("source") == "xfcc"
+        # is a wasm-host property with no dynamic-module attribute: natively
+        # it is the XFCC element Envoy sets from the verified connection,
+        # so only where this connection manager sets it.
+        source = _san_authz_source(conf)
+        return source == "xfcc" or (source == "connection" and _sets_xfcc_from_connection(hcm or {}))
     return True
 
 
-def native_block(h: dict) -> dict:
+def native_block(h: dict, hcm: dict | None = None) -> dict:
     """The DynamicModuleFilter typed_config that runs wasm block `h`'s filter
-    natively (same root_id, same JSON configuration, same stop-iteration flag)."""
+    natively (same root_id, same JSON configuration, same stop-iteration flag;
+    san-authz reading the connection's certificate where `hcm`, its
+    connection manager, has Envoy set XFCC from it)."""
     conf = h["typed_config"]["config"]
     envelope = {"config": conf.get("configuration", {}).get("value", "")}
     if conf.get("allow_on_headers_stop_iteration"):
         envelope["allow_on_headers_stop_iteration"] = True
+    if (conf.get("root_id") == "san_authz" and _san_authz_source(conf) == "connection"
+            and _sets_xfcc_from_connection(hcm or {})):
+        envelope["peer_certificate_from_xfcc"] = True
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
         "dynamic_module_config": {"name": NATIVE_MODULE, "metrics_namespace": "wasmcustom"},
@@ -674,10 +694,10 @@ def to_native(text: str) -> str:
                 filters = hcm.get("http_filters", [])
                 wasm = [h for h in filters
                         if h.get("typed_config", {}).get("@type", "").endswith(".filters.http.wasm.v3.Wasm")]
-                if not wasm or not all(_native_ready(h) for h in wasm):
+                if not wasm or not all(_native_ready(h, hcm) for h in wasm):
                     continue
                 for h in wasm:
-                    h["typed_config"] = native_block(h)
+                    h["typed_config"] = native_block(h, hcm)
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
 
 

@@ -15,6 +15,14 @@
 //! headers callback then still receives the body (Envoy's
 //! `StopIteration`); without it the pause holds everything
 //! (`StopAllIterationAndWatermark`, the wasm host's default).
+//!
+//! `peer_certificate_from_xfcc: true` (render.py sets it only on a listener
+//! whose connection manager has `forward_client_cert_details: SANITIZE_SET`
+//! and `set_current_client_cert_details.cert: true`, where Envoy drops the
+//! client's XFCC and writes one element from the verified connection):
+//! `connection.peer_certificate` is read from that element's `Cert=`.
+//! Without it the property reads as absent natively (no dynamic-module
+//! attribute carries the whole certificate).
 
 use serde::Deserialize;
 
@@ -38,6 +46,8 @@ struct Raw {
     config: String,
     #[serde(default)]
     allow_on_headers_stop_iteration: bool,
+    #[serde(default)]
+    peer_certificate_from_xfcc: bool,
 }
 
 /// One block's filter and configuration.
@@ -48,6 +58,9 @@ pub struct Envelope {
     /// The filter's JSON configuration (what `on_configure` loads).
     pub config: Vec<u8>,
     pub allow_on_headers_stop_iteration: bool,
+    /// `connection.peer_certificate` is the `Cert=` of the XFCC element
+    /// Envoy set from the verified connection (above).
+    pub peer_certificate_from_xfcc: bool,
 }
 
 impl Envelope {
@@ -77,6 +90,7 @@ pub fn parse(filter_name: &[u8], filter_config: &[u8]) -> Result<Envelope, Strin
         filter,
         config: raw.config.into_bytes(),
         allow_on_headers_stop_iteration: raw.allow_on_headers_stop_iteration,
+        peer_certificate_from_xfcc: raw.peer_certificate_from_xfcc,
     })
 }
 
@@ -96,6 +110,13 @@ mod tests {
         )
         .unwrap();
         assert!(e.allow_on_headers_stop_iteration);
+        assert!(!e.peer_certificate_from_xfcc);
+        let e = parse(
+            b"san_authz",
+            br#"{"config": "{}", "peer_certificate_from_xfcc": true}"#,
+        )
+        .unwrap();
+        assert!(e.peer_certificate_from_xfcc);
     }
 
     #[test]

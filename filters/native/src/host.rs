@@ -47,6 +47,9 @@ pub const BODY_STOP_NO_BUFFER: u32 = 3;
 /// abi.h header map types (and proxy-wasm's `MapType` 0..3, the same numbers).
 const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
+/// Set by Envoy from the verified connection where the listener says so
+/// (`peer_certificate_from_xfcc`, crate::envelope).
+const XFCC: &[u8] = b"x-forwarded-client-cert";
 /// proxy-wasm `MapType::HttpCallResponseHeaders`.
 const CALL_RESPONSE_HEADERS: u32 = 6;
 /// abi.h body types.
@@ -897,7 +900,15 @@ pub fn get_property(path: &[u8]) -> Option<Vec<u8>> {
         Source::StringAttribute(id) => envoy::attribute_string(cur.filter?, id),
         Source::IntAttribute(id) => envoy::attribute_int(cur.filter?, id).map(props::int_bytes),
         Source::FilterState(key) => envoy::filter_state(cur.filter?, key.as_bytes()),
-        Source::Unsupported => None,
+        Source::PeerCertificate if cur.config.env.peer_certificate_from_xfcc => {
+            let values = envoy::header_values(cur.filter?, REQUEST_HEADERS, XFCC);
+            let values: Vec<&str> = values
+                .iter()
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .collect();
+            san_authz::xfcc::connection_certificate_pem(&values).map(String::into_bytes)
+        }
+        Source::PeerCertificate | Source::Unsupported => None,
     }
 }
 

@@ -22,6 +22,10 @@ pub enum Source {
     RootId,
     /// Filter state under this key (`wasm.` + the path joined by `.`).
     FilterState(String),
+    /// `connection.peer_certificate`: the `Cert=` of the XFCC element Envoy
+    /// set from the verified connection, where the block says the listener
+    /// sets it (`peer_certificate_from_xfcc`, crate::envelope); else absent.
+    PeerCertificate,
     /// A path the native host cannot answer (no attribute of that name):
     /// reads as absent, like an attribute the wasm host does not have.
     Unsupported,
@@ -69,9 +73,10 @@ pub fn source(path: &[&[u8]]) -> Source {
             Source::StringAttribute(CONNECTION_URI_SAN_PEER_CERTIFICATE)
         }
         // The whole peer certificate (PEM) is a wasm-host extension with no
-        // dynamic-module attribute: san-authz's `source: "connection"`
-        // reads it (docs/native.md, "What is not native yet").
-        [b"connection", b"peer_certificate"] => Source::Unsupported,
+        // dynamic-module attribute (san-authz's `source: "connection"` reads
+        // it): the host takes it from the XFCC Envoy itself set, where the
+        // listener does (docs/native.md).
+        [b"connection", b"peer_certificate"] => Source::PeerCertificate,
         [first, ..] if is_attribute_root(first) => Source::Unsupported,
         _ => Source::FilterState(filter_state_key(path)),
     }
@@ -151,8 +156,9 @@ mod tests {
     fn an_unknown_attribute_is_never_read_from_filter_state() {
         assert_eq!(
             source(&p("connection.peer_certificate")),
-            Source::Unsupported
+            Source::PeerCertificate
         );
+        assert_eq!(source(&p("connection.peer")), Source::Unsupported);
         assert_eq!(source(&p("request.headers")), Source::Unsupported);
         assert_eq!(source(&p("upstream.address")), Source::Unsupported);
     }

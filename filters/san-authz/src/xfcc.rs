@@ -98,6 +98,31 @@ pub fn last_element(header: &str, max_elements: usize) -> Result<Element, XfccEr
     parse(header, max_elements)?.pop().ok_or(XfccError::Empty)
 }
 
+/// The client certificate (PEM) of an XFCC header that Envoy itself wrote
+/// from the verified downstream connection: a listener with
+/// `forward_client_cert_details: SANITIZE_SET` and
+/// `set_current_client_cert_details.cert: true` drops whatever XFCC the
+/// client sent and writes exactly one element whose `Cert=` is the
+/// connection's peer certificate, URL-encoded. The native build reads
+/// `connection.peer_certificate` this way (Envoy's dynamic-module ABI has
+/// no attribute for the whole certificate; docs/native.md). Anything but
+/// exactly one element with exactly one `Cert=` reads as no certificate.
+pub fn connection_certificate_pem(values: &[&str]) -> Option<String> {
+    if values.len() != 1 {
+        return None;
+    }
+    let mut elements = parse(values.first()?, 2).ok()?;
+    if elements.len() != 1 {
+        return None;
+    }
+    let element = elements.pop()?;
+    let encoded = element.single("cert").ok()??;
+    percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()
+        .map(|p| p.into_owned())
+}
+
 struct Parser<'a> {
     chars: std::iter::Peekable<std::str::Chars<'a>>,
 }
@@ -209,6 +234,26 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_connection_certificate_is_the_one_element_envoy_set() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let enc: String =
+            percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        let one = format!("By=spiffe://gw;Hash=ab;Cert=\"{enc}\";Subject=\"CN=x\";URI=spiffe://p");
+        assert_eq!(connection_certificate_pem(&[&one]).as_deref(), Some(pem));
+        // Two elements, two header lines, two Cert=, none: no certificate.
+        assert_eq!(connection_certificate_pem(&[&format!("{one},{one}")]), None);
+        assert_eq!(connection_certificate_pem(&[&one, &one]), None);
+        assert_eq!(
+            connection_certificate_pem(&[&format!("Cert=a;{one}")]),
+            None
+        );
+        assert_eq!(connection_certificate_pem(&["By=x;Hash=ab"]), None);
+        assert_eq!(connection_certificate_pem(&[]), None);
+        assert_eq!(connection_certificate_pem(&["Cert=\"unterminated"]), None);
+    }
+
     use super::*;
 
     fn one(h: &str) -> Element {

@@ -1,0 +1,62 @@
+"""envoy/render.py's native conversion of the secure gateway (docs/native.md).
+
+san-authz reads the connection's whole peer certificate
+(`connection.peer_certificate`, `identity.source: "connection"`), which no
+dynamic-module attribute carries. Natively it is read from the
+x-forwarded-client-cert element Envoy itself writes from the verified
+connection, so the conversion is allowed only where the connection manager
+makes Envoy write it (`forward_client_cert_details: SANITIZE_SET` with
+`set_current_client_cert_details.cert: true`: a client's own XFCC is
+dropped first). Pure render checks: no module or Envoy needed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "envoy"))
+
+import render  # noqa: E402  (envoy/render.py)
+
+
+def secure_filters(text: str) -> list[dict]:
+    cfg = yaml.safe_load(text)
+    secure = next(lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == "secure")
+    return secure["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+
+
+def envelope(h: dict) -> dict:
+    return json.loads(h["typed_config"]["filter_config"]["value"])
+
+
+def test_the_secure_gateway_runs_natively_reading_the_certificate_envoy_sets_in_xfcc():
+    filters = secure_filters(render.render("local", wasm_build="native"))
+    blocks = {h["typed_config"]["filter_name"]: h for h in filters
+              if h["typed_config"]["@type"].endswith("DynamicModuleFilter")}
+    assert set(blocks) == {"sanitize", "san_authz", "route_breaker"}
+    assert envelope(blocks["san_authz"])["peer_certificate_from_xfcc"] is True
+    assert json.loads(envelope(blocks["san_authz"])["config"])["identity"]["source"] == "connection"
+    # Only san-authz reads the certificate.
+    assert "peer_certificate_from_xfcc" not in envelope(blocks["sanitize"])
+
+
+def test_a_connection_manager_that_does_not_set_xfcc_keeps_the_secure_gateway_on_wasm():
+    cfg = yaml.safe_load(render.render("local", wasm_build="filters"))
+    secure = next(lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == "secure")
+    hcm = secure["filter_chains"][0]["filters"][0]["typed_config"]
+    for xfcc in ({"forward_client_cert_details": "SANITIZE"},
+                 {"forward_client_cert_details": "APPEND_FORWARD"},
+                 {"set_current_client_cert_details": {"subject": True, "uri": True}}):
+        variant = json.loads(json.dumps(cfg))
+        vhcm = next(lis for lis in variant["static_resources"]["listeners"]
+                    if lis["name"] == "secure")["filter_chains"][0]["filters"][0]["typed_config"]
+        vhcm.update(xfcc)
+        filters = secure_filters(render.to_native(yaml.safe_dump(variant)))
+        kinds = {h["typed_config"]["@type"].rsplit(".", 1)[-1] for h in filters if h["name"] != "envoy.filters.http.router"}
+        assert kinds == {"Wasm"}, (xfcc, kinds)
+    assert hcm["forward_client_cert_details"] == "SANITIZE_SET"
