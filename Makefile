@@ -232,8 +232,9 @@ test-integration: build venv redis http2-tools browser ## pytest against the rea
 
 # The native dynamic module (docs/native.md): its symbols and ABI against
 # the shipped Envoy, the native config loading (tests/native), then the
-# integration files that cover the gateway the native build serves today
-# (egress: sanitize, route-breaker) against WASM_BUILD=native. The other gateways of that config still run their wasm
+# integration files that cover the gateways the native build serves today
+# (egress: sanitize, route-breaker; secure: + san-authz) against
+# WASM_BUILD=native. The other gateways of that config still run their wasm
 # modules; the rest of the suite would re-test those (test-integration).
 NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_san_authz.py test_operations.py test_stack.py test_arbitrary_input.py
 
