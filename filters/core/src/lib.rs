@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod original;
 pub mod request;
 pub mod route;
+pub mod secrets;
 pub mod shared;
 pub mod store;
 #[cfg(feature = "testing")]

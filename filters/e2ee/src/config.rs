@@ -7,7 +7,6 @@
 //! config names the environment variable of each version, read once at
 //! configure time, exactly as replay-guard does.
 
-use base64::Engine;
 use filter_core::config::{BodyHold, ConfigError};
 use filter_core::route::RouteMatcher;
 use schemars::JsonSchema;
@@ -15,11 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{Limits, MIN_RECORD_SIZE};
 
-/// Most master secrets configured at once (each one costs a key derivation
-/// and a first-record decryption attempt for a key id without a version).
-pub const MAX_SECRETS: usize = 4;
-/// Shortest accepted master secret, in bytes.
-pub const MIN_SECRET_BYTES: usize = 32;
+/// The master secrets (shared with the other filter that reads them).
+pub use filter_core::secrets::{MasterSecret, Secret, MAX_SECRETS, MIN_SECRET_BYTES};
 /// Largest `max_body_bytes` (the body is buffered whole to be decrypted).
 pub const MAX_BODY_LIMIT: u64 = 16 * 1024 * 1024;
 /// Largest `max_record_size` and `response.record_size`.
@@ -67,17 +63,6 @@ pub struct E2eeConfig {
     /// How responses to encrypted requests are encrypted.
     #[serde(default)]
     pub response: ResponseConfig,
-}
-
-/// One master secret version (the shape of replay-guard's).
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MasterSecret {
-    /// Version name, `[A-Za-z0-9_-]{1,16}`; a key id's optional 4th field selects it.
-    pub version: String,
-    /// Environment variable holding the secret, standard base64 (at least 32
-    /// bytes decoded). Read once at configure time.
-    pub env: String,
 }
 
 /// One route's mode.
@@ -131,19 +116,6 @@ fn default_max_records() -> u32 {
 }
 fn default_response_record_size() -> u32 {
     4096
-}
-
-/// A decoded master secret.
-#[derive(Clone)]
-pub struct Secret {
-    pub version: String,
-    pub key: Vec<u8>,
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secret({}, <redacted>)", self.version)
-    }
 }
 
 /// A compiled route.
@@ -213,59 +185,7 @@ impl Compiled {
         c: E2eeConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        if c.master_secrets.is_empty() || c.master_secrets.len() > MAX_SECRETS {
-            return Err(ConfigError::at(
-                "master_secrets",
-                format!("must list between 1 and {MAX_SECRETS} secrets"),
-            ));
-        }
-        let mut secrets = Vec::with_capacity(c.master_secrets.len());
-        for (i, s) in c.master_secrets.iter().enumerate() {
-            let at = format!("master_secrets[{i}]");
-            let id_ok = !s.version.is_empty()
-                && s.version.len() <= 16
-                && s.version
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !id_ok {
-                return Err(ConfigError::at(
-                    format!("{at}.version"),
-                    "must be 1-16 characters of [A-Za-z0-9_-]",
-                ));
-            }
-            if c.master_secrets
-                .iter()
-                .take(i)
-                .any(|p| p.version == s.version)
-            {
-                return Err(ConfigError::at(format!("{at}.version"), "named twice"));
-            }
-            if s.env.is_empty() || s.env.contains(['=', '\0']) {
-                return Err(ConfigError::at(
-                    format!("{at}.env"),
-                    "must be an environment variable name",
-                ));
-            }
-            let Some(value) = env(&s.env) else {
-                return Err(ConfigError::at(
-                    format!("{at}.env"),
-                    format!("environment variable {} is not set", s.env),
-                ));
-            };
-            let key = base64::engine::general_purpose::STANDARD
-                .decode(value.trim())
-                .map_err(|_| ConfigError::at(format!("{at}.env"), "is not standard base64"))?;
-            if key.len() < MIN_SECRET_BYTES {
-                return Err(ConfigError::at(
-                    format!("{at}.env"),
-                    format!("secret must be at least {MIN_SECRET_BYTES} bytes"),
-                ));
-            }
-            secrets.push(Secret {
-                version: s.version.clone(),
-                key,
-            });
-        }
+        let secrets = filter_core::secrets::compile(&c.master_secrets, env)?;
         let mut routes = Vec::with_capacity(c.routes.len());
         for (i, r) in c.routes.iter().enumerate() {
             let at = format!("routes[{i}]");

@@ -6,7 +6,6 @@
 //! environment variable per secret version, read once at configure time
 //! (in Envoy: `vm_config.environment_variables`, see the docs page).
 
-use base64::Engine;
 use filter_core::config::{validate_header_name, BodyHold, ConfigError};
 use filter_core::duration::ConfigDuration;
 use filter_core::route::RouteMatcher;
@@ -15,11 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::nonce::StoreLayout;
 
-/// Most master secrets configured at once (each unversioned key id may cost
-/// one HMAC derivation + one signature HMAC per secret).
-pub const MAX_SECRETS: usize = 4;
-/// Shortest accepted master secret, in bytes (HMAC-SHA256 key strength).
-pub const MIN_SECRET_BYTES: usize = 32;
+/// The master secrets (shared with the other filter that reads them).
+pub use filter_core::secrets::{MasterSecret, Secret, MAX_SECRETS, MIN_SECRET_BYTES};
 /// Components every signature must cover unless a route says otherwise.
 pub const DEFAULT_COMPONENTS: [&str; 3] = ["@method", "@authority", "@path"];
 
@@ -84,17 +80,6 @@ pub struct ReplayGuardConfig {
     /// without an identity and without a report to the FDS service.
     #[serde(default)]
     pub dry_run: bool,
-}
-
-/// One master secret version.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MasterSecret {
-    /// Version name, `[A-Za-z0-9_-]{1,16}`; a key id's optional 4th field selects it.
-    pub version: String,
-    /// Environment variable holding the secret, standard base64 (at least 32
-    /// bytes decoded). Read once at configure time.
-    pub env: String,
 }
 
 /// Rules for one route.
@@ -273,19 +258,6 @@ pub struct CompiledRoute {
     pub components: Vec<String>,
 }
 
-/// A decoded master secret.
-#[derive(Clone)]
-pub struct Secret {
-    pub version: String,
-    pub key: Vec<u8>,
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secret({}, <redacted>)", self.version)
-    }
-}
-
 /// Compiled report settings.
 #[derive(Debug, Clone)]
 pub struct Reports {
@@ -405,62 +377,7 @@ impl Compiled {
         c: ReplayGuardConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        if c.master_secrets.is_empty() || c.master_secrets.len() > MAX_SECRETS {
-            return Err(ConfigError::at(
-                "master_secrets",
-                format!("must list between 1 and {MAX_SECRETS} secrets"),
-            ));
-        }
-        let mut secrets = Vec::with_capacity(c.master_secrets.len());
-        for (i, s) in c.master_secrets.iter().enumerate() {
-            let at = format!("master_secrets[{i}]");
-            if !is_id(&s.version, 16) {
-                return Err(ConfigError::at(
-                    format!("{at}.version"),
-                    "must be 1-16 characters of [A-Za-z0-9_-]",
-                ));
-            }
-            if c.master_secrets
-                .iter()
-                .take(i)
-                .any(|p| p.version == s.version)
-            {
-                return Err(ConfigError::at(format!("{at}.version"), "named twice"));
-            }
-            if s.env.is_empty() || s.env.contains(['=', '\0']) {
-                return Err(ConfigError::at(
-                    format!("{at}.env"),
-                    "must be an environment variable name",
-                ));
-            }
-            let Some(raw) = env(&s.env) else {
-                return Err(ConfigError::at(
-                    format!("{at}.env"),
-                    format!("environment variable {} is not set", s.env),
-                ));
-            };
-            let key = base64::engine::general_purpose::STANDARD
-                .decode(raw.trim())
-                .map_err(|_| {
-                    ConfigError::at(
-                        format!("{at}.env"),
-                        format!("environment variable {} is not standard base64", s.env),
-                    )
-                })?;
-            if key.len() < MIN_SECRET_BYTES {
-                return Err(ConfigError::at(
-                    format!("{at}.env"),
-                    format!(
-                        "the secret in {} must be at least {MIN_SECRET_BYTES} bytes",
-                        s.env
-                    ),
-                ));
-            }
-            secrets.push(Secret {
-                version: s.version.clone(),
-                key,
-            });
-        }
+        let secrets = filter_core::secrets::compile(&c.master_secrets, env)?;
         let max_age = secs("max_age", c.max_age, 1, 24 * 3600)?;
         let max_skew = secs("max_skew", c.max_skew, 0, 3600)?;
         let max_key_lifetime = match c.max_key_lifetime {
