@@ -611,11 +611,12 @@ def write_dynamic(bootstrap_path: Path, ecds_dir: Path, bootstrap: str, files: M
 
 
 #: The filters (wasm root_id) the native dynamic module serves like their wasm
-#: modules today. Not yet: root-context ticks and callouts (jwt's JWKS
-#: refresh, fds-block's feed, passport, oidc), the whole peer certificate
-#: (san-authz `source: "connection"`), VM environment variables (replay-guard's
-#: and oidc's secrets) and e2ee's response streaming (docs/native.md).
-NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz")
+#: modules today (root-context ticks and callouts included: jwt's JWKS
+#: refresh, fds-block's feed, passport's coalesced lookups). Not yet: the
+#: whole peer certificate (san-authz `source: "connection"`), VM environment
+#: variables (replay-guard's and oidc's secrets) and e2ee's response
+#: streaming (docs/native.md).
+NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport")
 #: The module's name: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
 NATIVE_MODULE = "gateway_native"
 
