@@ -216,12 +216,19 @@ def wasm_build() -> str:
 def set_filter_config(hcm: dict, name: str, config: dict) -> bool:
     """Sets filter `name`'s JSON configuration in a rendered HTTP connection
     manager: its own wasm block (per-filter and suite builds) or its part of
-    the gateway's chain filter (chain build: {"filters": [{"name", "config"}]}).
+    the gateway's chain filter (chain build: {"filters": [{"name", "config"}]})
+    or its DynamicModuleFilter block (native build: the envelope's "config").
     Returns whether the filter is in that manager."""
     found = False
     for f in hcm["http_filters"]:
-        conf = f.get("typed_config", {}).get("config", {})
-        if f["name"] == name:
+        typed = f.get("typed_config", {})
+        conf = typed.get("config", {})
+        if f["name"] == name and typed.get("@type", "").endswith(".DynamicModuleFilter"):
+            envelope = json.loads(typed["filter_config"]["value"])
+            envelope["config"] = json.dumps(config)
+            typed["filter_config"]["value"] = json.dumps(envelope)
+            found = True
+        elif f["name"] == name:
             conf["configuration"]["value"] = json.dumps(config)
             found = True
         elif f["name"] == "chain":
