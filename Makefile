@@ -232,10 +232,13 @@ test-integration: build venv redis http2-tools browser ## pytest against the rea
 
 # The native dynamic module (docs/native.md): its symbols and ABI against
 # the shipped Envoy, the native config loading (tests/native), then the
-# integration files that cover the gateway the native build serves today
-# (egress: sanitize, route-breaker) against WASM_BUILD=native. The other gateways of that config still run their wasm
+# integration files that cover the gateways the native build serves today
+# (egress: sanitize, route-breaker; web: sanitize, jwt, fds-block, passport,
+# route-breaker, with root ticks and callouts: test_native_ticks.py) against
+# WASM_BUILD=native. The other gateways of that config still run their wasm
 # modules; the rest of the suite would re-test those (test-integration).
-NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_operations.py test_stack.py test_arbitrary_input.py
+NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_operations.py test_stack.py test_arbitrary_input.py \
+  test_jwt.py test_fds_block.py test_passport.py test_native_ticks.py
 
 test-native: build-wasm build-native build-native-module venv redis http2-tools ## native module: symbols/ABI/load checks + the integration subset on WASM_BUILD=native
 	$(VPY) -m pytest -c tests/pytest.ini tests/native $(PYTEST_ARGS)
