@@ -1499,7 +1499,8 @@ pub fn scheduled(s: &Stream, event: u64) {
     let posted = with(|t| t.posted.remove(&s.filter)).unwrap_or_default();
     run_deferred(posted, None);
     if event == EVENT_WORK {
-        lock(&timer().0).sched.woken(worker_id());
+        let w = worker_id();
+        lock(&timer().0).sched.woken(w);
         worker_work(false);
     }
 }
