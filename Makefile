@@ -191,7 +191,8 @@ compose-config: ## render the docker-compose Envoy configs into build/compose/en
 # shape; test_module_exports.py reads the sources and every built module in
 # either pass). The suite build keeps its own target (make test-suite).
 # test-native (~5 min: tests/native, then the integration files that cover
-# the natively served gateway on WASM_BUILD=native) is the third pass; the
+# the natively served gateways, egress and web, on WASM_BUILD=native: 207
+# tests in 3 min once the stack is up, 2026-12-05) is the third pass; the
 # whole suite also passes on WASM_BUILD=native (docs/native.md).
 test: build venv test-rust lint validate test-integration test-chain test-native test-istio test-ops test-soak ## everything CI runs
 
@@ -233,10 +234,13 @@ test-integration: build venv redis http2-tools browser ## pytest against the rea
 # The native dynamic module (docs/native.md): its symbols and ABI against
 # the shipped Envoy, the native config loading (tests/native), then the
 # integration files that cover the gateways the native build serves today
-# (egress: sanitize, route-breaker; secure: + san-authz) against
-# WASM_BUILD=native. The other gateways of that config still run their wasm
-# modules; the rest of the suite would re-test those (test-integration).
-NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_san_authz.py test_operations.py test_stack.py test_arbitrary_input.py
+# (egress: sanitize, route-breaker; secure: + san-authz; web: sanitize, jwt,
+# fds-block, passport, route-breaker, with root ticks and callouts:
+# test_native_ticks.py) against WASM_BUILD=native. The other gateways of
+# that config still run their wasm modules; the rest of the suite would
+# re-test those (test-integration).
+NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_san_authz.py test_operations.py test_stack.py \
+  test_arbitrary_input.py test_jwt.py test_fds_block.py test_passport.py test_native_ticks.py
 
 test-native: build-wasm build-native build-native-module venv redis http2-tools ## native module: symbols/ABI/load checks + the integration subset on WASM_BUILD=native
 	$(VPY) -m pytest -c tests/pytest.ini tests/native $(PYTEST_ARGS)

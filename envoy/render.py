@@ -493,6 +493,8 @@ def to_chain(text: str, wasm_dir: str) -> str:
 #: config discovery): one TypedExtensionConfig per file.
 ECDS_RESOURCE_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+#: The native build's blocks (native_block) are live by ECDS too.
+NATIVE_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 
 
 def ecds_name(listener: str, http_filter: str) -> str:
@@ -517,8 +519,9 @@ def ecds_document(resource: dict) -> str:
 
 def to_dynamic(text: str, ecds_dir: os.PathLike[str] | str, node_id: str = "demo-gateway") -> tuple[str, dict[str, str]]:
     """The rendered config `text` (any wasm build) in its dynamic form: every
-    wasm HTTP filter of every static listener is delivered by ECDS from a
-    watched file instead of inline, the local twin of Istio's WasmPlugin push.
+    wasm HTTP filter (and the native build's DynamicModuleFilter blocks) of
+    every static listener is delivered by ECDS from a watched file instead of
+    inline, the local twin of Istio's WasmPlugin push.
 
     Returns (bootstrap text, {file name under ecds_dir: file text}). In the
     bootstrap, the filter `F` of listener `L` becomes the HTTP filter
@@ -545,7 +548,7 @@ def to_dynamic(text: str, ecds_dir: os.PathLike[str] | str, node_id: str = "demo
                 filters = hcm.get("http_filters", [])
                 for i, http in enumerate(filters):
                     tc = http.get("typed_config", {})
-                    if tc.get("@type") != WASM_FILTER_TYPE:
+                    if tc.get("@type") not in (WASM_FILTER_TYPE, NATIVE_FILTER_TYPE):
                         continue
                     name = ecds_name(lname, http.get("name", ""))
                     resource = {"@type": ECDS_RESOURCE_TYPE, "name": name, "typed_config": tc}
@@ -562,7 +565,7 @@ def to_dynamic(text: str, ecds_dir: os.PathLike[str] | str, node_id: str = "demo
                             "resource_api_version": "V3",
                             "path_config_source": {"path": str(ecds_dir / fname)},
                         },
-                        "type_urls": [WASM_FILTER_TYPE],
+                        "type_urls": [tc["@type"]],
                     }}
                 rc = hcm.get("route_config")
                 if renames and rc is not None:
@@ -611,11 +614,12 @@ def write_dynamic(bootstrap_path: Path, ecds_dir: Path, bootstrap: str, files: M
 
 
 #: The filters (wasm root_id) the native dynamic module serves like their wasm
-#: modules today. Not yet: root-context ticks and callouts (jwt's JWKS
-#: refresh, fds-block's feed, passport, oidc), the whole peer certificate
-#: (san-authz `source: "connection"`), VM environment variables (replay-guard's
-#: and oidc's secrets) and e2ee's response streaming (docs/native.md).
-NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz")
+#: modules today (root-context ticks and callouts included: jwt's JWKS
+#: refresh, fds-block's feed, passport's coalesced lookups). Not yet: the
+#: whole peer certificate (san-authz `source: "connection"`), VM environment
+#: variables (replay-guard's and oidc's secrets) and e2ee's response
+#: streaming (docs/native.md).
+NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport")
 #: The module's name: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
 NATIVE_MODULE = "gateway_native"
 

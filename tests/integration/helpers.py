@@ -215,20 +215,18 @@ def wasm_build() -> str:
 
 def set_filter_config(hcm: dict, name: str, config: dict) -> bool:
     """Sets filter `name`'s JSON configuration in a rendered HTTP connection
-    manager: its own wasm block (per-filter and suite builds), its native
-    block (native build) or its part of
-    the gateway's chain filter (chain build: {"filters": [{"name", "config"}]}).
+    manager: its own wasm block (per-filter and suite builds) or its part of
+    the gateway's chain filter (chain build: {"filters": [{"name", "config"}]})
+    or its DynamicModuleFilter block (native build: the envelope's "config").
     Returns whether the filter is in that manager."""
     found = False
     for f in hcm["http_filters"]:
-        tc = f.get("typed_config", {})
-        conf = tc.get("config", {})
-        if f["name"] == name and "filter_config" in tc:
-            # The native build's DynamicModuleFilter: the envelope carries
-            # the filter's JSON configuration as text (filters/native).
-            envelope = json.loads(tc["filter_config"]["value"])
+        typed = f.get("typed_config", {})
+        conf = typed.get("config", {})
+        if f["name"] == name and typed.get("@type", "").endswith(".DynamicModuleFilter"):
+            envelope = json.loads(typed["filter_config"]["value"])
             envelope["config"] = json.dumps(config)
-            tc["filter_config"]["value"] = json.dumps(envelope)
+            typed["filter_config"]["value"] = json.dumps(envelope)
             found = True
         elif f["name"] == name:
             conf["configuration"]["value"] = json.dumps(config)

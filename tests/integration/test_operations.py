@@ -229,7 +229,7 @@ def variant(stack, tmp_path_factory):
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [str(ENVOY), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
-         "--log-level", "warn", "--component-log-level", "wasm:info"],
+         "--log-level", "warn", "--component-log-level", "wasm:info,dynamic_modules:info"],
         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
     )
 

@@ -31,6 +31,11 @@ use serde_json::Value;
 use crate::jsondiff;
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The native build's blocks (docs/native.md): `filter_name` is the wasm
+/// `root_id`, `filter_config` a StringValue holding the envelope
+/// `{"config": "<the filter's JSON configuration>", ...}`.
+const NATIVE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 
 /// One wasm filter of one listener.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +113,26 @@ fn listener_chain(listener: &Value, ecds: &Ecds) -> Vec<WasmFilter> {
                     };
                     tc
                 };
+                if str_at(tc, "@type") == NATIVE_TYPE {
+                    let raw = tc
+                        .get("filter_config")
+                        .and_then(|c| c.get("value"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let envelope: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+                    let inner = str_at(&envelope, "config");
+                    let config =
+                        serde_json::from_str(inner).unwrap_or_else(|_| Value::String(inner.into()));
+                    out.push(WasmFilter {
+                        filter: name.to_string(),
+                        plugin: str_at(tc, "filter_name").to_string(),
+                        root_id: str_at(tc, "filter_name").to_string(),
+                        config,
+                        ecds: ecds_of,
+                        refused: None,
+                    });
+                    continue;
+                }
                 if str_at(tc, "@type") != WASM_TYPE {
                     continue;
                 }
@@ -368,6 +393,28 @@ mod tests {
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": cfg}}}},
             {"name": "envoy.filters.http.router", "typed_config": {}}
         ]}}]}]})
+    }
+
+    #[test]
+    fn a_native_block_is_compared_by_its_envelopes_configuration() {
+        let native = |cfg: &str| {
+            let envelope = serde_json::json!({"config": cfg}).to_string();
+            json!({"static_resources": {"listeners": [{"name": "web", "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {"http_filters": [{"name": "sanitize", "typed_config": {
+                    "@type": NATIVE_TYPE, "filter_name": "sanitize",
+                    "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                      "value": envelope}}}]}}]}]}]}})
+        };
+        let repo = from_bootstrap(&native(r#"{"dry_run": false}"#));
+        assert_eq!(repo["web"][0].root_id, "sanitize");
+        assert!(compare(&repo, &from_bootstrap(&native(r#"{"dry_run":false}"#))).is_empty());
+        let d = compare(&repo, &from_bootstrap(&native(r#"{"dry_run": true}"#)));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].starts_with("web/sanitize: configuration dry_run"),
+            "{d:?}"
+        );
     }
 
     #[test]

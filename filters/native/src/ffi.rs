@@ -42,6 +42,12 @@ pub struct ConfigPtr(usize);
 /// A config scheduler Envoy allocated for us (opaque).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SchedulerPtr(usize);
+/// A stream (per-filter) scheduler Envoy allocated for us (opaque): commit
+/// is thread safe and posts to the stream's worker; it holds a weak
+/// reference to the stream, so a commit after the stream is gone runs
+/// nothing (but a commit after `stream_scheduler_delete` is a use after free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamSchedulerPtr(usize);
 
 impl FilterPtr {
     fn raw(self) -> *mut c_void {
@@ -295,6 +301,21 @@ extern "C" {
         event_id: u64,
     );
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: *mut c_void,
+        callout_id_out: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: *mut c_void) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
 }
 
 /// Safe wrappers over the Envoy callbacks: copies in, copies out.
@@ -684,6 +705,60 @@ pub mod envoy {
             envoy_dynamic_module_callback_http_filter_config_scheduler_delete(s.0 as *mut c_void)
         }
     }
+
+    /// Starts an HTTP callout of configuration `c` (main thread only: Envoy
+    /// uses the main thread's cluster manager); the answer comes to
+    /// `envoy_dynamic_module_on_http_filter_config_http_callout_done`.
+    pub fn config_http_callout(
+        c: ConfigPtr,
+        cluster: &[u8],
+        headers: &[(Vec<u8>, Vec<u8>)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, u32> {
+        let mut hs = module_headers(headers);
+        let mut id: u64 = 0;
+        // SAFETY: live config, on the main thread (host checks); `hs`
+        // points into `headers`, both outlive the call; id is a local.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                c.raw(),
+                &mut id,
+                module_buffer(cluster),
+                hs.as_mut_ptr(),
+                hs.len(),
+                module_buffer(body),
+                timeout_ms,
+            )
+        };
+        if r == 0 {
+            Ok(id)
+        } else {
+            Err(r)
+        }
+    }
+
+    /// A scheduler for stream `f` (on its worker, inside one of its hooks).
+    pub fn stream_scheduler_new(f: FilterPtr) -> Option<StreamSchedulerPtr> {
+        // SAFETY: `f` is the live filter of the current hook.
+        let s = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(f.raw()) };
+        (!s.is_null()).then_some(StreamSchedulerPtr(s as usize))
+    }
+
+    /// Posts `envoy_dynamic_module_on_http_filter_scheduled` to the stream's
+    /// worker (thread safe; nothing runs if the stream is gone by then).
+    pub fn stream_scheduler_commit(s: StreamSchedulerPtr, event: u64) {
+        // SAFETY: a scheduler Envoy created and we have not deleted: host
+        // deletes it under the lock every committer holds.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_scheduler_commit(s.0 as *mut c_void, event)
+        }
+    }
+
+    pub fn stream_scheduler_delete(s: StreamSchedulerPtr) {
+        // SAFETY: deleted once (host removes it from every table first).
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(s.0 as *mut c_void) }
+    }
 }
 
 // ---------------------------------------------------------- the SDK's entries
@@ -706,6 +781,7 @@ extern "C" {
         num_trailers: usize,
     );
     fn proxy_on_log(context_id: u32);
+    fn proxy_on_tick(context_id: u32);
     fn proxy_on_done(context_id: u32) -> bool;
     fn proxy_on_delete(context_id: u32);
 }
@@ -762,6 +838,10 @@ pub mod sdk {
     pub fn on_log(id: u32) {
         // SAFETY: see the module comment.
         unsafe { super::proxy_on_log(id) }
+    }
+    pub fn on_tick(id: u32) {
+        // SAFETY: see the module comment; `id` is a root context.
+        unsafe { super::proxy_on_tick(id) }
     }
     pub fn on_done(id: u32) -> bool {
         // SAFETY: see the module comment.
@@ -858,26 +938,67 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _config_envoy: *mut c_void,
     config: *const c_void,
-    _event_id: u64,
+    event_id: u64,
 ) {
     guarded("http_filter_config_scheduled", (), || {
         if let Some(c) = config_ref(config) {
-            host::flush_metrics(c);
+            host::config_scheduled(c, event_id);
         }
     })
+}
+
+/// Header pairs as bytes.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The headers and body of a callout answer, copied out of Envoy's memory.
+fn callout_answer(
+    headers: *mut EnvoyHeader,
+    headers_size: usize,
+    body: *mut EnvoyBuffer,
+    body_size: usize,
+) -> (Pairs, Vec<u8>) {
+    let hs: Pairs = if headers.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: Envoy passes an array of `headers_size` headers valid for this hook.
+        unsafe { std::slice::from_raw_parts(headers, headers_size) }
+            .iter()
+            .map(|h| {
+                (
+                    copy_envoy(h.key_ptr, h.key_length),
+                    copy_envoy(h.value_ptr, h.value_length),
+                )
+            })
+            .collect()
+    };
+    let mut b = Vec::new();
+    if !body.is_null() {
+        // SAFETY: Envoy passes an array of `body_size` chunks valid for this hook.
+        for c in unsafe { std::slice::from_raw_parts(body, body_size) } {
+            b.extend_from_slice(&copy_envoy(c.ptr, c.length));
+        }
+    }
+    (hs, b)
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     _config_envoy: *mut c_void,
-    _config: *const c_void,
-    _callout_id: u64,
+    config: *const c_void,
+    callout_id: u64,
     _result: u32,
-    _headers: *mut EnvoyHeader,
-    _headers_size: usize,
-    _body: *mut EnvoyBuffer,
-    _body_size: usize,
+    headers: *mut EnvoyHeader,
+    headers_size: usize,
+    body: *mut EnvoyBuffer,
+    body_size: usize,
 ) {
+    guarded("http_filter_config_http_callout_done", (), || {
+        let Some(c) = config_ref(config) else {
+            return;
+        };
+        let (hs, b) = callout_answer(headers, headers_size, body, body_size);
+        host::config_callout_done(c, callout_id, hs, b);
+    })
 }
 
 #[no_mangle]
@@ -1029,27 +1150,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
         let Some(s) = stream_ref(stream) else {
             return;
         };
-        let hs: Vec<(Vec<u8>, Vec<u8>)> = if headers.is_null() {
-            Vec::new()
-        } else {
-            // SAFETY: Envoy passes an array of `headers_size` headers valid for this hook.
-            unsafe { std::slice::from_raw_parts(headers, headers_size) }
-                .iter()
-                .map(|h| {
-                    (
-                        copy_envoy(h.key_ptr, h.key_length),
-                        copy_envoy(h.value_ptr, h.value_length),
-                    )
-                })
-                .collect()
-        };
-        let mut b = Vec::new();
-        if !body.is_null() {
-            // SAFETY: Envoy passes an array of `body_size` chunks valid for this hook.
-            for c in unsafe { std::slice::from_raw_parts(body, body_size) } {
-                b.extend_from_slice(&copy_envoy(c.ptr, c.length));
-            }
-        }
+        let (hs, b) = callout_answer(headers, headers_size, body, body_size);
         host::callout_done(s, callout_id, result, hs, b);
     })
 }
@@ -1057,9 +1158,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     _filter_envoy: *mut c_void,
-    _stream: *const c_void,
-    _event_id: u64,
+    stream: *const c_void,
+    event_id: u64,
 ) {
+    guarded("http_filter_scheduled", (), || {
+        if let Some(s) = stream_ref(stream) {
+            host::scheduled(s, event_id);
+        }
+    })
 }
 
 // --------------------------------------------------- proxy-wasm host functions

@@ -15,9 +15,16 @@
 //! * metrics are counted per configuration and flushed to Envoy on the main
 //!   thread ([`crate::metrics`]);
 //! * HTTP callouts from a request's context go through the stream's own
-//!   callout; root-context callouts and ticks have no per-worker carrier in
-//!   the dynamic-module ABI and are not served yet (docs/native.md): a
-//!   filter that needs them is kept on its wasm module by envoy/render.py.
+//!   callout;
+//! * root contexts tick and make callouts (docs/native.md, "Ticks and root
+//!   callouts"): the main thread's roots on their configuration's scheduler,
+//!   committed by one process-wide timer thread, and through the
+//!   configuration's callout; a worker's roots lazily, before a new stream
+//!   of that worker is served, and, while the worker has paused streams,
+//!   through the scheduler of one of them (the timer thread commits to it);
+//!   a worker root's callouts are started by the main thread (the
+//!   configuration's callout: no worker stream has to outlive them) and the
+//!   answer is handed back to that worker's inbox, delivered the same ways.
 //!
 //! Like Envoy's wasm host, a local reply or a resumption asked for inside a
 //! callback is carried out after the callback returns (so that Envoy's
@@ -26,15 +33,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
 use crate::codec;
 use crate::envelope::{self, Envelope};
-use crate::ffi::{envoy, sdk, ConfigPtr, FilterPtr, SchedulerPtr};
+use crate::ffi::{envoy, sdk, ConfigPtr, FilterPtr, SchedulerPtr, StreamSchedulerPtr};
 use crate::metrics::{self, Kind, Pending, Registry};
 use crate::props::{self, Source};
 use crate::shared::Store;
+use crate::ticks::{Fire, Schedule, Ticks};
 
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status`.
 pub const CONTINUE: u32 = 0;
@@ -65,6 +73,17 @@ const BUF_PLUGIN_CONFIGURATION: u32 = 7;
 
 /// Header pairs as bytes.
 type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Config scheduler events: a metric flush; root work (the main thread's
+/// due ticks, the workers' callouts to start).
+const EVENT_FLUSH: u64 = 0;
+const EVENT_WORK: u64 = 1;
+/// Stream scheduler events: the worker's root work (timer); actions of
+/// root work for this stream, posted from another stream's hook.
+const EVENT_POSTED: u64 = 2;
+/// Root callouts of the workers waiting for the main thread to start them,
+/// per configuration (a worker root's callout beyond it fails at once).
+const MAX_OUTBOX: usize = 4096;
 
 static SHARED: Store = Store::new();
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -106,6 +125,36 @@ pub struct Config {
     envoy_ids: Mutex<HashMap<u32, usize>>,
     /// Base name → Envoy's id and label names, for [`crate::metrics::LABELLED`].
     labelled: HashMap<&'static str, (usize, &'static [&'static str])>,
+    /// Workers' root callouts for the main thread to start.
+    outbox: Mutex<Vec<Outgoing>>,
+}
+
+/// A worker root's callout, started on the main thread.
+struct Outgoing {
+    worker: u64,
+    root: u32,
+    token: u32,
+    cluster: Vec<u8>,
+    headers: Headers,
+    body: Vec<u8>,
+    timeout_ms: u64,
+}
+
+/// Whose configuration callout it is: the main thread's root (`worker:
+/// None`) or a worker's.
+struct Origin {
+    worker: Option<u64>,
+    root: u32,
+    token: u32,
+}
+
+/// A root callout's answer on its way to a worker (no headers and no body:
+/// it failed).
+struct Answer {
+    root: u32,
+    token: u32,
+    headers: Headers,
+    body: Vec<u8>,
 }
 
 /// What Envoy keeps for a configuration (boxed behind its module pointer).
@@ -118,6 +167,8 @@ pub struct Stream {
     /// 0: no context (the worker's root context failed to configure).
     context: u32,
     logged: Cell<bool>,
+    /// It has a scheduler in the worker's wakers (created when it paused).
+    waker: Cell<bool>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -170,7 +221,28 @@ struct Thread {
     /// (stream, Envoy callout id) → SDK token.
     callouts: HashMap<(FilterPtr, u64), u32>,
     call_response: Option<(Headers, Vec<u8>)>,
-    tick_warned: bool,
+    /// This is the main thread (configurations are built here).
+    main: bool,
+    /// This worker's number in the timer's schedule (0: not yet).
+    worker: u64,
+    /// Set by the main thread when an answer lands in this worker's inbox.
+    mail: Option<Arc<AtomicBool>>,
+    /// The tick periods of this thread's root contexts.
+    ticks: Ticks,
+    /// `ticks.next_due()`, cached for the per-stream check.
+    next_due: Option<u64>,
+    /// Root callouts in flight: SDK token → root context.
+    root_calls: HashMap<u32, u32>,
+    /// Main thread: (configuration, Envoy callout id) → whose it is.
+    config_callouts: HashMap<(usize, u64), Origin>,
+    /// Paused streams' schedulers on this worker.
+    wakers: HashMap<FilterPtr, StreamSchedulerPtr>,
+    /// Actions of root work for a stream, waiting for its own event.
+    posted: HashMap<FilterPtr, Vec<Deferred>>,
+    /// Root work is running inside another stream's hook: actions for
+    /// streams with a waker are posted to them (never re-entering Envoy
+    /// for another stream from inside a hook).
+    lazy: bool,
     /// Inside `config_new` (main thread): Envoy still accepts new metrics.
     defining: bool,
     unknown_metric_warned: bool,
@@ -213,8 +285,31 @@ fn enter<R>(cur: Current, f: impl FnOnce() -> R) -> (R, bool) {
     let r = f();
     let deferred = with(|t| {
         t.current = prev;
-        std::mem::take(&mut t.deferred)
+        let all = std::mem::take(&mut t.deferred);
+        if !t.lazy {
+            return all;
+        }
+        let mut now = Vec::new();
+        for d in all {
+            let target = match &d {
+                Deferred::Respond { filter, .. } | Deferred::Continue { filter, .. } => *filter,
+            };
+            match t.wakers.get(&target) {
+                Some(w) => {
+                    envoy::stream_scheduler_commit(*w, EVENT_POSTED);
+                    t.posted.entry(target).or_default().push(d);
+                }
+                None => now.push(d),
+            }
+        }
+        now
     });
+    (r, run_deferred(deferred, cur.filter))
+}
+
+/// Carries out deferred local replies and resumptions; whether one was a
+/// local reply of `own`.
+fn run_deferred(deferred: Vec<Deferred>, own: Option<FilterPtr>) -> bool {
     let mut responded = false;
     for d in deferred {
         match d {
@@ -225,7 +320,7 @@ fn enter<R>(cur: Current, f: impl FnOnce() -> R) -> (R, bool) {
                 body,
                 details,
             } => {
-                if Some(filter) == cur.filter {
+                if Some(filter) == own {
                     responded = true;
                 }
                 envoy::send_response(filter, status, &headers, &body, &details);
@@ -239,7 +334,7 @@ fn enter<R>(cur: Current, f: impl FnOnce() -> R) -> (R, bool) {
             }
         }
     }
-    (r, responded)
+    responded
 }
 
 /// Creates this thread's root context for `config` (once), configured with
@@ -252,7 +347,12 @@ fn ensure_root(config: &Arc<Config>) -> Option<u32> {
     init_thread();
     sweep_roots();
     let id = next_id();
-    with(|t| t.configuring = Some(config.clone()));
+    // Registered before `on_configure`: a root may ask for its tick period
+    // and start callouts while it configures (jwt's first JWKS fetch).
+    with(|t| {
+        t.configuring = Some(config.clone());
+        t.roots.insert(key, (Arc::downgrade(config), id));
+    });
     let cur = Current {
         context: id,
         filter: None,
@@ -263,11 +363,28 @@ fn ensure_root(config: &Arc<Config>) -> Option<u32> {
         sdk::on_context_create(id, 0);
         sdk::on_vm_start(id) && sdk::on_configure(id, config.env.config.len())
     });
-    with(|t| {
+    let worker_tick = with(|t| {
         t.configuring = None;
-        t.roots
-            .insert(key, (Arc::downgrade(config), if ok { id } else { 0 }));
+        if !ok {
+            t.roots.insert(key, (Arc::downgrade(config), 0));
+            t.ticks.remove(id);
+            t.root_calls.retain(|_, r| *r != id);
+            t.next_due = t.ticks.next_due();
+            return false;
+        }
+        // A worker's root is created by its first stream, where a wasm
+        // VM's root has existed (and ticked) since load: its first tick is
+        // due at once, so that it catches up (fds-block loads the list the
+        // other roots published) before that stream is served.
+        if t.main || !t.ticks.make_due(id, now_ms()) {
+            return false;
+        }
+        t.next_due = t.ticks.next_due();
+        true
     });
+    if worker_tick {
+        publish_worker();
+    }
     if !ok {
         log(
             4,
@@ -293,7 +410,12 @@ fn sweep_roots() {
             .collect()
     });
     for (key, id) in dead {
-        with(|t| t.roots.remove(&key));
+        with(|t| {
+            t.roots.remove(&key);
+            t.ticks.remove(id);
+            t.root_calls.retain(|_, r| *r != id);
+            t.next_due = t.ticks.next_due();
+        });
         if id != 0 {
             finish_context(id);
         }
@@ -338,8 +460,15 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
         pending: Mutex::new(Pending::default()),
         envoy_ids: Mutex::new(HashMap::new()),
         labelled,
+        outbox: Mutex::new(Vec::new()),
     });
-    with(|t| t.defining = true);
+    lock(&timer().0)
+        .configs
+        .insert(config_key(&c), Arc::downgrade(&c));
+    with(|t| {
+        t.main = true;
+        t.defining = true;
+    });
     let root = ensure_root(&c);
     with(|t| t.defining = false);
     match root {
@@ -359,13 +488,23 @@ pub fn config_destroy(c: ConfigHandle) {
     if let Some(s) = lock(&c.scheduler).take() {
         envoy::config_scheduler_delete(s);
     }
+    let key = config_key(&c);
+    {
+        let mut g = lock(&timer().0);
+        g.configs.remove(&key);
+        g.sched.set_main(key, None);
+    }
+    with(|t| t.config_callouts.retain(|(k, _), _| *k != key));
     drop(c);
     sweep_roots();
 }
 
 /// Worker thread: a new stream of `config`'s filter.
 pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
-    let context = match ensure_root(config) {
+    let root = ensure_root(config);
+    // The worker's roots first: due ticks, answers to their callouts.
+    lazy_work();
+    let context = match root {
         Some(root) => {
             let id = next_id();
             let cur = Current {
@@ -385,6 +524,7 @@ pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
         filter,
         context,
         logged: Cell::new(false),
+        waker: Cell::new(false),
     }
 }
 
@@ -439,6 +579,9 @@ pub fn request_headers(s: &Stream, eos: bool) -> u32 {
     let (a, responded) = call(s, Phase::RequestHeaders, |id| {
         sdk::on_request_headers(id, n, eos)
     });
+    if a != 0 && !responded {
+        paused(s);
+    }
     headers_status(s, a, responded)
 }
 
@@ -451,6 +594,9 @@ pub fn request_body(s: &Stream, eos: bool) -> u32 {
     let (a, responded) = call(s, Phase::RequestBody, |id| {
         sdk::on_request_body(id, size, eos)
     });
+    if a != 0 && !responded {
+        paused(s);
+    }
     body_status(a, responded)
 }
 
@@ -516,7 +662,11 @@ pub fn destroy(s: Stream) {
     with(|t| {
         t.contexts.remove(&s.context);
         t.callouts.retain(|(f, _), _| *f != s.filter);
+        t.posted.remove(&s.filter);
     });
+    if s.waker.get() {
+        drop_waker(s.filter);
+    }
     let cur = Current {
         context: s.context,
         filter: None,
@@ -632,7 +782,7 @@ fn now_ms() -> u64 {
 
 fn commit_flush(c: &Config) {
     if let Some(s) = *lock(&c.scheduler) {
-        envoy::config_scheduler_commit(s, 0);
+        envoy::config_scheduler_commit(s, EVENT_FLUSH);
     }
 }
 
@@ -729,17 +879,25 @@ pub fn log(level: u32, message: &[u8]) {
     envoy::log(level.min(5), &line);
 }
 
+/// The tick period of the current context's root context (proxy-wasm: a
+/// tick period belongs to the root context; an HTTP context that sets one
+/// sets its root's).
 pub fn set_tick_period(period_ms: u32) {
-    if period_ms == 0 {
-        return;
-    }
-    let warn = with(|t| !std::mem::replace(&mut t.tick_warned, true));
-    if warn {
-        let name = current().map_or("?", |c| c.config.env.name());
-        log(
-            3,
-            format!("{name}: asked for a {period_ms} ms tick; the native build runs no root ticks yet (docs/native.md)").as_bytes(),
-        );
+    let Some(cur) = current() else { return };
+    let key = config_key(&cur.config);
+    let main = with(|t| {
+        let (_, root) = t.roots.get(&key)?;
+        if *root == 0 {
+            return None;
+        }
+        t.ticks.set(*root, u64::from(period_ms), now_ms());
+        t.next_due = t.ticks.next_due();
+        Some(t.main)
+    });
+    match main {
+        Some(true) => publish_main(),
+        Some(false) => publish_worker(),
+        None => {}
     }
 }
 
@@ -986,26 +1144,23 @@ pub fn http_call(
     body: &[u8],
     timeout_ms: u32,
 ) -> Result<u32, u32> {
-    let Some(Current {
-        filter: Some(f), ..
-    }) = current()
-    else {
-        // A root context's callout (JWKS refresh, feeds): not served natively yet.
-        return Err(10);
-    };
+    let cur = current().ok_or(10u32)?;
     let headers: Vec<(Vec<u8>, Vec<u8>)> = codec::decode_pairs(headers)
         .ok_or(2u32)?
         .into_iter()
         .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect();
-    let id = envoy::http_callout(f, upstream, &headers, body, u64::from(timeout_ms)).map_err(
-        |r| -> u32 {
-            match r {
-                1 => 2,
-                _ => 10,
-            }
-        },
-    )?;
+    let init_error = |r: u32| -> u32 {
+        match r {
+            1 => 2,
+            _ => 10,
+        }
+    };
+    let Some(f) = cur.filter else {
+        return root_http_call(&cur, upstream, headers, body, u64::from(timeout_ms));
+    };
+    let id = envoy::http_callout(f, upstream, &headers, body, u64::from(timeout_ms))
+        .map_err(init_error)?;
     let token = next_id();
     with(|t| t.callouts.insert((f, id), token));
     Ok(token)
@@ -1036,4 +1191,395 @@ pub fn set_effective_context(id: u32) -> bool {
         }
         false
     })
+}
+
+// ------------------------------------------------ ticks and root callouts
+
+fn config_key(c: &Arc<Config>) -> usize {
+    Arc::as_ptr(c) as usize
+}
+
+/// The configuration of root context `root` on this thread, if it is one
+/// and its configuration is alive.
+fn root_config(root: u32) -> Option<Arc<Config>> {
+    with(|t| {
+        t.roots
+            .values()
+            .find(|(_, id)| *id == root && root != 0)
+            .and_then(|(w, _)| w.upgrade())
+    })
+}
+
+/// A root context's callout. Main thread: the configuration's callout.
+/// Worker: queued for the main thread, which starts it the same way and
+/// hands the answer back (a worker has no callout of its own that outlives
+/// its streams). The token is the SDK's; the answer always comes, as a
+/// failure (no headers, no body) when the callout could not start.
+fn root_http_call(
+    cur: &Current,
+    upstream: &[u8],
+    headers: Headers,
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u32, u32> {
+    let root = cur.context;
+    if root_config(root).is_none() {
+        return Err(10);
+    }
+    let token = next_id();
+    if with(|t| t.main) {
+        let id = envoy::config_http_callout(cur.config.envoy, upstream, &headers, body, timeout_ms)
+            .map_err(|r: u32| -> u32 {
+                if r == 1 {
+                    2
+                } else {
+                    10
+                }
+            })?;
+        let key = config_key(&cur.config);
+        with(|t| {
+            t.config_callouts.insert(
+                (key, id),
+                Origin {
+                    worker: None,
+                    root,
+                    token,
+                },
+            );
+            t.root_calls.insert(token, root);
+        });
+        return Ok(token);
+    }
+    let worker = worker_id();
+    {
+        let mut out = lock(&cur.config.outbox);
+        if out.len() >= MAX_OUTBOX {
+            return Err(10);
+        }
+        out.push(Outgoing {
+            worker,
+            root,
+            token,
+            cluster: upstream.to_vec(),
+            headers,
+            body: body.to_vec(),
+            timeout_ms,
+        });
+    }
+    with(|t| t.root_calls.insert(token, root));
+    commit_work(&cur.config);
+    Ok(token)
+}
+
+fn commit_work(c: &Config) {
+    if let Some(s) = *lock(&c.scheduler) {
+        envoy::config_scheduler_commit(s, EVENT_WORK);
+    }
+}
+
+/// Main thread: a configuration's scheduler event (a metric flush; root
+/// work: the workers' callouts to start, the main thread's due ticks).
+pub fn config_scheduled(c: &ConfigHandle, event: u64) {
+    flush_metrics(c);
+    if event == EVENT_FLUSH {
+        return;
+    }
+    let out = std::mem::take(&mut *lock(&c.outbox));
+    let key = config_key(c);
+    for o in out {
+        match envoy::config_http_callout(c.envoy, &o.cluster, &o.headers, &o.body, o.timeout_ms) {
+            Ok(id) => with(|t| {
+                t.config_callouts.insert(
+                    (key, id),
+                    Origin {
+                        worker: Some(o.worker),
+                        root: o.root,
+                        token: o.token,
+                    },
+                );
+            }),
+            Err(r) => {
+                log(
+                    1,
+                    format!(
+                        "{}: root callout to {} could not start (init result {r})",
+                        c.env.name(),
+                        String::from_utf8_lossy(&o.cluster)
+                    )
+                    .as_bytes(),
+                );
+                to_worker(
+                    o.worker,
+                    Answer {
+                        root: o.root,
+                        token: o.token,
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+    run_due_ticks();
+    publish_main();
+}
+
+/// Main thread: a configuration callout's answer (empty when it failed).
+pub fn config_callout_done(c: &ConfigHandle, id: u64, headers: Headers, body: Vec<u8>) {
+    let key = config_key(c);
+    let Some(o) = with(|t| t.config_callouts.remove(&(key, id))) else {
+        return;
+    };
+    match o.worker {
+        None => deliver(o.root, o.token, headers, body),
+        Some(w) => to_worker(
+            w,
+            Answer {
+                root: o.root,
+                token: o.token,
+                headers,
+                body,
+            },
+        ),
+    }
+}
+
+/// Delivers a root callout's answer to the SDK (once per token, only to a
+/// live root of this thread).
+fn deliver(root: u32, token: u32, headers: Headers, body: Vec<u8>) {
+    if with(|t| t.root_calls.remove(&token)).is_none() {
+        return;
+    }
+    let Some(config) = root_config(root) else {
+        return;
+    };
+    let (nh, nb) = (headers.len(), body.len());
+    let prev = with(|t| t.call_response.replace((headers, body)));
+    let cur = Current {
+        context: root,
+        filter: None,
+        config,
+        phase: Phase::CallResponse,
+    };
+    enter(cur, || sdk::on_http_call_response(root, token, nh, nb));
+    with(|t| t.call_response = prev);
+}
+
+/// Runs the due ticks of this thread's root contexts.
+fn run_due_ticks() {
+    let due = with(|t| t.ticks.take_due(now_ms()));
+    for id in due {
+        let Some(config) = root_config(id) else {
+            with(|t| t.ticks.remove(id));
+            continue;
+        };
+        let cur = Current {
+            context: id,
+            filter: None,
+            config,
+            phase: Phase::Root,
+        };
+        enter(cur, || sdk::on_tick(id));
+    }
+    with(|t| t.next_due = t.ticks.next_due());
+}
+
+/// This worker's number (registered with the timer on first use).
+fn worker_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = with(|t| t.worker);
+    if id != 0 {
+        return id;
+    }
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mail = Arc::new(AtomicBool::new(false));
+    lock(&timer().0).mail.insert(id, mail.clone());
+    with(|t| {
+        t.worker = id;
+        t.mail = Some(mail);
+    });
+    id
+}
+
+/// Main thread: an answer for a root of worker `w`; the timer wakes it
+/// (through a paused stream), else its next stream takes it.
+fn to_worker(w: u64, a: Answer) {
+    let (m, cv) = timer();
+    {
+        let mut g = lock(m);
+        g.sched.push_answer(w, a, now_ms());
+        if let Some(f) = g.mail.get(&w) {
+            f.store(true, Ordering::Release);
+        }
+    }
+    cv.notify_one();
+}
+
+/// Worker, before a new stream is served: the roots' work if any is due.
+fn lazy_work() {
+    let (due, mail, main) = with(|t| (t.next_due, t.mail.clone(), t.main));
+    if main {
+        return;
+    }
+    let has_mail = mail.is_some_and(|m| m.load(Ordering::Acquire));
+    if has_mail || due.is_some_and(|d| d <= now_ms()) {
+        worker_work(true);
+    }
+}
+
+/// Worker: delivers the answers in its inbox, runs its due ticks, and tells
+/// the timer when it is next due. `lazy`: inside another stream's hook.
+fn worker_work(lazy: bool) {
+    let w = worker_id();
+    if let Some(m) = with(|t| t.mail.clone()) {
+        m.store(false, Ordering::Release);
+    }
+    let inbox = lock(&timer().0).sched.take_inbox(w);
+    let prev = with(|t| std::mem::replace(&mut t.lazy, lazy));
+    for a in inbox {
+        deliver(a.root, a.token, a.headers, a.body);
+    }
+    run_due_ticks();
+    with(|t| t.lazy = prev);
+    publish_worker();
+}
+
+fn publish_worker() {
+    let w = worker_id();
+    let due = with(|t| t.ticks.next_due());
+    let (m, cv) = timer();
+    lock(m).sched.publish(w, due, now_ms());
+    cv.notify_one();
+}
+
+fn publish_main() {
+    let dues: Vec<(usize, Option<u64>)> = with(|t| {
+        t.roots
+            .iter()
+            .map(|(k, (_, id))| (*k, t.ticks.due_of(*id)))
+            .collect()
+    });
+    let (m, cv) = timer();
+    {
+        let mut g = lock(m);
+        for (k, d) in dues {
+            if g.configs.contains_key(&k) {
+                g.sched.set_main(k, d);
+            }
+        }
+    }
+    cv.notify_one();
+}
+
+/// A stream paused: while this worker's roots have work to come (a tick
+/// period, callouts in flight), its scheduler is one the timer can wake the
+/// worker through.
+fn paused(s: &Stream) {
+    if s.waker.get() {
+        return;
+    }
+    let busy = with(|t| !t.main && (!t.ticks.is_empty() || !t.root_calls.is_empty()));
+    if !busy {
+        return;
+    }
+    let Some(sched) = envoy::stream_scheduler_new(s.filter) else {
+        return;
+    };
+    let w = worker_id();
+    s.waker.set(true);
+    with(|t| t.wakers.insert(s.filter, sched));
+    let (m, cv) = timer();
+    lock(m).sched.add_waker(w, s.filter, sched);
+    cv.notify_one();
+}
+
+/// The stream is destroyed: its scheduler leaves the schedule and is
+/// deleted under the timer's lock (the timer never commits to a deleted one).
+fn drop_waker(f: FilterPtr) {
+    let w = worker_id();
+    with(|t| t.wakers.remove(&f));
+    let mut g = lock(&timer().0);
+    if let Some(sched) = g.sched.remove_waker(w, f) {
+        envoy::stream_scheduler_delete(sched);
+    }
+}
+
+/// Worker: a stream's scheduler event (the timer's wake-up, or root work's
+/// actions for this stream).
+pub fn scheduled(s: &Stream, event: u64) {
+    let posted = with(|t| t.posted.remove(&s.filter)).unwrap_or_default();
+    run_deferred(posted, None);
+    if event == EVENT_WORK {
+        let w = worker_id();
+        lock(&timer().0).sched.woken(w);
+        worker_work(false);
+    }
+}
+
+struct Timer {
+    sched: Schedule<FilterPtr, StreamSchedulerPtr, Answer>,
+    /// The configurations whose main-thread roots the schedule names.
+    configs: HashMap<usize, Weak<Config>>,
+    /// Each worker's "answers waiting" flag.
+    mail: HashMap<u64, Arc<AtomicBool>>,
+}
+
+fn timer_state() -> &'static (Mutex<Timer>, Condvar) {
+    static T: OnceLock<(Mutex<Timer>, Condvar)> = OnceLock::new();
+    T.get_or_init(|| {
+        (
+            Mutex::new(Timer {
+                sched: Schedule::default(),
+                configs: HashMap::new(),
+                mail: HashMap::new(),
+            }),
+            Condvar::new(),
+        )
+    })
+}
+
+/// The schedule, with its thread started (once): it sleeps until the
+/// nearest due entry, and only commits to schedulers (it never runs a
+/// filter).
+fn timer() -> &'static (Mutex<Timer>, Condvar) {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("gateway-native-ticks".into())
+            .spawn(timer_loop);
+        if let Err(e) = spawned {
+            log(
+                4,
+                format!("gateway_native: no tick thread ({e}): root contexts tick only from their streams").as_bytes(),
+            );
+        }
+    });
+    timer_state()
+}
+
+fn timer_loop() {
+    let (m, cv) = timer_state();
+    let mut g = lock(m);
+    loop {
+        let now = now_ms();
+        for f in g.sched.fire(now) {
+            match f {
+                Fire::Main(k) => {
+                    if let Some(c) = g.configs.get(&k).and_then(Weak::upgrade) {
+                        commit_work(&c);
+                    }
+                }
+                Fire::Worker(s) => envoy::stream_scheduler_commit(s, EVENT_WORK),
+            }
+        }
+        let wait = g
+            .sched
+            .next()
+            .map_or(1_000, |d| d.saturating_sub(now_ms()))
+            .clamp(1, 1_000);
+        g = match cv.wait_timeout(g, std::time::Duration::from_millis(wait)) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+    }
 }

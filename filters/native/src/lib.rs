@@ -15,7 +15,8 @@
 //! filter. The pure parts are here and tested natively: the proxy-wasm
 //! byte encodings ([`codec`]), the property table ([`props`]), the
 //! process-wide shared data ([`shared`]), the metric bookkeeping
-//! ([`metrics`]), the block envelope ([`envelope`]). `unsafe` lives in ONE
+//! ([`metrics`]), the block envelope ([`envelope`]), the root-context tick
+//! and wake-up bookkeeping ([`ticks`]). `unsafe` lives in ONE
 //! module, `ffi` (the C boundary), built only for the module itself.
 
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod envelope;
 pub mod metrics;
 pub mod props;
 pub mod shared;
+pub mod ticks;
 
 #[cfg(gateway_native)]
 #[allow(unsafe_code)]
