@@ -237,9 +237,12 @@ test-integration: build venv redis http2-tools browser ## pytest against the rea
 # The native dynamic module (docs/native.md): its symbols and ABI against
 # the shipped Envoy, the native config loading (tests/native), then the
 # integration files that cover the gateway the native build serves today
-# (egress: sanitize, route-breaker) against WASM_BUILD=native. The other gateways of that config still run their wasm
+# (egress: sanitize, route-breaker) against WASM_BUILD=native, and e2ee and
+# replay-guard natively on the test stack's cut app gateway
+# (tests/integration/native_app.py, test_e2ee_native.py). The other gateways of that config still run their wasm
 # modules; the rest of the suite would re-test those (test-integration).
-NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_operations.py test_stack.py test_arbitrary_input.py
+NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_operations.py test_stack.py test_arbitrary_input.py \
+                test_e2ee_native.py
 
 test-native: build-wasm build-native build-native-module venv redis http2-tools ## native module: symbols/ABI/load checks + the integration subset on WASM_BUILD=native
 	@# e2ee's codec with the module's AES-GCM (ring): RFC 8188's vectors, the
