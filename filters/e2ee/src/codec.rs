@@ -1,8 +1,6 @@
 //! The `aes128gcm` content coding of RFC 8188: the coding header, the
 //! records, the padding delimiter, the key and nonce derivation. The
-//! primitives are RustCrypto's (`aes-gcm`, `hkdf`), except AES-128-GCM in
-//! the native build (feature `native-aead`: `ring`'s assembly, module
-//! [`aead`]); the framing is here.
+//! primitives are RustCrypto's (`aes-gcm`, `hkdf`; AES-GCM: see [`aead`]).
 //!
 //! ```text
 //! header:  salt (16) | rs (u32, big endian) | idlen (1) | keyid (idlen)
@@ -22,6 +20,8 @@
 //! one record's plaintext between calls, and the length of its output
 //! depends only on the plaintext's length ([`encrypted_len`]).
 
+use self::aead::{Aes128Gcm, Nonce, Tag};
+use aes_gcm::aead::{AeadInPlace, KeyInit};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -156,106 +156,9 @@ pub fn ikm(master: &[u8], keyid: &[u8]) -> Ikm {
     mac.finalize().into_bytes().into()
 }
 
-/// AES-128-GCM, the one primitive the records need: seal and open in place
-/// with a detached tag, no associated data. Two backends with the same
-/// shape: RustCrypto's `aes-gcm` (constant-time software on wasm32, AES-NI
-/// and CLMUL detected at run time elsewhere) and, with the `native-aead`
-/// feature off wasm32, `ring`'s assembly (AES-NI, CLMUL, AVX). [`Cipher`] is
-/// the one the codec uses; the tests check that both produce the same bytes
-/// and open each other's.
-pub mod aead {
-    use aes_gcm::aead::{AeadInPlace, KeyInit};
-
-    /// The 12-byte nonce of one record.
-    pub type NonceBytes = [u8; 12];
-
-    /// RustCrypto's AES-128-GCM (the wasm builds' backend).
-    pub struct RustCrypto(aes_gcm::Aes128Gcm);
-
-    impl RustCrypto {
-        pub fn new(cek: &[u8; 16]) -> Self {
-            RustCrypto(aes_gcm::Aes128Gcm::new(cek.into()))
-        }
-
-        /// Decrypts `buf` in place; `false` when it does not authenticate.
-        pub fn open(&self, nonce: NonceBytes, buf: &mut [u8], tag: &[u8; 16]) -> bool {
-            self.0
-                .decrypt_in_place_detached(&nonce.into(), b"", buf, tag.into())
-                .is_ok()
-        }
-
-        /// Encrypts `buf` in place and returns the tag; `None` (and `buf`
-        /// unusable) only beyond AES-GCM's length limit.
-        pub fn seal(&self, nonce: NonceBytes, buf: &mut [u8]) -> Option<[u8; 16]> {
-            self.0
-                .encrypt_in_place_detached(&nonce.into(), b"", buf)
-                .ok()
-                .map(Into::into)
-        }
-    }
-
-    /// `ring`'s AES-128-GCM (the native build's backend).
-    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
-    pub struct Ring(Option<ring::aead::LessSafeKey>);
-
-    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
-    impl Ring {
-        pub fn new(cek: &[u8; 16]) -> Self {
-            // A 16-byte key is what AES_128_GCM takes: this cannot fail,
-            // and if it did, every open fails and every seal yields nothing.
-            Ring(
-                ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, cek)
-                    .ok()
-                    .map(ring::aead::LessSafeKey::new),
-            )
-        }
-
-        /// Decrypts `buf` in place; `false` when it does not authenticate.
-        pub fn open(&self, nonce: NonceBytes, buf: &mut [u8], tag: &[u8; 16]) -> bool {
-            let Some(key) = &self.0 else { return false };
-            key.open_in_place_separate_tag(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::empty(),
-                ring::aead::Tag::from(*tag),
-                buf,
-                0..,
-            )
-            .is_ok()
-        }
-
-        /// Encrypts `buf` in place and returns the tag; `None` (and `buf`
-        /// unusable) only beyond AES-GCM's length limit.
-        pub fn seal(&self, nonce: NonceBytes, buf: &mut [u8]) -> Option<[u8; 16]> {
-            let key = self.0.as_ref()?;
-            let tag = key
-                .seal_in_place_separate_tag(
-                    ring::aead::Nonce::assume_unique_for_key(nonce),
-                    ring::aead::Aad::empty(),
-                    buf,
-                )
-                .ok()?;
-            tag.as_ref().try_into().ok()
-        }
-    }
-
-    /// The backend the codec uses.
-    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
-    pub type Cipher = Ring;
-    /// The backend the codec uses.
-    #[cfg(not(all(feature = "native-aead", not(target_arch = "wasm32"))))]
-    pub type Cipher = RustCrypto;
-
-    /// The backend's name (benches, logs).
-    pub const BACKEND: &str = if cfg!(all(feature = "native-aead", not(target_arch = "wasm32"))) {
-        "ring"
-    } else {
-        "aes-gcm (RustCrypto)"
-    };
-}
-
 /// A content encryption key and nonce base, derived from IKM and salt.
 struct ContentKey {
-    cipher: aead::Cipher,
+    cipher: Aes128Gcm,
     nonce: [u8; 12],
 }
 
@@ -268,29 +171,27 @@ impl ContentKey {
         let _ = hk.expand(CEK_INFO, &mut cek);
         let _ = hk.expand(NONCE_INFO, &mut nonce);
         ContentKey {
-            cipher: aead::Cipher::new(&cek),
+            cipher: Aes128Gcm::new(&cek.into()),
             nonce,
         }
     }
 
     /// The nonce of record `seq`: the nonce base XOR the 96-bit sequence number.
-    fn nonce(&self, seq: u64) -> aead::NonceBytes {
+    fn nonce(&self, seq: u64) -> Nonce<aes_gcm::aead::consts::U12> {
         let mut n = self.nonce;
         let (_, low) = n.split_at_mut(4);
         for (b, s) in low.iter_mut().zip(seq.to_be_bytes()) {
             *b ^= s;
         }
-        n
+        n.into()
     }
 
     /// Decrypts one record in place (`buf` = ciphertext without the tag).
     fn open(&self, seq: u64, buf: &mut [u8], tag: &[u8]) -> Result<(), CodingError> {
         let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| CodingError::Truncated)?;
-        if self.cipher.open(self.nonce(seq), buf, &tag) {
-            Ok(())
-        } else {
-            Err(CodingError::Authentication)
-        }
+        self.cipher
+            .decrypt_in_place_detached(&self.nonce(seq), b"", buf, &Tag::from(tag))
+            .map_err(|_| CodingError::Authentication)
     }
 
     /// Encrypts `out[start..]` in place and appends the tag.
@@ -298,11 +199,14 @@ impl ContentKey {
         let Some(buf) = out.get_mut(start..) else {
             return;
         };
-        match self.cipher.seal(self.nonce(seq), buf) {
-            Some(tag) => out.extend_from_slice(&tag),
+        match self
+            .cipher
+            .encrypt_in_place_detached(&self.nonce(seq), b"", buf)
+        {
+            Ok(tag) => out.extend_from_slice(&tag),
             // Only for a record beyond AES-GCM's 64 GiB limit, which a u32
             // record size cannot reach; never leave plaintext behind.
-            None => out.truncate(start),
+            Err(_) => out.truncate(start),
         }
     }
 }
@@ -522,6 +426,105 @@ pub fn seal(
     enc.push(plain, &mut out);
     enc.finish(&mut out);
     Some(out)
+}
+
+/// AES-128-GCM, the one primitive the records need, behind RustCrypto's
+/// AEAD traits (`KeyInit`, `AeadInPlace`: seal and open in place with a
+/// detached tag). Two backends: RustCrypto's `aes-gcm` (constant-time
+/// software on wasm32, AES-NI and CLMUL detected at run time elsewhere) and,
+/// with the `native-aead` feature off wasm32 (the native build,
+/// filters/native), `ring`'s assembly (AES-NI, CLMUL, AVX). [`Aes128Gcm`] is
+/// the one the codec uses. Declared after the codec so that the wasm
+/// modules, which keep RustCrypto, stay byte for byte what they were.
+pub mod aead {
+    pub use aes_gcm::{Nonce, Tag};
+
+    /// The codec's AES-128-GCM: ring's.
+    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
+    pub use self::ring_gcm::RingAes128Gcm as Aes128Gcm;
+    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
+    pub use self::ring_gcm::RingAes128Gcm as Ring;
+    /// The codec's AES-128-GCM: RustCrypto's.
+    #[cfg(not(all(feature = "native-aead", not(target_arch = "wasm32"))))]
+    pub use aes_gcm::Aes128Gcm;
+    /// RustCrypto's AES-128-GCM whatever the codec uses (the tests compare
+    /// the backends, the bench measures both).
+    pub use aes_gcm::Aes128Gcm as RustCrypto;
+
+    /// The codec's backend, by name (benches).
+    pub const BACKEND: &str = if cfg!(all(feature = "native-aead", not(target_arch = "wasm32"))) {
+        "ring"
+    } else {
+        "aes-gcm (RustCrypto)"
+    };
+
+    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
+    mod ring_gcm {
+        use aes_gcm::aead::consts::{U0, U12, U16};
+        use aes_gcm::aead::{AeadCore, AeadInPlace, Error, Key, KeyInit, KeySizeUser, Nonce, Tag};
+        use ring::aead::{Aad, LessSafeKey, UnboundKey, AES_128_GCM};
+
+        /// `ring`'s AES-128-GCM behind RustCrypto's AEAD traits.
+        pub struct RingAes128Gcm(Option<LessSafeKey>);
+
+        impl KeySizeUser for RingAes128Gcm {
+            type KeySize = U16;
+        }
+
+        impl KeyInit for RingAes128Gcm {
+            fn new(key: &Key<Self>) -> Self {
+                // A 16-byte key is what AES_128_GCM takes, so this cannot
+                // fail; if it did, every open fails and every seal errs.
+                RingAes128Gcm(
+                    UnboundKey::new(&AES_128_GCM, AsRef::<[u8]>::as_ref(key))
+                        .ok()
+                        .map(LessSafeKey::new),
+                )
+            }
+        }
+
+        impl AeadCore for RingAes128Gcm {
+            type NonceSize = U12;
+            type TagSize = U16;
+            type CiphertextOverhead = U0;
+        }
+
+        fn nonce(n: &Nonce<RingAes128Gcm>) -> Result<ring::aead::Nonce, Error> {
+            ring::aead::Nonce::try_assume_unique_for_key(AsRef::<[u8]>::as_ref(n))
+                .map_err(|_| Error)
+        }
+
+        impl AeadInPlace for RingAes128Gcm {
+            fn encrypt_in_place_detached(
+                &self,
+                n: &Nonce<Self>,
+                aad: &[u8],
+                buffer: &mut [u8],
+            ) -> Result<Tag<Self>, Error> {
+                let key = self.0.as_ref().ok_or(Error)?;
+                let tag = key
+                    .seal_in_place_separate_tag(nonce(n)?, Aad::from(aad), buffer)
+                    .map_err(|_| Error)?;
+                let bytes: [u8; 16] = tag.as_ref().try_into().map_err(|_| Error)?;
+                Ok(bytes.into())
+            }
+
+            fn decrypt_in_place_detached(
+                &self,
+                n: &Nonce<Self>,
+                aad: &[u8],
+                buffer: &mut [u8],
+                tag: &Tag<Self>,
+            ) -> Result<(), Error> {
+                let key = self.0.as_ref().ok_or(Error)?;
+                let tag =
+                    ring::aead::Tag::try_from(AsRef::<[u8]>::as_ref(tag)).map_err(|_| Error)?;
+                key.open_in_place_separate_tag(nonce(n)?, Aad::from(aad), tag, buffer, 0..)
+                    .map(|_| ())
+                    .map_err(|_| Error)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -793,36 +796,51 @@ mod tests {
         use super::super::aead::{Ring, RustCrypto};
         use super::super::*;
         use super::*;
+        use aes_gcm::aead::consts::{U12, U16};
+        use aes_gcm::aead::{AeadCore, AeadInPlace, KeyInit};
+
+        trait Gcm: AeadCore<NonceSize = U12, TagSize = U16> + AeadInPlace {}
+        impl<A: AeadCore<NonceSize = U12, TagSize = U16> + AeadInPlace> Gcm for A {}
+
+        fn seal<A: Gcm>(a: &A, nonce: [u8; 12], buf: &mut [u8]) -> [u8; 16] {
+            a.encrypt_in_place_detached(&nonce.into(), b"", buf)
+                .unwrap()
+                .into()
+        }
+
+        fn opens<A: Gcm>(a: &A, nonce: [u8; 12], buf: &mut [u8], tag: [u8; 16]) -> bool {
+            a.decrypt_in_place_detached(&nonce.into(), b"", buf, &tag.into())
+                .is_ok()
+        }
 
         fn check(cek: [u8; 16], nonce: [u8; 12], plain: &[u8]) -> Result<(), TestCaseError> {
-            let (r, c) = (Ring::new(&cek), RustCrypto::new(&cek));
+            let (r, c) = (Ring::new(&cek.into()), RustCrypto::new(&cek.into()));
             let (mut a, mut b) = (plain.to_vec(), plain.to_vec());
-            let ta = r.seal(nonce, &mut a).unwrap();
-            let tb = c.seal(nonce, &mut b).unwrap();
+            let ta = seal(&r, nonce, &mut a);
+            let tb = seal(&c, nonce, &mut b);
             prop_assert_eq!(&a, &b);
             prop_assert_eq!(ta, tb);
             // each opens the other's
             let mut x = a.clone();
-            prop_assert!(c.open(nonce, &mut x, &ta));
+            prop_assert!(opens(&c, nonce, &mut x, ta));
             prop_assert_eq!(&x, plain);
             let mut y = b.clone();
-            prop_assert!(r.open(nonce, &mut y, &tb));
+            prop_assert!(opens(&r, nonce, &mut y, tb));
             prop_assert_eq!(&y, plain);
             // an altered tag, byte or nonce opens with neither
             let mut bad_tag = ta;
             bad_tag[plain.len() % 16] ^= 1;
-            prop_assert!(!r.open(nonce, &mut a.clone(), &bad_tag));
-            prop_assert!(!c.open(nonce, &mut a.clone(), &bad_tag));
+            prop_assert!(!opens(&r, nonce, &mut a.clone(), bad_tag));
+            prop_assert!(!opens(&c, nonce, &mut a.clone(), bad_tag));
             if !a.is_empty() {
                 let mut flipped = a.clone();
-                let i = plain.len() / 2;
-                flipped[i] ^= 0x80;
-                prop_assert!(!r.open(nonce, &mut flipped.clone(), &ta));
-                prop_assert!(!c.open(nonce, &mut flipped, &ta));
+                flipped[plain.len() / 2] ^= 0x80;
+                prop_assert!(!opens(&r, nonce, &mut flipped.clone(), ta));
+                prop_assert!(!opens(&c, nonce, &mut flipped, ta));
             }
             let mut other = nonce;
             other[11] ^= 1;
-            prop_assert!(!r.open(other, &mut a.clone(), &ta));
+            prop_assert!(!opens(&r, other, &mut a.clone(), ta));
             Ok(())
         }
 
@@ -839,9 +857,9 @@ mod tests {
             }
         }
 
-        /// Whole bodies: what the native codec seals, a RustCrypto codec
-        /// opens and the other way round — RFC 8188's own example
-        /// (§3.1) sealed by ring is byte for byte the RFC's body.
+        /// The codec runs on ring with this feature: RFC 8188's example
+        /// (§3.1) opens with RustCrypto under the codec's derived key and
+        /// nonce, and the codec (ring) seals it back byte for byte.
         #[test]
         fn the_native_codec_uses_ring_and_reproduces_rfc_8188() {
             assert_eq!(aead::BACKEND, "ring");
@@ -850,18 +868,20 @@ mod tests {
             let ikm = b64("yqdlZ-tYemfogSmv7Ws5PQ");
             let (h, records) = Header::parse(&body).unwrap();
             let k = ContentKey::derive(&ikm, &h.salt);
-            // RustCrypto opens the RFC's record under the derived key …
-            let cek = {
-                let hk = Hkdf::<Sha256>::new(Some(&h.salt), &ikm);
-                let mut cek = [0u8; 16];
-                hk.expand(CEK_INFO, &mut cek).unwrap();
-                cek
-            };
+            let mut cek = [0u8; 16];
+            Hkdf::<Sha256>::new(Some(&h.salt), &ikm)
+                .expand(CEK_INFO, &mut cek)
+                .unwrap();
             let (ct, tag) = records.split_at(records.len() - TAG_LEN);
             let mut buf = ct.to_vec();
-            assert!(RustCrypto::new(&cek).open(k.nonce(0), &mut buf, tag.try_into().unwrap()));
+            let nonce: [u8; 12] = k.nonce(0).into();
+            assert!(opens(
+                &RustCrypto::new(&cek.into()),
+                nonce,
+                &mut buf,
+                tag.try_into().unwrap()
+            ));
             assert_eq!(&buf, b"I am the walrus\x02");
-            // … and ring (the codec's backend) seals it back identically.
             assert_eq!(seal_raw(b"I am the walrus", &ikm, h.salt, 4096, b""), body);
         }
 
