@@ -202,8 +202,12 @@ test: build venv test-rust lint validate test-integration test-chain test-native
 # explores further (plain `cargo test` picks a random seed).
 PROPTEST_RNG_SEED ?= 20261123
 
+# `--workspace` unifies e2ee's features with filters/native's, so e2ee's
+# codec is tested there with the native build's AES-GCM (`native-aead`:
+# ring); the second run tests it with RustCrypto's, what the wasm modules run.
 test-rust: redis ## cargo test --workspace (native; property tests from PROPTEST_RNG_SEED)
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test --workspace
+	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test -p e2ee
 
 # clippy twice: for the host (every target: tests, examples) and for wasm32,
 # where the `#[cfg(target_arch = "wasm32")]` glue that runs inside Envoy's VM
@@ -236,13 +240,19 @@ test-integration: build venv redis http2-tools browser ## pytest against the rea
 # integration files that cover the gateways the native build serves today
 # (egress: sanitize, route-breaker; secure: + san-authz; web: sanitize, jwt,
 # fds-block, passport, route-breaker, with root ticks and callouts:
-# test_native_ticks.py) against WASM_BUILD=native. The other gateways of
-# that config still run their wasm modules; the rest of the suite would
-# re-test those (test-integration).
+# test_native_ticks.py; app: + replay-guard, e2ee) against WASM_BUILD=native,
+# and e2ee and replay-guard natively on the test stack's cut app gateway
+# (tests/integration/native_app.py, test_e2ee_native.py). The internal
+# gateway of that config still runs its wasm modules; the rest of the suite
+# would re-test those (test-integration).
 NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_san_authz.py test_operations.py test_stack.py \
-  test_arbitrary_input.py test_jwt.py test_fds_block.py test_passport.py test_native_ticks.py
+  test_arbitrary_input.py test_jwt.py test_fds_block.py test_passport.py test_native_ticks.py \
+  test_e2ee_native.py
 
 test-native: build-wasm build-native build-native-module venv redis http2-tools ## native module: symbols/ABI/load checks + the integration subset on WASM_BUILD=native
+	@# e2ee's codec with the module's AES-GCM (ring): RFC 8188's vectors, the
+	@# property tests, ring against RustCrypto byte for byte.
+	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test -p e2ee --features native-aead
 	$(VPY) -m pytest -c tests/pytest.ini tests/native $(PYTEST_ARGS)
 	WASM_BUILD=native $(VPY) -m pytest $(addprefix tests/integration/,$(NATIVE_TESTS)) $(PYTEST_ARGS)
 
@@ -313,13 +323,17 @@ bench-chain: venv wasm-target ## the web chain's wasm-side µs per filter in V8 
 
 # e2ee's request decryption and response encryption (filters/e2ee/examples/
 # e2ee_bench.rs) built for wasm32-wasip1 and run under Node's V8 (TurboFan,
-# like Envoy): µs per request for 0/1/16/60 KiB bodies, fixed cost and
-# cost per KiB against the budget (docs/filters/e2ee.md, "Performance").
-bench-e2ee: venv wasm-target ## e2ee decrypt + re-encrypt µs per request and per KiB in V8 (node)
+# like Envoy), then natively with ring (the native build's AES-GCM): µs per
+# request for 0/1/16/60 KiB bodies, fixed cost and cost per KiB against the
+# budget (docs/filters/e2ee.md, "Performance").
+bench-e2ee: venv wasm-target ## e2ee decrypt + re-encrypt µs per request and per KiB in V8 (node) and natively (ring)
 	@command -v node >/dev/null || { echo "bench-e2ee needs node (>= 18) on PATH" >&2; exit 1; }
 	@# Own target dir: the example links e2ee without `standalone`.
 	CARGO_TARGET_DIR=build/bench/target-e2ee $(CARGO) build --release --target $(WASM_TARGET) -p e2ee --no-default-features --example e2ee_bench
 	node --no-warnings --no-liftoff tests/bench/wasi-run.mjs build/bench/target-e2ee/$(WASM_TARGET)/release/examples/e2ee_bench.wasm examples/config/e2ee/app.json
+	@# The same steps natively with the native build's AES-GCM (ring,
+	@# feature native-aead): what libgateway_native.so runs (docs/native.md).
+	CARGO_TARGET_DIR=build/bench/target-e2ee $(CARGO) run -q --release -p e2ee --no-default-features --features native-aead --example e2ee_bench -- examples/config/e2ee/app.json
 
 bench-tools: ## install the load generator (wrk) if missing
 	@command -v wrk >/dev/null || { echo "installing wrk"; \

@@ -44,7 +44,11 @@ each gateway whose filters the native dynamic module serves (NATIVE_FILTERS)
 by DynamicModuleFilter blocks (module gateway_native, found by Envoy through
 ENVOY_DYNAMIC_MODULES_SEARCH_PATH, which envoy/stack.py points at
 build/native), one per filter, same names, same JSON configurations; the
-other gateways keep their wasm blocks (docs/native.md).
+other gateways keep their wasm blocks (docs/native.md). The converted
+blocks' VM environment variables (the filters' secrets) must be in Envoy's
+own process environment: envoy/stack.py starts Envoy with them, and a
+rendered file gets them beside it as <output>.env (docker compose's
+env_file; mode 0600).
 
 Standard library only, so that it runs before any virtualenv exists (the
 suite build alone needs PyYAML: the project venv has it).
@@ -615,13 +619,33 @@ def write_dynamic(bootstrap_path: Path, ecds_dir: Path, bootstrap: str, files: M
 
 #: The filters (wasm root_id) the native dynamic module serves like their wasm
 #: modules today (root-context ticks and callouts included: jwt's JWKS
-#: refresh, fds-block's feed, passport's coalesced lookups). Not yet: the
-#: whole peer certificate (san-authz `source: "connection"`), VM environment
-#: variables (replay-guard's and oidc's secrets) and e2ee's response
-#: streaming (docs/native.md).
-NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport")
+#: refresh, fds-block's feed, passport's coalesced lookups, replay-guard's
+#: reports; VM environment variables go to Envoy's process environment;
+#: san-authz's connection certificate where Envoy sets XFCC from it).
+#: Not yet: oidc (docs/native.md).
+NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport", "replay_guard", "e2ee")
 #: The module's name: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
 NATIVE_MODULE = "gateway_native"
+
+
+def _filter_config(h: dict) -> dict | None:
+    """A wasm block's JSON configuration, parsed (None when it is not JSON)."""
+    try:
+        doc = json.loads(h.get("typed_config", {}).get("config", {}).get("configuration", {}).get("value", "") or "{}")
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def block_environment(h: dict) -> dict[str, str]:
+    """The variables wasm block `h` sets in its VM (vm_config.environment_variables
+    .key_values): natively they must be in Envoy's own environment, which a
+    dynamic module shares (the filters read them with std::env::var).
+    host_env_keys need nothing: they name variables of Envoy's environment
+    already."""
+    vm = h.get("typed_config", {}).get("config", {}).get("vm_config", {})
+    kv = (vm.get("environment_variables") or {}).get("key_values") or {}
+    return {str(k): str(v) for k, v in kv.items()}
 
 
 def _sets_xfcc_from_connection(hcm: dict) -> bool:
@@ -633,25 +657,26 @@ def _sets_xfcc_from_connection(hcm: dict) -> bool:
             and bool((hcm.get("set_current_client_cert_details") or {}).get("cert")))
 
 
-def _san_authz_source(conf: dict) -> str | None:
-    try:
-        return json.loads(conf.get("configuration", {}).get("value", "")).get("identity", {}).get("source", "connection")
-    except (ValueError, AttributeError):
-        return None
+def _san_authz_source(h: dict) -> str | None:
+    """Where san-authz block `h` takes the certificate from (None: not JSON)."""
+    doc = _filter_config(h)
+    return None if doc is None else (doc.get("identity") or {}).get("source", "connection")
 
 
 def _native_ready(h: dict, hcm: dict | None = None) -> bool:
     conf = h.get("typed_config", {}).get("config", {})
-    vm = conf.get("vm_config", {})
-    if (conf.get("root_id") not in NATIVE_FILTERS or vm.get("environment_variables")
-            or conf.get("failure_policy", "FAIL_CLOSED") != "FAIL_CLOSED"):
+    root = conf.get("root_id")
+    if root not in NATIVE_FILTERS or conf.get("failure_policy", "FAIL_CLOSED") != "FAIL_CLOSED":
         return False
-    if conf.get("root_id") == "san_authz":
+    # A variable must fit a process environment (and an env file: one line).
+    if any("\0" in v or "\n" in v or "\0" in k or "=" in k or not k for k, v in block_environment(h).items()):
+        return False
+    if root == "san_authz":
         # The whole peer certificate (`source: "connection"`, the default)
         # is a wasm-host property with no dynamic-module attribute: natively
         # it is the XFCC element Envoy sets from the verified connection,
         # so only where this connection manager sets it.
-        source = _san_authz_source(conf)
+        source = _san_authz_source(h)
         return source == "xfcc" or (source == "connection" and _sets_xfcc_from_connection(hcm or {}))
     return True
 
@@ -660,12 +685,14 @@ def native_block(h: dict, hcm: dict | None = None) -> dict:
     """The DynamicModuleFilter typed_config that runs wasm block `h`'s filter
     natively (same root_id, same JSON configuration, same stop-iteration flag;
     san-authz reading the connection's certificate where `hcm`, its
-    connection manager, has Envoy set XFCC from it)."""
+    connection manager, has Envoy set XFCC from it). Its VM's environment
+    variables (block_environment) are not in it: they go to Envoy's process
+    environment (to_native_env)."""
     conf = h["typed_config"]["config"]
     envelope = {"config": conf.get("configuration", {}).get("value", "")}
     if conf.get("allow_on_headers_stop_iteration"):
         envelope["allow_on_headers_stop_iteration"] = True
-    if (conf.get("root_id") == "san_authz" and _san_authz_source(conf) == "connection"
+    if (conf.get("root_id") == "san_authz" and _san_authz_source(h) == "connection"
             and _sets_xfcc_from_connection(hcm or {})):
         envelope["peer_certificate_from_xfcc"] = True
     return {
@@ -679,18 +706,36 @@ def native_block(h: dict, hcm: dict | None = None) -> dict:
     }
 
 
-def to_native(text: str) -> str:
+def merge_environment(into: dict[str, str], add: Mapping[str, str]) -> list[str]:
+    """Adds `add` to the process environment `into` unless a name there
+    already has another value; returns those names (nothing added then)."""
+    clash = sorted(k for k, v in add.items() if k in into and into[k] != v)
+    if not clash:
+        into.update(add)
+    return clash
+
+
+def to_native_env(text: str) -> tuple[str, dict[str, str]]:
     """The rendered config `text` with the wasm blocks of every gateway whose
     wasm filters are all NATIVE_FILTERS replaced by DynamicModuleFilter blocks
     of the gateway_native module (same filter names, so per-route `disabled`
     FilterConfigs still apply): filter_name is the wasm root_id, filter_config
     a StringValue holding {"config": <the block's JSON configuration>,
-    "allow_on_headers_stop_iteration": <the block's flag>}."""
+    "allow_on_headers_stop_iteration": <the block's flag>}.
+
+    Also returns the environment the converted blocks need in Envoy's process
+    (their VMs' environment_variables.key_values; Envoy must be started with
+    it: envoy/stack.py does, render.py -o writes it beside the config as
+    <output>.env for docker compose). One process has one environment: a
+    gateway whose blocks would need another value for a variable that an
+    earlier converted gateway (or another of its own blocks) sets keeps its
+    wasm blocks, whose VMs have environments of their own."""
     try:
         import yaml  # noqa: PLC0415 (only the suite, chain and native builds need it)
     except ImportError as exc:
         raise RenderError("the native build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
     cfg = json.loads(json.dumps(yaml.safe_load(text)))
+    env: dict[str, str] = {}
     for listener in cfg.get("static_resources", {}).get("listeners", []):
         for fc in listener.get("filter_chains", []):
             for net in fc.get("filters", []):
@@ -700,9 +745,36 @@ def to_native(text: str) -> str:
                         if h.get("typed_config", {}).get("@type", "").endswith(".filters.http.wasm.v3.Wasm")]
                 if not wasm or not all(_native_ready(h, hcm) for h in wasm):
                     continue
+                need: dict[str, str] = {}
+                if any(merge_environment(need, block_environment(h)) for h in wasm):
+                    continue
+                if merge_environment(env, need):
+                    continue
                 for h in wasm:
                     h["typed_config"] = native_block(h, hcm)
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20), env
+
+
+def to_native(text: str) -> str:
+    """to_native_env's config alone."""
+    return to_native_env(text)[0]
+
+
+_ENV_SAFE = re.compile(r"^[A-Za-z0-9+/=_.:@%,-]*$")
+
+
+def env_file_text(env: Mapping[str, str]) -> str:
+    """`env` as a docker compose env_file (NAME=value lines; a value outside
+    base64/URL-ish characters single-quoted)."""
+    lines = ["# GENERATED by envoy/render.py --wasm-build native: the variables the native",
+             "# filters read from Envoy's environment (secrets: keep this file private)."]
+    for name, value in sorted(env.items()):
+        if not _ENV_SAFE.match(value):
+            if "'" in value:
+                raise RenderError(f"environment variable {name}: a value with a single quote cannot go to an env file")
+            value = f"'{value}'"
+        lines.append(f"{name}={value}")
+    return "\n".join(lines) + "\n"
 
 
 def variables_for(profile: str, local_paths: bool = False, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -730,6 +802,7 @@ def render(
     wasm_build: str | None = None,
     replica: int = 1,
     include_overrides: Mapping[str, os.PathLike[str] | str] | None = None,
+    environment: dict[str, str] | None = None,
 ) -> str:
     """The rendered Envoy config as text. Raises RenderError on any problem.
 
@@ -738,7 +811,10 @@ def render(
     include_overrides: REL -> FILE, an included file (REL relative to the
     include root, e.g. "config/sanitize/web.json") read from FILE instead for
     this render (stack.py reload --override); a REL the render does not
-    include is an error."""
+    include is an error.
+    environment: when given, filled with the variables the native build's
+    converted blocks need in Envoy's process environment (to_native_env;
+    empty for the other builds)."""
     wasm_build = wasm_build or os.environ.get("WASM_BUILD") or "filters"
     if wasm_build not in WASM_BUILDS:
         raise RenderError(f"unknown wasm build {wasm_build!r} (known: {', '.join(WASM_BUILDS)})")
@@ -779,7 +855,9 @@ def render(
     elif wasm_build == "chain":
         text = to_chain(text, values["WASM_DIR"])
     elif wasm_build == "native":
-        text = to_native(text)
+        text, env = to_native_env(text)
+        if environment is not None:
+            environment.update(env)
     text = to_replica(text, replica)
     header = (
         f"# GENERATED by envoy/render.py --profile {profile}"
@@ -829,18 +907,34 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--set expects NAME=VALUE, got {item!r}")
         overrides[name] = value
+    env: dict[str, str] = {}
     try:
         text = render(args.profile, local_paths=args.local_paths, overrides=overrides,
                       extra_listeners=args.extra, extra_clusters=args.extra_clusters,
                       include_root=args.include_root, wasm_build=args.wasm_build,
-                      replica=args.replica)
+                      replica=args.replica, environment=env)
+        env_text = env_file_text(env)
     except RenderError as exc:
         print(f"render.py: error: {exc}", file=sys.stderr)
         return 1
     if args.output is not None and str(args.output) == "-":
         sys.stdout.write(text)
+        if env:
+            print(f"render.py: the native filters need {', '.join(sorted(env))} in Envoy's environment "
+                  "(write the config to a file to get them as <output>.env)", file=sys.stderr)
         return 0
     out = args.output or DEFAULT_OUTPUT[args.profile]
+    # The native build's process environment beside the config (docker
+    # compose reads it as the Envoy service's env_file); none for the others.
+    env_path = out.with_suffix(".env")
+    if (args.wasm_build or os.environ.get("WASM_BUILD") or "filters") == "native":
+        write(env_path, env_text)
+        env_path.chmod(0o600)
+        if env:
+            print(f"render.py: wrote {env_path} ({', '.join(sorted(env))}: start Envoy with them in its "
+                  "environment)", file=sys.stderr)
+    elif env_path.exists():
+        env_path.unlink()
     if args.dynamic is not None:
         try:
             boot, files = to_dynamic(text, args.dynamic.resolve(), node_id=f"demo-gateway-{args.replica}")

@@ -211,7 +211,8 @@ class _Child:
     """One child process in its own process group, its output pumped to a sink."""
 
     def __init__(self, name: str, argv: Sequence[str], stdout: IO[str] | None,
-                 stderr: IO[str] | None, ready_line: str | None = None, cwd: Path = REPO):
+                 stderr: IO[str] | None, ready_line: str | None = None, cwd: Path = REPO,
+                 env: Mapping[str, str] | None = None):
         self.name = name
         self.ready = threading.Event()
         self._ready_line = ready_line
@@ -224,6 +225,7 @@ class _Child:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if pipe_stdout else stdout,
             stderr=stderr,
+            env=dict(env) if env is not None else None,
             start_new_session=True,
             preexec_fn=_set_parent_death_signal,  # noqa: PLW1509 (no threads touch the child)
         )
@@ -300,8 +302,14 @@ class Stack:
       in the running Envoys. False: the static form, config_path_of(replica).
       Either way config_path_of(replica) holds the static render (what
       `gatewayctl drift --rendered` compares with).
-    wasm_build: "filters", "suite" or "chain" (render.py); None: $WASM_BUILD
-      when the stack renders, else "filters".
+    wasm_build: "filters", "suite", "chain" or "native" (render.py); None:
+      $WASM_BUILD when the stack renders, else "filters".
+    environment: variables to add to Envoy's process environment, e.g. the
+      secrets of native filter blocks an extra listener file carries (the
+      bench's). The native build's own converted blocks need theirs too
+      (render.to_native_env): the stack adds those itself. A name that two
+      of them would set to different values is a StackError (one process,
+      one environment).
     """
 
     def __init__(
@@ -325,6 +333,7 @@ class Stack:
         redis_server_bin: os.PathLike[str] | str = REDIS_SERVER_BIN,
         dynamic: bool = True,
         wasm_build: str | None = None,
+        environment: Mapping[str, str] | None = None,
     ):
         self.extra_listeners = list(extra_listeners or [])
         self.extra_clusters = list(extra_clusters or [])
@@ -353,6 +362,10 @@ class Stack:
         self._atexit_registered = False
         self.dynamic = dynamic
         self.wasm_build = wasm_build
+        self.environment = dict(environment or {})
+        #: What Envoy's environment gets on top of this process's: `environment`
+        #: and the native blocks' variables (set by render()).
+        self.envoy_environment: dict[str, str] = dict(self.environment)
         #: After reload(): per replica, ECDS resource -> "accepted"/"rejected",
         #: and the Envoy log lines of a refusal (when log_dir is known).
         self.last_reload: dict[int, dict[str, str]] = {}
@@ -433,7 +446,8 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _render_text(self, replica: int, include_overrides: Mapping[str, Path] | None = None) -> str:
+    def _render_text(self, replica: int, include_overrides: Mapping[str, Path] | None = None,
+                     environment: dict[str, str] | None = None) -> str:
         return render.render(
             "local",
             overrides=self.overrides,
@@ -443,6 +457,7 @@ class Stack:
             wasm_build=self.wasm_build,
             replica=replica,
             include_overrides=include_overrides,
+            environment=environment,
         )
 
     def _dynamic_form(self, replica: int, text: str) -> tuple[str, dict[str, str]]:
@@ -454,8 +469,15 @@ class Stack:
         and, when dynamic, the bootstrap Envoy runs and its ECDS files.
         Returns config_path (replica 1's static form)."""
         self.wasm_build = self.wasm_build or os.environ.get("WASM_BUILD") or "filters"
+        env = dict(self.environment)
         for r in self.replicas:
-            text = self._render_text(r)
+            native_env: dict[str, str] = {}
+            text = self._render_text(r, environment=native_env)
+            clash = render.merge_environment(env, native_env)
+            if clash:
+                raise render.RenderError(
+                    f"the native filter blocks need {', '.join(clash)} in Envoy's environment with another "
+                    "value than the stack's `environment` gives")
             render.write(self.config_path_of(r), text)
             if self.dynamic:
                 boot, files = self._dynamic_form(r, text)
@@ -465,6 +487,7 @@ class Stack:
                         if old.name not in files:
                             old.unlink()
                 render.write_dynamic(self.live_config_path_of(r), ecds, boot, files)
+        self.envoy_environment = env
         render.write(self.state_file, json.dumps({
             "wasm_build": self.wasm_build,
             "dynamic": self.dynamic,
@@ -895,6 +918,9 @@ class Stack:
             self.envoy_command(replica),
             stdout=self._open_log(f"envoy-access{sfx}.log"),
             stderr=self._open_log(f"envoy{sfx}.log"),
+            # The native filters' secrets (render.to_native_env): a dynamic
+            # module reads Envoy's own environment, not a VM's.
+            env={**os.environ, **self.envoy_environment} if self.envoy_environment else None,
         )
         self._envoys[replica] = child
         deadline = time.monotonic() + timeout

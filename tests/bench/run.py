@@ -135,6 +135,14 @@ BUILD_PORTS = {"suite": {"web": 10200, "app": 10201, "secure": 10643},
 NATIVE_MODULE = REPO / "build" / "native" / "libgateway_native.so"
 NATIVE_PORTS = {"web_lite_wasm": 10500, "web_lite_native": 10501}
 NATIVE_KEEP = ("sanitize", "route_breaker")
+# e2ee natively (issue 26): the app gateway cut to the filters the native
+# build serves (tests/integration/native_app.py: sanitize → replay-guard,
+# reports off → e2ee → sanitize-body → route-breaker), once as wasm modules
+# and once as the native module; each with the e2ee section's plain and
+# encrypted orders. The native blocks' master secret goes to Envoy's
+# environment (NATIVE_ENV, filled by build_listeners).
+E2EE_NATIVE_PORTS = {"app_lite_wasm": 10502, "app_lite_native": 10503}
+NATIVE_ENV: dict[str, str] = {}
 
 # Bridge (mTLS client) ports: plain HTTP in, mTLS out.
 BRIDGE = {10110: 10443, 10111: 10013, 10112: 10643, 10113: 10743, 10114: 10843}
@@ -451,6 +459,47 @@ def native_targets() -> list[dict]:
             T("web lite native", "builds", NATIVE_PORTS["web_lite_native"], "bare", lat=True)]
 
 
+def e2ee_native_targets() -> list[dict]:
+    """Plain and encrypted orders on the cut app gateway, wasm and native
+    (E2EE_NATIVE_PORTS): base of an encrypted row, the same build's plain
+    row; of a plain row, bare with the same bodies (the e2ee section's)."""
+    if not NATIVE_MODULE.exists():
+        return []
+    t = []
+    for kib in E2EE_KIB:
+        size = kib * 1024
+        for build, port in (("wasm", E2EE_NATIVE_PORTS["app_lite_wasm"]),
+                            ("native", E2EE_NATIVE_PORTS["app_lite_native"])):
+            t += [T(f"e2ee {build} plain {kib} KiB", "e2ee-native", port, f"e2ee bare {kib} KiB", path=ORDERS,
+                    feed=f"order-plain-{size}", lat=True),
+                  T(f"e2ee {build} encrypted {kib} KiB", "e2ee-native", port, f"e2ee {build} plain {kib} KiB",
+                    path=ORDERS, feed=f"order-aes128gcm-{size}", lat=True)]
+    return t
+
+
+def e2ee_native_listeners(cfg: dict) -> list[dict]:
+    """The cut app gateway (native_app.app_lite_listener) as wasm and as
+    native blocks; the native blocks' VM variables go to NATIVE_ENV."""
+    from native_app import app_lite_listener  # tests/integration/native_app.py
+
+    out = []
+    for name, port in E2EE_NATIVE_PORTS.items():
+        lis = app_lite_listener(cfg, name, port)
+        if name.endswith("native"):
+            for fc in lis["filter_chains"]:
+                for net in fc["filters"]:
+                    hs = net.get("typed_config", {}).get("http_filters", [])
+                    for i, h in enumerate(hs):
+                        if h.get("typed_config", {}).get("config", {}).get("root_id") is None:
+                            continue
+                        clash = render_mod.merge_environment(NATIVE_ENV, render_mod.block_environment(h))
+                        if clash:
+                            raise SystemExit(f"{name}: native blocks need different values of {clash}")
+                        hs[i] = {**h, "typed_config": render_mod.native_block(h)}
+        out.append(lis)
+    return out
+
+
 def native_listeners(cfg: dict) -> list[dict]:
     """The web listener with only NATIVE_KEEP's wasm blocks, as wasm and as native."""
     web = next(lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == "web")
@@ -522,7 +571,9 @@ def build_listeners() -> Path:
                             conf["value"] = json.dumps(doc, separators=(",", ":"))
             items.append(lis)
     if NATIVE_MODULE.exists():
-        items += native_listeners(yaml.safe_load(render_mod.render("local", wasm_build="filters")))
+        filters_cfg = yaml.safe_load(render_mod.render("local", wasm_build="filters"))
+        items += native_listeners(filters_cfg)
+        items += e2ee_native_listeners(filters_cfg)
     path = OUT / "build-listeners.yaml"
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text("# the suite and chain builds' gateways (tests/bench/run.py)\n"
@@ -962,6 +1013,8 @@ def make_stack(include_root: Path | None = None, overrides: dict | None = None, 
                concurrency: int = 1, extra: bool = True, builds: list[Path] | None = None) -> stack_mod.Stack:
     builds = builds or []
     return stack_mod.Stack(
+        # the native e2ee listener's master secret (e2ee_native_listeners)
+        environment=NATIVE_ENV if builds else None,
         extra_listeners=[LISTENERS_YAML, probe_listeners(), local_store_listeners(), sso_listeners(), *builds]
         if extra else [],
         replicas=1,
@@ -1002,9 +1055,11 @@ def passport_miss(mat: Material, n: int = 30) -> dict:
 
 
 def main_pass(mat: Material, args, only, build: str = "filters") -> tuple[list[dict], dict | None]:
-    ts = only(main_targets(mat) + build_targets(mat) + native_targets() if build == "filters" else suite_targets(mat))
+    ts = only(main_targets(mat) + build_targets(mat) + native_targets() + e2ee_native_targets()
+              if build == "filters" else suite_targets(mat))
     os.environ["WASM_BUILD"] = build  # read by envoy/render.py
-    extra = [build_listeners()] if build == "filters" and any(t["section"] == "builds" for t in ts) else []
+    extra = ([build_listeners()] if build == "filters" and any(t["section"] in ("builds", "e2ee-native") for t in ts)
+             else [])
     st = make_stack(name="envoy.yaml" if build == "filters" else "envoy-suite.yaml", builds=extra)
     bridge = None
     with st:
@@ -1238,6 +1293,33 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                   per_kib <= BUDGET["e2ee_per_kib_us"])
             check("e2ee: fixed cost per request (Envoy CPU)", f"{fixed} µs", "≤ 20 µs",
                   fixed <= BUDGET["e2ee_fixed_us"])
+    if sec("e2ee-native"):
+        erows = []
+        for b in ("wasm", "native"):
+            e1, e16 = by.get(f"e2ee {b} encrypted {E2EE_KIB[0]} KiB"), by.get(f"e2ee {b} encrypted {E2EE_KIB[1]} KiB")
+            p1, p16 = by.get(f"e2ee {b} plain {E2EE_KIB[0]} KiB"), by.get(f"e2ee {b} plain {E2EE_KIB[1]} KiB")
+            if not (e1 and e16 and p1 and p16):
+                continue
+            span = E2EE_KIB[1] - E2EE_KIB[0]
+            per_kib = round((e16["added_cpu_us"] - e1["added_cpu_us"]) / span, 2)
+            fixed = round(e1["added_cpu_us"] - E2EE_KIB[0] * per_kib, 1)
+            erows.append([b, p1["added_cpu_us"], p16["added_cpu_us"], e1["added_cpu_us"], e16["added_cpu_us"],
+                          e1["rps_ratio"], e16["rps_ratio"], e1.get("added_p50_us"), e16.get("added_p50_us"),
+                          per_kib, fixed])
+            if b == "native":
+                check("e2ee native: decryption + re-encryption per KiB (Envoy CPU)", f"{per_kib} µs", "≤ 2 µs",
+                      per_kib <= BUDGET["e2ee_per_kib_us"])
+                check("e2ee native: fixed cost per request (Envoy CPU)", f"{fixed} µs", "≤ 20 µs",
+                      fixed <= BUDGET["e2ee_fixed_us"])
+        if erows:
+            out.append(table("E2EE, wasm vs native: the app gateway cut to the native-ready filters (sanitize → "
+                             "replay-guard → e2ee → sanitize-body → route-breaker; tests/integration/native_app.py), "
+                             "signed POST /api/v1/orders, 1 / 16 KiB orders, one interleaved pass. Plain +CPU: vs bare; "
+                             "encrypted +CPU: vs the same build's plain row (= decryption + re-encryption of the answer)",
+                             ["build", f"plain {E2EE_KIB[0]} KiB +CPU µs", f"plain {E2EE_KIB[1]} KiB +CPU µs",
+                              f"encrypted {E2EE_KIB[0]} KiB +CPU µs", f"encrypted {E2EE_KIB[1]} KiB +CPU µs",
+                              f"req/s enc/plain {E2EE_KIB[0]} KiB", f"req/s enc/plain {E2EE_KIB[1]} KiB",
+                              f"+p50 {E2EE_KIB[0]} KiB", f"+p50 {E2EE_KIB[1]} KiB", "per KiB µs", "fixed µs"], erows))
     if sec("hostcall") and "noop" in by:
         floor = by["noop"]["cpu_us"]
         hrs = [[r["target"].removeprefix("probe "), r["port"], r["rps"], r["cpu_us"],

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+import native_app
 import probe
-from helpers import REPO, echo_stats, web_url  # noqa: F401  (re-exported for tests)
+from helpers import REPO, echo_stats, wasm_build, web_url  # noqa: F401  (re-exported for tests)
 from stack import Stack, StackError
 
 LOG_DIR = REPO / "build" / "test-logs"
@@ -66,13 +67,20 @@ def _stack_lock():
 def stack(_stack_lock) -> Stack:
     """The running demo stack; stopped (no orphans) at the end of the session."""
     shutil.rmtree(LOG_DIR, ignore_errors=True)
+    # The test-only probe listener (tests/integration/probe.py).
+    extra = [probe.write_listener(CONFIG.parent / "probe-listeners.yaml")]
+    if wasm_build() == "native":
+        # The app gateway cut to native-ready filters, which the native
+        # build converts whole (tests/integration/native_app.py):
+        # test_e2ee_native.py runs e2ee on the native module there.
+        extra.append(native_app.write_listener(CONFIG.parent / "app-native-listener.yaml", _env_overrides(),
+                                               os.environ.get("DEMO_STACK_INCLUDE_ROOT") or None))
     running = Stack(
         log_dir=LOG_DIR,
         config_path=CONFIG,
         overrides=_env_overrides(),
         include_root=os.environ.get("DEMO_STACK_INCLUDE_ROOT") or None,
-        # The test-only probe listener (tests/integration/probe.py).
-        extra_listeners=[probe.write_listener(CONFIG.parent / "probe-listeners.yaml")],
+        extra_listeners=extra,
     )
     try:
         running.start()

@@ -32,9 +32,14 @@ PASSPORT_JWKS = {k["kid"]: jwt.PyJWK(k) for k in json.loads((KEYS / "passport-jw
 
 
 class Client:
-    """An app: one device key (key id fixed for the test), signing and encrypting."""
+    """An app: one device key (key id fixed for the test), signing and encrypting,
+    talking to the gateway on `port` (the app gateway; test_e2ee_native.py:
+    the native one)."""
 
-    def __init__(self, **kw):
+    def __init__(self, port: int = LISTENERS["app"], **kw):
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.authority = f"127.0.0.1:{port}"
         self.signer = Signer.demo(device=f"e2ee-{secrets.token_hex(4)}", **kw)
         self.kid = self.signer.key_id()
         self.key = ece.ikm(MASTER, self.kid)
@@ -43,7 +48,7 @@ class Client:
         return ece.encrypt(plain, key or self.key, kid or self.kid, rs=rs, **kw)
 
     def headers(self, method: str, target: str, body: bytes | None, encrypted: bool = True) -> dict[str, str]:
-        h = {"Connection": "close", **self.signer.sign(method, AUTHORITY, target, body, key_id=self.kid)}
+        h = {"Connection": "close", **self.signer.sign(method, self.authority, target, body, key_id=self.kid)}
         if body is not None:
             h["Content-Type"] = "application/json"
         if encrypted:
@@ -51,7 +56,7 @@ class Client:
         return h
 
     def send(self, method: str, target: str, body: bytes | None, encrypted: bool = True) -> requests.Response:
-        return requests.request(method, APP + target, headers=self.headers(method, target, body, encrypted),
+        return requests.request(method, self.base + target, headers=self.headers(method, target, body, encrypted),
                                 data=body, timeout=TIMEOUT)
 
     def post(self, target: str, plain: bytes, **kw) -> requests.Response:
@@ -140,7 +145,7 @@ def test_a_chunked_upload_split_across_record_boundaries(stack):
     plain = json.dumps({"to": "carol", "memo": "y" * 2000}).encode()
     body = c.encrypt(plain, rs=100)
     headers = c.headers("POST", "/api/v1/transfers", body)
-    conn = http.client.HTTPConnection("127.0.0.1", 10001, timeout=TIMEOUT)
+    conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=TIMEOUT)
     conn.putrequest("POST", "/api/v1/transfers", skip_accept_encoding=True)
     for k, v in headers.items():
         conn.putheader(k, v)
@@ -162,7 +167,7 @@ def test_a_chunked_upload_split_across_record_boundaries(stack):
     conn.close()
 
 
-def h2_status(headers: dict[str, str], body: bytes) -> int:
+def h2_status(headers: dict[str, str], body: bytes, port: int = LISTENERS["app"]) -> int:
     """An HTTP/2 POST ending with trailers (nghttp, like helpers.h2_request,
     whose text decoding an encrypted answer would break): the status."""
     import shutil
@@ -176,7 +181,7 @@ def h2_status(headers: dict[str, str], body: bytes) -> int:
                "--trailer=x-checksum: 1"]
         for name, value in headers.items():
             cmd += ["-H", f"{name.lower()}: {value}"]
-        cmd.append(f"http://127.0.0.1:{LISTENERS['app']}/api/v1/transfers")
+        cmd.append(f"http://127.0.0.1:{port}/api/v1/transfers")
         out = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, check=False).stdout
     m = re.search(rb"recv \(stream_id=\d+\) :status: (\d+)", out)
     assert m, out[-2000:]
@@ -217,7 +222,7 @@ def resign(c: Client, target: str, body: bytes) -> dict[str, str]:
 
 
 def send_raw(c: Client, body: bytes, target: str = "/api/v1/transfers") -> requests.Response:
-    return requests.post(APP + target, headers=resign(c, target, body), data=body, timeout=TIMEOUT)
+    return requests.post(c.base + target, headers=resign(c, target, body), data=body, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("case", ["short header", "keyid cut", "no record", "short record", "rs 17",

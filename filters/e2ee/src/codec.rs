@@ -1,6 +1,6 @@
 //! The `aes128gcm` content coding of RFC 8188: the coding header, the
 //! records, the padding delimiter, the key and nonce derivation. The
-//! primitives are RustCrypto's (`aes-gcm`, `hkdf`); the framing is here.
+//! primitives are RustCrypto's (`aes-gcm`, `hkdf`; AES-GCM: see [`aead`]).
 //!
 //! ```text
 //! header:  salt (16) | rs (u32, big endian) | idlen (1) | keyid (idlen)
@@ -20,8 +20,8 @@
 //! one record's plaintext between calls, and the length of its output
 //! depends only on the plaintext's length ([`encrypted_len`]).
 
+use self::aead::{Aes128Gcm, Nonce, Tag};
 use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes128Gcm, Nonce, Tag};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -428,6 +428,105 @@ pub fn seal(
     Some(out)
 }
 
+/// AES-128-GCM, the one primitive the records need, behind RustCrypto's
+/// AEAD traits (`KeyInit`, `AeadInPlace`: seal and open in place with a
+/// detached tag). Two backends: RustCrypto's `aes-gcm` (constant-time
+/// software on wasm32, AES-NI and CLMUL detected at run time elsewhere) and,
+/// with the `native-aead` feature off wasm32 (the native build,
+/// filters/native), `ring`'s assembly (AES-NI, CLMUL, AVX). [`Aes128Gcm`] is
+/// the one the codec uses. Declared after the codec so that the wasm
+/// modules, which keep RustCrypto, stay byte for byte what they were.
+pub mod aead {
+    pub use aes_gcm::{Nonce, Tag};
+
+    /// The codec's AES-128-GCM: ring's.
+    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
+    pub use self::ring_gcm::RingAes128Gcm as Aes128Gcm;
+    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
+    pub use self::ring_gcm::RingAes128Gcm as Ring;
+    /// The codec's AES-128-GCM: RustCrypto's.
+    #[cfg(not(all(feature = "native-aead", not(target_arch = "wasm32"))))]
+    pub use aes_gcm::Aes128Gcm;
+    /// RustCrypto's AES-128-GCM whatever the codec uses (the tests compare
+    /// the backends, the bench measures both).
+    pub use aes_gcm::Aes128Gcm as RustCrypto;
+
+    /// The codec's backend, by name (benches).
+    pub const BACKEND: &str = if cfg!(all(feature = "native-aead", not(target_arch = "wasm32"))) {
+        "ring"
+    } else {
+        "aes-gcm (RustCrypto)"
+    };
+
+    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
+    mod ring_gcm {
+        use aes_gcm::aead::consts::{U0, U12, U16};
+        use aes_gcm::aead::{AeadCore, AeadInPlace, Error, Key, KeyInit, KeySizeUser, Nonce, Tag};
+        use ring::aead::{Aad, LessSafeKey, UnboundKey, AES_128_GCM};
+
+        /// `ring`'s AES-128-GCM behind RustCrypto's AEAD traits.
+        pub struct RingAes128Gcm(Option<LessSafeKey>);
+
+        impl KeySizeUser for RingAes128Gcm {
+            type KeySize = U16;
+        }
+
+        impl KeyInit for RingAes128Gcm {
+            fn new(key: &Key<Self>) -> Self {
+                // A 16-byte key is what AES_128_GCM takes, so this cannot
+                // fail; if it did, every open fails and every seal errs.
+                RingAes128Gcm(
+                    UnboundKey::new(&AES_128_GCM, AsRef::<[u8]>::as_ref(key))
+                        .ok()
+                        .map(LessSafeKey::new),
+                )
+            }
+        }
+
+        impl AeadCore for RingAes128Gcm {
+            type NonceSize = U12;
+            type TagSize = U16;
+            type CiphertextOverhead = U0;
+        }
+
+        fn nonce(n: &Nonce<RingAes128Gcm>) -> Result<ring::aead::Nonce, Error> {
+            ring::aead::Nonce::try_assume_unique_for_key(AsRef::<[u8]>::as_ref(n))
+                .map_err(|_| Error)
+        }
+
+        impl AeadInPlace for RingAes128Gcm {
+            fn encrypt_in_place_detached(
+                &self,
+                n: &Nonce<Self>,
+                aad: &[u8],
+                buffer: &mut [u8],
+            ) -> Result<Tag<Self>, Error> {
+                let key = self.0.as_ref().ok_or(Error)?;
+                let tag = key
+                    .seal_in_place_separate_tag(nonce(n)?, Aad::from(aad), buffer)
+                    .map_err(|_| Error)?;
+                let bytes: [u8; 16] = tag.as_ref().try_into().map_err(|_| Error)?;
+                Ok(bytes.into())
+            }
+
+            fn decrypt_in_place_detached(
+                &self,
+                n: &Nonce<Self>,
+                aad: &[u8],
+                buffer: &mut [u8],
+                tag: &Tag<Self>,
+            ) -> Result<(), Error> {
+                let key = self.0.as_ref().ok_or(Error)?;
+                let tag =
+                    ring::aead::Tag::try_from(AsRef::<[u8]>::as_ref(tag)).map_err(|_| Error)?;
+                key.open_in_place_separate_tag(nonce(n)?, Aad::from(aad), tag, buffer, 0..)
+                    .map(|_| ())
+                    .map_err(|_| Error)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,6 +785,110 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The native build's backend (`ring`) against RustCrypto's: the same
+    /// key, nonce and plaintext give byte-identical ciphertexts and tags,
+    /// each opens the other's, and neither opens an altered record.
+    #[cfg(all(feature = "native-aead", not(target_arch = "wasm32")))]
+    mod backends {
+        use super::super::aead::{Ring, RustCrypto};
+        use super::super::*;
+        use super::*;
+        use aes_gcm::aead::consts::{U12, U16};
+        use aes_gcm::aead::{AeadCore, AeadInPlace, KeyInit};
+
+        trait Gcm: AeadCore<NonceSize = U12, TagSize = U16> + AeadInPlace {}
+        impl<A: AeadCore<NonceSize = U12, TagSize = U16> + AeadInPlace> Gcm for A {}
+
+        fn seal<A: Gcm>(a: &A, nonce: [u8; 12], buf: &mut [u8]) -> [u8; 16] {
+            a.encrypt_in_place_detached(&nonce.into(), b"", buf)
+                .unwrap()
+                .into()
+        }
+
+        fn opens<A: Gcm>(a: &A, nonce: [u8; 12], buf: &mut [u8], tag: [u8; 16]) -> bool {
+            a.decrypt_in_place_detached(&nonce.into(), b"", buf, &tag.into())
+                .is_ok()
+        }
+
+        fn check(cek: [u8; 16], nonce: [u8; 12], plain: &[u8]) -> Result<(), TestCaseError> {
+            let (r, c) = (Ring::new(&cek.into()), RustCrypto::new(&cek.into()));
+            let (mut a, mut b) = (plain.to_vec(), plain.to_vec());
+            let ta = seal(&r, nonce, &mut a);
+            let tb = seal(&c, nonce, &mut b);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(ta, tb);
+            // each opens the other's
+            let mut x = a.clone();
+            prop_assert!(opens(&c, nonce, &mut x, ta));
+            prop_assert_eq!(&x, plain);
+            let mut y = b.clone();
+            prop_assert!(opens(&r, nonce, &mut y, tb));
+            prop_assert_eq!(&y, plain);
+            // an altered tag, byte or nonce opens with neither
+            let mut bad_tag = ta;
+            bad_tag[plain.len() % 16] ^= 1;
+            prop_assert!(!opens(&r, nonce, &mut a.clone(), bad_tag));
+            prop_assert!(!opens(&c, nonce, &mut a.clone(), bad_tag));
+            if !a.is_empty() {
+                let mut flipped = a.clone();
+                flipped[plain.len() / 2] ^= 0x80;
+                prop_assert!(!opens(&r, nonce, &mut flipped.clone(), ta));
+                prop_assert!(!opens(&c, nonce, &mut flipped, ta));
+            }
+            let mut other = nonce;
+            other[11] ^= 1;
+            prop_assert!(!opens(&r, other, &mut a.clone(), ta));
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn ring_and_rustcrypto_agree_byte_for_byte(
+                cek in any::<[u8; 16]>(),
+                nonce in any::<[u8; 12]>(),
+                plain in proptest::collection::vec(any::<u8>(), 0..5000),
+            ) {
+                check(cek, nonce, &plain)?;
+            }
+        }
+
+        /// The codec runs on ring with this feature: RFC 8188's example
+        /// (§3.1) opens with RustCrypto under the codec's derived key and
+        /// nonce, and the codec (ring) seals it back byte for byte.
+        #[test]
+        fn the_native_codec_uses_ring_and_reproduces_rfc_8188() {
+            assert_eq!(aead::BACKEND, "ring");
+            let body =
+                b64("I1BsxtFttlv3u_Oo94xnmwAAEAAA-NAVub2qFgBEuQKRapoZu-IxkIva3MEB1PD-ly8Thjg");
+            let ikm = b64("yqdlZ-tYemfogSmv7Ws5PQ");
+            let (h, records) = Header::parse(&body).unwrap();
+            let k = ContentKey::derive(&ikm, &h.salt);
+            let mut cek = [0u8; 16];
+            Hkdf::<Sha256>::new(Some(&h.salt), &ikm)
+                .expand(CEK_INFO, &mut cek)
+                .unwrap();
+            let (ct, tag) = records.split_at(records.len() - TAG_LEN);
+            let mut buf = ct.to_vec();
+            let nonce: [u8; 12] = k.nonce(0).into();
+            assert!(opens(
+                &RustCrypto::new(&cek.into()),
+                nonce,
+                &mut buf,
+                tag.try_into().unwrap()
+            ));
+            assert_eq!(&buf, b"I am the walrus\x02");
+            assert_eq!(seal_raw(b"I am the walrus", &ikm, h.salt, 4096, b""), body);
+        }
+
+        #[test]
+        fn sixteen_kib_records_agree() {
+            let plain: Vec<u8> = (0..16 * 1024 + 7).map(|i| (i % 253) as u8).collect();
+            check([0x42; 16], [7; 12], &plain).unwrap();
         }
     }
 

@@ -220,6 +220,12 @@ extern "C" {
         body_type: u32,
         bytes: usize,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_request_body(
+        filter: *mut c_void,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_response_body(
+        filter: *mut c_void,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
         filter: *mut c_void,
         key: ModuleBuffer,
@@ -494,6 +500,21 @@ pub mod envoy {
             out.extend_from_slice(&copy_envoy(c.ptr, c.length));
         }
         out
+    }
+
+    /// Whether the body this filter received in the current body hook IS
+    /// the buffered body (abi.h: a filter before it buffered the body and
+    /// resumed the chain, so Envoy hands the buffer itself on as the
+    /// received data): then received and buffered are one buffer, not two.
+    pub fn received_is_buffered(f: FilterPtr, request: bool) -> bool {
+        // SAFETY: live filter.
+        unsafe {
+            if request {
+                envoy_dynamic_module_callback_http_received_buffered_request_body(f.raw())
+            } else {
+                envoy_dynamic_module_callback_http_received_buffered_response_body(f.raw())
+            }
+        }
     }
 
     pub fn drain_body(f: FilterPtr, kind: u32, bytes: usize) -> bool {

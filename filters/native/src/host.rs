@@ -589,8 +589,7 @@ pub fn request_body(s: &Stream, eos: bool) -> u32 {
     if s.context == 0 {
         return BODY_STOP_NO_BUFFER;
     }
-    let size = envoy::body_size(s.filter, BUFFERED_REQUEST_BODY)
-        + envoy::body_size(s.filter, RECEIVED_REQUEST_BODY);
+    let size = body_size(s.filter, true);
     let (a, responded) = call(s, Phase::RequestBody, |id| {
         sdk::on_request_body(id, size, eos)
     });
@@ -625,8 +624,7 @@ pub fn response_body(s: &Stream, eos: bool) -> u32 {
     if s.context == 0 {
         return CONTINUE;
     }
-    let size = envoy::body_size(s.filter, BUFFERED_RESPONSE_BODY)
-        + envoy::body_size(s.filter, RECEIVED_RESPONSE_BODY);
+    let size = body_size(s.filter, false);
     let (a, responded) = call(s, Phase::ResponseBody, |id| {
         sdk::on_response_body(id, size, eos)
     });
@@ -901,6 +899,24 @@ pub fn set_tick_period(period_ms: u32) {
     }
 }
 
+/// The body in a body hook: what is buffered plus what just arrived, or
+/// the buffer alone when what arrived is that buffer (a filter before this
+/// one buffered the body and resumed the chain: Envoy hands the buffer on
+/// as the received data; counted twice, a second buffering filter saw its
+/// body doubled).
+fn body_size(f: FilterPtr, request: bool) -> usize {
+    let (buffered, received) = if request {
+        (BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY)
+    } else {
+        (BUFFERED_RESPONSE_BODY, RECEIVED_RESPONSE_BODY)
+    };
+    if envoy::received_is_buffered(f, request) {
+        envoy::body_size(f, received)
+    } else {
+        envoy::body_size(f, buffered) + envoy::body_size(f, received)
+    }
+}
+
 fn body_view(f: FilterPtr, request: bool, phase: Phase) -> Vec<u8> {
     let (buffered, received, in_phase) = if request {
         (
@@ -915,6 +931,9 @@ fn body_view(f: FilterPtr, request: bool, phase: Phase) -> Vec<u8> {
             phase == Phase::ResponseBody,
         )
     };
+    if in_phase && envoy::received_is_buffered(f, request) {
+        return envoy::body(f, received);
+    }
     let mut b = envoy::body(f, buffered);
     if in_phase {
         b.extend_from_slice(&envoy::body(f, received));
@@ -962,6 +981,8 @@ pub fn set_buffer(kind: u32, start: usize, size: usize, data: &[u8]) {
             cur.phase == Phase::ResponseBody,
         )
     };
+    // (When the received data is the buffer itself, the first drain empties
+    // it and the second finds it empty: replaced once either way.)
     envoy::drain_body(f, buffered, usize::MAX);
     if in_phase {
         envoy::drain_body(f, received, usize::MAX);
