@@ -12,6 +12,7 @@ the admin moved into 26000-26099. It uses the session stack's demo services.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -225,12 +226,21 @@ def variant(stack, tmp_path_factory):
         assert n >= 1, old
     config = tmp / "envoy.yaml"
     config.write_text(text)
+    # The native build: the filters' secrets go to Envoy's own environment
+    # (render.py -o writes them beside the config, docs/native.md "Secrets").
+    env = dict(os.environ)
+    env_file = rendered.with_suffix(".env")
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.partition("=")
+                env[name] = value[1:-1] if value.startswith("'") and value.endswith("'") else value
     log_path = tmp / "envoy.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [str(ENVOY), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
          "--log-level", "warn", "--component-log-level", "wasm:info,dynamic_modules:info"],
-        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, env=env,
     )
 
     def ready():
