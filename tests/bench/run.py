@@ -134,6 +134,9 @@ BUILD_PORTS = {"suite": {"web": 10200, "app": 10201, "secure": 10643},
 # wasm vs native, against the same bare baseline.
 NATIVE_MODULE = REPO / "build" / "native" / "libgateway_native.so"
 NATIVE_PORTS = {"web_lite_wasm": 10500, "web_lite_native": 10501}
+#: The whole web gateway as the native build renders it (every filter of it
+#: native: render.py's NATIVE_FILTERS), beside the wasm builds' web gateways.
+WEB_NATIVE_PORT = 10504
 NATIVE_KEEP = ("sanitize", "route_breaker")
 # e2ee natively (issue 26): the app gateway cut to the filters the native
 # build serves (tests/integration/native_app.py: sanitize → replay-guard,
@@ -451,12 +454,17 @@ def build_targets(mat: Material) -> list[dict]:
     return t
 
 
-def native_targets() -> list[dict]:
-    """sanitize → route-breaker on the web routes: wasm modules vs the native module."""
+def native_targets(mat: Material) -> list[dict]:
+    """sanitize → route-breaker on the web routes: wasm modules vs the native
+    module; and the whole web gateway natively (the builds table's native
+    column)."""
     if not NATIVE_MODULE.exists():
         return []
+    auth = {"authorization": f"Bearer {mat.cached}"}
     return [T("web lite wasm", "builds", NATIVE_PORTS["web_lite_wasm"], "bare", lat=True),
-            T("web lite native", "builds", NATIVE_PORTS["web_lite_native"], "bare", lat=True)]
+            T("web lite native", "builds", NATIVE_PORTS["web_lite_native"], "bare", lat=True),
+            T("web native", "builds", WEB_NATIVE_PORT, "bare", headers=auth, lat=True),
+            T("web public native", "builds", WEB_NATIVE_PORT, "bare", path="/api/v1/public/bench", lat=True)]
 
 
 def e2ee_native_targets() -> list[dict]:
@@ -523,7 +531,30 @@ def native_listeners(cfg: dict) -> list[dict]:
                 if "http_filters" in tc:
                     tc["http_filters"] = kept
         out.append(lis)
+    native = yaml_native_web(cfg)
+    if native is not None:
+        out.append(native)
     return out
+
+
+def yaml_native_web(cfg: dict) -> dict | None:
+    """The web listener with every wasm block as render.py's native build
+    converts it (None when the native build would keep it on wasm)."""
+    text = render_mod.to_native(dump_yaml({"static_resources": {"listeners": [
+        next(lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == "web")]}}))
+    import yaml  # noqa: PLC0415 (the venv has it)
+
+    [lis] = yaml.safe_load(text)["static_resources"]["listeners"]
+    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+    if any(h.get("typed_config", {}).get("@type", "").endswith("wasm.v3.Wasm") for h in hcm["http_filters"]):
+        return None
+    lis["name"], lis["address"]["socket_address"]["port_value"] = "web_native", WEB_NATIVE_PORT
+    for fc in lis["filter_chains"]:
+        for net in fc["filters"]:
+            tc = net.get("typed_config", {})
+            if "stat_prefix" in tc:
+                tc["stat_prefix"] = f"{tc['stat_prefix']}_native"
+    return lis
 
 
 def dump_yaml(doc, **kw) -> str:
@@ -1055,7 +1086,7 @@ def passport_miss(mat: Material, n: int = 30) -> dict:
 
 
 def main_pass(mat: Material, args, only, build: str = "filters") -> tuple[list[dict], dict | None]:
-    ts = only(main_targets(mat) + build_targets(mat) + native_targets() + e2ee_native_targets()
+    ts = only(main_targets(mat) + build_targets(mat) + native_targets(mat) + e2ee_native_targets()
               if build == "filters" else suite_targets(mat))
     os.environ["WASM_BUILD"] = build  # read by envoy/render.py
     extra = ([build_listeners()] if build == "filters" and any(t["section"] in ("builds", "e2ee-native") for t in ts)
@@ -1384,15 +1415,21 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         for name, label in (("web", "web, cached token"), ("web public", "web, public route"),
                             ("app signed", "app, signed"), ("secure", "secure (mTLS)")):
             row = [label]
-            for b in ("", " suite", " chain", " chain-map"):
+            for b in ("", " suite", " chain", " chain-map", " native"):
                 r = by.get(name + b, {})
                 row += [r.get("added_cpu_us"), r.get("rps_ratio"), r.get("added_p50_us"), r.get("added_p99_us")]
             trs.append(row)
         out.append(table("Builds side by side, one interleaved pass (each vs bare, or tls bare for mTLS): "
-                         "per-filter modules | suite.wasm | chain.wasm | chain.wasm with header_writes map",
+                         "per-filter modules | suite.wasm | chain.wasm | chain.wasm with header_writes map | "
+                         "native module (web only: each filter its own native Envoy filter)",
                          ["gateway", "filters +CPU µs", "×base", "+p50", "+p99", "suite +CPU µs", "×base", "+p50",
                           "+p99", "chain +CPU µs", "×base", "+p50", "+p99", "chain-map +CPU µs", "×base", "+p50",
-                          "+p99"], trs))
+                          "+p99", "native +CPU µs", "×base", "+p50", "+p99"], trs))
+        n = by.get("web native")
+        if n:
+            check("native: web chain, cached token, req/s vs bare", n["rps_ratio"], "≥ 0.90", n["rps_ratio"] >= 0.90)
+            check("native: web chain, cached token, +CPU/req", f"{n['added_cpu_us']} µs", "≤ 10 µs",
+                  n["added_cpu_us"] <= 10)
         nat = [by.get("web lite wasm"), by.get("web lite native")]
         if all(nat):
             out.append(table("Native module vs wasm modules: sanitize → route-breaker on the web routes, "
