@@ -137,6 +137,8 @@ NATIVE_PORTS = {"web_lite_wasm": 10500, "web_lite_native": 10501}
 #: The whole web gateway as the native build renders it (every filter of it
 #: native: render.py's NATIVE_FILTERS), beside the wasm builds' web gateways.
 WEB_NATIVE_PORT = 10504
+#: jwt alone (the 10012 listener) as the native module (issue 29's jwt rows).
+JWT_MODULE_PORT = 10505
 NATIVE_KEEP = ("sanitize", "route_breaker")
 # e2ee natively (issue 26): the app gateway cut to the filters the native
 # build serves (tests/integration/native_app.py: sanitize → replay-guard,
@@ -464,7 +466,10 @@ def native_targets(mat: Material) -> list[dict]:
     return [T("web lite wasm", "builds", NATIVE_PORTS["web_lite_wasm"], "bare", lat=True),
             T("web lite native", "builds", NATIVE_PORTS["web_lite_native"], "bare", lat=True),
             T("web native", "builds", WEB_NATIVE_PORT, "bare", headers=auth, lat=True),
-            T("web public native", "builds", WEB_NATIVE_PORT, "bare", path="/api/v1/public/bench", lat=True)]
+            T("web public native", "builds", WEB_NATIVE_PORT, "bare", path="/api/v1/public/bench", lat=True),
+            T("module cached", "jwt", JWT_MODULE_PORT, "bare", headers=auth),
+            T("module new RS256", "jwt", JWT_MODULE_PORT, "bare", feed="new-RS256"),
+            T("module new ES256", "jwt", JWT_MODULE_PORT, "bare", feed="new-ES256")]
 
 
 def e2ee_native_targets() -> list[dict]:
@@ -534,7 +539,29 @@ def native_listeners(cfg: dict) -> list[dict]:
     native = yaml_native_web(cfg)
     if native is not None:
         out.append(native)
+    jwt = yaml_native_jwt()
+    if jwt is not None:
+        out.append(jwt)
     return out
+
+
+def yaml_native_jwt() -> dict | None:
+    """The jwt-alone listener (10012, tests/bench/listeners.yaml) as the
+    native module, on JWT_MODULE_PORT."""
+    import yaml  # noqa: PLC0415 (the venv has it)
+
+    cfg = yaml.safe_load(render_mod.render("local", wasm_build="filters", extra_listeners=[LISTENERS_YAML]))
+    [lis] = [lis for lis in cfg["static_resources"]["listeners"]
+             if lis["address"]["socket_address"]["port_value"] == 10012]
+    [lis] = yaml.safe_load(render_mod.to_native(dump_yaml({"static_resources": {"listeners": [lis]}})))[
+        "static_resources"]["listeners"]
+    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+    if any(h.get("typed_config", {}).get("@type", "").endswith("wasm.v3.Wasm") for h in hcm["http_filters"]):
+        return None
+    lis["name"], lis["address"]["socket_address"]["port_value"] = "jwt_module", JWT_MODULE_PORT
+    if "stat_prefix" in hcm:
+        hcm["stat_prefix"] = f"{hcm['stat_prefix']}_module"
+    return lis
 
 
 def yaml_native_web(cfg: dict) -> dict | None:
@@ -1276,6 +1303,24 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
         if "wasm cached" in by and "native cached" in by:
             r = by["wasm cached"]["rps"] / by["native cached"]["rps"]
             check("jwt repeated token req/s vs native", f"{r:.2f}", "≥ 0.85", r >= BUDGET["jwt_cached_rps_vs_native"])
+        # The native module's jwt (issue 29): vs jwt_authn, same pass.
+        if "module cached" in by and "native cached" in by:
+            m, n = by["module cached"], by["native cached"]
+            out.append(table("jwt alone as the native module (libgateway_native.so) vs Envoy's jwt_authn, same pass",
+                             ["case", "module req/s", "jwt_authn req/s", "module/jwt_authn req/s", "module +CPU µs",
+                              "jwt_authn +CPU µs", "module/jwt_authn +CPU"],
+                             [[c, by[f"module {c}"]["rps"], by[f"native {c}"]["rps"],
+                               round(by[f"module {c}"]["rps"] / by[f"native {c}"]["rps"], 2),
+                               by[f"module {c}"]["added_cpu_us"], by[f"native {c}"]["added_cpu_us"],
+                               round(by[f"module {c}"]["added_cpu_us"] / by[f"native {c}"]["added_cpu_us"], 2)
+                               if by[f"native {c}"]["added_cpu_us"] > 1 else ""]
+                              for c in ("cached", "new RS256", "new ES256")
+                              if f"module {c}" in by and f"native {c}" in by]))
+            r = m["rps"] / n["rps"]
+            check("native module: jwt repeated token req/s vs jwt_authn", f"{r:.2f}", "≥ 1.00", r >= 1.0)
+            if "module new RS256" in by and "native new RS256" in by and by["native new RS256"]["added_cpu_us"] > 1:
+                r = by["module new RS256"]["added_cpu_us"] / by["native new RS256"]["added_cpu_us"]
+                check("native module: jwt new RS256 +CPU vs jwt_authn", f"{r:.2f}×", "≤ 1.5×", r <= 1.5)
     if sec("store"):
         srows = [std(r) + [r.get("store_cpu_us"), r.get("redis_cpu_us")]
                  for r in [*[r for r in rows if r["target"] in ("app signed", "noop")], *sec("store")]]
