@@ -621,8 +621,9 @@ def write_dynamic(bootstrap_path: Path, ecds_dir: Path, bootstrap: str, files: M
 #: modules today (root-context ticks and callouts included: jwt's JWKS
 #: refresh, fds-block's feed, passport's coalesced lookups; VM environment
 #: variables go to Envoy's process environment; san-authz's connection
-#: certificate where Envoy sets XFCC from it). Not yet: replay-guard with
-#: `reports`, oidc (docs/native.md).
+#: certificate where Envoy sets XFCC from it; replay-guard's reports from
+#: one queue per configuration, sent by whichever root ticks first). Not
+#: yet: oidc (docs/native.md).
 NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport", "replay_guard", "e2ee")
 #: The module's name: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
 NATIVE_MODULE = "gateway_native"
@@ -678,13 +679,6 @@ def _native_ready(h: dict, hcm: dict | None = None) -> bool:
         # so only where this connection manager sets it.
         source = _san_authz_source(h)
         return source == "xfcc" or (source == "connection" and _sets_xfcc_from_connection(hcm or {}))
-    if root == "replay_guard":
-        # Reports to the FDS service leave from the root context's tick, at
-        # a rate limit. A native worker's roots tick only while it has
-        # streams (docs/native.md, "Ticks and root callouts"): a backlog on
-        # a worker gone idle would wait for its next request.
-        doc = _filter_config(h)
-        return doc is not None and doc.get("reports") is None
     return True
 
 

@@ -72,14 +72,17 @@ def test_a_gateway_with_vm_variables_converts_and_its_variables_go_to_the_enviro
     assert env == {VAR: SECRET}
     assert SECRET not in yaml.safe_dump(
         [x for x in yaml.safe_load(text)["static_resources"]["listeners"] if x["name"] == "lite"])
-    # the shipped app gateway (fds-block, passport) keeps its wasm blocks
-    assert "Wasm" in k["app"] and "DynamicModuleFilter" not in k["app"]
+    # the shipped app gateway runs natively too, with the same secret
+    assert "Wasm" not in k["app"] and "DynamicModuleFilter" in k["app"]
 
 
-def test_the_shipped_gateways_need_no_environment():
+def test_the_shipped_gateways_need_only_the_app_gateways_master_secret():
+    """The app gateway's replay-guard and e2ee share one master secret
+    variable; the internal gateway (oidc) stays on wasm with its own."""
     env: dict[str, str] = {}
-    render.render("local", wasm_build="native", environment=env)
-    assert env == {}
+    k = kinds(render.render("local", wasm_build="native", environment=env))
+    assert list(env) == [VAR]
+    assert "Wasm" in k["internal"] and "DynamicModuleFilter" not in k["internal"]
 
 
 def test_a_gateway_needing_another_value_of_a_variable_keeps_its_wasm_blocks(tmp_path):
@@ -96,10 +99,12 @@ def test_a_gateway_needing_another_value_of_a_variable_keeps_its_wasm_blocks(tmp
     assert k["lite_same"][0] == "DynamicModuleFilter" and env2 == {VAR: SECRET}
 
 
-def test_replay_guard_with_reports_is_not_native_ready(tmp_path):
+def test_replay_guard_with_reports_is_native_ready(tmp_path):
+    """Its reports leave from one queue per configuration that the main
+    thread's root drains on time (filters/replay-guard, `Outbox`)."""
     k = kinds(render.render("local", wasm_build="native",
                             extra_listeners=[lite(tmp_path, "lite", 10060, reports=True)]))
-    assert "DynamicModuleFilter" not in k["lite"]
+    assert "Wasm" not in k["lite"] and "DynamicModuleFilter" in k["lite"]
 
 
 def test_render_writes_the_environment_beside_the_config_and_removes_it_for_wasm(tmp_path):

@@ -49,6 +49,7 @@ pub mod sig;
 
 #[cfg(any(target_arch = "wasm32", gateway_native))]
 mod wasm {
+    #[cfg(not(gateway_native))]
     use std::cell::RefCell;
     use std::rc::Rc;
     use std::time::{Duration, UNIX_EPOCH};
@@ -103,12 +104,63 @@ mod wasm {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
+    /// Report events handed from request contexts to a root context's tick,
+    /// which sends them at the rate limit. In wasm one queue per root (per
+    /// VM, so per worker). Natively one per configuration, shared by the
+    /// roots of every thread: a native worker's roots tick only while it
+    /// has streams (docs/native.md, "Ticks and root callouts"), so the main
+    /// thread's root, which ticks on time, sends what an idle worker queued.
+    #[derive(Clone)]
+    struct Outbox(
+        #[cfg(not(gateway_native))] Rc<RefCell<ReportQueue>>,
+        #[cfg(gateway_native)] std::sync::Arc<std::sync::Mutex<ReportQueue>>,
+    );
+
+    impl Outbox {
+        #[cfg(not(gateway_native))]
+        fn new(_config: &[u8], q: impl FnOnce() -> ReportQueue) -> Self {
+            Outbox(Rc::new(RefCell::new(q())))
+        }
+
+        /// The queue of this configuration (its JSON bytes), made by `q` if
+        /// no live root has it; the registry holds weak references, so a
+        /// replaced configuration's queue goes with its last root.
+        #[cfg(gateway_native)]
+        fn new(config: &[u8], q: impl FnOnce() -> ReportQueue) -> Self {
+            use std::collections::HashMap;
+            use std::sync::{Arc, Mutex, OnceLock, Weak};
+            type Registry = Mutex<HashMap<Vec<u8>, Weak<Mutex<ReportQueue>>>>;
+            static QUEUES: OnceLock<Registry> = OnceLock::new();
+            let mut reg = QUEUES
+                .get_or_init(Registry::default)
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            reg.retain(|_, w| w.strong_count() > 0);
+            if let Some(live) = reg.get(config).and_then(Weak::upgrade) {
+                return Outbox(live);
+            }
+            let fresh = Arc::new(Mutex::new(q()));
+            reg.insert(config.to_vec(), Arc::downgrade(&fresh));
+            Outbox(fresh)
+        }
+
+        fn with<R>(&self, f: impl FnOnce(&mut ReportQueue) -> R) -> R {
+            #[cfg(not(gateway_native))]
+            return f(&mut self.0.borrow_mut());
+            #[cfg(gateway_native)]
+            return f(&mut self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner));
+        }
+    }
+
     #[derive(Default)]
     struct Root {
         config: Option<Rc<Compiled>>,
         metrics: Option<Rc<Metrics>>,
         /// Report events handed from request contexts to the root context.
-        outbox: Option<Rc<RefCell<ReportQueue>>>,
+        outbox: Option<Outbox>,
     }
 
     impl Context for Root {
@@ -136,11 +188,10 @@ mod wasm {
                 c.store.memory_at_bound()
             );
             if let Some(r) = &c.reports {
-                self.outbox = Some(Rc::new(RefCell::new(ReportQueue::new(
-                    r.per_minute,
-                    r.burst,
-                    r.max_suspects,
-                ))));
+                let raw = self.get_plugin_configuration().unwrap_or_default();
+                self.outbox = Some(Outbox::new(&raw, || {
+                    ReportQueue::new(r.per_minute, r.burst, r.max_suspects)
+                }));
                 proxy::set_tick_period(TICK);
             }
             self.config = Some(Rc::new(c));
@@ -155,7 +206,8 @@ mod wasm {
             };
             let Some(r) = &cfg.reports else { return };
             // The decision (which suspects, how many) is the queue's.
-            let due = outbox.borrow_mut().drain(now_ms(self.get_current_time()));
+            let now = now_ms(self.get_current_time());
+            let due = outbox.with(|q| q.drain(now));
             for rep in due {
                 let body = rep.body();
                 let headers = vec![
@@ -167,7 +219,7 @@ mod wasm {
                 match self.dispatch_http_call(&r.cluster, headers, Some(&body), vec![], r.timeout) {
                     Ok(_) => proxy::increment(m.reports_sent),
                     Err(e) => {
-                        outbox.borrow_mut().send_failed(&rep);
+                        outbox.with(|q| q.send_failed(&rep));
                         increment_by(m.reports_dropped, rep.count);
                         log::warn!(
                             "replay-guard: report to cluster {} failed: {e:?}",
@@ -198,7 +250,7 @@ mod wasm {
     struct Http {
         config: Rc<Compiled>,
         metrics: Rc<Metrics>,
-        outbox: Option<Rc<RefCell<ReportQueue>>>,
+        outbox: Option<Outbox>,
         req: Request,
         buffered: usize,
         counted: bool,
@@ -254,7 +306,7 @@ mod wasm {
                 proxy::increment(self.metrics.store_local_replay);
             }
             if let (Some(event), Some(outbox)) = (self.req.report.take(), &self.outbox) {
-                match outbox.borrow_mut().record(event) {
+                match outbox.with(|q| q.record(event)) {
                     Recorded::Coalesced | Recorded::New => {}
                     Recorded::NewEvicting { dropped } => {
                         proxy::increment(self.metrics.report_suspects_evicted);
