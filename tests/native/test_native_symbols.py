@@ -86,8 +86,10 @@ def test_the_shipped_envoy_carries_the_abi_version_the_module_reports(module):
 
 def test_the_native_config_loads_the_module_and_every_native_filter_configures(module, tmp_path):
     cfg = tmp_path / "native.yaml"
-    cfg.write_text(render.render("local", wasm_build="native"))
-    env = {**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module.parent)}
+    secrets: dict[str, str] = {}
+    cfg.write_text(render.render("local", wasm_build="native", environment=secrets))
+    # The native filters' secrets come from Envoy's environment (docs/native.md).
+    env = {**os.environ, **secrets, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module.parent)}
     out = subprocess.run(
         [str(REPO / ".venv" / "bin" / "envoy"), "--mode", "validate", "--disable-hot-restart",
          "--log-level", "info", "-c", str(cfg)],
@@ -99,7 +101,7 @@ def test_the_native_config_loads_the_module_and_every_native_filter_configures(m
     natives = cfg.read_text().count("DynamicModuleFilter")
     assert natives >= 2, "the native build runs no gateway natively"
     # One configure line per native block, from the filter's own loader.
-    assert len(re.findall(r"native log (sanitize|route_breaker|san_authz|jwt|fds_block|passport): ", log)) >= natives
+    assert len(re.findall(r"native log (sanitize|route_breaker|san_authz|jwt|fds_block|passport|replay_guard|e2ee): ", log)) >= natives
 
 
 def test_a_block_naming_no_filter_is_refused_at_load(module, tmp_path):
