@@ -356,13 +356,27 @@ def stat(name: str) -> int:
     return total
 
 
+def settled(names: tuple[str, ...]) -> tuple[int, ...]:
+    """The counters once they stop moving: natively a request's counts reach
+    Envoy a main-thread turn after it was answered (docs/native.md), so an
+    earlier test's last counts may still be on their way."""
+    last: list[tuple[int, ...]] = []
+
+    def still():
+        last.append(tuple(stat(n) for n in names))
+        return len(last) >= 3 and last[-1] == last[-2] == last[-3] and last[-1]
+
+    return wait_until(still, timeout=5, interval=0.05, message="the e2ee counters to settle")
+
+
 def test_metrics_count_decryptions_refusals_and_bytes(stack):
     c = Client()
-    d0, b0, r0 = stat("e2ee_decrypted_total"), stat("e2ee_decrypted_bytes_total"), stat("e2ee_responses_encrypted_total")
+    d0, b0, r0 = settled(("e2ee_decrypted_total", "e2ee_decrypted_bytes_total", "e2ee_responses_encrypted_total"))
     c.open(c.post("/api/v1/transfers", b'{"to":"bob","amount":3}'))
     n0 = stat("e2ee_denied_total")
     c.send("POST", "/api/v1/transfers", b"{}", encrypted=False)
     wait_until(lambda: stat("e2ee_denied_total") > n0, timeout=5, message="the denial counted")
+    wait_until(lambda: stat("e2ee_responses_encrypted_total") > r0, timeout=5, message="the answer counted")
     assert stat("e2ee_decrypted_total") == d0 + 1
     assert stat("e2ee_decrypted_bytes_total") == b0 + len(b'{"to":"bob","amount":3}')
     assert stat("e2ee_responses_encrypted_total") == r0 + 1
