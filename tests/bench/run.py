@@ -137,6 +137,7 @@ NATIVE_PORTS = {"web_lite_wasm": 10500, "web_lite_native": 10501}
 #: The whole web gateway as the native build renders it (every filter of it
 #: native: render.py's NATIVE_FILTERS), beside the wasm builds' web gateways.
 WEB_NATIVE_PORT = 10504
+APP_NATIVE_PORT = 10506
 #: jwt alone (the 10012 listener) as the native module (issue 29's jwt rows).
 JWT_MODULE_PORT = 10505
 NATIVE_KEEP = ("sanitize", "route_breaker")
@@ -467,6 +468,7 @@ def native_targets(mat: Material) -> list[dict]:
             T("web lite native", "builds", NATIVE_PORTS["web_lite_native"], "bare", lat=True),
             T("web native", "builds", WEB_NATIVE_PORT, "bare", headers=auth, lat=True),
             T("web public native", "builds", WEB_NATIVE_PORT, "bare", path="/api/v1/public/bench", lat=True),
+            T("app signed native", "builds", APP_NATIVE_PORT, "bare", feed="signed", lat=True),
             T("module cached", "jwt", JWT_MODULE_PORT, "bare", headers=auth),
             T("module new RS256", "jwt", JWT_MODULE_PORT, "bare", feed="new-RS256"),
             T("module new ES256", "jwt", JWT_MODULE_PORT, "bare", feed="new-ES256")]
@@ -536,9 +538,10 @@ def native_listeners(cfg: dict) -> list[dict]:
                 if "http_filters" in tc:
                     tc["http_filters"] = kept
         out.append(lis)
-    native = yaml_native_web(cfg)
-    if native is not None:
-        out.append(native)
+    for gateway, port in (("web", WEB_NATIVE_PORT), ("app", APP_NATIVE_PORT)):
+        native = yaml_native_gateway(cfg, gateway, port)
+        if native is not None:
+            out.append(native)
     jwt = yaml_native_jwt()
     if jwt is not None:
         out.append(jwt)
@@ -564,18 +567,21 @@ def yaml_native_jwt() -> dict | None:
     return lis
 
 
-def yaml_native_web(cfg: dict) -> dict | None:
-    """The web listener with every wasm block as render.py's native build
-    converts it (None when the native build would keep it on wasm)."""
-    text = render_mod.to_native(dump_yaml({"static_resources": {"listeners": [
-        next(lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == "web")]}}))
+def yaml_native_gateway(cfg: dict, gateway: str, port: int) -> dict | None:
+    """Listener `gateway` with every wasm block as render.py's native build
+    converts it, on `port` (None when the native build would keep it on
+    wasm); its secrets go to NATIVE_ENV (Envoy's environment)."""
     import yaml  # noqa: PLC0415 (the venv has it)
 
+    text, env = render_mod.to_native_env(dump_yaml({"static_resources": {"listeners": [
+        next(lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == gateway)]}}))
     [lis] = yaml.safe_load(text)["static_resources"]["listeners"]
     hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
     if any(h.get("typed_config", {}).get("@type", "").endswith("wasm.v3.Wasm") for h in hcm["http_filters"]):
         return None
-    lis["name"], lis["address"]["socket_address"]["port_value"] = "web_native", WEB_NATIVE_PORT
+    if render_mod.merge_environment(NATIVE_ENV, env):
+        return None
+    lis["name"], lis["address"]["socket_address"]["port_value"] = f"{gateway}_native", port
     for fc in lis["filter_chains"]:
         for net in fc["filters"]:
             tc = net.get("typed_config", {})
@@ -1466,10 +1472,14 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
             trs.append(row)
         out.append(table("Builds side by side, one interleaved pass (each vs bare, or tls bare for mTLS): "
                          "per-filter modules | suite.wasm | chain.wasm | chain.wasm with header_writes map | "
-                         "native module (web only: each filter its own native Envoy filter)",
+                         "native module (web and app: each filter its own native Envoy filter)",
                          ["gateway", "filters +CPU µs", "×base", "+p50", "+p99", "suite +CPU µs", "×base", "+p50",
                           "+p99", "chain +CPU µs", "×base", "+p50", "+p99", "chain-map +CPU µs", "×base", "+p50",
                           "+p99", "native +CPU µs", "×base", "+p50", "+p99"], trs))
+        a = by.get("app signed native")
+        if a:
+            check("native: app chain (signed, unique nonces) req/s vs bare", a["rps_ratio"], "≥ 0.85",
+                  a["rps_ratio"] >= 0.85)
         n = by.get("web native")
         if n:
             check("native: web chain, cached token, req/s vs bare", n["rps_ratio"], "≥ 0.90", n["rps_ratio"] >= 0.90)
