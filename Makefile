@@ -52,7 +52,7 @@ BENCH_ARGS  ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: build-native-module native-pin test-native
+.PHONY: build-native-module native-pin test-native test-asan
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run reload test test-rust \
         lint validate browser test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools soak test-soak
@@ -255,6 +255,12 @@ test-native: build-wasm build-native build-native-module venv redis http2-tools 
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test -p e2ee --features native-aead
 	$(VPY) -m pytest -c tests/pytest.ini tests/native $(PYTEST_ARGS)
 	WASM_BUILD=native $(VPY) -m pytest $(addprefix tests/integration/,$(NATIVE_TESTS)) $(PYTEST_ARGS)
+
+# AddressSanitizer over the native host's pure parts and filter-core (needs
+# a nightly toolchain: not part of `make test`; docs/native.md, "Safety").
+test-asan: ## the native module's pure parts under AddressSanitizer (nightly toolchain)
+	RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan $(CARGO) +nightly test \
+	  -p gateway-native -p filter-core --target x86_64-unknown-linux-gnu
 
 http2-tools: ## install nghttp (HTTP/2 requests with trailers, for the tests) if missing
 	@command -v nghttp >/dev/null || { echo "installing nghttp (apt-get install nghttp2-client)"; \

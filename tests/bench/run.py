@@ -1089,6 +1089,11 @@ def make_stack(include_root: Path | None = None, overrides: dict | None = None, 
         concurrency=concurrency,
         log_level="error",
         component_log_level="",
+        # The static form: what is measured is the same filters, and the
+        # dynamic form's file-watched ECDS costs one inotify instance per
+        # filter configuration (136 for this many listeners: past a default
+        # fs.inotify.max_user_instances of 128, Envoy aborts at start-up).
+        dynamic=False,
     )
 
 
