@@ -141,6 +141,20 @@ APP_NATIVE_PORT = 10506
 #: jwt alone (the 10012 listener) as the native module (issue 29's jwt rows).
 JWT_MODULE_PORT = 10505
 NATIVE_KEEP = ("sanitize", "route_breaker")
+#: The native floors (docs/native.md, "Floors"): the jwt-alone listener with
+#: its filter replaced by the bench-only `bench_raw` (a dynamic-module filter
+#: whose hooks answer Continue at once: Envoy's own cost of a module filter)
+#: or `bench_noop` (an empty proxy-wasm HTTP context through the native host
+#: and the SDK's dispatcher: the host's floor), once and five times (the web
+#: gateway runs five filters).
+NATIVE_FLOOR_PORTS = {("bench_raw", 1): 10507, ("bench_noop", 1): 10508,
+                      ("bench_raw", 5): 10509, ("bench_noop", 5): 10510}
+#: A/B of the native host in ONE pass: BENCH_NATIVE_BASE=<an older
+#: libgateway_native.so> is loaded beside the current one (as module
+#: `gateway_native_base`, its own dlopen) and serves jwt alone and the web
+#: gateway on these ports ("module base cached", "web native base").
+NATIVE_BASE = os.environ.get("BENCH_NATIVE_BASE")
+NATIVE_BASE_PORTS = {"jwt": 10511, "web": 10512}
 # e2ee natively (issue 26): the app gateway cut to the filters the native
 # build serves (tests/integration/native_app.py: sanitize → replay-guard,
 # reports off → e2ee → sanitize-body → route-breaker), once as wasm modules
@@ -469,6 +483,11 @@ def native_targets(mat: Material) -> list[dict]:
             T("web native", "builds", WEB_NATIVE_PORT, "bare", headers=auth, lat=True),
             T("web public native", "builds", WEB_NATIVE_PORT, "bare", path="/api/v1/public/bench", lat=True),
             T("app signed native", "builds", APP_NATIVE_PORT, "bare", feed="signed", lat=True),
+            *[T(f"native floor {f.removeprefix('bench_')}" + (f" x{n}" if n > 1 else ""), "builds", port, "bare",
+                lat=True) for (f, n), port in NATIVE_FLOOR_PORTS.items()],
+            *([T("module base cached", "jwt", NATIVE_BASE_PORTS["jwt"], "bare", headers=auth),
+               T("web native base", "builds", NATIVE_BASE_PORTS["web"], "bare", headers=auth, lat=True)]
+              if NATIVE_BASE else []),
             T("module cached", "jwt", JWT_MODULE_PORT, "bare", headers=auth),
             T("module new RS256", "jwt", JWT_MODULE_PORT, "bare", feed="new-RS256"),
             T("module new ES256", "jwt", JWT_MODULE_PORT, "bare", feed="new-ES256")]
@@ -545,6 +564,54 @@ def native_listeners(cfg: dict) -> list[dict]:
     jwt = yaml_native_jwt()
     if jwt is not None:
         out.append(jwt)
+        out += native_floor_listeners(jwt)
+        if NATIVE_BASE:
+            out += native_base_listeners(jwt, next((lis for lis in out if lis["name"] == "web_native"), None))
+    return out
+
+
+def _renamed(lis: dict, name: str, port: int) -> dict:
+    lis = json.loads(json.dumps(lis))
+    lis["name"], lis["address"]["socket_address"]["port_value"] = name, port
+    for fc in lis["filter_chains"]:
+        for net in fc["filters"]:
+            tc = net.get("typed_config", {})
+            if "stat_prefix" in tc:
+                tc["stat_prefix"] = name
+    return lis
+
+
+def native_floor_listeners(jwt: dict) -> list[dict]:
+    """NATIVE_FLOOR_PORTS: the jwt-alone native listener with its filter
+    replaced by n bench-only floor filters (envelope.rs BENCH_FILTERS)."""
+    out = []
+    for (floor, n), port in NATIVE_FLOOR_PORTS.items():
+        lis = _renamed(jwt, f"native_floor_{floor}_{n}", port)
+        hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+        [block] = [h for h in hcm["http_filters"] if "dynamic_modules" in h.get("typed_config", {}).get("@type", "")]
+        at = hcm["http_filters"].index(block)
+        tc = {**block["typed_config"], "filter_name": floor,
+              "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                "value": json.dumps({"config": ""})}}
+        hcm["http_filters"][at:at + 1] = [{"name": f"{floor}_{i}", "typed_config": tc} for i in range(n)]
+        out.append(lis)
+    return out
+
+
+def native_base_listeners(jwt: dict, web: dict | None) -> list[dict]:
+    """NATIVE_BASE: jwt alone and the web gateway on the older module."""
+    shutil.copyfile(NATIVE_BASE, NATIVE_MODULE.with_name("libgateway_native_base.so"))
+    out = []
+    for lis, port, name in ((jwt, NATIVE_BASE_PORTS["jwt"], "jwt_module_base"),
+                            (web, NATIVE_BASE_PORTS["web"], "web_native_base")):
+        if lis is None:
+            continue
+        lis = _renamed(lis, name, port)
+        for h in lis["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
+            dm = h.get("typed_config", {}).get("dynamic_module_config")
+            if dm is not None:
+                dm["name"] = f"{dm['name']}_base"
+        out.append(lis)
     return out
 
 

@@ -40,6 +40,15 @@ pub const FILTERS: [&str; 9] = [
     "oidc",
 ];
 
+/// Bench/test-only filters (docs/native.md, "Floors"): `envoy/render.py`
+/// never writes them; tests/bench/run.py puts them on their own listeners
+/// to measure what the host costs with no filter logic at all.
+/// * `bench_raw`: every Envoy hook answers Continue at once (no root, no
+///   proxy-wasm context): what any dynamic-module filter costs Envoy;
+/// * `bench_noop`: a root and an empty HTTP context through the whole host
+///   and the proxy-wasm SDK's dispatcher: the floor of a native filter here.
+pub const BENCH_FILTERS: [&str; 2] = ["bench_raw", "bench_noop"];
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -53,7 +62,7 @@ struct Raw {
 /// One block's filter and configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    /// Index into [`FILTERS`].
+    /// Index into [`FILTERS`], then [`BENCH_FILTERS`] (`FILTERS.len() + i`).
     pub filter: usize,
     /// The filter's JSON configuration (what `on_configure` loads).
     pub config: Vec<u8>,
@@ -66,7 +75,17 @@ pub struct Envelope {
 impl Envelope {
     /// The filter's name (its `root_id`).
     pub fn name(&self) -> &'static str {
-        FILTERS.get(self.filter).copied().unwrap_or("unknown")
+        FILTERS
+            .iter()
+            .chain(BENCH_FILTERS.iter())
+            .nth(self.filter)
+            .copied()
+            .unwrap_or("unknown")
+    }
+
+    /// `bench_raw`: the hooks answer Continue without the host.
+    pub fn raw(&self) -> bool {
+        self.name() == "bench_raw"
     }
 }
 
@@ -75,6 +94,7 @@ impl Envelope {
 pub fn parse(filter_name: &[u8], filter_config: &[u8]) -> Result<Envelope, String> {
     let filter = FILTERS
         .iter()
+        .chain(BENCH_FILTERS.iter())
         .position(|f| f.as_bytes() == filter_name)
         .ok_or_else(|| {
             format!(
@@ -128,5 +148,16 @@ mod tests {
         let e = parse(b"sanitize", br#"{}"#).unwrap_err();
         assert!(e.contains("missing field `config`"), "{e}");
         assert!(parse(b"sanitize", b"not json").is_err());
+    }
+
+    #[test]
+    fn the_bench_floors_are_their_own_names() {
+        let e = parse(b"bench_raw", br#"{"config": ""}"#).unwrap();
+        assert_eq!(e.name(), "bench_raw");
+        assert!(e.raw());
+        let e = parse(b"bench_noop", br#"{"config": ""}"#).unwrap();
+        assert_eq!(e.name(), "bench_noop");
+        assert!(!e.raw());
+        assert!(!parse(b"jwt", br#"{"config": ""}"#).unwrap().raw());
     }
 }

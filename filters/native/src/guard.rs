@@ -40,6 +40,7 @@ pub fn new_root(context_id: u32) -> Box<dyn RootContext> {
             Some(6) => san_authz::root_context(context_id),
             Some(7) => e2ee::root_context(context_id),
             Some(8) => oidc::root_context(context_id),
+            _ if name == "bench_noop" => Box::new(NoopRoot),
             _ => return None,
         })
     })
@@ -234,3 +235,28 @@ impl HttpContext for GuardHttp {
         self.quiet("on_log", |c| c.on_log());
     }
 }
+
+/// `bench_noop` (crate::envelope::BENCH_FILTERS, bench/test only): a root
+/// that configures and an HTTP context that continues everywhere, so that
+/// the bench measures the host and the SDK's dispatcher alone.
+struct NoopRoot;
+
+impl Context for NoopRoot {}
+
+impl RootContext for NoopRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        true
+    }
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(NoopHttp))
+    }
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct NoopHttp;
+
+impl Context for NoopHttp {}
+
+impl HttpContext for NoopHttp {}

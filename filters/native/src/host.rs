@@ -102,7 +102,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn next_id() -> u32 {
     loop {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        if id != 0 {
+        if id != 0 && id != RAW {
             return id;
         }
     }
@@ -159,6 +159,9 @@ struct Answer {
 
 /// What Envoy keeps for a configuration (boxed behind its module pointer).
 pub type ConfigHandle = Arc<Config>;
+
+/// The context of a `bench_raw` stream: none, and every hook continues.
+const RAW: u32 = u32::MAX;
 
 /// One stream of one filter (boxed behind its module pointer).
 pub struct Stream {
@@ -469,6 +472,11 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
         t.main = true;
         t.defining = true;
     });
+    if c.env.raw() {
+        // bench_raw: no root, no context (crate::envelope::BENCH_FILTERS).
+        with(|t| t.defining = false);
+        return Some(c);
+    }
     let root = ensure_root(&c);
     with(|t| t.defining = false);
     match root {
@@ -501,6 +509,15 @@ pub fn config_destroy(c: ConfigHandle) {
 
 /// Worker thread: a new stream of `config`'s filter.
 pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
+    if config.env.raw() {
+        return Stream {
+            config: config.clone(),
+            filter,
+            context: RAW,
+            logged: Cell::new(true),
+            waker: Cell::new(false),
+        };
+    }
     let root = ensure_root(config);
     // The worker's roots first: due ticks, answers to their callouts.
     lazy_work();
@@ -571,6 +588,9 @@ fn body_status(action: u32, responded: bool) -> u32 {
 }
 
 pub fn request_headers(s: &Stream, eos: bool) -> u32 {
+    if s.context == RAW {
+        return CONTINUE;
+    }
     if s.context == 0 {
         refuse(s);
         return STOP_ITERATION;
@@ -586,6 +606,9 @@ pub fn request_headers(s: &Stream, eos: bool) -> u32 {
 }
 
 pub fn request_body(s: &Stream, eos: bool) -> u32 {
+    if s.context == RAW {
+        return CONTINUE;
+    }
     if s.context == 0 {
         return BODY_STOP_NO_BUFFER;
     }
@@ -600,6 +623,9 @@ pub fn request_body(s: &Stream, eos: bool) -> u32 {
 }
 
 pub fn request_trailers(s: &Stream) -> u32 {
+    if s.context == RAW {
+        return CONTINUE;
+    }
     if s.context == 0 {
         return STOP_ITERATION;
     }
@@ -610,6 +636,9 @@ pub fn request_trailers(s: &Stream) -> u32 {
 }
 
 pub fn response_headers(s: &Stream, eos: bool) -> u32 {
+    if s.context == RAW {
+        return CONTINUE;
+    }
     if s.context == 0 {
         return CONTINUE;
     }
@@ -621,6 +650,9 @@ pub fn response_headers(s: &Stream, eos: bool) -> u32 {
 }
 
 pub fn response_body(s: &Stream, eos: bool) -> u32 {
+    if s.context == RAW {
+        return CONTINUE;
+    }
     if s.context == 0 {
         return CONTINUE;
     }
@@ -632,6 +664,9 @@ pub fn response_body(s: &Stream, eos: bool) -> u32 {
 }
 
 pub fn response_trailers(s: &Stream) -> u32 {
+    if s.context == RAW {
+        return CONTINUE;
+    }
     if s.context == 0 {
         return CONTINUE;
     }
@@ -653,7 +688,7 @@ pub fn stream_complete(s: &Stream) {
 }
 
 pub fn destroy(s: Stream) {
-    if s.context == 0 {
+    if s.context == 0 || s.context == RAW {
         return;
     }
     stream_complete(&s);
