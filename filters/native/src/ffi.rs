@@ -122,6 +122,18 @@ fn copy_envoy(ptr: *const u8, len: usize) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
 }
 
+/// Envoy's (ptr, len) borrowed, for use inside the current event hook only
+/// (the callers' lifetimes end inside the host call that asked for it).
+fn borrow_envoy<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    if ptr.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: as copy_envoy: valid until the end of the current event hook;
+    // `envoy::with_headers` hands the slices to a closure that returns
+    // before the host call (and so the hook) does, and nothing keeps them.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
 /// The bytes the SDK passes as (ptr, len), borrowed for the call.
 fn sdk_slice<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     if ptr.is_null() || len == 0 {
@@ -421,6 +433,43 @@ pub mod envoy {
                 )
             })
             .collect()
+    }
+
+    /// All headers of map `kind`, in order, borrowed from Envoy's own
+    /// storage for the duration of `g` (no copy per header: `g` encodes
+    /// them once, e.g. into the proxy-wasm map the SDK parses).
+    pub fn with_headers<R>(f: FilterPtr, kind: u32, g: impl FnOnce(&[(&[u8], &[u8])]) -> R) -> R {
+        // SAFETY: `f` is the live filter of the current hook.
+        let n = unsafe { envoy_dynamic_module_callback_http_get_headers_size(f.raw(), kind) };
+        if n == 0 {
+            return g(&[]);
+        }
+        let mut raw = vec![
+            EnvoyHeader {
+                key_ptr: std::ptr::null(),
+                key_length: 0,
+                value_ptr: std::ptr::null(),
+                value_length: 0
+            };
+            n
+        ];
+        // SAFETY: `raw` has room for the `n` headers Envoy just counted.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(f.raw(), kind, raw.as_mut_ptr())
+        };
+        if !ok {
+            return g(&[]);
+        }
+        let pairs: Vec<(&[u8], &[u8])> = raw
+            .iter()
+            .map(|h| {
+                (
+                    borrow_envoy(h.key_ptr, h.key_length),
+                    borrow_envoy(h.value_ptr, h.value_length),
+                )
+            })
+            .collect();
+        g(&pairs)
     }
 
     /// Sets (`Some`) or removes (`None`) header `key`.

@@ -36,6 +36,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
+/// The per-thread tables (context ids, stream pointers, tokens: keys the
+/// host makes itself, hashed on every stream): foldhash, not SipHash.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 use crate::codec;
 use crate::envelope::{self, Envelope};
 use crate::ffi::{envoy, sdk, ConfigPtr, FilterPtr, SchedulerPtr, StreamSchedulerPtr};
@@ -213,16 +217,17 @@ enum Deferred {
 struct Thread {
     initialized: bool,
     /// Config address → (config, root context id) on this thread.
-    roots: HashMap<usize, (Weak<Config>, u32)>,
+    roots: FastMap<usize, (Weak<Config>, u32)>,
     /// Live HTTP contexts on this thread → their stream (for
     /// `set_effective_context` from a root's callback).
-    contexts: HashMap<u32, (FilterPtr, Weak<Config>)>,
+    contexts: FastMap<u32, (FilterPtr, Weak<Config>)>,
     current: Option<Current>,
     /// The configuration whose root context is being created.
     configuring: Option<Arc<Config>>,
     deferred: Vec<Deferred>,
-    /// (stream, Envoy callout id) → SDK token.
-    callouts: HashMap<(FilterPtr, u64), u32>,
+    /// Stream → its callouts in flight: (Envoy callout id, SDK token)
+    /// (removed whole when the stream is destroyed: O(1) per stream).
+    callouts: FastMap<FilterPtr, Vec<(u64, u32)>>,
     call_response: Option<(Headers, Vec<u8>)>,
     /// This is the main thread (configurations are built here).
     main: bool,
@@ -235,13 +240,13 @@ struct Thread {
     /// `ticks.next_due()`, cached for the per-stream check.
     next_due: Option<u64>,
     /// Root callouts in flight: SDK token → root context.
-    root_calls: HashMap<u32, u32>,
+    root_calls: FastMap<u32, u32>,
     /// Main thread: (configuration, Envoy callout id) → whose it is.
-    config_callouts: HashMap<(usize, u64), Origin>,
+    config_callouts: FastMap<(usize, u64), Origin>,
     /// Paused streams' schedulers on this worker.
-    wakers: HashMap<FilterPtr, StreamSchedulerPtr>,
+    wakers: FastMap<FilterPtr, StreamSchedulerPtr>,
     /// Actions of root work for a stream, waiting for its own event.
-    posted: HashMap<FilterPtr, Vec<Deferred>>,
+    posted: FastMap<FilterPtr, Vec<Deferred>>,
     /// Root work is running inside another stream's hook: actions for
     /// streams with a waker are posted to them (never re-entering Envoy
     /// for another stream from inside a hook).
@@ -261,6 +266,12 @@ fn with<R>(f: impl FnOnce(&mut Thread) -> R) -> R {
 
 fn current() -> Option<Current> {
     with(|t| t.current.clone())
+}
+
+/// The current context's stream (none in a root context), without
+/// cloning the context (the hot host calls: headers, properties).
+fn current_filter() -> Option<FilterPtr> {
+    with(|t| t.current.as_ref().and_then(|c| c.filter))
 }
 
 // ------------------------------------------------------------------ lifecycle
@@ -284,7 +295,8 @@ pub(crate) fn configuring_filter() -> Option<&'static str> {
 /// Runs `f` with `cur` as the current context, then restores the previous
 /// one and carries out what the callback deferred.
 fn enter<R>(cur: Current, f: impl FnOnce() -> R) -> (R, bool) {
-    let prev = with(|t| t.current.replace(cur.clone()));
+    let own = cur.filter;
+    let prev = with(|t| t.current.replace(cur));
     let r = f();
     let deferred = with(|t| {
         t.current = prev;
@@ -307,7 +319,7 @@ fn enter<R>(cur: Current, f: impl FnOnce() -> R) -> (R, bool) {
         }
         now
     });
-    (r, run_deferred(deferred, cur.filter))
+    (r, run_deferred(deferred, own))
 }
 
 /// Carries out deferred local replies and resumptions; whether one was a
@@ -694,7 +706,7 @@ pub fn destroy(s: Stream) {
     stream_complete(&s);
     with(|t| {
         t.contexts.remove(&s.context);
-        t.callouts.retain(|(f, _), _| *f != s.filter);
+        t.callouts.remove(&s.filter);
         t.posted.remove(&s.filter);
     });
     if s.waker.get() {
@@ -716,7 +728,16 @@ pub fn callout_done(
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     body: Vec<u8>,
 ) {
-    let Some(token) = with(|t| t.callouts.remove(&(s.filter, callout_id))) else {
+    let token = with(|t| {
+        let calls = t.callouts.get_mut(&s.filter)?;
+        let at = calls.iter().position(|(id, _)| *id == callout_id)?;
+        let (_, token) = calls.swap_remove(at);
+        if calls.is_empty() {
+            t.callouts.remove(&s.filter);
+        }
+        Some(token)
+    });
+    let Some(token) = token else {
         return;
     };
     let (nh, nb) = (headers.len(), body.len());
@@ -1036,6 +1057,15 @@ fn map_headers(cur: &Current, map: u32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 pub fn get_map(map: u32) -> Vec<u8> {
+    if map <= 3 {
+        // Encoded straight from Envoy's header storage (no copy per header).
+        return match current_filter() {
+            Some(f) => {
+                envoy::with_headers(f, map, |pairs| codec::encode_pairs(pairs.iter().copied()))
+            }
+            None => codec::encode_pairs(std::iter::empty()),
+        };
+    }
     let pairs = current()
         .and_then(|c| map_headers(&c, map))
         .unwrap_or_default();
@@ -1043,17 +1073,16 @@ pub fn get_map(map: u32) -> Vec<u8> {
 }
 
 pub fn get_map_value(map: u32, key: &[u8]) -> Option<Vec<u8>> {
-    let cur = current()?;
     let values = match map {
-        0..=3 => envoy::header_values(cur.filter?, map, key),
-        _ => map_headers(&cur, map)?
+        0..=3 => envoy::header_values(current_filter()?, map, key),
+        _ => map_headers(&current()?, map)?
             .into_iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v)
             .collect(),
     };
-    if values.is_empty() {
-        return None;
+    if values.len() <= 1 {
+        return values.into_iter().next();
     }
     // Envoy's wasm host joins repeated headers with "," when one value is asked for.
     Some(values.join(&b","[..]))
@@ -1085,10 +1114,7 @@ pub fn set_map(map: u32, data: &[u8]) {
 }
 
 pub fn set_map_value(map: u32, key: &[u8], value: Option<&[u8]>) {
-    if let Some(Current {
-        filter: Some(f), ..
-    }) = current()
-    {
+    if let Some(f) = current_filter() {
         if map <= 3 {
             envoy::set_header(f, map, key, value);
         }
@@ -1096,10 +1122,7 @@ pub fn set_map_value(map: u32, key: &[u8], value: Option<&[u8]>) {
 }
 
 pub fn add_map_value(map: u32, key: &[u8], value: &[u8]) {
-    if let Some(Current {
-        filter: Some(f), ..
-    }) = current()
-    {
+    if let Some(f) = current_filter() {
         if map <= 3 {
             envoy::add_header(f, map, key, value);
         }
@@ -1218,7 +1241,7 @@ pub fn http_call(
     let id = envoy::http_callout(f, upstream, &headers, body, u64::from(timeout_ms))
         .map_err(init_error)?;
     let token = next_id();
-    with(|t| t.callouts.insert((f, id), token));
+    with(|t| t.callouts.entry(f).or_default().push((id, token)));
     Ok(token)
 }
 
@@ -1473,11 +1496,13 @@ fn to_worker(w: u64, a: Answer) {
 
 /// Worker, before a new stream is served: the roots' work if any is due.
 fn lazy_work() {
-    let (due, mail, main) = with(|t| (t.next_due, t.mail.clone(), t.main));
+    let (due, has_mail, main) = with(|t| {
+        let mail = t.mail.as_ref().is_some_and(|m| m.load(Ordering::Acquire));
+        (t.next_due, mail, t.main)
+    });
     if main {
         return;
     }
-    let has_mail = mail.is_some_and(|m| m.load(Ordering::Acquire));
     if has_mail || due.is_some_and(|d| d <= now_ms()) {
         worker_work(true);
     }
