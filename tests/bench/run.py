@@ -1566,6 +1566,16 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                                r.get("added_p99_us")]
                               for label, r in zip(("wasm modules (sanitize.wasm, route_breaker.wasm)",
                                                    "native module (libgateway_native.so)"), nat)]))
+        floors = [(name, by[name]) for name in ("native floor raw", "native floor noop", "native floor raw x5",
+                                                "native floor noop x5", "module base cached", "module cached",
+                                                "web native base", "web native") if name in by]
+        if any(name.startswith("native floor") for name, _ in floors):
+            out.append(table("Native floors (docs/native.md, \"Floors\"): bench_raw (hooks answer Continue, no host), "
+                             "bench_noop (an empty context through the host), x1 and x5; with BENCH_NATIVE_BASE, "
+                             "the older module (base) beside this one (base: bare)",
+                             ["target", "req/s", "×bare", "+CPU µs", "+p50", "+p99"],
+                             [[name, r["rps"], r["rps_ratio"], r["added_cpu_us"], r.get("added_p50_us"),
+                               r.get("added_p99_us")] for name, r in floors]))
         c = by.get("web chain")
         if c:
             check("chain: web +CPU/req", f"{c['added_cpu_us']} µs", "≤ 40 µs", c["added_cpu_us"] <= 40)
