@@ -23,6 +23,8 @@ WASM_TARGET  := wasm32-wasip1
 # `make run WASM_BUILD=chain`. `native`: the gateways whose filters the
 # native dynamic module serves run it (build/native/libgateway_native.so,
 # filters/native; docs/native.md), the others keep their wasm modules.
+# `native-chain`: the same gateways each as ONE native filter (the chain
+# over the native host), the others as wasm chains (docs/native.md).
 WASM_BUILD   ?= filters
 export WASM_BUILD
 # cargo's modules, and the ones Envoy loads: the same after Binaryen's
@@ -52,7 +54,7 @@ BENCH_ARGS  ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: build-native-module native-pin test-native test-asan
+.PHONY: build-native-module native-pin test-native test-native-chain test-asan
 .PHONY: help all build build-wasm build-native wasm-target wasm-opt venv redis run reload test test-rust \
         lint validate browser test-integration test-suite build-suite build-chain test-chain bench bench-verify bench-chain bench-e2ee bench-tools demo-material compose-config render clean distclean \
         istio images image-tools test-istio http2-tools soak test-soak
@@ -114,6 +116,7 @@ build-wasm: wasm-target wasm-opt ## the filters' modules (build/wasm/<name>.wasm
 	@if [ "$(WASM_BUILD)" = suite ]; then $(MAKE) --no-print-directory build-suite; fi
 	@if [ "$(WASM_BUILD)" = chain ]; then $(MAKE) --no-print-directory build-chain; fi
 	@if [ "$(WASM_BUILD)" = native ]; then $(MAKE) --no-print-directory build-native-module; fi
+	@if [ "$(WASM_BUILD)" = native-chain ]; then $(MAKE) --no-print-directory build-chain build-native-module; fi
 
 # Its own cargo invocation: cargo unifies features per build, and the suite
 # links the filters WITHOUT their `standalone` entry point.
@@ -194,7 +197,11 @@ compose-config: ## render the docker-compose Envoy configs into build/compose/en
 # the natively served gateways, egress and web, on WASM_BUILD=native: 207
 # tests in 3 min once the stack is up, 2026-12-05) is the third pass; the
 # whole suite also passes on WASM_BUILD=native (docs/native.md).
-test: build venv test-rust lint validate test-integration test-chain test-native test-istio test-ops test-soak ## everything CI runs
+# test-native-chain is the fourth: the same files on WASM_BUILD=native-chain
+# (each native gateway ONE native filter), plus its render and load checks:
+# 338 tests in 2 min 52 s from the stack's start to its stop, 5 s of
+# tests/native, 2026-12-05 (a few minutes more if its modules need building).
+test: build venv test-rust lint validate test-integration test-chain test-native test-native-chain test-istio test-ops test-soak ## everything CI runs
 
 # The property tests (proptest: the filters' arbitrary-input tests, the
 # breaker model) draw their cases from this seed, so `make test` is
@@ -255,6 +262,19 @@ test-native: build-wasm build-native build-native-module venv redis http2-tools 
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test -p e2ee --features native-aead
 	$(VPY) -m pytest -c tests/pytest.ini tests/native $(PYTEST_ARGS)
 	WASM_BUILD=native $(VPY) -m pytest $(addprefix tests/integration/,$(NATIVE_TESTS)) $(PYTEST_ARGS)
+
+# The native-chain build (docs/native.md, "The chain as one native
+# filter"): the gateways the native build converts each run as ONE native
+# filter (filters/chain over the native host), the internal gateway as a
+# wasm chain. The same integration files as test-native (the chain's
+# redirections scoped to its callbacks, its ticks and root callouts on the
+# native host, e2ee's response steps, the cut app gateway as a native
+# chain), plus the render and load checks of tests/native.
+NATIVE_CHAIN_TESTS ?= $(NATIVE_TESTS)
+
+test-native-chain: build-wasm build-chain build-native build-native-module venv redis http2-tools ## the integration subset on WASM_BUILD=native-chain (each gateway ONE native filter)
+	$(VPY) -m pytest -c tests/pytest.ini tests/native/test_native_render.py tests/native/test_native_symbols.py -k native_chain $(PYTEST_ARGS)
+	WASM_BUILD=native-chain $(VPY) -m pytest $(addprefix tests/integration/,$(NATIVE_CHAIN_TESTS)) $(PYTEST_ARGS)
 
 # AddressSanitizer over the native host's pure parts and filter-core (needs
 # a nightly toolchain: not part of `make test`; docs/native.md, "Safety").

@@ -49,6 +49,12 @@ blocks' VM environment variables (the filters' secrets) must be in Envoy's
 own process environment: envoy/stack.py starts Envoy with them, and a
 rendered file gets them beside it as <output>.env (docker compose's
 env_file; mode 0600).
+"native-chain" is the chain transform, then the native one of the chain
+blocks: each gateway the native build converts runs as ONE
+DynamicModuleFilter (filter_name "chain", the chain's configuration), the
+others (the same decision as "native", on the per-filter blocks) stay wasm
+chains; environment as for "native" (docs/native.md, "The chain as one
+native filter").
 
 Standard library only, so that it runs before any virtualenv exists (the
 suite build alone needs PyYAML: the project venv has it).
@@ -121,7 +127,10 @@ DEFAULT_OUTPUT = {
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 MARKERS = ("# @extra-listeners", "# @extra-clusters")
-WASM_BUILDS = ("filters", "suite", "chain", "native")
+WASM_BUILDS = ("filters", "suite", "chain", "native", "native-chain")
+#: The builds that run the gateway_native dynamic module: their converted
+#: blocks' secrets go to Envoy's process environment (<output>.env).
+NATIVE_BUILDS = ("native", "native-chain")
 #: The per-filter modules that suite.wasm contains (by file name).
 SUITE_MODULES = frozenset({
     "sanitize.wasm", "jwt.wasm", "replay_guard.wasm", "e2ee.wasm", "fds_block.wasm",
@@ -391,6 +400,14 @@ def to_chain(text: str, wasm_dir: str) -> str:
     except ImportError as exc:
         raise RenderError("the chain build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
     cfg = json.loads(json.dumps(yaml.safe_load(text)))
+    _chain_cfg(cfg, wasm_dir)
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
+
+
+def _chain_cfg(cfg: dict, wasm_dir: str, native: frozenset[int] = frozenset()) -> None:
+    """to_chain on the parsed config `cfg`, in place. The connection managers
+    whose id() is in `native` get their chain as the native module's `chain`
+    filter (native_chain_block) instead of a wasm one (to_native_chain_env)."""
     chains = []
     for listener in cfg.get("static_resources", {}).get("listeners", []):
         for fc in listener.get("filter_chains", []):
@@ -458,16 +475,17 @@ def to_chain(text: str, wasm_dir: str) -> str:
                 }
                 if stop_iter:
                     chain_conf["allow_on_headers_stop_iteration"] = True
-                chains.append((chain_conf, [b["typed_config"]["config"] for b in blocks], module))
-                hcm["http_filters"] = filters[: idx[0]] + [{
-                    "name": "chain",
-                    "typed_config": {
+                if id(hcm) in native:
+                    typed = native_chain_block(chain_conf, blocks, hcm)
+                else:
+                    chains.append((chain_conf, [b["typed_config"]["config"] for b in blocks], module))
+                    typed = {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                         "config": chain_conf,
-                    },
-                }] + filters[idx[-1] + 1:]
+                    }
+                hcm["http_filters"] = filters[: idx[0]] + [{"name": "chain", "typed_config": typed}] + filters[idx[-1] + 1:]
     if not chains:
-        return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
+        return
     # One VM per chain module for every gateway's chain that runs it: one
     # vm_config per module, the filters' environments merged (a clash is an
     # error).
@@ -490,7 +508,6 @@ def to_chain(text: str, wasm_dir: str) -> str:
             vm["environment_variables"] = {**({"key_values": env} if env else {}),
                                            **({"host_env_keys": host_keys} if host_keys else {})}
         chain_conf["vm_config"] = vm
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20)
 
 
 #: What the dynamic form's watched files hold (ECDS, Envoy's extension
@@ -696,15 +713,7 @@ def native_block(h: dict, hcm: dict | None = None) -> dict:
     if (conf.get("root_id") == "san_authz" and _san_authz_source(h) == "connection"
             and _sets_xfcc_from_connection(hcm or {})):
         envelope["peer_certificate_from_xfcc"] = True
-    return {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-        "dynamic_module_config": {"name": NATIVE_MODULE, "metrics_namespace": "wasmcustom"},
-        "filter_name": conf["root_id"],
-        "filter_config": {
-            "@type": "type.googleapis.com/google.protobuf.StringValue",
-            "value": json.dumps(envelope, separators=(",", ":"), ensure_ascii=False),
-        },
-    }
+    return _dynamic_module_block(conf["root_id"], envelope)
 
 
 def merge_environment(into: dict[str, str], add: Mapping[str, str]) -> list[str]:
@@ -737,6 +746,18 @@ def to_native_env(text: str) -> tuple[str, dict[str, str]]:
         raise RenderError("the native build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
     cfg = json.loads(json.dumps(yaml.safe_load(text)))
     env: dict[str, str] = {}
+    for hcm, wasm in _native_gateways(cfg, env):
+        for h in wasm:
+            h["typed_config"] = native_block(h, hcm)
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20), env
+
+
+def _native_gateways(cfg: dict, env: dict[str, str]) -> list[tuple[dict, list[dict]]]:
+    """The connection managers of `cfg` (per-filter wasm blocks) that the
+    native build converts, each with its wasm blocks: every wasm filter
+    NATIVE_FILTERS-ready, and the blocks' environments fitting one process
+    environment with the ones converted before (added to `env`)."""
+    out = []
     for listener in cfg.get("static_resources", {}).get("listeners", []):
         for fc in listener.get("filter_chains", []):
             for net in fc.get("filters", []):
@@ -751,8 +772,52 @@ def to_native_env(text: str) -> tuple[str, dict[str, str]]:
                     continue
                 if merge_environment(env, need):
                     continue
-                for h in wasm:
-                    h["typed_config"] = native_block(h, hcm)
+                out.append((hcm, wasm))
+    return out
+
+
+def native_chain_block(chain_conf: dict, blocks: list[dict], hcm: dict) -> dict:
+    """The DynamicModuleFilter typed_config that runs a gateway's chain
+    (`chain_conf`, the wasm chain filter's config to_chain wrote from the
+    gateway's wasm `blocks`) natively: filter_name "chain", the chain's JSON
+    configuration, its stop-iteration flag; san-authz reading the
+    connection's certificate where `hcm` has Envoy set XFCC from it."""
+    envelope = {"config": chain_conf["configuration"]["value"]}
+    if chain_conf.get("allow_on_headers_stop_iteration"):
+        envelope["allow_on_headers_stop_iteration"] = True
+    if any(h["typed_config"]["config"].get("root_id") == "san_authz" and _san_authz_source(h) == "connection"
+           for h in blocks) and _sets_xfcc_from_connection(hcm):
+        envelope["peer_certificate_from_xfcc"] = True
+    return _dynamic_module_block("chain", envelope)
+
+
+def _dynamic_module_block(filter_name: str, envelope: dict) -> dict:
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": NATIVE_MODULE, "metrics_namespace": "wasmcustom"},
+        "filter_name": filter_name,
+        "filter_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": json.dumps(envelope, separators=(",", ":"), ensure_ascii=False),
+        },
+    }
+
+
+def to_native_chain_env(text: str, wasm_dir: str) -> tuple[str, dict[str, str]]:
+    """The native-chain build: the gateways the native build converts
+    (to_native_env's decision, on the per-filter blocks, the same
+    environment) each run as ONE DynamicModuleFilter `chain` block with the
+    chain's configuration (to_chain's); the others become wasm chains as in
+    the chain build (their VMs' environments from their own blocks only).
+    Returns the config and the environment Envoy must run with."""
+    try:
+        import yaml  # noqa: PLC0415 (only the suite, chain and native builds need it)
+    except ImportError as exc:
+        raise RenderError("the native-chain build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
+    cfg = json.loads(json.dumps(yaml.safe_load(text)))
+    env: dict[str, str] = {}
+    native = frozenset(id(hcm) for hcm, _ in _native_gateways(cfg, env))
+    _chain_cfg(cfg, wasm_dir, native)
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20), env
 
 
@@ -807,7 +872,7 @@ def render(
 ) -> str:
     """The rendered Envoy config as text. Raises RenderError on any problem.
 
-    wasm_build: "filters", "suite" or "chain" (module docstring); None reads the
+    wasm_build: "filters", "suite", "chain", "native" or "native-chain" (module docstring); None reads the
     WASM_BUILD environment variable (default "filters").
     include_overrides: REL -> FILE, an included file (REL relative to the
     include root, e.g. "config/sanitize/web.json") read from FILE instead for
@@ -855,8 +920,11 @@ def render(
         text = to_suite(text, values["WASM_DIR"])
     elif wasm_build == "chain":
         text = to_chain(text, values["WASM_DIR"])
-    elif wasm_build == "native":
-        text, env = to_native_env(text)
+    elif wasm_build in NATIVE_BUILDS:
+        if wasm_build == "native":
+            text, env = to_native_env(text)
+        else:
+            text, env = to_native_chain_env(text, values["WASM_DIR"])
         if environment is not None:
             environment.update(env)
     text = to_replica(text, replica)
@@ -896,7 +964,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wasm-build", choices=WASM_BUILDS, default=None,
                         help="filters: one module per filter; suite: suite.wasm, one VM per worker; "
                              "chain: chain.wasm, one filter per gateway; native: the gateway_native dynamic "
-                             "module where it serves the gateway (default: $WASM_BUILD, else filters)")
+                             "module where it serves the gateway; native-chain: the same gateways as ONE "
+                             "native chain filter each (default: $WASM_BUILD, else filters)")
     parser.add_argument("--dynamic", type=Path, metavar="DIR",
                         help="the dynamic form (to_dynamic): every wasm filter's config in its own ECDS file "
                              "under DIR, watched by Envoy; the output is the bootstrap that reads them")
@@ -928,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     # The native build's process environment beside the config (docker
     # compose reads it as the Envoy service's env_file); none for the others.
     env_path = out.with_suffix(".env")
-    if (args.wasm_build or os.environ.get("WASM_BUILD") or "filters") == "native":
+    if (args.wasm_build or os.environ.get("WASM_BUILD") or "filters") in NATIVE_BUILDS:
         write(env_path, env_text)
         env_path.chmod(0o600)
         if env:

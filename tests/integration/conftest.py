@@ -25,7 +25,7 @@ import pytest
 
 import native_app
 import probe
-from helpers import REPO, echo_stats, wasm_build, web_url  # noqa: F401  (re-exported for tests)
+from helpers import REPO, echo_stats, native_build, wasm_build, web_url  # noqa: F401  (re-exported for tests)
 from stack import Stack, StackError
 
 LOG_DIR = REPO / "build" / "test-logs"
@@ -69,7 +69,7 @@ def stack(_stack_lock) -> Stack:
     shutil.rmtree(LOG_DIR, ignore_errors=True)
     # The test-only probe listener (tests/integration/probe.py).
     extra = [probe.write_listener(CONFIG.parent / "probe-listeners.yaml")]
-    if wasm_build() == "native":
+    if native_build():
         # The app gateway cut to native-ready filters, which the native
         # build converts whole (tests/integration/native_app.py):
         # test_e2ee_native.py runs e2ee on the native module there.

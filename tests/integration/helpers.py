@@ -213,11 +213,18 @@ def wasm_build() -> str:
     return os.environ.get("WASM_BUILD") or "filters"
 
 
+def native_build() -> bool:
+    """The stack runs the native module: each filter its own native filter
+    (`native`) or each gateway one native chain filter (`native-chain`)."""
+    return wasm_build() in ("native", "native-chain")
+
+
 def set_filter_config(hcm: dict, name: str, config: dict) -> bool:
     """Sets filter `name`'s JSON configuration in a rendered HTTP connection
     manager: its own wasm block (per-filter and suite builds) or its part of
     the gateway's chain filter (chain build: {"filters": [{"name", "config"}]})
-    or its DynamicModuleFilter block (native build: the envelope's "config").
+    or its DynamicModuleFilter block (native build: the envelope's "config";
+    native-chain: its part of the chain in the envelope's "config").
     Returns whether the filter is in that manager."""
     found = False
     for f in hcm["http_filters"]:
@@ -232,14 +239,22 @@ def set_filter_config(hcm: dict, name: str, config: dict) -> bool:
             conf["configuration"]["value"] = json.dumps(config)
             found = True
         elif f["name"] == "chain":
-            chain = json.loads(conf["configuration"]["value"])
+            # The wasm chain's configuration, or the native chain's envelope
+            # around it (native-chain build).
+            native = typed.get("@type", "").endswith(".DynamicModuleFilter")
+            envelope = json.loads(typed["filter_config"]["value"]) if native else None
+            chain = json.loads(envelope["config"] if native else conf["configuration"]["value"])
             for part in chain["filters"]:
                 # A part's name in the chain: its instance name
                 # (sanitize-body), else its filter's.
                 if part.get("instance", part["name"]) == name:
                     part["config"] = config
                     found = True
-            conf["configuration"]["value"] = json.dumps(chain)
+            if native:
+                envelope["config"] = json.dumps(chain)
+                typed["filter_config"]["value"] = json.dumps(envelope)
+            else:
+                conf["configuration"]["value"] = json.dumps(chain)
     return found
 
 

@@ -424,9 +424,19 @@ def test_the_running_app_gateway_has_e2ee_in_its_filters(stack):
     """What the running Envoy serves on 10001 (its config dump): under the
     chain build ONE wasm filter, chain_response.wasm (the module that
     exports e2ee's response steps) running the whole gateway, sanitize-body
-    a named instance of sanitize; natively e2ee's DynamicModuleFilter block;
+    a named instance of sanitize; natively e2ee's DynamicModuleFilter block
+    (native-chain: the native chain block running the whole gateway);
     under the others, e2ee's own filter."""
     running = running_http_filters("app")
+    if wasm_build() == "native-chain":
+        # ONE native filter, the chain, running the whole gateway.
+        native = [f for f in running if f["typed_config"].get("@type", "").endswith("DynamicModuleFilter")]
+        assert [f["typed_config"]["filter_name"] for f in native] == ["chain"]
+        parts = json.loads(json.loads(native[0]["typed_config"]["filter_config"]["value"])["config"])["filters"]
+        assert [p.get("instance", p["name"]) for p in parts] == [
+            "sanitize", "replay-guard", "e2ee", "sanitize-body", "fds-block", "passport", "route-breaker"]
+        assert not [f for f in running if f["typed_config"].get("@type", "").endswith("wasm.v3.Wasm")]
+        return
     if wasm_build() == "native":
         native = [f["typed_config"]["filter_name"] for f in running
                   if f["typed_config"].get("@type", "").endswith("DynamicModuleFilter")]

@@ -26,11 +26,12 @@ import pytest
 import requests
 
 import ece
-from helpers import KEYS, TIMEOUT, admin_url, echo_stats, h2_request, running_http_filters, wait_until, wasm_build
+from helpers import (KEYS, TIMEOUT, admin_url, echo_stats, h2_request, native_build, running_http_filters, wait_until,
+                     wasm_build)
 from native_app import APP_NATIVE, APP_NATIVE_PORT
 from test_e2ee import ORDER, Client, h2_status, refused, send_raw
 
-pytestmark = pytest.mark.skipif(wasm_build() != "native", reason="the native build's listener (WASM_BUILD=native)")
+pytestmark = pytest.mark.skipif(not native_build(), reason="the native builds' listener (WASM_BUILD=native, native-chain)")
 
 PORT = APP_NATIVE_PORT
 
@@ -46,11 +47,20 @@ def before(stack) -> int:
 
 def test_the_cut_app_gateway_runs_every_filter_natively(stack):
     """What Envoy serves on 10060: the five filters as DynamicModuleFilter
-    blocks of the gateway_native module, no wasm filter left."""
+    blocks of the gateway_native module, no wasm filter left (native-chain:
+    ONE DynamicModuleFilter, the chain, running the five in that order)."""
     filters = running_http_filters(APP_NATIVE)
     names = [f["name"] for f in filters]
-    assert names == ["sanitize", "replay-guard", "e2ee", "sanitize-body", "route-breaker",
-                     "envoy.filters.http.router"], names
+    if wasm_build() == "native-chain":
+        assert names == ["chain", "envoy.filters.http.router"], names
+        tc = filters[0]["typed_config"]
+        assert tc["filter_name"] == "chain"
+        parts = json.loads(json.loads(tc["filter_config"]["value"])["config"])["filters"]
+        assert [p.get("instance", p["name"]) for p in parts] == [
+            "sanitize", "replay-guard", "e2ee", "sanitize-body", "route-breaker"]
+    else:
+        assert names == ["sanitize", "replay-guard", "e2ee", "sanitize-body", "route-breaker",
+                         "envoy.filters.http.router"], names
     for f in filters[:-1]:
         tc = f["typed_config"]
         assert tc["@type"].endswith("dynamic_modules.v3.DynamicModuleFilter"), (f["name"], tc["@type"])

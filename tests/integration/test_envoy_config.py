@@ -350,12 +350,17 @@ def test_oidc_provider_cluster_points_at_the_demo_provider(rendered):
 
 
 def filter_order(manager: dict) -> list[str]:
-    """The manager's filters in order, a chain filter expanded into its parts."""
+    """The manager's filters in order, a chain filter (wasm, or the native
+    module's chain block) expanded into its parts."""
     out = []
     for f in manager["http_filters"]:
         if f["name"] == "chain":
-            out += [p.get("instance", p["name"])
-                    for p in json.loads(f["typed_config"]["config"]["configuration"]["value"])["filters"]]
+            tc = f["typed_config"]
+            if tc["@type"].endswith("DynamicModuleFilter"):
+                doc = json.loads(json.loads(tc["filter_config"]["value"])["config"])
+            else:
+                doc = json.loads(tc["config"]["configuration"]["value"])
+            out += [p.get("instance", p["name"]) for p in doc["filters"]]
         else:
             out.append(f["name"])
     return out
@@ -398,6 +403,17 @@ def test_the_app_gateway_runs_its_filters_in_order_in_every_build(build):
         # Natively every filter of it is a DynamicModuleFilter block (docs/native.md).
         native = [f for f in manager["http_filters"] if f["typed_config"]["@type"].endswith("DynamicModuleFilter")]
         assert (len(wasm), len(native)) == (0, 7)
+        return
+    if build == "native-chain":
+        # ONE native filter, the chain, runs the gateway; so do web, egress
+        # and secure; internal (oidc) stays a wasm chain (docs/native.md).
+        native = [f for f in manager["http_filters"] if f["typed_config"]["@type"].endswith("DynamicModuleFilter")]
+        assert not wasm and [f["typed_config"]["filter_name"] for f in native] == ["chain"]
+        for name in ("web", "egress", "secure"):
+            [chain] = [f for f in hcm(listeners[name])["http_filters"] if f["name"] == "chain"]
+            assert chain["typed_config"]["filter_name"] == "chain", name
+        [chain] = [f for f in hcm(listeners["internal"])["http_filters"] if f["name"] == "chain"]
+        assert chain["typed_config"]["config"]["vm_config"]["vm_id"] == "chain"
         return
     if build != "chain":
         assert len(wasm) == 7

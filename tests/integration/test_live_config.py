@@ -31,7 +31,7 @@ GATEWAYCTL = REPO / "target" / "release" / "gatewayctl"
 
 def ecds_name() -> str:
     """The ECDS resource that carries web's sanitize config in this build."""
-    return "web.chain" if wasm_build() == "chain" else "web.sanitize"
+    return "web.chain" if wasm_build() in ("chain", "native-chain") else "web.sanitize"
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +155,7 @@ def test_an_invalid_change_is_refused_and_the_old_config_keeps_serving(stack, tm
         assert proc.returncode == 1, proc.stdout + proc.stderr
         drift = [line for line in proc.stdout.splitlines() if line.startswith("DRIFT ")]
         # Envoy's dump shows the refused config; the stat the running version.
-        filt = "chain" if wasm_build() == "chain" else "sanitize"
+        filt = "chain" if wasm_build() in ("chain", "native-chain") else "sanitize"
         assert len(drift) == 1, proc.stdout
         assert drift[0].startswith(f"DRIFT web/{filt}: Envoy refused the config it read last (ECDS {ecds_name()} "), \
             proc.stdout

@@ -1,6 +1,8 @@
 """Root-context ticks and root callouts of the native build (docs/native.md,
-"Ticks and root callouts"), against the real Envoy: WASM_BUILD=native only
-(the web gateway's jwt, fds-block and passport run natively there).
+"Ticks and root callouts"), against the real Envoy: WASM_BUILD=native and
+native-chain only (the web gateway's jwt, fds-block and passport run
+natively there: as their own Envoy filters, or inside the web gateway's
+native chain, whose root context multiplexes their ticks).
 
 * The main thread's roots tick from the timer thread with no traffic at all:
   an entry pushed to the FDS feed while the web gateway is idle blocks the
@@ -25,13 +27,13 @@ import time
 
 import pytest
 
-from helpers import TIMEOUT, wasm_build, web_url
+from helpers import TIMEOUT, native_build, web_url
 from test_fds_block import PICKUP, assert_blocked, block, clear_feed, get_from
 from test_passport import bearer, get_user, issuer_calls, new_user, verify
 
 pytestmark = [
     pytest.mark.usefixtures("stack"),
-    pytest.mark.skipif(wasm_build() != "native", reason="the native build's ticks (WASM_BUILD=native)"),
+    pytest.mark.skipif(not native_build(), reason="the native builds' ticks (WASM_BUILD=native, native-chain)"),
 ]
 
 

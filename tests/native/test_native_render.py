@@ -60,3 +60,51 @@ def test_a_connection_manager_that_does_not_set_xfcc_keeps_the_secure_gateway_on
         kinds = {h["typed_config"]["@type"].rsplit(".", 1)[-1] for h in filters if h["name"] != "envoy.filters.http.router"}
         assert kinds == {"Wasm"}, (xfcc, kinds)
     assert hcm["forward_client_cert_details"] == "SANITIZE_SET"
+
+
+def gateways(text: str) -> dict[str, list[dict]]:
+    """Listener name -> its HTTP filters but the router (gateways only: a
+    listener with none, bare, is left out)."""
+    cfg = yaml.safe_load(text)
+    out = {}
+    for lis in cfg["static_resources"]["listeners"]:
+        hs = [h for h in lis["filter_chains"][0]["filters"][0]["typed_config"].get("http_filters", [])
+              if h["name"] != "envoy.filters.http.router"]
+        if hs:
+            out[lis["name"]] = hs
+    return out
+
+
+def test_native_chain_runs_each_gateway_the_native_build_converts_as_one_native_chain_filter():
+    """WASM_BUILD=native-chain: the gateways the native build converts (the
+    same decision, the same environment) each become ONE DynamicModuleFilter
+    `chain` carrying the wasm chain's configuration; the others (internal:
+    oidc) stay wasm chains, their VM environment their own filters' only."""
+    native_env: dict[str, str] = {}
+    native = gateways(render.render("local", wasm_build="native", environment=native_env))
+    chain = gateways(render.render("local", wasm_build="chain"))
+    env: dict[str, str] = {}
+    nc = gateways(render.render("local", wasm_build="native-chain", environment=env))
+    assert env == native_env and env, "the same secrets go to Envoy's environment"
+    converted = {g for g, hs in native.items() if all(h["typed_config"]["@type"].endswith("DynamicModuleFilter")
+                                                     for h in hs)}
+    assert converted >= {"web", "app", "secure", "egress"}
+    for g, hs in nc.items():
+        assert [h["name"] for h in hs] == ["chain"], (g, hs)
+        tc = hs[0]["typed_config"]
+        wasm_conf = chain[g][0]["typed_config"]["config"]
+        if g in converted:
+            assert tc["@type"].endswith("DynamicModuleFilter"), g
+            assert tc["filter_name"] == "chain"
+            assert tc["dynamic_module_config"] == {"name": "gateway_native", "metrics_namespace": "wasmcustom"}
+            env_ = envelope(hs[0])
+            assert json.loads(env_["config"]) == json.loads(wasm_conf["configuration"]["value"]), g
+            assert env_.get("allow_on_headers_stop_iteration", False) == wasm_conf.get(
+                "allow_on_headers_stop_iteration", False), g
+            # Only the secure gateway's san-authz reads the certificate.
+            assert env_.get("peer_certificate_from_xfcc", False) == (g == "secure"), g
+        else:
+            assert tc["@type"].endswith("wasm.v3.Wasm"), g
+            kv = tc["config"]["vm_config"].get("environment_variables", {}).get("key_values", {})
+            assert not set(kv) & set(env), (g, "a native gateway's secret in a wasm VM")
+    assert set(nc) - converted, "a gateway the native build keeps on wasm stays a wasm chain"

@@ -104,6 +104,33 @@ def test_the_native_config_loads_the_module_and_every_native_filter_configures(m
     assert len(re.findall(r"native log (sanitize|route_breaker|san_authz|jwt|fds_block|passport|replay_guard|e2ee): ", log)) >= natives
 
 
+def test_the_native_chain_config_loads_and_each_gateway_s_chain_configures_its_filters(module, tmp_path):
+    """WASM_BUILD=native-chain: each converted gateway is ONE `chain` block;
+    loading it runs the chain's on_configure, which configures every part
+    with the filter's own loader; a part's bad field is named and refused."""
+    cfg = tmp_path / "native-chain.yaml"
+    secrets: dict[str, str] = {}
+    text = render.render("local", wasm_build="native-chain", environment=secrets)
+    cfg.write_text(text)
+    env = {**os.environ, **secrets, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module.parent)}
+    cmd = [str(REPO / ".venv" / "bin" / "envoy"), "--mode", "validate", "--disable-hot-restart",
+           "--log-level", "info", "-c", str(cfg)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    chains = text.count("filter_name: chain")
+    assert chains >= 4, "web, app, secure and egress run as native chains"
+    assert len(re.findall(r"native log chain: chain: configured \d+ filter\(s\)", log)) >= chains, log[-3000:]
+    assert "native log chain: chain: configured 5 filter(s): sanitize -> jwt -> fds-block -> passport -> route-breaker" in log
+    # A bad field inside a part: the part's loader names it, the chain names the part.
+    cfg.write_text(text.replace('\\"max_body_bytes\\":65536', '\\"max_body_bytes\\":\\"lots\\"', 1))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "sanitize: invalid config at `max_body_bytes`" in log, log[-3000:]
+    assert "chain: filters[0] (sanitize) refused its configuration" in log, log[-3000:]
+
+
 def test_a_block_naming_no_filter_is_refused_at_load(module, tmp_path):
     text = render.render("local", wasm_build="native").replace("filter_name: route_breaker", "filter_name: no_such", 1)
     cfg = tmp_path / "bad.yaml"

@@ -25,5 +25,8 @@
 pub mod config;
 pub mod run;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", gateway_native))]
 mod wasm;
+
+#[cfg(any(target_arch = "wasm32", gateway_native))]
+pub use wasm::root_context;

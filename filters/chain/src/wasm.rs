@@ -1,7 +1,15 @@
-//! The proxy-wasm side of the chain (wasm32 only): the chain's root context
-//! holds every filter's root context, its HTTP context holds every filter's
-//! HTTP context and the request's [`RequestContext`], and both only move
-//! callbacks between Envoy, the filters and the step machine ([`Run`]).
+//! The proxy-wasm side of the chain (wasm32, and natively with
+//! `--cfg gateway_native`: the native module's `chain` filter): the chain's
+//! root context holds every filter's root context, its HTTP context holds
+//! every filter's HTTP context and the request's [`RequestContext`], and
+//! both only move callbacks between Envoy, the filters and the step machine
+//! ([`Run`]).
+//!
+//! Every callback of the chain's contexts holds a [`hooks::Scope`] from
+//! entry to exit: the filters' `filter_core::proxy` calls are redirected to
+//! the chain only then, never on a thread's other filters (natively the
+//! per-filter blocks, other gateways' chains and the main thread share the
+//! threads; filter_core::chain_hooks).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,16 +21,25 @@ use filter_core::proxy::{chain as hooks, RawHost};
 use filter_core::HttpHost;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
+#[cfg(target_arch = "wasm32")]
+use proxy_wasm::types::LogLevel;
+use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use crate::config::{self, Compiled};
 use crate::run::{Run, Stage, Step};
 
+#[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    hooks::enable();
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root::new(id)) });
+    proxy_wasm::set_root_context(root_context);
 }}
+
+/// The chain's root context, for a module that links the chain beside
+/// other filters and dispatches on the plugin's `root_id` (the native
+/// module, filters/native: `filter_name: chain`).
+pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
+    Box::new(Root::new(context_id))
+}
 
 /// The filters that read the request body (get body and trailer callbacks).
 const READS_BODY: [&str; 3] = ["sanitize", "replay-guard", "e2ee"];
@@ -208,6 +225,7 @@ impl Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
+        let _scope = hooks::enter();
         hooks::deselect(self.id);
         // Each filter knows its own calls' tokens and ignores the others.
         for (i, f) in self.filters.iter_mut().enumerate() {
@@ -220,6 +238,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        let _scope = hooks::enter();
         hooks::deselect(self.id);
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
@@ -279,6 +298,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        let _scope = hooks::enter();
         hooks::deselect(self.id);
         let Some(s) = self.shared.clone() else { return };
         let due = s.timers.borrow_mut().due(now_ms());
@@ -292,6 +312,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
+        let _scope = hooks::enter();
         let shared = self.shared.clone()?;
         let cfg = &shared.config;
         let ctx = Rc::new(RefCell::new(RequestContext::new(
@@ -459,9 +480,13 @@ struct Http {
 }
 
 impl Http {
-    /// Every callback starts here: the request's context serves the filters.
-    fn enter(&self) {
+    /// Every callback starts here: the chain's redirections on (until the
+    /// returned scope drops, at the callback's exit) and the request's
+    /// context serving the filters.
+    fn enter(&self) -> hooks::Scope {
+        let scope = hooks::enter();
         hooks::select(self.id);
+        scope
     }
 
     /// Every request callback ends here: tick periods, a resumption asked
@@ -512,7 +537,7 @@ impl Context for Http {
         // A callout a filter started from this request (a per-request claim,
         // say): its answer goes to the filters that have run; the one that
         // started it resumes the request through proxy::resume_http_request.
-        self.enter();
+        let _scope = self.enter();
         {
             let mut r = self.req.borrow_mut();
             let ran: Vec<usize> = r.run.ran().collect();
@@ -541,7 +566,7 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, n: usize, end_of_stream: bool) -> Action {
-        self.enter();
+        let _scope = self.enter();
         let off = self.route_off();
         let step = {
             let mut r = self.req.borrow_mut();
@@ -556,7 +581,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        self.enter();
+        let _scope = self.enter();
         let step = {
             let mut r = self.req.borrow_mut();
             let Request { run, stages, .. } = &mut *r;
@@ -566,7 +591,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_trailers(&mut self, _n: usize) -> Action {
-        self.enter();
+        let _scope = self.enter();
         let step = {
             let mut r = self.req.borrow_mut();
             let Request { run, stages, .. } = &mut *r;
@@ -582,7 +607,7 @@ impl HttpContext for Http {
     // filters need no response callback never enters the VM for its
     // responses.
     fn on_http_response_headers(&mut self, n: usize, end_of_stream: bool) -> Action {
-        self.enter();
+        let _scope = self.enter();
         let mut r = self.req.borrow_mut();
         let Request { run, stages, .. } = &mut *r;
         for m in stages.iter_mut() {
@@ -592,21 +617,21 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        self.enter();
+        let _scope = self.enter();
         let mut r = self.req.borrow_mut();
         let Request { run, stages, .. } = &mut *r;
         respond(run.response_body(stages, size, end_of_stream))
     }
 
     fn on_http_response_trailers(&mut self, _n: usize) -> Action {
-        self.enter();
+        let _scope = self.enter();
         let mut r = self.req.borrow_mut();
         let Request { run, stages, .. } = &mut *r;
         respond(run.response_trailers(stages))
     }
 
     fn on_log(&mut self) {
-        self.enter();
+        let _scope = self.enter();
         let mut r = self.req.borrow_mut();
         let ran: Vec<usize> = r.run.ran().collect();
         for i in ran {

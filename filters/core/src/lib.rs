@@ -21,11 +21,14 @@
 //!   [`request::Decision`] out) that every build's host adapter applies.
 //! * [`store`]: once-only claims in the shared store (Redis behind the
 //!   gateway-store sidecar), the same for every replica of a gateway.
+//! * [`chain_hooks`]: the chain build's switch, scoped to its callbacks
+//!   (`proxy::chain`).
 //! * [`context`]: the chain build's per-request context (one header read,
 //!   batched writes, hand-overs in VM memory) in front of the host.
 //! * [`original`]: the client's `:path`/body saved before a rewrite, for
 //!   signature verification after sanitize.
 
+pub mod chain_hooks;
 pub mod config;
 pub mod context;
 pub mod decision;

@@ -10,8 +10,11 @@
 //! The few host calls that steer a request or a root context from outside
 //! a callback go through the wrappers here ([`set_tick_period`],
 //! [`set_effective_context`], [`resume_http_request`]), which the chain
-//! redirects to itself ([`chain`]). A filter module alone never sees any of
-//! this: with no chain, every call goes straight to the host.
+//! redirects to itself ([`chain`]) while it is calling into its filters (a
+//! [`chain::Scope`] per chain callback). A filter module alone, or a filter
+//! of the native module that runs as its own Envoy filter on a thread the
+//! chain also runs on, never sees any of this: outside a chain callback,
+//! every call goes straight to the host.
 
 use std::time::SystemTime;
 
@@ -190,7 +193,7 @@ impl HttpHost for ProxyHost {
 /// period per filter and ticks each filter on its own).
 pub fn set_tick_period(period: std::time::Duration) {
     if chain::enabled() {
-        chain::TICKS.with(|t| t.borrow_mut().push((chain::stage(), period)));
+        chain::push_tick(period);
         return;
     }
     if let Err(e) = hostcalls::set_tick_period(period) {
@@ -213,7 +216,7 @@ pub fn set_effective_context(id: u32) -> Result<(), Status> {
 /// the chain resumes it: the filters after this one run first.
 pub fn resume_http_request() {
     if chain::enabled() {
-        chain::RESUMED.with(|r| r.borrow_mut().push(chain::effective()));
+        chain::push_resumed();
         return;
     }
     if let Err(e) = hostcalls::resume_http_request() {
@@ -221,118 +224,9 @@ pub fn resume_http_request() {
     }
 }
 
-/// The chain build's hooks (filters/chain): which request context serves
-/// [`ProxyHost`], which filter is being called, what the filters asked of
-/// their root context (tick periods, resumptions), and the configuration a
-/// filter's `on_configure` loads.
-pub mod chain {
-    use std::cell::{Cell, RefCell};
-    use std::collections::HashMap;
-    use std::rc::Rc;
-    use std::time::Duration;
-
-    use crate::context::RequestContext;
-
-    /// A request's context, shared by the chain and [`super::ProxyHost`].
-    pub type Shared = Rc<RefCell<RequestContext>>;
-
-    thread_local! {
-        static ENABLED: Cell<bool> = const { Cell::new(false) };
-        static STAGE: Cell<usize> = const { Cell::new(0) };
-        static EFFECTIVE: Cell<u32> = const { Cell::new(0) };
-        static ACTIVE: RefCell<Option<Shared>> = const { RefCell::new(None) };
-        /// The chain's requests in flight, by context id.
-        static REQUESTS: RefCell<HashMap<u32, Shared>> = RefCell::new(HashMap::new());
-        pub(super) static TICKS: RefCell<Vec<(usize, Duration)>> = const { RefCell::new(Vec::new()) };
-        pub(super) static RESUMED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-        static CONFIG: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
-    }
-
-    /// Turns the chain's redirections on (once, when the chain module starts).
-    pub fn enable() {
-        ENABLED.with(|e| e.set(true));
-    }
-
-    pub fn enabled() -> bool {
-        ENABLED.with(Cell::get)
-    }
-
-    /// The filter (index in the chain) being called.
-    pub fn set_stage(i: usize) {
-        STAGE.with(|s| s.set(i));
-    }
-
-    pub fn stage() -> usize {
-        STAGE.with(Cell::get)
-    }
-
-    /// Registers a request of the chain (its context id and context).
-    pub fn register(id: u32, ctx: Shared) {
-        REQUESTS.with(|r| r.borrow_mut().insert(id, ctx));
-    }
-
-    /// Forgets a finished request.
-    pub fn unregister(id: u32) {
-        REQUESTS.with(|r| r.borrow_mut().remove(&id));
-        if EFFECTIVE.with(Cell::get) == id {
-            ACTIVE.with(|a| a.borrow_mut().take());
-        }
-    }
-
-    /// Context `id` is now the effective one: its request context (if it
-    /// is a request of the chain) serves [`super::ProxyHost`].
-    pub fn select(id: u32) {
-        EFFECTIVE.with(|e| e.set(id));
-        let ctx = REQUESTS.with(|r| r.borrow().get(&id).cloned());
-        if let Some(c) = &ctx {
-            if let Ok(mut c) = c.try_borrow_mut() {
-                c.begin_callback();
-            }
-        }
-        ACTIVE.with(|a| *a.borrow_mut() = ctx);
-    }
-
-    /// No request context serves [`super::ProxyHost`] (root callbacks).
-    pub fn deselect(root_id: u32) {
-        EFFECTIVE.with(|e| e.set(root_id));
-        ACTIVE.with(|a| a.borrow_mut().take());
-    }
-
-    pub(super) fn active() -> Option<Shared> {
-        if !enabled() {
-            return None;
-        }
-        ACTIVE.with(|a| a.borrow().clone())
-    }
-
-    pub(super) fn effective() -> u32 {
-        EFFECTIVE.with(Cell::get)
-    }
-
-    /// The tick periods the filters asked for since the last call: (filter
-    /// index, period).
-    pub fn take_ticks() -> Vec<(usize, Duration)> {
-        TICKS.with(|t| std::mem::take(&mut *t.borrow_mut()))
-    }
-
-    /// The requests a filter resumed since the last call (context ids).
-    pub fn take_resumed() -> Vec<u32> {
-        RESUMED.with(|r| std::mem::take(&mut *r.borrow_mut()))
-    }
-
-    /// Runs `f` (a filter's `on_configure`) with `config` as the plugin
-    /// configuration that [`super::load_plugin_config`] reads.
-    pub fn with_config<R>(config: Vec<u8>, f: impl FnOnce() -> R) -> R {
-        CONFIG.with(|c| *c.borrow_mut() = Some(config));
-        let r = f();
-        CONFIG.with(|c| c.borrow_mut().take());
-        r
-    }
-
-    pub(super) fn config() -> Option<Vec<u8>> {
-        CONFIG.with(|c| c.borrow().clone())
-    }
-}
+/// The chain build's hooks (filters/chain): plain Rust, tested natively
+/// ([`crate::chain_hooks`]).
+pub use crate::chain_hooks as chain;
 
 /// Maps a [`Verdict`] to the proxy-wasm action.
 pub fn action(v: Verdict) -> Action {

@@ -27,8 +27,10 @@
 use serde::Deserialize;
 
 /// The filters the module runs, by the name a block gives (the wasm builds'
-/// `root_id`s, the same table as filters/suite).
-pub const FILTERS: [&str; 9] = [
+/// `root_id`s, the same table as filters/suite), and `chain`: a whole
+/// gateway as ONE Envoy filter (filters/chain: its `config` is the chain's
+/// configuration, docs/chain.md).
+pub const FILTERS: [&str; 10] = [
     "sanitize",
     "jwt",
     "replay_guard",
@@ -38,6 +40,7 @@ pub const FILTERS: [&str; 9] = [
     "san_authz",
     "e2ee",
     "oidc",
+    "chain",
 ];
 
 /// Bench/test-only filters (docs/native.md, "Floors"): `envoy/render.py`
@@ -137,6 +140,18 @@ mod tests {
         )
         .unwrap();
         assert!(e.peer_certificate_from_xfcc);
+    }
+
+    #[test]
+    fn a_chain_block_carries_the_chain_s_configuration() {
+        let e = parse(
+            b"chain",
+            br#"{"config": "{\"filters\": []}", "allow_on_headers_stop_iteration": true}"#,
+        )
+        .unwrap();
+        assert_eq!(e.name(), "chain");
+        assert_eq!(e.config, br#"{"filters": []}"#);
+        assert!(e.allow_on_headers_stop_iteration);
     }
 
     #[test]

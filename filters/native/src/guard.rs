@@ -40,6 +40,7 @@ pub fn new_root(context_id: u32) -> Box<dyn RootContext> {
             Some(6) => san_authz::root_context(context_id),
             Some(7) => e2ee::root_context(context_id),
             Some(8) => oidc::root_context(context_id),
+            Some(9) => chain::root_context(context_id),
             _ if name == "bench_noop" => Box::new(NoopRoot),
             _ => return None,
         })

@@ -81,13 +81,15 @@ pub const LABELLED: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// The [`LABELLED`] counters of `filter` (its name as in the envelope).
+/// The [`LABELLED`] counters of `filter` (its name as in the envelope);
+/// all of them for `chain`, which may run any filter.
 pub fn labelled_for(
     filter: &str,
 ) -> impl Iterator<Item = (&'static str, &'static [&'static str])> + '_ {
     LABELLED.iter().copied().filter(move |(n, _)| {
-        n.strip_prefix(filter)
-            .is_some_and(|rest| rest.starts_with('_'))
+        filter == "chain"
+            || n.strip_prefix(filter)
+                .is_some_and(|rest| rest.starts_with('_'))
     })
 }
 
@@ -329,6 +331,8 @@ mod tests {
             ]
         );
         assert!(labelled_for("sanitize").all(|(n, _)| n.starts_with("sanitize_")));
+        // The chain runs any filter: every labelled counter.
+        assert_eq!(labelled_for("chain").count(), LABELLED.len());
         for (_, labels) in LABELLED {
             assert!(labels
                 .iter()
