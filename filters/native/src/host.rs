@@ -222,6 +222,12 @@ struct Thread {
     /// `set_effective_context` from a root's callback).
     contexts: FastMap<u32, (FilterPtr, Weak<Config>)>,
     current: Option<Current>,
+    /// The context and phase of the callback Envoy is in (the `Current`
+    /// that `enter` installed): `set_effective_context` back to it restores
+    /// its phase (a body read after a switch to the root and back is still
+    /// this body callback's), a switch to any other stream is outside its
+    /// callbacks.
+    entry: Option<(u32, Phase)>,
     /// The configuration whose root context is being created.
     configuring: Option<Arc<Config>>,
     deferred: Vec<Deferred>,
@@ -296,10 +302,14 @@ pub(crate) fn configuring_filter() -> Option<&'static str> {
 /// one and carries out what the callback deferred.
 fn enter<R>(cur: Current, f: impl FnOnce() -> R) -> (R, bool) {
     let own = cur.filter;
-    let prev = with(|t| t.current.replace(cur));
+    let (prev, prev_entry) = with(|t| {
+        let entry = t.entry.replace((cur.context, cur.phase));
+        (t.current.replace(cur), entry)
+    });
     let r = f();
     let deferred = with(|t| {
         t.current = prev;
+        t.entry = prev_entry;
         let all = std::mem::take(&mut t.deferred);
         if !t.lazy {
             return all;
@@ -1247,6 +1257,7 @@ pub fn http_call(
 
 pub fn set_effective_context(id: u32) -> bool {
     with(|t| {
+        let entry = t.entry;
         let Some(cur) = t.current.as_mut() else {
             return false;
         };
@@ -1255,6 +1266,10 @@ pub fn set_effective_context(id: u32) -> bool {
                 cur.context = id;
                 cur.filter = Some(*f);
                 cur.config = config;
+                cur.phase = match entry {
+                    Some((ctx, phase)) if ctx == id => phase,
+                    _ => Phase::Root,
+                };
                 return true;
             }
             return false;
