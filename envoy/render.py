@@ -737,6 +737,7 @@ def to_native_env(text: str) -> tuple[str, dict[str, str]]:
         raise RenderError("the native build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
     cfg = json.loads(json.dumps(yaml.safe_load(text)))
     env: dict[str, str] = {}
+    converted = False
     for listener in cfg.get("static_resources", {}).get("listeners", []):
         for fc in listener.get("filter_chains", []):
             for net in fc.get("filters", []):
@@ -753,7 +754,32 @@ def to_native_env(text: str) -> tuple[str, dict[str, str]]:
                     continue
                 for h in wasm:
                     h["typed_config"] = native_block(h, hcm)
+                converted = True
+    if converted:
+        strip_native_namespace(cfg)
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20), env
+
+
+#: Envoy 1.40 registers a dynamic module's metrics_namespace (wasmcustom) as a
+#: custom stat namespace, stripped from /stats/prometheus names as for wasm,
+#: only with this runtime guard on (off by default: the names would read
+#: envoy_wasmcustom_<name>). Before every gateway ran natively, a remaining
+#: wasm block registered the namespace anyway.
+STRIP_NAMESPACE_GUARD = "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix"
+
+
+def strip_native_namespace(cfg: dict) -> None:
+    """Turns STRIP_NAMESPACE_GUARD on in bootstrap `cfg` (a static runtime
+    layer, then the admin layer Envoy has by default)."""
+    runtime = cfg.setdefault("layered_runtime", {})
+    layers = runtime.setdefault("layers", [])
+    for layer in layers:
+        if layer.get("name") == "gateway_native":
+            layer.setdefault("static_layer", {})[STRIP_NAMESPACE_GUARD] = True
+            return
+    layers.insert(0, {"name": "gateway_native", "static_layer": {STRIP_NAMESPACE_GUARD: True}})
+    if not any("admin_layer" in layer for layer in layers):
+        layers.append({"name": "admin", "admin_layer": {}})
 
 
 def to_native(text: str) -> str:

@@ -60,3 +60,17 @@ def test_a_connection_manager_that_does_not_set_xfcc_keeps_the_secure_gateway_on
         kinds = {h["typed_config"]["@type"].rsplit(".", 1)[-1] for h in filters if h["name"] != "envoy.filters.http.router"}
         assert kinds == {"Wasm"}, (xfcc, kinds)
     assert hcm["forward_client_cert_details"] == "SANITIZE_SET"
+
+
+def test_the_native_render_keeps_prometheus_names_those_of_wasm():
+    """Envoy 1.40 strips a dynamic module's metrics_namespace (wasmcustom)
+    from /stats/prometheus names only under a runtime guard that is off by
+    default (`envoy_wasmcustom_<name>` otherwise); a wasm block registered the
+    namespace as long as one remained. The native render turns the guard on
+    (a static runtime layer) and keeps the admin layer Envoy has by default."""
+    layers = yaml.safe_load(render.render("local", wasm_build="native"))["layered_runtime"]["layers"]
+    assert layers == [
+        {"name": "gateway_native", "static_layer": {render.STRIP_NAMESPACE_GUARD: True}},
+        {"name": "admin", "admin_layer": {}},
+    ]
+    assert "layered_runtime" not in yaml.safe_load(render.render("local", wasm_build="filters"))
