@@ -622,9 +622,9 @@ def write_dynamic(bootstrap_path: Path, ecds_dir: Path, bootstrap: str, files: M
 #: refresh, fds-block's feed, passport's coalesced lookups; VM environment
 #: variables go to Envoy's process environment; san-authz's connection
 #: certificate where Envoy sets XFCC from it; replay-guard's reports from
-#: one queue per configuration, sent by whichever root ticks first). Not
-#: yet: oidc (docs/native.md).
-NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport", "replay_guard", "e2ee")
+#: one queue per configuration, sent by whichever root ticks first; oidc's
+#: discovery fetch at load: a worker's first streams wait for it; docs/native.md).
+NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport", "replay_guard", "e2ee", "oidc")
 #: The module's name: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
 NATIVE_MODULE = "gateway_native"
 
