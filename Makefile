@@ -244,19 +244,20 @@ test-integration: build venv redis http2-tools browser ## pytest against the rea
 
 # The native dynamic module (docs/native.md): its symbols and ABI against
 # the shipped Envoy, the native config loading (tests/native), then the
-# integration files that cover the gateways the native build serves today
-# (egress: sanitize, route-breaker; secure: + san-authz; web: sanitize, jwt,
-# fds-block, passport, route-breaker, with root ticks and callouts:
-# test_native_ticks.py; app: + replay-guard, e2ee) against WASM_BUILD=native,
-# and e2ee and replay-guard natively on the test stack's cut app gateway
-# (tests/integration/native_app.py, test_e2ee_native.py). The internal
-# gateway of that config still runs its wasm modules; the rest of the suite
-# would re-test those (test-integration).
+# integration files that cover the gateways the native build serves (every
+# shipped one: egress: sanitize, route-breaker; secure: + san-authz; web:
+# sanitize, jwt, fds-block, passport, route-breaker, with root ticks and
+# callouts: test_native_ticks.py; app: + replay-guard, e2ee; internal: oidc,
+# the real-Chromium login included) against WASM_BUILD=native, and e2ee and
+# replay-guard natively on the test stack's cut app gateway
+# (tests/integration/native_app.py, test_e2ee_native.py). The oidc files
+# add about 20 s natively.
 NATIVE_TESTS ?= test_sanitize.py test_route_breaker.py test_san_authz.py test_operations.py test_stack.py \
   test_arbitrary_input.py test_jwt.py test_fds_block.py test_passport.py test_native_ticks.py \
-  test_e2ee_native.py test_e2ee.py test_replay_guard.py
+  test_e2ee_native.py test_e2ee.py test_replay_guard.py \
+  test_oidc.py test_oidc_provider.py test_internal_gateway.py test_oidc_browser.py
 
-test-native: build-wasm build-native build-native-module venv redis http2-tools ## native module: symbols/ABI/load checks + the integration subset on WASM_BUILD=native
+test-native: build-wasm build-native build-native-module venv redis http2-tools browser ## native module: symbols/ABI/load checks + the integration subset on WASM_BUILD=native
 	@# e2ee's codec with the module's AES-GCM (ring): RFC 8188's vectors, the
 	@# property tests, ring against RustCrypto byte for byte.
 	PROPTEST_RNG_SEED=$(PROPTEST_RNG_SEED) $(CARGO) test -p e2ee --features native-aead

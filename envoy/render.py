@@ -639,9 +639,9 @@ def write_dynamic(bootstrap_path: Path, ecds_dir: Path, bootstrap: str, files: M
 #: refresh, fds-block's feed, passport's coalesced lookups; VM environment
 #: variables go to Envoy's process environment; san-authz's connection
 #: certificate where Envoy sets XFCC from it; replay-guard's reports from
-#: one queue per configuration, sent by whichever root ticks first). Not
-#: yet: oidc (docs/native.md).
-NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport", "replay_guard", "e2ee")
+#: one queue per configuration, sent by whichever root ticks first; oidc's
+#: discovery fetch at load: a worker's first streams wait for it; docs/native.md).
+NATIVE_FILTERS = ("sanitize", "route_breaker", "san_authz", "jwt", "fds_block", "passport", "replay_guard", "e2ee", "oidc")
 #: The module's name: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
 NATIVE_MODULE = "gateway_native"
 
@@ -746,9 +746,12 @@ def to_native_env(text: str) -> tuple[str, dict[str, str]]:
         raise RenderError("the native build needs PyYAML: run with the project venv (.venv/bin/python)") from exc
     cfg = json.loads(json.dumps(yaml.safe_load(text)))
     env: dict[str, str] = {}
-    for hcm, wasm in _native_gateways(cfg, env):
+    converted = _native_gateways(cfg, env)
+    for hcm, wasm in converted:
         for h in wasm:
             h["typed_config"] = native_block(h, hcm)
+    if converted:
+        strip_native_namespace(cfg)
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20), env
 
 
@@ -818,7 +821,31 @@ def to_native_chain_env(text: str, wasm_dir: str) -> tuple[str, dict[str, str]]:
     env: dict[str, str] = {}
     native = frozenset(id(hcm) for hcm, _ in _native_gateways(cfg, env))
     _chain_cfg(cfg, wasm_dir, native)
+    if native:
+        strip_native_namespace(cfg)
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=1 << 20), env
+
+
+#: Envoy 1.40 registers a dynamic module's metrics_namespace (wasmcustom) as a
+#: custom stat namespace, stripped from /stats/prometheus names as for wasm,
+#: only with this runtime guard on (off by default: the names would read
+#: envoy_wasmcustom_<name>). Before every gateway ran natively, a remaining
+#: wasm block registered the namespace anyway.
+STRIP_NAMESPACE_GUARD = "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix"
+
+
+def strip_native_namespace(cfg: dict) -> None:
+    """Turns STRIP_NAMESPACE_GUARD on in bootstrap `cfg` (a static runtime
+    layer, then the admin layer Envoy has by default)."""
+    runtime = cfg.setdefault("layered_runtime", {})
+    layers = runtime.setdefault("layers", [])
+    for layer in layers:
+        if layer.get("name") == "gateway_native":
+            layer.setdefault("static_layer", {})[STRIP_NAMESPACE_GUARD] = True
+            return
+    layers.insert(0, {"name": "gateway_native", "static_layer": {STRIP_NAMESPACE_GUARD: True}})
+    if not any("admin_layer" in layer for layer in layers):
+        layers.append({"name": "admin", "admin_layer": {}})
 
 
 def to_native(text: str) -> str:

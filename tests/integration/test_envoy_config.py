@@ -370,14 +370,26 @@ def filter_order(manager: dict) -> list[str]:
 def test_the_internal_gateway_runs_sanitize_oidc_route_breaker_in_every_build(build):
     """The contract's chain of the internal gateway, in every build (one
     chain filter under the chain build: docs/chain.md), with the client
-    secret reaching oidc's VM as an environment variable and never in its
-    JSON configuration."""
-    listeners = listeners_by_name_of(render.render("local", wasm_build=build))
+    secret reaching oidc's VM as an environment variable (natively: Envoy's
+    own environment, docs/native.md "Secrets") and never in its JSON
+    configuration."""
+    env: dict[str, str] = {}
+    listeners = listeners_by_name_of(render.render("local", wasm_build=build, environment=env))
     manager = hcm(listeners["internal"])
     assert filter_order(manager) == ["sanitize", "oidc", "route-breaker", "envoy.filters.http.router"]
-    block = next(f for f in manager["http_filters"] if f["name"] in ("oidc", "chain"))["typed_config"]["config"]
-    assert block["failure_policy"] == "FAIL_CLOSED"
+    typed = next(f for f in manager["http_filters"] if f["name"] in ("oidc", "chain"))["typed_config"]
     secret = (REPO / "examples" / "keys" / "oidc-client-secret").read_text().strip()
+    if build == "native":
+        # Every filter of it a DynamicModuleFilter block (docs/native.md).
+        assert all(f["typed_config"]["@type"].endswith("DynamicModuleFilter")
+                   for f in manager["http_filters"][:-1])
+        assert env["OIDC_CLIENT_SECRET"] == secret
+        envelope = typed["filter_config"]["value"]
+        assert secret not in envelope
+        assert json.loads(json.loads(envelope)["config"])["client_secret_env"] == "OIDC_CLIENT_SECRET"
+        return
+    block = typed["config"]
+    assert block["failure_policy"] == "FAIL_CLOSED"
     assert block["vm_config"]["environment_variables"]["key_values"]["OIDC_CLIENT_SECRET"] == secret
     assert secret not in block["configuration"]["value"]
     conf = json.loads(block["configuration"]["value"])

@@ -17,6 +17,12 @@ native chain, whose root context multiplexes their ticks).
   disconnect while their passport lookup is due, started or in flight
   leave nothing wedged: the same user's next request is answered, within
   the coalescing wait, by one lookup at most.
+* A worker root's load-time callouts come before its first requests: on a
+  just-started replica of the internal gateway, the first requests of
+  every worker (whose oidc root they create) wait for that root's
+  discovery fetch, as a wasm VM's root made it at load: a login starts
+  (302 to the provider, not 503 provider_unavailable), and a held request's
+  body reaches the tool whole.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
-from helpers import TIMEOUT, native_build, web_url
+from helpers import CA, TIMEOUT, native_build, web_url
+from sso import HTML, INTERNAL, PROVIDER, get, login
 from test_fds_block import PICKUP, assert_blocked, block, clear_feed, get_from
 from test_passport import bearer, get_user, issuer_calls, new_user, verify
 
@@ -108,3 +117,32 @@ def test_a_client_that_disconnects_while_its_lookup_is_pending_wedges_nothing(af
     again = issuer_calls()
     assert get_user(web_url, user).status_code == 200
     assert issuer_calls() - again <= 1
+
+
+def test_a_fresh_workers_first_requests_wait_for_its_oidc_roots_discovery(stack):
+    session = login(replica=1)  # in Redis: a session of both replicas
+    # Fresh workers: no oidc root on any of them yet.
+    stack.restart_envoy(1)
+    stack.restart_envoy(2)
+
+    def first_login(replica: int) -> None:
+        r = get(replica, "/tools/dash?x=1")  # needs the provider's discovery document
+        assert r.status_code == 302, (replica, r.status_code, r.text)
+        assert r.headers["location"].startswith(PROVIDER + "/authorize?"), r.headers["location"]
+
+    def first_post(replica: int, i: int) -> None:
+        body = f"body of request {i}"
+        r = requests.post(f"{INTERNAL[replica]}/tools/api", data=body.encode(),
+                          headers={**HTML, "cookie": session, "content-type": "text/plain"},
+                          verify=str(CA), allow_redirects=False, timeout=TIMEOUT)
+        assert r.status_code == 200, (replica, r.status_code, r.text)
+        assert r.json()["body"] == body, r.text
+
+    # A replica's very first stream creates its worker's root: always held.
+    first_login(1)
+    first_post(2, 0)
+    # Then fresh connections at once (the kernel spreads them over the
+    # workers): the other workers' first streams, and those that come while
+    # their root still fetches.
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: first_login(1 + i % 2) if i % 4 < 2 else first_post(1 + i % 2, i), range(1, 9)))

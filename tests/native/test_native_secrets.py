@@ -33,6 +33,8 @@ import render  # noqa: E402  (envoy/render.py)
 
 SECRET = (REPO / "examples" / "keys" / "app-master.key").read_text().strip()
 VAR = "REPLAY_GUARD_MASTER_V1"
+#: The shipped internal gateway's oidc client secret (natively in Envoy's environment too).
+OIDC = {"OIDC_CLIENT_SECRET": (REPO / "examples" / "keys" / "oidc-client-secret").read_text().strip()}
 
 
 def lite(tmp_path: Path, name: str, port: int, secret: str | None = None, reports: bool = False) -> Path:
@@ -69,20 +71,22 @@ def test_a_gateway_with_vm_variables_converts_and_its_variables_go_to_the_enviro
                          environment=env)
     k = kinds(text)
     assert k["lite"] == ["DynamicModuleFilter"] * 5 + ["Router"]
-    assert env == {VAR: SECRET}
+    assert env == {VAR: SECRET, **OIDC}
     assert SECRET not in yaml.safe_dump(
         [x for x in yaml.safe_load(text)["static_resources"]["listeners"] if x["name"] == "lite"])
     # the shipped app gateway runs natively too, with the same secret
     assert "Wasm" not in k["app"] and "DynamicModuleFilter" in k["app"]
 
 
-def test_the_shipped_gateways_need_only_the_app_gateways_master_secret():
+def test_the_shipped_gateways_need_the_app_master_secret_and_the_oidc_client_secret():
     """The app gateway's replay-guard and e2ee share one master secret
-    variable; the internal gateway (oidc) stays on wasm with its own."""
+    variable; the internal gateway's oidc has its client secret; every
+    shipped gateway runs natively."""
     env: dict[str, str] = {}
     k = kinds(render.render("local", wasm_build="native", environment=env))
-    assert list(env) == [VAR]
-    assert "Wasm" in k["internal"] and "DynamicModuleFilter" not in k["internal"]
+    assert env == {VAR: SECRET, **OIDC}
+    assert all("Wasm" not in filters for filters in k.values()), k
+    assert k["internal"] == ["DynamicModuleFilter"] * 3 + ["Router"]
 
 
 def test_a_gateway_needing_another_value_of_a_variable_keeps_its_wasm_blocks(tmp_path):
@@ -91,12 +95,12 @@ def test_a_gateway_needing_another_value_of_a_variable_keeps_its_wasm_blocks(tmp
     k = kinds(render.render("local", wasm_build="native", extra_listeners=[a, b], environment=env))
     assert k["lite"][0] == "DynamicModuleFilter"
     assert "Wasm" in k["lite_other"] and "DynamicModuleFilter" not in k["lite_other"]
-    assert env == {VAR: SECRET}
+    assert env == {VAR: SECRET, **OIDC}
     # the same value twice: both convert, one variable
     env2: dict[str, str] = {}
     c = lite(tmp_path, "lite_same", 10062)
     k = kinds(render.render("local", wasm_build="native", extra_listeners=[a, c], environment=env2))
-    assert k["lite_same"][0] == "DynamicModuleFilter" and env2 == {VAR: SECRET}
+    assert k["lite_same"][0] == "DynamicModuleFilter" and env2 == {VAR: SECRET, **OIDC}
 
 
 def test_replay_guard_with_reports_is_native_ready(tmp_path):

@@ -101,7 +101,7 @@ def test_the_native_config_loads_the_module_and_every_native_filter_configures(m
     natives = cfg.read_text().count("DynamicModuleFilter")
     assert natives >= 2, "the native build runs no gateway natively"
     # One configure line per native block, from the filter's own loader.
-    assert len(re.findall(r"native log (sanitize|route_breaker|san_authz|jwt|fds_block|passport|replay_guard|e2ee): ", log)) >= natives
+    assert len(re.findall(r"native log (sanitize|route_breaker|san_authz|jwt|fds_block|passport|replay_guard|e2ee|oidc): ", log)) >= natives
 
 
 def test_the_native_chain_config_loads_and_each_gateway_s_chain_configures_its_filters(module, tmp_path):

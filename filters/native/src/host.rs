@@ -176,6 +176,9 @@ pub struct Stream {
     logged: Cell<bool>,
     /// It has a scheduler in the worker's wakers (created when it paused).
     waker: Cell<bool>,
+    /// Its request headers wait for its root's load-time callouts
+    /// (`Some(end_of_stream)`): [`warming`].
+    held: Cell<Option<bool>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -247,6 +250,12 @@ struct Thread {
     next_due: Option<u64>,
     /// Root callouts in flight: SDK token → root context.
     root_calls: FastMap<u32, u32>,
+    /// The worker roots' load-time callouts in flight (started by their
+    /// `on_configure`): SDK token → root context ([`warming`]).
+    warm: FastMap<u32, u32>,
+    /// Streams whose request headers wait for their root's load-time
+    /// callouts → that root.
+    held: FastMap<FilterPtr, u32>,
     /// Main thread: (configuration, Envoy callout id) → whose it is.
     config_callouts: FastMap<(usize, u64), Origin>,
     /// Paused streams' schedulers on this worker.
@@ -394,6 +403,7 @@ fn ensure_root(config: &Arc<Config>) -> Option<u32> {
             t.roots.insert(key, (Arc::downgrade(config), 0));
             t.ticks.remove(id);
             t.root_calls.retain(|_, r| *r != id);
+            t.warm.retain(|_, r| *r != id);
             t.next_due = t.ticks.next_due();
             return false;
         }
@@ -439,6 +449,7 @@ fn sweep_roots() {
             t.roots.remove(&key);
             t.ticks.remove(id);
             t.root_calls.retain(|_, r| *r != id);
+            t.warm.retain(|_, r| *r != id);
             t.next_due = t.ticks.next_due();
         });
         if id != 0 {
@@ -564,6 +575,7 @@ pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
         context,
         logged: Cell::new(false),
         waker: Cell::new(false),
+        held: Cell::new(None),
     }
 }
 
@@ -616,6 +628,9 @@ pub fn request_headers(s: &Stream, eos: bool) -> u32 {
     if s.context == 0 {
         refuse(s);
         return STOP_ITERATION;
+    }
+    if hold(s, eos) {
+        return STOP_ALL;
     }
     let n = envoy::headers_count(s.filter, REQUEST_HEADERS);
     let (a, responded) = call(s, Phase::RequestHeaders, |id| {
@@ -718,6 +733,9 @@ pub fn destroy(s: Stream) {
         t.contexts.remove(&s.context);
         t.callouts.remove(&s.filter);
         t.posted.remove(&s.filter);
+        if s.held.get().is_some() {
+            t.held.remove(&s.filter);
+        }
     });
     if s.waker.get() {
         drop_waker(s.filter);
@@ -1360,7 +1378,14 @@ fn root_http_call(
             timeout_ms,
         });
     }
-    with(|t| t.root_calls.insert(token, root));
+    with(|t| {
+        t.root_calls.insert(token, root);
+        // A callout of a worker root's `on_configure`: a wasm VM's root
+        // made it at load, before any request (warming).
+        if t.configuring.is_some() {
+            t.warm.insert(token, root);
+        }
+    });
     commit_work(&cur.config);
     Ok(token)
 }
@@ -1444,19 +1469,99 @@ fn deliver(root: u32, token: u32, headers: Headers, body: Vec<u8>) {
     if with(|t| t.root_calls.remove(&token)).is_none() {
         return;
     }
-    let Some(config) = root_config(root) else {
+    let warm = with(|t| t.warm.remove(&token).is_some());
+    if let Some(config) = root_config(root) {
+        let (nh, nb) = (headers.len(), body.len());
+        let prev = with(|t| t.call_response.replace((headers, body)));
+        let cur = Current {
+            context: root,
+            filter: None,
+            config,
+            phase: Phase::CallResponse,
+        };
+        enter(cur, || sdk::on_http_call_response(root, token, nh, nb));
+        with(|t| t.call_response = prev);
+    }
+    if warm {
+        release_held(root);
+    }
+}
+
+// ------------------------------------------------------------ warming roots
+
+/// A worker's root is created by its first stream, where a wasm VM's root
+/// has existed since load: the callouts its `on_configure` started (oidc's
+/// discovery fetch) would have been answered before any request. So a
+/// stream of that configuration on that worker holds its request headers
+/// (Envoy buffers the rest: StopAllIteration) until those answers have been
+/// delivered, then runs them from its own scheduler event. Bounded by the
+/// callouts' own timeouts (an answer always comes, empty when the callout
+/// failed). Not for blocks with `allow_on_headers_stop_iteration` (their
+/// filter expects body callbacks while its headers are stopped) or when the
+/// stream gets no scheduler: those are served at once, as before.
+fn warming(config: &Arc<Config>) -> Option<u32> {
+    with(|t| {
+        if t.warm.is_empty() {
+            return None;
+        }
+        let (_, root) = t.roots.get(&config_key(config))?;
+        t.warm.values().any(|r| r == root).then_some(*root)
+    })
+}
+
+/// Holds `s`'s request headers while its root is warming: whether it did.
+fn hold(s: &Stream, eos: bool) -> bool {
+    if s.config.env.allow_on_headers_stop_iteration {
+        return false;
+    }
+    let Some(root) = warming(&s.config) else {
+        return false;
+    };
+    paused(s);
+    if !s.waker.get() {
+        return false;
+    }
+    s.held.set(Some(eos));
+    with(|t| t.held.insert(s.filter, root));
+    true
+}
+
+/// Root `root` is warm: its held streams run from their own events.
+fn release_held(root: u32) {
+    with(|t| {
+        if t.warm.values().any(|r| *r == root) {
+            return;
+        }
+        for (f, r) in &t.held {
+            if *r == root {
+                if let Some(w) = t.wakers.get(f) {
+                    envoy::stream_scheduler_commit(*w, EVENT_POSTED);
+                }
+            }
+        }
+    });
+}
+
+/// In `s`'s own event: its held request headers, if its root is warm now.
+fn resume_held(s: &Stream) {
+    let Some(eos) = s.held.get() else { return };
+    if warming(&s.config).is_some() {
         return;
-    };
-    let (nh, nb) = (headers.len(), body.len());
-    let prev = with(|t| t.call_response.replace((headers, body)));
-    let cur = Current {
-        context: root,
-        filter: None,
-        config,
-        phase: Phase::CallResponse,
-    };
-    enter(cur, || sdk::on_http_call_response(root, token, nh, nb));
-    with(|t| t.call_response = prev);
+    }
+    s.held.set(None);
+    with(|t| t.held.remove(&s.filter));
+    let n = envoy::headers_count(s.filter, REQUEST_HEADERS);
+    let (a, responded) = call(s, Phase::RequestHeaders, |id| {
+        sdk::on_request_headers(id, n, eos)
+    });
+    if responded {
+        return;
+    }
+    if a == 0 {
+        envoy::continue_decoding(s.filter);
+    } else {
+        paused(s);
+    }
 }
 
 /// Runs the due ticks of this thread's root contexts.
@@ -1610,6 +1715,7 @@ pub fn scheduled(s: &Stream, event: u64) {
         lock(&timer().0).sched.woken(w);
         worker_work(false);
     }
+    resume_held(s);
 }
 
 struct Timer {
