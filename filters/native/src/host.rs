@@ -549,6 +549,7 @@ pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
             context: RAW,
             logged: Cell::new(true),
             waker: Cell::new(false),
+            held: Cell::new(None),
         };
     }
     let root = ensure_root(config);
