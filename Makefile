@@ -273,7 +273,7 @@ test-native: build-wasm build-native build-native-module venv redis http2-tools 
 # chain), plus the render and load checks of tests/native.
 NATIVE_CHAIN_TESTS ?= $(NATIVE_TESTS)
 
-test-native-chain: build-wasm build-chain build-native build-native-module venv redis http2-tools ## the integration subset on WASM_BUILD=native-chain (each gateway ONE native filter)
+test-native-chain: build-wasm build-chain build-native build-native-module venv redis http2-tools browser ## the integration subset on WASM_BUILD=native-chain (each gateway ONE native filter)
 	$(VPY) -m pytest -c tests/pytest.ini tests/native/test_native_render.py tests/native/test_native_symbols.py -k native_chain $(PYTEST_ARGS)
 	WASM_BUILD=native-chain $(VPY) -m pytest $(addprefix tests/integration/,$(NATIVE_CHAIN_TESTS)) $(PYTEST_ARGS)
 
