@@ -1497,9 +1497,13 @@ fn deliver(root: u32, token: u32, headers: Headers, body: Vec<u8>) {
 /// (Envoy buffers the rest: StopAllIteration) until those answers have been
 /// delivered, then runs them from its own scheduler event. Bounded by the
 /// callouts' own timeouts (an answer always comes, empty when the callout
-/// failed). Not for blocks with `allow_on_headers_stop_iteration` (their
-/// filter expects body callbacks while its headers are stopped) or when the
-/// stream gets no scheduler: those are served at once, as before.
+/// failed). A block with `allow_on_headers_stop_iteration` (its filter
+/// expects body callbacks while its headers are stopped: a native chain
+/// whose parts read bodies) is held only for a request without a body
+/// (end of stream on the headers: no body callback can come); a request
+/// with a body, or a stream that gets no scheduler, is served at once, as
+/// before (oidc then answers 503 `provider_unavailable` until the fetch
+/// is in: fail closed, retryable).
 fn warming(config: &Arc<Config>) -> Option<u32> {
     with(|t| {
         if t.warm.is_empty() {
@@ -1512,7 +1516,7 @@ fn warming(config: &Arc<Config>) -> Option<u32> {
 
 /// Holds `s`'s request headers while its root is warming: whether it did.
 fn hold(s: &Stream, eos: bool) -> bool {
-    if s.config.env.allow_on_headers_stop_iteration {
+    if s.config.env.allow_on_headers_stop_iteration && !eos {
         return false;
     }
     let Some(root) = warming(&s.config) else {
