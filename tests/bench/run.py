@@ -159,6 +159,13 @@ NATIVE_FLOOR_PORTS = {("bench_raw", 1): 10507, ("bench_noop", 1): 10508,
 #: gateway on these ports ("module base cached", "web native base").
 NATIVE_BASE = os.environ.get("BENCH_NATIVE_BASE")
 NATIVE_BASE_PORTS = {"jwt": 10511, "web": 10512}
+#: The experiment of docs/performance.md "jwt straight against the callbacks":
+#: the jwt-alone native listener with its block's filter_name replaced by the
+#: bench-only `bench_jwt_direct` (jwt's pure request path straight over the
+#: dynamic-module callbacks, no proxy-wasm host), the same jwt configuration
+#: minus `shared_store` (the direct path refuses one-time routes claimed in a
+#: shared store; the benched GET route never claims one).
+JWT_DIRECT_PORT = 10513
 # e2ee natively (issue 26): the app gateway cut to the filters the native
 # build serves (tests/integration/native_app.py: sanitize → replay-guard,
 # reports off → e2ee → sanitize-body → route-breaker), once as wasm modules
@@ -497,6 +504,7 @@ def native_targets(mat: Material) -> list[dict]:
               lat=True),
             T("app signed native-chain", "builds", APP_NATIVE_CHAIN_PORT, "bare", feed="signed", lat=True),
             T("module cached", "jwt", JWT_MODULE_PORT, "bare", headers=auth),
+            T("module direct cached", "jwt", JWT_DIRECT_PORT, "bare", headers=auth),
             T("module new RS256", "jwt", JWT_MODULE_PORT, "bare", feed="new-RS256"),
             T("module new ES256", "jwt", JWT_MODULE_PORT, "bare", feed="new-ES256")]
 
@@ -574,6 +582,7 @@ def native_listeners(cfg: dict) -> list[dict]:
     if jwt is not None:
         out.append(jwt)
         out += native_floor_listeners(jwt)
+        out.append(native_direct_listener(jwt))
         if NATIVE_BASE:
             out += native_base_listeners(jwt, next((lis for lis in out if lis["name"] == "web_native"), None))
     return out
@@ -605,6 +614,22 @@ def native_floor_listeners(jwt: dict) -> list[dict]:
         hcm["http_filters"][at:at + 1] = [{"name": f"{floor}_{i}", "typed_config": tc} for i in range(n)]
         out.append(lis)
     return out
+
+
+def native_direct_listener(jwt: dict) -> dict:
+    """JWT_DIRECT_PORT: the jwt-alone native listener, its block running
+    `bench_jwt_direct` with the same jwt configuration minus `shared_store`."""
+    lis = _renamed(jwt, "jwt_module_direct", JWT_DIRECT_PORT)
+    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+    [block] = [h for h in hcm["http_filters"] if "dynamic_modules" in h.get("typed_config", {}).get("@type", "")]
+    tc = block["typed_config"]
+    env = json.loads(tc["filter_config"]["value"])
+    conf = json.loads(env["config"])
+    conf.pop("shared_store", None)
+    env["config"] = json.dumps(conf)
+    tc["filter_name"] = "bench_jwt_direct"
+    tc["filter_config"] = {**tc["filter_config"], "value": json.dumps(env)}
+    return lis
 
 
 def native_base_listeners(jwt: dict, web: dict | None) -> list[dict]:
@@ -1595,6 +1620,7 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                                                    "native module (libgateway_native.so)"), nat)]))
         floors = [(name, by[name]) for name in ("native floor raw", "native floor noop", "native floor raw x5",
                                                 "native floor noop x5", "module base cached", "module cached",
+                                                "module direct cached",
                                                 "web native base", "web native") if name in by]
         if any(name.startswith("native floor") for name, _ in floors):
             out.append(table("Native floors (docs/native.md, \"Floors\"): bench_raw (hooks answer Continue, no host), "

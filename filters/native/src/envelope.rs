@@ -49,8 +49,12 @@ pub const FILTERS: [&str; 10] = [
 /// * `bench_raw`: every Envoy hook answers Continue at once (no root, no
 ///   proxy-wasm context): what any dynamic-module filter costs Envoy;
 /// * `bench_noop`: a root and an empty HTTP context through the whole host
-///   and the proxy-wasm SDK's dispatcher: the floor of a native filter here.
-pub const BENCH_FILTERS: [&str; 2] = ["bench_raw", "bench_noop"];
+///   and the proxy-wasm SDK's dispatcher: the floor of a native filter here;
+/// * `bench_jwt_direct`: an experiment (docs/native.md, "Floors"): jwt's
+///   pure request path (its own config loader and `jwt::filter`) written
+///   straight against the dynamic-module callbacks, no proxy-wasm host
+///   (`crate::direct`): what the proxy-wasm layer costs jwt's cached path.
+pub const BENCH_FILTERS: [&str; 3] = ["bench_raw", "bench_noop", "bench_jwt_direct"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +93,21 @@ impl Envelope {
     /// `bench_raw`: the hooks answer Continue without the host.
     pub fn raw(&self) -> bool {
         self.name() == "bench_raw"
+    }
+
+    /// `bench_jwt_direct`: jwt's request path without the proxy-wasm host.
+    pub fn direct(&self) -> bool {
+        self.name() == "bench_jwt_direct"
+    }
+
+    /// The filter whose metrics the block counts (`bench_jwt_direct`
+    /// counts jwt's).
+    pub fn metrics_name(&self) -> &'static str {
+        if self.direct() {
+            "jwt"
+        } else {
+            self.name()
+        }
     }
 }
 
@@ -174,5 +193,9 @@ mod tests {
         assert_eq!(e.name(), "bench_noop");
         assert!(!e.raw());
         assert!(!parse(b"jwt", br#"{"config": ""}"#).unwrap().raw());
+        let e = parse(b"bench_jwt_direct", br#"{"config": "{}"}"#).unwrap();
+        assert!(e.direct() && !e.raw());
+        assert_eq!(e.metrics_name(), "jwt");
+        assert!(!parse(b"jwt", br#"{"config": ""}"#).unwrap().direct());
     }
 }

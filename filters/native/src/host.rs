@@ -476,7 +476,7 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
     };
     let scheduler = envoy::config_scheduler_new(envoy_ptr);
     let mut labelled = HashMap::new();
-    for (name, labels) in metrics::labelled_for(env.name()) {
+    for (name, labels) in metrics::labelled_for(env.metrics_name()) {
         let ls: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
         match envoy::define_metric(envoy_ptr, 0, name.as_bytes(), &ls) {
             Ok(id) => {
@@ -508,6 +508,17 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
     if c.env.raw() {
         // bench_raw: no root, no context (crate::envelope::BENCH_FILTERS).
         with(|t| t.defining = false);
+        return Some(c);
+    }
+    if c.env.direct() {
+        // bench_jwt_direct: no root either; jwt's checks and counters here.
+        let ok = crate::direct::configure(&c);
+        with(|t| t.defining = false);
+        if !ok {
+            config_destroy(c);
+            return None;
+        }
+        register_for_flushes(&c);
         return Some(c);
     }
     let root = ensure_root(&c);
@@ -542,7 +553,7 @@ pub fn config_destroy(c: ConfigHandle) {
 
 /// Worker thread: a new stream of `config`'s filter.
 pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
-    if config.env.raw() {
+    if config.env.raw() || config.env.direct() {
         return Stream {
             config: config.clone(),
             filter,
@@ -624,6 +635,9 @@ fn body_status(action: u32, responded: bool) -> u32 {
 
 pub fn request_headers(s: &Stream, eos: bool) -> u32 {
     if s.context == RAW {
+        if s.config.env.direct() {
+            return crate::direct::request_headers(&s.config, s.filter);
+        }
         return CONTINUE;
     }
     if s.context == 0 {
@@ -779,6 +793,47 @@ pub fn callout_done(
 }
 
 // ------------------------------------------------------------------ metrics
+
+impl Config {
+    /// The block's envelope (crate::direct reads its configuration).
+    pub(crate) fn envelope(&self) -> &Envelope {
+        &self.env
+    }
+}
+
+/// Main thread, inside `config_new`: counter `name` defined in Envoy on
+/// `c` (crate::direct, which has no root context to define it through).
+pub(crate) fn define_config_counter(c: &Config, name: &str) -> Option<u32> {
+    let id = lock(registry()).define(Kind::Counter, name)?;
+    match envoy::define_metric(c.envoy, 0, name.as_bytes(), &[]) {
+        Ok(e) => {
+            lock(&c.envoy_ids).insert(id, e);
+        }
+        Err(r) => log(
+            3,
+            format!("gateway_native: could not define {name} (metrics result {r})").as_bytes(),
+        ),
+    }
+    Some(id)
+}
+
+/// The registry's id of counter `name` (crate::direct).
+pub(crate) fn counter_id(name: &str) -> Option<u32> {
+    lock(registry()).define(Kind::Counter, name)
+}
+
+/// Counts one of each of `ids` on `c` (crate::direct), flushed as the
+/// filters' increments are.
+pub(crate) fn count(c: &Config, ids: &[u32]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut p = lock(&c.pending);
+    for id in ids {
+        p.increment(*id, 1);
+    }
+    schedule_flush(c, &mut p);
+}
 
 /// Main thread: hands what the workers counted to Envoy.
 pub fn flush_metrics(c: &Config) {
