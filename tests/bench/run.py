@@ -165,7 +165,7 @@ NATIVE_BASE_PORTS = {"jwt": 10511, "web": 10512}
 #: dynamic-module callbacks, no proxy-wasm host), the same jwt configuration
 #: minus `shared_store` (the direct path refuses one-time routes claimed in a
 #: shared store; the benched GET route never claims one).
-JWT_DIRECT_PORT = 10513
+JWT_DIRECT_PORT = 10515
 # e2ee natively (issue 26): the app gateway cut to the filters the native
 # build serves (tests/integration/native_app.py: sanitize → replay-guard,
 # reports off → e2ee → sanitize-body → route-breaker), once as wasm modules
