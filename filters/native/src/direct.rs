@@ -40,11 +40,7 @@ use jwt::filter::{self, Env, Outcome, ProviderKeys, Result_};
 use jwt::jti::JtiStore;
 
 use crate::ffi::{envoy, FilterPtr};
-use crate::host::{self, Config};
-use crate::props::{self, Source};
-
-/// abi.h header map type of the request headers.
-const REQUEST_HEADERS: u32 = 0;
+use crate::host::{self, Config, REQUEST_HEADERS};
 
 /// jwt's counters (its glue's `Metrics`, filters/jwt/src/lib.rs), by name.
 const COUNTERS: [&str; 12] = [
@@ -190,14 +186,7 @@ pub fn request_headers(c: &Arc<Config>, f: FilterPtr) -> u32 {
 }
 
 fn send_failure(f: FilterPtr) {
-    let body = crate::failure_body("bench_jwt_direct");
-    envoy::send_response(
-        f,
-        503,
-        &[(b"content-type".to_vec(), b"application/json".to_vec())],
-        body.as_bytes(),
-        b"gateway_native_unavailable",
-    );
+    host::send_failure(f, "bench_jwt_direct");
 }
 
 fn run(c: &Arc<Config>, f: FilterPtr) -> u32 {
@@ -312,12 +301,12 @@ impl HttpHost for Direct {
         })
     }
     fn request_header(&self, name: &str) -> Option<String> {
-        let values = envoy::header_values(self.f, REQUEST_HEADERS, name.as_bytes());
-        if values.is_empty() {
-            return None;
-        }
-        // Envoy's wasm host joins repeated headers with ",".
-        Some(lossy(&values.join(&b","[..])))
+        host::joined(envoy::header_values(
+            self.f,
+            REQUEST_HEADERS,
+            name.as_bytes(),
+        ))
+        .map(|v| lossy(&v))
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         envoy::set_header(
@@ -346,20 +335,11 @@ impl HttpHost for Direct {
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         let segments: Vec<&[u8]> = path.iter().map(|s| s.as_bytes()).collect();
-        match props::source(&segments) {
-            Source::RootId => Some(b"jwt".to_vec()),
-            Source::StringAttribute(id) => envoy::attribute_string(self.f, id),
-            Source::IntAttribute(id) => envoy::attribute_int(self.f, id).map(props::int_bytes),
-            Source::FilterState(key) => envoy::filter_state(self.f, key.as_bytes()),
-            Source::PeerCertificate | Source::Unsupported => None,
-        }
+        host::property(Some(self.f), "jwt", false, &segments)
     }
     fn set_property(&mut self, path: &[&str], value: &[u8]) {
         let segments: Vec<&[u8]> = path.iter().map(|s| s.as_bytes()).collect();
-        let key = props::filter_state_key(&segments);
-        if !envoy::set_filter_state(self.f, key.as_bytes(), value) {
-            host::log(3, format!("set_property {key} refused").as_bytes());
-        }
+        host::set_filter_state_property(self.f, &segments, value);
     }
     fn now(&self) -> SystemTime {
         SystemTime::now()

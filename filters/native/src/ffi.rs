@@ -402,37 +402,14 @@ pub mod envoy {
         unsafe { envoy_dynamic_module_callback_http_get_body_size(f.raw(), kind) }
     }
 
-    /// All headers of map `kind`, in order.
+    /// All headers of map `kind`, in order (copies).
     pub fn headers(f: FilterPtr, kind: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
-        // SAFETY: `f` is the live filter of the current hook.
-        let n = unsafe { envoy_dynamic_module_callback_http_get_headers_size(f.raw(), kind) };
-        if n == 0 {
-            return Vec::new();
-        }
-        let mut raw = vec![
-            EnvoyHeader {
-                key_ptr: std::ptr::null(),
-                key_length: 0,
-                value_ptr: std::ptr::null(),
-                value_length: 0
-            };
-            n
-        ];
-        // SAFETY: `raw` has room for the `n` headers Envoy just counted.
-        let ok = unsafe {
-            envoy_dynamic_module_callback_http_get_headers(f.raw(), kind, raw.as_mut_ptr())
-        };
-        if !ok {
-            return Vec::new();
-        }
-        raw.iter()
-            .map(|h| {
-                (
-                    copy_envoy(h.key_ptr, h.key_length),
-                    copy_envoy(h.value_ptr, h.value_length),
-                )
-            })
-            .collect()
+        with_headers(f, kind, |pairs| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect()
+        })
     }
 
     /// All headers of map `kind`, in order, borrowed from Envoy's own

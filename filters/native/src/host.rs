@@ -57,7 +57,8 @@ pub const BODY_STOP_AND_BUFFER: u32 = 1;
 pub const BODY_STOP_NO_BUFFER: u32 = 3;
 
 /// abi.h header map types (and proxy-wasm's `MapType` 0..3, the same numbers).
-const REQUEST_HEADERS: u32 = 0;
+/// abi.h header map type of the request headers.
+pub(crate) const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
 /// Set by Envoy from the verified connection where the listener says so
 /// (`peer_certificate_from_xfcc`, crate::envelope).
@@ -604,9 +605,14 @@ fn call(s: &Stream, phase: Phase, f: impl FnOnce(u32) -> u32) -> (u32, bool) {
 /// The 503 a stream without a working context answers (fail closed, like
 /// the wasm blocks' `failure_policy: FAIL_CLOSED`).
 fn refuse(s: &Stream) {
-    let body = crate::failure_body(s.config.env.name());
+    send_failure(s.filter, s.config.env.name());
+}
+
+/// Answers stream `f` 503 with [`crate::failure_body`] of `filter`.
+pub(crate) fn send_failure(f: FilterPtr, filter: &str) {
+    let body = crate::failure_body(filter);
     envoy::send_response(
-        s.filter,
+        f,
         503,
         &[(b"content-type".to_vec(), b"application/json".to_vec())],
         body.as_bytes(),
@@ -1165,10 +1171,15 @@ pub fn get_map_value(map: u32, key: &[u8]) -> Option<Vec<u8>> {
             .map(|(_, v)| v)
             .collect(),
     };
+    joined(values)
+}
+
+/// One value of a header given `values`: Envoy's wasm host joins repeated
+/// headers with "," when one value is asked for; none is `None`.
+pub(crate) fn joined(values: Vec<Vec<u8>>) -> Option<Vec<u8>> {
     if values.len() <= 1 {
         return values.into_iter().next();
     }
-    // Envoy's wasm host joins repeated headers with "," when one value is asked for.
     Some(values.join(&b","[..]))
 }
 
@@ -1215,14 +1226,31 @@ pub fn add_map_value(map: u32, key: &[u8], value: &[u8]) {
 
 pub fn get_property(path: &[u8]) -> Option<Vec<u8>> {
     let cur = current()?;
-    let segments = codec::split_path(path);
-    match props::source(&segments) {
-        Source::RootId => Some(cur.config.env.name().as_bytes().to_vec()),
-        Source::StringAttribute(id) => envoy::attribute_string(cur.filter?, id),
-        Source::IntAttribute(id) => envoy::attribute_int(cur.filter?, id).map(props::int_bytes),
-        Source::FilterState(key) => envoy::filter_state(cur.filter?, key.as_bytes()),
-        Source::PeerCertificate if cur.config.env.peer_certificate_from_xfcc => {
-            let values = envoy::header_values(cur.filter?, REQUEST_HEADERS, XFCC);
+    let env = &cur.config.env;
+    property(
+        cur.filter,
+        env.name(),
+        env.peer_certificate_from_xfcc,
+        &codec::split_path(path),
+    )
+}
+
+/// Property `segments` of stream `f` (none: a root context) for filter
+/// `root_id`; `peer_xfcc`: the certificate from the XFCC Envoy set
+/// (crate::envelope).
+pub(crate) fn property(
+    f: Option<FilterPtr>,
+    root_id: &str,
+    peer_xfcc: bool,
+    segments: &[&[u8]],
+) -> Option<Vec<u8>> {
+    match props::source(segments) {
+        Source::RootId => Some(root_id.as_bytes().to_vec()),
+        Source::StringAttribute(id) => envoy::attribute_string(f?, id),
+        Source::IntAttribute(id) => envoy::attribute_int(f?, id).map(props::int_bytes),
+        Source::FilterState(key) => envoy::filter_state(f?, key.as_bytes()),
+        Source::PeerCertificate if peer_xfcc => {
+            let values = envoy::header_values(f?, REQUEST_HEADERS, XFCC);
             let values: Vec<&str> = values
                 .iter()
                 .filter_map(|v| std::str::from_utf8(v).ok())
@@ -1240,7 +1268,12 @@ pub fn set_property(path: &[u8], value: &[u8]) {
     else {
         return;
     };
-    let key = props::filter_state_key(&codec::split_path(path));
+    set_filter_state_property(f, &codec::split_path(path), value);
+}
+
+/// `set_property` on stream `f`: filter state `wasm.<path>` (as in wasm).
+pub(crate) fn set_filter_state_property(f: FilterPtr, segments: &[&[u8]], value: &[u8]) {
+    let key = props::filter_state_key(segments);
     if !envoy::set_filter_state(f, key.as_bytes(), value) {
         log(3, format!("set_property {key} refused").as_bytes());
     }
