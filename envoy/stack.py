@@ -334,7 +334,9 @@ class Stack:
         dynamic: bool = True,
         wasm_build: str | None = None,
         environment: Mapping[str, str] | None = None,
+        redis_maxmemory: str = "64mb",
     ):
+        self.redis_maxmemory = redis_maxmemory
         self.extra_listeners = list(extra_listeners or [])
         self.extra_clusters = list(extra_clusters or [])
         self.envoy_args = list(envoy_args)
@@ -772,7 +774,7 @@ class Stack:
             "appendonly yes",
             "appendfsync everysec",
             'save ""',
-            "maxmemory 64mb",
+            f"maxmemory {self.redis_maxmemory}",
             "maxmemory-policy noeviction",
             'logfile ""',
             f"user default on >{pw} ~* &* +@all",

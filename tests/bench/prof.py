@@ -10,6 +10,10 @@ module). For symbols in the module, build it unstripped first:
 build-native-module`.
 
     .venv/bin/python tests/bench/prof.py 10509:raw5 10510:noop5 [--seconds 6] [--auth]
+    .venv/bin/python tests/bench/prof.py "e2ee native encrypted 1 KiB:enc1" "e2ee native plain 1 KiB:plain1"
+
+A target is a port (GET /api/v1/users/1) or the name of a `make bench`
+target (its path, headers and request feed: signed, orders, tokens).
 
 Output: build/bench/prof/<label>.data (perf report -i … for more).
 """
@@ -25,7 +29,7 @@ import run as R  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("targets", nargs="+", help="PORT:LABEL")
+    ap.add_argument("targets", nargs="+", help="PORT:LABEL or TARGET NAME:LABEL")
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--auth", action="store_true", help="send the cached valid token")
     args = ap.parse_args()
@@ -39,10 +43,22 @@ def main() -> int:
         pid = st.envoy_pid()
         R.pin(pid, "0")
         hdr = ["-H", f"authorization: Bearer {mat.cached}"] if args.auth else []
+        named = {t["name"]: t for t in R.main_targets(mat) + R.native_targets(mat) + R.e2ee_native_targets()}
+        runner = R.Runner(mat, pid, args.seconds)
+        (R.OUT / "cycle.lua").write_text(R.LUA)
         for t in args.targets:
-            port, label = t.split(":")
-            url = f"http://127.0.0.1:{port}{R.USERS}"
-            wrk = ["taskset", "-c", "1", "wrk", "-t1", "-c8", *hdr, url]
+            name, label = t.rsplit(":", 1)
+            if name.isdigit():
+                port = name
+                wrk = ["taskset", "-c", "1", "wrk", "-t1", "-c8", *hdr, f"http://127.0.0.1:{port}{R.USERS}"]
+            else:
+                tgt = named[name]
+                port = tgt["port"]
+                h = [x for k, v in tgt["headers"].items() for x in ("-H", f"{k}: {v}")]
+                wrk = ["taskset", "-c", "1", "wrk", "-t1", "-c8", *h, f"http://127.0.0.1:{port}{tgt['path']}"]
+                script = runner._script(tgt, 20000 * (args.seconds + 2))
+                if script:
+                    wrk += ["-s", str(R.OUT / "cycle.lua"), "--", str(script[0]), str(script[1])]
             subprocess.run([*wrk[:5], "-d2s", *wrk[5:]], capture_output=True, check=True)
             data = out / f"{label}.data"
             p = subprocess.Popen(["perf", "record", "-F", "4999", "-g", "-p", str(pid), "-o", str(data), "--",

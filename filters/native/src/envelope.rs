@@ -54,7 +54,15 @@ pub const FILTERS: [&str; 10] = [
 ///   pure request path (its own config loader and `jwt::filter`) written
 ///   straight against the dynamic-module callbacks, no proxy-wasm host
 ///   (`crate::direct`): what the proxy-wasm layer costs jwt's cached path.
-pub const BENCH_FILTERS: [&str; 3] = ["bench_raw", "bench_noop", "bench_jwt_direct"];
+/// * `bench_claim_direct`: an experiment (docs/performance.md, "The claim
+///   without Envoy's HTTP client"): each request claims a fresh key in
+///   Redis over a connection the module owns, not through a callout.
+pub const BENCH_FILTERS: [&str; 4] = [
+    "bench_raw",
+    "bench_noop",
+    "bench_jwt_direct",
+    "bench_claim_direct",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +106,11 @@ impl Envelope {
     /// `bench_jwt_direct`: jwt's request path without the proxy-wasm host.
     pub fn direct(&self) -> bool {
         self.name() == "bench_jwt_direct"
+    }
+
+    /// `bench_claim_direct`: a claim over the module's own Redis connection.
+    pub fn claim_direct(&self) -> bool {
+        self.name() == "bench_claim_direct"
     }
 
     /// The filter whose metrics the block counts (`bench_jwt_direct`

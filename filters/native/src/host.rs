@@ -511,6 +511,16 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
         with(|t| t.defining = false);
         return Some(c);
     }
+    if c.env.claim_direct() {
+        // bench_claim_direct: no root; its settings checked here.
+        let ok = crate::claim::configure(&c);
+        with(|t| t.defining = false);
+        if !ok {
+            config_destroy(c);
+            return None;
+        }
+        return Some(c);
+    }
     if c.env.direct() {
         // bench_jwt_direct: no root either; jwt's checks and counters here.
         let ok = crate::direct::configure(&c);
@@ -554,7 +564,7 @@ pub fn config_destroy(c: ConfigHandle) {
 
 /// Worker thread: a new stream of `config`'s filter.
 pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
-    if config.env.raw() || config.env.direct() {
+    if config.env.raw() || config.env.direct() || config.env.claim_direct() {
         return Stream {
             config: config.clone(),
             filter,
@@ -643,6 +653,9 @@ pub fn request_headers(s: &Stream, eos: bool) -> u32 {
     if s.context == RAW {
         if s.config.env.direct() {
             return crate::direct::request_headers(&s.config, s.filter);
+        }
+        if s.config.env.claim_direct() {
+            return crate::claim::request_headers(&s.config, s.filter);
         }
         return CONTINUE;
     }
@@ -746,6 +759,9 @@ pub fn stream_complete(s: &Stream) {
 }
 
 pub fn destroy(s: Stream) {
+    if s.context == RAW && s.config.env.claim_direct() {
+        crate::claim::destroy(s.filter);
+    }
     if s.context == 0 || s.context == RAW {
         return;
     }
@@ -1801,6 +1817,12 @@ fn drop_waker(f: FilterPtr) {
 /// Worker: a stream's scheduler event (the timer's wake-up, or root work's
 /// actions for this stream).
 pub fn scheduled(s: &Stream, event: u64) {
+    if s.context == RAW {
+        if s.config.env.claim_direct() {
+            crate::claim::scheduled(s.filter);
+        }
+        return;
+    }
     let posted = with(|t| t.posted.remove(&s.filter)).unwrap_or_default();
     run_deferred(posted, None);
     if event == EVENT_WORK {

@@ -27,6 +27,8 @@ pub mod shared;
 pub mod ticks;
 
 #[cfg(gateway_native)]
+mod claim;
+#[cfg(gateway_native)]
 mod direct;
 #[cfg(gateway_native)]
 #[allow(unsafe_code)]
