@@ -28,7 +28,6 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_native_jwt_direct as jd  # noqa: E402  (its Envoy/echo helpers)
@@ -79,7 +78,6 @@ def stack(tmp_path_factory):
     filt["name"] = "claim"
     cfg = tmp / "envoy.yaml"
     cfg.write_text(json.dumps(jd.bootstrap(admin, echo.server_address[1], [jd.listener("claim", port, filt)])))
-    log = cfg.with_suffix(".log")
     proc = None
     try:
         deadline = time.monotonic() + 10
@@ -91,20 +89,7 @@ def stack(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, "redis-server did not answer PING"
             time.sleep(0.05)
-        with log.open("w") as out:
-            proc = subprocess.Popen([str(jd.ENVOY), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                                     "--base-id", str(admin), "--log-level", "info"],
-                                    stdout=out, stderr=subprocess.STDOUT, env=jd.envoy_env())
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{admin}/ready", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
+        proc, log = jd.start_envoy(cfg, admin)
         yield {"port": port, "redis": rport, "redis_proc": redis, "envoy": proc, "log": log}
     finally:
         if proc is not None:

@@ -117,6 +117,18 @@ def envoy(tmp_path_factory):
     cfg.write_text(json.dumps(bootstrap(admin, echo.server_address[1], [
         listener("module", module, block("jwt", conf)),
         listener("direct", direct, block("bench_jwt_direct", conf))])))
+    proc, log = start_envoy(cfg, admin)
+    try:
+        yield {"module": module, "direct": direct, "admin": admin, "log": log}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        echo.shutdown()
+
+
+def start_envoy(cfg: Path, admin: int) -> tuple[subprocess.Popen, Path]:
+    """Envoy on `cfg` (its log beside it), once its admin says /ready; on a
+    failed start it is stopped and the log's tail is the assertion."""
     log = cfg.with_suffix(".log")
     with log.open("w") as out:
         proc = subprocess.Popen([str(ENVOY), "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
@@ -128,16 +140,15 @@ def envoy(tmp_path_factory):
             assert proc.poll() is None, log.read_text()[-3000:]
             try:
                 if requests.get(f"http://127.0.0.1:{admin}/ready", timeout=1).status_code == 200:
-                    break
+                    return proc, log
             except requests.ConnectionError:
                 pass
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
-        yield {"module": module, "direct": direct, "admin": admin, "log": log}
-    finally:
+    except BaseException:
         proc.terminate()
         proc.wait(timeout=10)
-        echo.shutdown()
+        raise
 
 
 def get(port: int, path: str, headers: dict | None = None) -> requests.Response:
