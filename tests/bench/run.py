@@ -595,8 +595,9 @@ def e2ee_native_listeners(cfg: dict) -> list[dict]:
     return out
 
 
-def _drop_shared_store(lis: dict, root_id: str) -> None:
-    """Removes `shared_store` from the wasm block `root_id` of a listener."""
+def _drop_shared_store(lis: dict, root_id: str, update: dict | None = None) -> None:
+    """Removes `shared_store` from the ONE wasm block `root_id` of a listener
+    (and sets `update`'s keys in its configuration)."""
     changed = 0
     for fc in lis["filter_chains"]:
         for net in fc["filters"]:
@@ -605,6 +606,7 @@ def _drop_shared_store(lis: dict, root_id: str) -> None:
                 if conf.get("root_id") == root_id:
                     c = json.loads(conf["configuration"]["value"])
                     c.pop("shared_store")
+                    c.update(update or {})
                     conf["configuration"]["value"] = json.dumps(c)
                     changed += 1
     assert changed == 1, (root_id, changed)
@@ -662,6 +664,27 @@ def _renamed(lis: dict, name: str, port: int) -> dict:
     return lis
 
 
+def _module_block(lis: dict) -> dict:
+    """The ONE dynamic-module block of a single-filter-chain listener."""
+    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+    [block] = [h for h in hcm["http_filters"] if "dynamic_modules" in h.get("typed_config", {}).get("@type", "")]
+    return block
+
+
+def _native_config(tc: dict) -> dict:
+    """A native block's filter configuration (inside its envelope)."""
+    return json.loads(json.loads(tc["filter_config"]["value"])["config"])
+
+
+def _with_native_config(tc: dict, conf: dict | str, filter_name: str | None = None) -> dict:
+    """`tc` with its envelope's configuration (and filter) replaced; the
+    envelope's other fields kept."""
+    env = json.loads(tc["filter_config"]["value"])
+    env["config"] = conf if isinstance(conf, str) else json.dumps(conf)
+    return {**tc, "filter_name": filter_name or tc["filter_name"],
+            "filter_config": {**tc["filter_config"], "value": json.dumps(env)}}
+
+
 def native_floor_listeners(jwt: dict) -> list[dict]:
     """NATIVE_FLOOR_PORTS: the jwt-alone native listener with its filter
     replaced by n bench-only floor filters (envelope.rs BENCH_FILTERS)."""
@@ -669,7 +692,7 @@ def native_floor_listeners(jwt: dict) -> list[dict]:
     for (floor, n), port in NATIVE_FLOOR_PORTS.items():
         lis = _renamed(jwt, f"native_floor_{floor}_{n}", port)
         hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
-        [block] = [h for h in hcm["http_filters"] if "dynamic_modules" in h.get("typed_config", {}).get("@type", "")]
+        block = _module_block(lis)
         at = hcm["http_filters"].index(block)
         tc = {**block["typed_config"], "filter_name": floor,
               "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -683,14 +706,11 @@ def claim_direct_listener(jwt: dict) -> dict:
     """CLAIM_DIRECT_PORT: the jwt-alone native listener, its block running
     `bench_claim_direct` against the bench Redis as the sidecar's user."""
     lis = _renamed(jwt, "native_claim_direct", CLAIM_DIRECT_PORT)
-    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
-    [block] = [h for h in hcm["http_filters"] if "dynamic_modules" in h.get("typed_config", {}).get("@type", "")]
+    block = _module_block(lis)
     pw = stack_mod.REDIS_PASSWORD_FILE.read_text().strip()
     conf = {"redis_url": f"redis://{stack_mod.STORE_REDIS_USER}:{pw}@127.0.0.1:{stack_mod.REDIS_PORT}/",
             "ttl_ms": 60000}
-    block["typed_config"] = {**block["typed_config"], "filter_name": "bench_claim_direct",
-                             "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                               "value": json.dumps({"config": json.dumps(conf)})}}
+    block["typed_config"] = _with_native_config(block["typed_config"], conf, "bench_claim_direct")
     return lis
 
 
@@ -708,17 +728,11 @@ def native_split_listeners(native: dict, gateway: str) -> list[dict]:
         out.append(lis)
     if gateway == "app":
         lis = _renamed(native, "app_native_local_store", APP_NATIVE_LOCAL_PORT)
-        changed = 0
-        for h in lis["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
-            tc = h.get("typed_config", {})
-            if tc.get("filter_name") == "replay_guard":
-                env = json.loads(tc["filter_config"]["value"])
-                conf = json.loads(env["config"])
-                conf.pop("shared_store")
-                env["config"] = json.dumps(conf)
-                tc["filter_config"] = {**tc["filter_config"], "value": json.dumps(env)}
-                changed += 1
-        assert changed == 1, changed
+        [h] = [h for h in lis["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+               if h.get("typed_config", {}).get("filter_name") == "replay_guard"]
+        conf = _native_config(h["typed_config"])
+        conf.pop("shared_store")
+        h["typed_config"] = _with_native_config(h["typed_config"], conf)
         out.append(lis)
     return out
 
@@ -727,15 +741,10 @@ def native_direct_listener(jwt: dict) -> dict:
     """JWT_DIRECT_PORT: the jwt-alone native listener, its block running
     `bench_jwt_direct` with the same jwt configuration minus `shared_store`."""
     lis = _renamed(jwt, "jwt_module_direct", JWT_DIRECT_PORT)
-    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
-    [block] = [h for h in hcm["http_filters"] if "dynamic_modules" in h.get("typed_config", {}).get("@type", "")]
-    tc = block["typed_config"]
-    env = json.loads(tc["filter_config"]["value"])
-    conf = json.loads(env["config"])
+    block = _module_block(lis)
+    conf = _native_config(block["typed_config"])
     conf.pop("shared_store", None)
-    env["config"] = json.dumps(conf)
-    tc["filter_name"] = "bench_jwt_direct"
-    tc["filter_config"] = {**tc["filter_config"], "value": json.dumps(env)}
+    block["typed_config"] = _with_native_config(block["typed_config"], conf, "bench_jwt_direct")
     return lis
 
 
@@ -1146,24 +1155,13 @@ def local_store_listeners() -> Path:
         lst = copy.deepcopy(next(x for x in doc["static_resources"]["listeners"] if x["name"] == gw))
         lst["name"] = f"bench_{gw}_local_store"
         lst["address"]["socket_address"]["port_value"] = port
-        changed = 0
-        for fc in lst["filter_chains"]:
-            for nf in fc["filters"]:
-                for hf in nf.get("typed_config", {}).get("http_filters", []):
-                    conf = hf.get("typed_config", {}).get("config", {})
-                    if conf.get("root_id") == LOCAL_STORE_FILTER[gw]:
-                        cfg = json.loads(conf["configuration"]["value"])
-                        cfg.pop("shared_store")
-                        if gw == "web":
-                            # The shipped jti store holds 8192 tokens per ~9-minute bucket
-                            # (docs/filters/jwt.md) and would refuse the bench's flood of
-                            # new one-time tokens with 503; size it for the bench, on keys
-                            # of its own (another lifetime, another bucket width) so that
-                            # the shared-store listener's first-level cache stays apart.
-                            cfg["jti_store"] = {"max_entries": 1 << 20, "max_token_lifetime": "3599s"}
-                        conf["configuration"]["value"] = json.dumps(cfg)
-                        changed += 1
-        assert changed == 1, (gw, changed)
+        # The shipped jti store holds 8192 tokens per ~9-minute bucket
+        # (docs/filters/jwt.md) and would refuse the bench's flood of new
+        # one-time tokens with 503; size it for the bench, on keys of its own
+        # (another lifetime, another bucket width) so that the shared-store
+        # listener's first-level cache stays apart.
+        _drop_shared_store(lst, LOCAL_STORE_FILTER[gw],
+                           {"jti_store": {"max_entries": 1 << 20, "max_token_lifetime": "3599s"}} if gw == "web" else None)
         out.append(lst)
     path = OUT / "local-store-listeners.yaml"
     OUT.mkdir(parents=True, exist_ok=True)

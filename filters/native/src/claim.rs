@@ -125,23 +125,40 @@ pub fn configure(c: &Config) -> bool {
     }
 }
 
-/// Configuration address → (configuration, its parsed settings).
-type SettingsByConfig = HashMap<usize, (Weak<Config>, Rc<Settings>)>;
+/// What a worker's streams of one configuration need: the claims' TTL and
+/// the channel to its URL's I/O thread.
+struct Worker {
+    ttl_ms: u64,
+    tx: Sender<Job>,
+}
 
-/// This worker's parsed settings of a configuration (by its address).
-fn settings(c: &Arc<Config>) -> Option<Rc<Settings>> {
+/// Configuration address → (configuration, this worker's view of it).
+type WorkersByConfig = HashMap<usize, (Weak<Config>, Rc<Worker>)>;
+
+/// This worker's view of a configuration (by its address): parsed, and its
+/// I/O thread found or started, once per worker; the streams then touch no
+/// process-wide table but the pending one.
+fn worker(c: &Arc<Config>) -> Option<Rc<Worker>> {
     thread_local! {
-        static SETTINGS: RefCell<SettingsByConfig> = RefCell::new(HashMap::new());
+        static WORKERS: RefCell<WorkersByConfig> = RefCell::new(HashMap::new());
     }
     let key = Arc::as_ptr(c) as usize;
-    SETTINGS.with(|m| {
+    WORKERS.with(|m| {
         let mut m = m.borrow_mut();
         if let Some((w, s)) = m.get(&key) {
             if w.strong_count() > 0 {
                 return Some(s.clone());
             }
         }
-        let s = Rc::new(load(&c.envelope().config).ok()?);
+        let settings = load(&c.envelope().config).ok()?;
+        let tx = lock(&CLIENTS, HashMap::new)
+            .entry(settings.redis_url.clone())
+            .or_insert_with(|| spawn(settings.redis_url.clone(), settings.timeout_ms))
+            .clone();
+        let s = Rc::new(Worker {
+            ttl_ms: settings.ttl_ms,
+            tx,
+        });
         m.retain(|_, (w, _)| w.strong_count() > 0);
         m.insert(key, (Arc::downgrade(c), s.clone()));
         Some(s)
@@ -150,7 +167,7 @@ fn settings(c: &Arc<Config>) -> Option<Rc<Settings>> {
 
 /// The request headers hook: queue the claim and wait for its answer.
 pub fn request_headers(c: &Arc<Config>, f: FilterPtr) -> u32 {
-    let Some(settings) = settings(c) else {
+    let Some(worker) = worker(c) else {
         return refuse(f);
     };
     let Some(sched) = envoy::stream_scheduler_new(f) else {
@@ -165,19 +182,12 @@ pub fn request_headers(c: &Arc<Config>, f: FilterPtr) -> u32 {
             answer: None,
         },
     );
-    let tx = {
-        let mut clients = lock(&CLIENTS, HashMap::new);
-        clients
-            .entry(settings.redis_url.clone())
-            .or_insert_with(|| spawn(settings.redis_url.clone(), settings.timeout_ms))
-            .clone()
-    };
     let job = Job {
         filter: f,
         claim,
-        ttl_ms: settings.ttl_ms,
+        ttl_ms: worker.ttl_ms,
     };
-    if tx.send(job).is_err() {
+    if worker.tx.send(job).is_err() {
         // The I/O thread is gone: answer now.
         if let Some(e) = pending().remove(&f) {
             envoy::stream_scheduler_delete(e.sched);

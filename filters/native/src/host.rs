@@ -511,19 +511,14 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
         with(|t| t.defining = false);
         return Some(c);
     }
-    if c.env.claim_direct() {
-        // bench_claim_direct: no root; its settings checked here.
-        let ok = crate::claim::configure(&c);
-        with(|t| t.defining = false);
-        if !ok {
-            config_destroy(c);
-            return None;
-        }
-        return Some(c);
-    }
-    if c.env.direct() {
-        // bench_jwt_direct: no root either; jwt's checks and counters here.
-        let ok = crate::direct::configure(&c);
+    if c.env.direct() || c.env.claim_direct() {
+        // bench_jwt_direct, bench_claim_direct: no root either; jwt's checks
+        // and counters, or the claim's settings, here.
+        let ok = if c.env.direct() {
+            crate::direct::configure(&c)
+        } else {
+            crate::claim::configure(&c)
+        };
         with(|t| t.defining = false);
         if !ok {
             config_destroy(c);
