@@ -158,7 +158,7 @@ NATIVE_FLOOR_PORTS = {("bench_raw", 1): 10507, ("bench_noop", 1): 10508,
 #: `gateway_native_base`, its own dlopen) and serves jwt alone and the web
 #: gateway on these ports ("module base cached", "web native base").
 NATIVE_BASE = os.environ.get("BENCH_NATIVE_BASE")
-NATIVE_BASE_PORTS = {"jwt": 10511, "web": 10512}
+NATIVE_BASE_PORTS = {"jwt": 10511, "web": 10512, "e2ee": 10545}
 #: The experiment of docs/performance.md "jwt straight against the callbacks":
 #: the jwt-alone native listener with its block's filter_name replaced by the
 #: bench-only `bench_jwt_direct` (jwt's pure request path straight over the
@@ -180,6 +180,20 @@ NATIVE_SPLIT_PORTS = {"web": 10520, "app": 10530}
 #: bench Redis over the module's own connection, then continues).
 CLAIM_DIRECT_PORT = 10516
 APP_NATIVE_LOCAL_PORT = 10540
+#: The nonce store of the bench listeners whose replay-guard claims in this
+#: process alone (`native-local`, `app signed native, local store`, and the
+#: e2ee experiments beside them). The shipped layout (2^20 nonces, 30 s
+#: buckets over a 5m30s window, 64 shards) holds ~80k nonces per bucket: a
+#: saturated pass (5-7k signed requests/s) fills one and is answered 503
+#: `replay_check_unavailable` (the documented fail-closed answer to a full
+#: store); and each claim copies its key's value, which grows through the
+#: pass: every row of such a listener drifted up 30-60 % within one pass.
+#: Here: signatures valid 30 s (the bench signs each feed right before it
+#: runs), 5 s buckets over 1,024 shards (the most replay-guard takes): a
+#: key holds ~25 nonces at 5k requests/s, the same all pass long.
+BENCH_LOCAL_REPLAY = {"max_age": "30s",
+                      "nonce_store": {"max_entries": 1 << 23, "bucket": "5s", "shards": 1024,
+                                      "min_nonce_length": 8, "max_nonce_length": 128}}
 # e2ee natively (issue 26): the app gateway cut to the filters the native
 # build serves (tests/integration/native_app.py: sanitize → replay-guard,
 # reports off → e2ee → sanitize-body → route-breaker), once as wasm modules
@@ -191,7 +205,25 @@ E2EE_NATIVE_PORTS = {"app_lite_wasm": 10502, "app_lite_native": 10503,
                      # removed: no claim round trip, so Envoy stays CPU-bound
                      # and plain and encrypted rows run at the same load
                      # ("native-local"; docs/performance.md)
-                     "app_lite_native_local": 10541}
+                     "app_lite_native_local": 10541,
+                     # that one as ONE native filter (the native-chain
+                     # build's layout: filter_name `chain`), so that e2ee's
+                     # wait for the body is the chain's one stop
+                     # ("native-chain-local")
+                     "app_lite_native_chain_local": 10542}
+#: The experiment of docs/performance.md "e2ee's fixed cost": the
+#: native-local listener with e2ee's block replaced by the bench-only
+#: `bench_body_mimic` (e2ee's Envoy-side work on an encrypted request, done
+#: with identity transforms to every order: no crypto, no proxy-wasm layer);
+#: its plain orders against native-local's are Envoy's share. And the same
+#: listener with `bench_raw` in e2ee's place (no e2ee at all): the base of
+#: both.
+E2EE_MIMIC_PORT = 10543
+E2EE_RAW_PORT = 10544
+#: E2EE_NATIVE_PORTS' builds, as the targets name them.
+E2EE_NATIVE_BUILDS = {"wasm": "app_lite_wasm", "native": "app_lite_native",
+                      "native-local": "app_lite_native_local",
+                      "native-chain-local": "app_lite_native_chain_local"}
 NATIVE_ENV: dict[str, str] = {}
 
 # Bridge (mTLS client) ports: plain HTTP in, mTLS out.
@@ -560,13 +592,22 @@ def e2ee_native_targets() -> list[dict]:
     t = []
     for kib in E2EE_KIB:
         size = kib * 1024
-        for build, port in (("wasm", E2EE_NATIVE_PORTS["app_lite_wasm"]),
-                            ("native", E2EE_NATIVE_PORTS["app_lite_native"]),
-                            ("native-local", E2EE_NATIVE_PORTS["app_lite_native_local"])):
+        for build, listener in E2EE_NATIVE_BUILDS.items():
+            port = E2EE_NATIVE_PORTS[listener]
             t += [T(f"e2ee {build} plain {kib} KiB", "e2ee-native", port, f"e2ee bare {kib} KiB", path=ORDERS,
                     feed=f"order-plain-{size}", lat=True),
                   T(f"e2ee {build} encrypted {kib} KiB", "e2ee-native", port, f"e2ee {build} plain {kib} KiB",
                     path=ORDERS, feed=f"order-aes128gcm-{size}", lat=True)]
+        if NATIVE_BASE:
+            base = NATIVE_BASE_PORTS["e2ee"]
+            t += [T(f"e2ee native-local base plain {kib} KiB", "e2ee-native", base, f"e2ee bare {kib} KiB",
+                    path=ORDERS, feed=f"order-plain-{size}", lat=True),
+                  T(f"e2ee native-local base encrypted {kib} KiB", "e2ee-native", base,
+                    f"e2ee native-local base plain {kib} KiB", path=ORDERS, feed=f"order-aes128gcm-{size}", lat=True)]
+        t.append(T(f"e2ee native-raw plain {kib} KiB", "e2ee-native", E2EE_RAW_PORT,
+                   f"e2ee bare {kib} KiB", path=ORDERS, feed=f"order-plain-{size}", lat=True))
+        t.append(T(f"e2ee native-mimic plain {kib} KiB", "e2ee-native", E2EE_MIMIC_PORT,
+                   f"e2ee native-raw plain {kib} KiB", path=ORDERS, feed=f"order-plain-{size}", lat=True))
     return t
 
 
@@ -579,7 +620,7 @@ def e2ee_native_listeners(cfg: dict) -> list[dict]:
     for name, port in E2EE_NATIVE_PORTS.items():
         lis = app_lite_listener(cfg, name, port)
         if name.endswith("_local"):
-            _drop_shared_store(lis, "replay_guard")
+            _drop_shared_store(lis, "replay_guard", BENCH_LOCAL_REPLAY)
         if "native" in name:
             for fc in lis["filter_chains"]:
                 for net in fc["filters"]:
@@ -590,8 +631,33 @@ def e2ee_native_listeners(cfg: dict) -> list[dict]:
                         clash = render_mod.merge_environment(NATIVE_ENV, render_mod.block_environment(h))
                         if clash:
                             raise SystemExit(f"{name}: native blocks need different values of {clash}")
-                        hs[i] = {**h, "typed_config": render_mod.native_block(h)}
+                        if "_chain" not in name:
+                            hs[i] = {**h, "typed_config": render_mod.native_block(h)}
+            if "_chain" in name:
+                # the native-chain build's transform (render.py), on this
+                # listener alone (un-aliased first: YAML anchors share the
+                # routes' per-filter dicts, which the transform edits)
+                lis = json.loads(json.dumps(lis))
+                hcms = [net.get("typed_config", {}) for fc in lis["filter_chains"] for net in fc["filters"]]
+                render_mod._chain_cfg({"static_resources": {"listeners": [lis]}}, str(WASM_DIR),
+                                      frozenset(id(h) for h in hcms))
         out.append(lis)
+        if name == "app_lite_native_local" and NATIVE_BASE:
+            shutil.copyfile(NATIVE_BASE, NATIVE_MODULE.with_name("libgateway_native_base.so"))
+            base = _renamed(lis, "app_lite_native_local_base", NATIVE_BASE_PORTS["e2ee"])
+            for h in base["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
+                dm = h.get("typed_config", {}).get("dynamic_module_config")
+                if dm is not None:
+                    dm["name"] = f"{dm['name']}_base"
+            out.append(base)
+        if name == "app_lite_native_local":
+            for bench, port in (("bench_body_mimic", E2EE_MIMIC_PORT), ("bench_raw", E2EE_RAW_PORT)):
+                other = _renamed(lis, f"app_lite_native_{bench}", port)
+                for h in other["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
+                    tc = h.get("typed_config", {})
+                    if tc.get("filter_name") == "e2ee":
+                        h["typed_config"] = _with_native_config(tc, "{}", bench)
+                out.append(other)
     return out
 
 
@@ -732,6 +798,7 @@ def native_split_listeners(native: dict, gateway: str) -> list[dict]:
                if h.get("typed_config", {}).get("filter_name") == "replay_guard"]
         conf = _native_config(h["typed_config"])
         conf.pop("shared_store")
+        conf.update(BENCH_LOCAL_REPLAY)
         h["typed_config"] = _with_native_config(h["typed_config"], conf)
         out.append(lis)
     return out
@@ -1599,7 +1666,7 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                   fixed <= BUDGET["e2ee_fixed_us"])
     if sec("e2ee-native"):
         erows = []
-        for b in ("wasm", "native", "native-local"):
+        for b in [*E2EE_NATIVE_BUILDS, "native-local base"]:
             e1, e16 = by.get(f"e2ee {b} encrypted {E2EE_KIB[0]} KiB"), by.get(f"e2ee {b} encrypted {E2EE_KIB[1]} KiB")
             p1, p16 = by.get(f"e2ee {b} plain {E2EE_KIB[0]} KiB"), by.get(f"e2ee {b} plain {E2EE_KIB[1]} KiB")
             if not (e1 and e16 and p1 and p16):
@@ -1610,7 +1677,7 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
             erows.append([b, p1["added_cpu_us"], p16["added_cpu_us"], e1["added_cpu_us"], e16["added_cpu_us"],
                           e1["rps_ratio"], e16["rps_ratio"], e1.get("added_p50_us"), e16.get("added_p50_us"),
                           per_kib, fixed])
-            if b.startswith("native"):
+            if b.startswith("native") and not b.endswith("base"):
                 # native: the shipped chain, nonces claimed in Redis (Envoy waits on the
                 # round trip, not CPU-bound: CPU per request moves with the rate);
                 # native-local: the same without the claim, both rows at saturation
@@ -1626,7 +1693,16 @@ def report(rows: list[dict], fds_rows: list[dict], miss: dict | None, mem: dict 
                              ["build", f"plain {E2EE_KIB[0]} KiB +CPU µs", f"plain {E2EE_KIB[1]} KiB +CPU µs",
                               f"encrypted {E2EE_KIB[0]} KiB +CPU µs", f"encrypted {E2EE_KIB[1]} KiB +CPU µs",
                               f"req/s enc/plain {E2EE_KIB[0]} KiB", f"req/s enc/plain {E2EE_KIB[1]} KiB",
-                              f"+p50 {E2EE_KIB[0]} KiB", f"+p50 {E2EE_KIB[1]} KiB", "per KiB µs", "fixed µs"], erows))
+                              f"+p50 {E2EE_KIB[0]} KiB", f"+p50 {E2EE_KIB[1]} KiB", "per KiB µs", "fixed µs"], erows)
+                       + "(native-local base: the same listener on BENCH_NATIVE_BASE's module, when given)\n")
+        frows = [[r["target"], r["base"], r["rps_ratio"], r["added_cpu_us"], r.get("added_p50_us")]
+                 for r in sec("e2ee-native") if r["target"].startswith(("e2ee native-raw", "e2ee native-mimic"))]
+        if frows:
+            out.append(table("What Envoy charges for e2ee's work: native-local with e2ee's block replaced by bench_raw "
+                             "(no e2ee) and by bench_body_mimic (e2ee's Envoy-side steps on every plain order, "
+                             "identity transforms, no crypto, no proxy-wasm layer); mimic's +CPU over raw is "
+                             "Envoy's share of e2ee's fixed cost",
+                             ["target", "base", "req/s ×base", "+CPU µs", "+p50 µs"], frows))
     if sec("hostcall") and "noop" in by:
         floor = by["noop"]["cpu_us"]
         hrs = [[r["target"].removeprefix("probe "), r["port"], r["rps"], r["cpu_us"],

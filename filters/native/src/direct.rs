@@ -26,21 +26,20 @@
 //! store alone work (the process-wide shared data, as in the module).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::sync::{Arc, Weak};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use filter_core::proxy::ProxySharedData;
-use filter_core::{HttpHost, Verdict};
+use filter_core::Verdict;
 use jwt::cache::TokenCache;
 use jwt::config::{Compiled, Keys};
 use jwt::filter::{self, Env, Outcome, ProviderKeys, Result_};
 use jwt::jti::JtiStore;
 
-use crate::ffi::{envoy, FilterPtr};
-use crate::host::{self, Config, REQUEST_HEADERS};
+use crate::callbacks::{CallbackHost, Labelled, PerThread};
+use crate::ffi::FilterPtr;
+use crate::host::{self, Config};
 
 /// jwt's counters (its glue's `Metrics`, filters/jwt/src/lib.rs), by name.
 const COUNTERS: [&str; 12] = [
@@ -112,25 +111,18 @@ struct State {
     jti: JtiStore,
     /// [`COUNTERS`]' ids in the host's registry.
     ids: [u32; COUNTERS.len()],
-    /// Labelled counter name → id (bounded: `MAX_TAGGED_METRICS`).
-    tagged: RefCell<HashMap<String, u32>>,
+    labelled: Labelled,
 }
 
-/// Configuration address → (configuration, this thread's state).
-type States = HashMap<usize, (Weak<Config>, Rc<State>)>;
-
-/// A local reply: status, headers, body.
-type Reply = (u16, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
-
 thread_local! {
-    static STATES: RefCell<States> = RefCell::new(HashMap::new());
+    static STATES: PerThread<State> = PerThread::default();
 }
 
 fn state(c: &Arc<Config>) -> Option<Rc<State>> {
-    let key = Arc::as_ptr(c) as usize;
-    if let Some(s) = STATES.with(|m| m.borrow().get(&key).map(|(_, s)| s.clone())) {
-        return Some(s);
-    }
+    STATES.with(|m| m.get(c, || make_state(c)))
+}
+
+fn make_state(c: &Arc<Config>) -> Option<State> {
     jwt::crypto::install();
     let cfg = match load(&c.envelope().config) {
         Ok(cfg) => cfg,
@@ -151,7 +143,7 @@ fn state(c: &Arc<Config>) -> Option<Rc<State>> {
     for (id, name) in ids.iter_mut().zip(COUNTERS) {
         *id = host::counter_id(name).unwrap_or(0);
     }
-    let s = Rc::new(State {
+    Some(State {
         keys: cfg
             .providers
             .iter()
@@ -161,14 +153,8 @@ fn state(c: &Arc<Config>) -> Option<Rc<State>> {
         cfg,
         jti,
         ids,
-        tagged: RefCell::new(HashMap::new()),
-    });
-    STATES.with(|m| {
-        let mut m = m.borrow_mut();
-        m.retain(|_, (w, _)| w.strong_count() > 0);
-        m.insert(key, (Arc::downgrade(c), s.clone()));
-    });
-    Some(s)
+        labelled: Labelled::default(),
+    })
 }
 
 /// The request headers hook of a `bench_jwt_direct` stream: the status for
@@ -194,7 +180,7 @@ fn run(c: &Arc<Config>, f: FilterPtr) -> u32 {
         send_failure(f);
         return host::STOP_ITERATION;
     };
-    let mut h = Direct { f, reply: None };
+    let mut h = CallbackHost::new(f, "jwt");
     let env = Env {
         cfg: &st.cfg,
         keys: &st.keys,
@@ -211,8 +197,7 @@ fn run(c: &Arc<Config>, f: FilterPtr) -> u32 {
     }
     // The local reply after every borrow is released (Envoy re-enters this
     // stream's response hooks synchronously; they answer Continue).
-    if let Some((status, headers, body)) = h.reply.take() {
-        envoy::send_response(f, u32::from(status), &headers, &body, b"jwt");
+    if h.send_reply() {
         return host::STOP_ITERATION;
     }
     match v {
@@ -222,7 +207,7 @@ fn run(c: &Arc<Config>, f: FilterPtr) -> u32 {
 }
 
 /// jwt's glue's `Metrics::count`, into the host's table (one lock).
-fn count(c: &Config, st: &State, h: &Direct, o: &Outcome) {
+fn count(c: &Config, st: &State, h: &CallbackHost, o: &Outcome) {
     let id = |i: usize| st.ids.get(i).copied().unwrap_or(0);
     let mut ids: Vec<u32> = Vec::with_capacity(4);
     let labelled = |name: &str, reason: Option<&str>| -> Option<u32> {
@@ -230,24 +215,7 @@ fn count(c: &Config, st: &State, h: &Direct, o: &Outcome) {
             .names
             .clone()
             .unwrap_or_else(|| filter_core::decision::route_names(h));
-        let mut tags = vec![
-            ("gateway", names.gateway.as_str()),
-            ("route", names.route.as_str()),
-        ];
-        if let Some(r) = reason {
-            tags.push(("reason", r));
-        }
-        let full = filter_core::metrics::tagged(name, &tags);
-        let mut m = st.tagged.borrow_mut();
-        if let Some(id) = m.get(&full) {
-            return Some(*id);
-        }
-        if m.len() >= filter_core::metrics::MAX_TAGGED_METRICS {
-            return None;
-        }
-        let id = host::counter_id(&full)?;
-        m.insert(full, id);
-        Some(id)
+        st.labelled.id(name, &names, reason)
     };
     let before_crypto = !o.signature_checked && !o.cache_hit;
     match o.result {
@@ -281,67 +249,4 @@ fn count(c: &Config, st: &State, h: &Direct, o: &Outcome) {
     // `o.claim` (shared-store answers) never happens here: refused at
     // configuration time.
     host::count(c, &ids);
-}
-
-/// The request as jwt's pure path sees it, straight over the callbacks.
-struct Direct {
-    f: FilterPtr,
-    /// A local reply asked for, sent once jwt's code has returned.
-    reply: Option<Reply>,
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-impl HttpHost for Direct {
-    fn request_headers(&self) -> Vec<(String, String)> {
-        envoy::with_headers(self.f, REQUEST_HEADERS, |pairs| {
-            pairs.iter().map(|(k, v)| (lossy(k), lossy(v))).collect()
-        })
-    }
-    fn request_header(&self, name: &str) -> Option<String> {
-        host::joined(envoy::header_values(
-            self.f,
-            REQUEST_HEADERS,
-            name.as_bytes(),
-        ))
-        .map(|v| lossy(&v))
-    }
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        envoy::set_header(
-            self.f,
-            REQUEST_HEADERS,
-            name.as_bytes(),
-            Some(value.as_bytes()),
-        );
-    }
-    fn add_request_header(&mut self, name: &str, value: &str) {
-        envoy::add_header(self.f, REQUEST_HEADERS, name.as_bytes(), value.as_bytes());
-    }
-    fn remove_request_header(&mut self, name: &str) {
-        envoy::set_header(self.f, REQUEST_HEADERS, name.as_bytes(), None);
-    }
-    fn request_body(&self, _size: usize) -> Option<Vec<u8>> {
-        None
-    }
-    fn replace_request_body(&mut self, _body: &[u8]) {}
-    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        let headers = headers
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect();
-        self.reply = Some((status, headers, body.to_vec()));
-    }
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let segments: Vec<&[u8]> = path.iter().map(|s| s.as_bytes()).collect();
-        host::property(Some(self.f), "jwt", false, &segments)
-    }
-    fn set_property(&mut self, path: &[&str], value: &[u8]) {
-        let segments: Vec<&[u8]> = path.iter().map(|s| s.as_bytes()).collect();
-        host::set_filter_state_property(self.f, &segments, value);
-    }
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
 }

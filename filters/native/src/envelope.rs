@@ -57,11 +57,16 @@ pub const FILTERS: [&str; 10] = [
 /// * `bench_claim_direct`: an experiment (docs/performance.md, "The claim
 ///   without Envoy's HTTP client"): each request claims a fresh key in
 ///   Redis over a connection the module owns, not through a callout.
-pub const BENCH_FILTERS: [&str; 4] = [
+/// * `bench_body_mimic`: an experiment (docs/performance.md, "e2ee's fixed
+///   cost"): e2ee's Envoy-side work on an encrypted request (body held and
+///   replaced, headers edited, the answer's body rewritten), with identity
+///   transforms, straight on the callbacks (`crate::mimic`).
+pub const BENCH_FILTERS: [&str; 5] = [
     "bench_raw",
     "bench_noop",
     "bench_jwt_direct",
     "bench_claim_direct",
+    "bench_body_mimic",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -98,9 +103,21 @@ impl Envelope {
             .unwrap_or("unknown")
     }
 
-    /// `bench_raw`: the hooks answer Continue without the host.
+    /// `bench_raw`: the hooks answer Continue without the host;
+    /// `bench_body_mimic` has no root or context either.
     pub fn raw(&self) -> bool {
-        self.name() == "bench_raw"
+        matches!(self.name(), "bench_raw" | "bench_body_mimic")
+    }
+
+    /// `e2ee`: served straight on the callbacks (crate::e2ee_direct), not
+    /// through the proxy-wasm host.
+    pub fn e2ee(&self) -> bool {
+        self.name() == "e2ee"
+    }
+
+    /// `bench_body_mimic`: e2ee's Envoy-side work, no crypto, no host.
+    pub fn mimic(&self) -> bool {
+        self.name() == "bench_body_mimic"
     }
 
     /// `bench_jwt_direct`: jwt's request path without the proxy-wasm host.

@@ -180,6 +180,9 @@ pub struct Stream {
     /// Its request headers wait for its root's load-time callouts
     /// (`Some(end_of_stream)`): [`warming`].
     held: Cell<Option<bool>>,
+    /// An e2ee block's stream: e2ee straight on the callbacks
+    /// ([`crate::e2ee_direct`]; no context).
+    e2ee: Option<Box<crate::e2ee_direct::Http>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -511,11 +514,13 @@ pub fn config_new(envoy_ptr: ConfigPtr, name: &[u8], config: &[u8]) -> Option<Co
         with(|t| t.defining = false);
         return Some(c);
     }
-    if c.env.direct() || c.env.claim_direct() {
-        // bench_jwt_direct, bench_claim_direct: no root either; jwt's checks
-        // and counters, or the claim's settings, here.
+    if c.env.direct() || c.env.claim_direct() || c.env.e2ee() {
+        // bench_jwt_direct, bench_claim_direct, e2ee: no root either; jwt's
+        // or e2ee's checks and counters, or the claim's settings, here.
         let ok = if c.env.direct() {
             crate::direct::configure(&c)
+        } else if c.env.e2ee() {
+            crate::e2ee_direct::configure(&c)
         } else {
             crate::claim::configure(&c)
         };
@@ -559,7 +564,7 @@ pub fn config_destroy(c: ConfigHandle) {
 
 /// Worker thread: a new stream of `config`'s filter.
 pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
-    if config.env.raw() || config.env.direct() || config.env.claim_direct() {
+    if config.env.raw() || config.env.direct() || config.env.claim_direct() || config.env.e2ee() {
         return Stream {
             config: config.clone(),
             filter,
@@ -567,6 +572,10 @@ pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
             logged: Cell::new(true),
             waker: Cell::new(false),
             held: Cell::new(None),
+            e2ee: config
+                .env
+                .e2ee()
+                .then(|| Box::new(crate::e2ee_direct::new_stream(config))),
         };
     }
     let root = ensure_root(config);
@@ -594,6 +603,7 @@ pub fn filter_new(config: &ConfigHandle, filter: FilterPtr) -> Stream {
         logged: Cell::new(false),
         waker: Cell::new(false),
         held: Cell::new(None),
+        e2ee: None,
     }
 }
 
@@ -652,6 +662,12 @@ pub fn request_headers(s: &Stream, eos: bool) -> u32 {
         if s.config.env.claim_direct() {
             return crate::claim::request_headers(&s.config, s.filter);
         }
+        if let Some(h) = &s.e2ee {
+            return crate::e2ee_direct::request_headers(&s.config, h, s.filter, eos);
+        }
+        if s.config.env.mimic() {
+            return crate::mimic::request_headers(eos);
+        }
         return CONTINUE;
     }
     if s.context == 0 {
@@ -673,6 +689,12 @@ pub fn request_headers(s: &Stream, eos: bool) -> u32 {
 
 pub fn request_body(s: &Stream, eos: bool) -> u32 {
     if s.context == RAW {
+        if let Some(h) = &s.e2ee {
+            return crate::e2ee_direct::request_body(&s.config, h, s.filter, eos);
+        }
+        if s.config.env.mimic() {
+            return crate::mimic::request_body(s.filter, eos);
+        }
         return CONTINUE;
     }
     if s.context == 0 {
@@ -690,6 +712,9 @@ pub fn request_body(s: &Stream, eos: bool) -> u32 {
 
 pub fn request_trailers(s: &Stream) -> u32 {
     if s.context == RAW {
+        if let Some(h) = &s.e2ee {
+            return crate::e2ee_direct::request_trailers(&s.config, h, s.filter);
+        }
         return CONTINUE;
     }
     if s.context == 0 {
@@ -703,6 +728,12 @@ pub fn request_trailers(s: &Stream) -> u32 {
 
 pub fn response_headers(s: &Stream, eos: bool) -> u32 {
     if s.context == RAW {
+        if let Some(h) = &s.e2ee {
+            return crate::e2ee_direct::response_headers(&s.config, h, s.filter, eos);
+        }
+        if s.config.env.mimic() {
+            return crate::mimic::response_headers(s.filter);
+        }
         return CONTINUE;
     }
     if s.context == 0 {
@@ -717,6 +748,12 @@ pub fn response_headers(s: &Stream, eos: bool) -> u32 {
 
 pub fn response_body(s: &Stream, eos: bool) -> u32 {
     if s.context == RAW {
+        if let Some(h) = &s.e2ee {
+            return crate::e2ee_direct::response_body(&s.config, h, s.filter, eos);
+        }
+        if s.config.env.mimic() {
+            return crate::mimic::response_body(s.filter);
+        }
         return CONTINUE;
     }
     if s.context == 0 {
@@ -731,6 +768,9 @@ pub fn response_body(s: &Stream, eos: bool) -> u32 {
 
 pub fn response_trailers(s: &Stream) -> u32 {
     if s.context == RAW {
+        if let Some(h) = &s.e2ee {
+            return crate::e2ee_direct::response_trailers(&s.config, h);
+        }
         return CONTINUE;
     }
     if s.context == 0 {
@@ -850,6 +890,21 @@ pub(crate) fn count(c: &Config, ids: &[u32]) {
         p.increment(*id, 1);
     }
     schedule_flush(c, &mut p);
+}
+
+/// Counts `n` of each `(id, n)` on `c` (crate::e2ee_direct's byte counters).
+pub(crate) fn count_by(c: &Config, by: &[(u32, usize)]) {
+    let mut p = lock(&c.pending);
+    let mut any = false;
+    for (id, n) in by {
+        if let Ok(n @ 1..) = u64::try_from(*n) {
+            p.increment(*id, n);
+            any = true;
+        }
+    }
+    if any {
+        schedule_flush(c, &mut p);
+    }
 }
 
 /// Main thread: hands what the workers counted to Envoy.
@@ -1021,13 +1076,39 @@ pub fn record_metric(id: u32, value: u64) -> bool {
 
 // ------------------------------------------------------- proxy-wasm host calls
 
+thread_local! {
+    /// The filter a context-free hook runs for ([`LogAs`]).
+    static LOG_AS: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// While alive, [`log`] outside any context prefixes its lines with this
+/// filter's name, as for a filter with a context (the hooks and the
+/// configuration of the filters served straight on the callbacks:
+/// crate::e2ee_direct). Restored on drop, also on unwind.
+pub(crate) struct LogAs(Option<&'static str>);
+
+impl LogAs {
+    pub(crate) fn new(filter: &'static str) -> Self {
+        LogAs(LOG_AS.with(|c| c.replace(Some(filter))))
+    }
+}
+
+impl Drop for LogAs {
+    fn drop(&mut self) {
+        LOG_AS.with(|c| c.set(self.0));
+    }
+}
+
 pub fn log(level: u32, message: &[u8]) {
     let mut line = Vec::with_capacity(message.len() + 24);
-    if let Some(c) = current() {
-        // Envoy's wasm host prefixes "wasm log <plugin name>: "; the
-        // decision lines (docs/operations.md) are JSON after the prefix.
+    // Envoy's wasm host prefixes "wasm log <plugin name>: "; the decision
+    // lines (docs/operations.md) are JSON after the prefix.
+    let name = current()
+        .map(|c| c.config.env.name())
+        .or_else(|| LOG_AS.with(Cell::get));
+    if let Some(name) = name {
         line.extend_from_slice(b"native log ");
-        line.extend_from_slice(c.config.env.name().as_bytes());
+        line.extend_from_slice(name.as_bytes());
         line.extend_from_slice(b": ");
     }
     line.extend_from_slice(message);
@@ -1074,8 +1155,43 @@ fn body_size(f: FilterPtr, request: bool) -> usize {
     }
 }
 
-fn body_view(f: FilterPtr, request: bool, phase: Phase) -> Vec<u8> {
-    let (buffered, received, in_phase) = if request {
+/// [`body_size`] for the streams without a context (crate::e2ee_direct).
+pub(crate) fn hook_body_size(f: FilterPtr, request: bool) -> usize {
+    body_size(f, request)
+}
+
+/// The body as [`get_buffer`] reads it, for the streams without a context
+/// (crate::e2ee_direct): `in_body`, inside that body's own hook.
+pub(crate) fn body_in(f: FilterPtr, request: bool, in_body: bool) -> Vec<u8> {
+    body_view(f, request, body_phase(request, in_body))
+}
+
+/// The whole body replaced as [`set_buffer`] does, for the streams without
+/// a context (crate::e2ee_direct).
+pub(crate) fn replace_body_in(f: FilterPtr, request: bool, in_body: bool, data: &[u8]) {
+    replace_body(
+        f,
+        request,
+        body_phase(request, in_body),
+        0,
+        usize::MAX,
+        data,
+    );
+}
+
+fn body_phase(request: bool, in_body: bool) -> Phase {
+    match (request, in_body) {
+        (true, true) => Phase::RequestBody,
+        (false, true) => Phase::ResponseBody,
+        (true, false) => Phase::RequestTrailers,
+        (false, false) => Phase::ResponseTrailers,
+    }
+}
+
+/// The buffered and received body types of the request or the response,
+/// and whether `phase` is that body's own hook.
+fn body_kinds(request: bool, phase: Phase) -> (u32, u32, bool) {
+    if request {
         (
             BUFFERED_REQUEST_BODY,
             RECEIVED_REQUEST_BODY,
@@ -1087,7 +1203,25 @@ fn body_view(f: FilterPtr, request: bool, phase: Phase) -> Vec<u8> {
             RECEIVED_RESPONSE_BODY,
             phase == Phase::ResponseBody,
         )
-    };
+    }
+}
+
+/// The length of [`body_view`], without copying it.
+fn body_view_len(f: FilterPtr, request: bool, phase: Phase) -> usize {
+    let (buffered, received, in_phase) = body_kinds(request, phase);
+    if in_phase && envoy::received_is_buffered(f, request) {
+        return envoy::body_size(f, received);
+    }
+    let b = envoy::body_size(f, buffered);
+    if in_phase {
+        b + envoy::body_size(f, received)
+    } else {
+        b
+    }
+}
+
+fn body_view(f: FilterPtr, request: bool, phase: Phase) -> Vec<u8> {
+    let (buffered, received, in_phase) = body_kinds(request, phase);
     if in_phase && envoy::received_is_buffered(f, request) {
         return envoy::body(f, received);
     }
@@ -1119,33 +1253,36 @@ pub fn set_buffer(kind: u32, start: usize, size: usize, data: &[u8]) {
         BUF_RESPONSE_BODY => false,
         _ => return,
     };
-    let old = body_view(f, request, cur.phase);
-    let start = start.min(old.len());
-    let end = start.saturating_add(size).min(old.len());
-    let mut new = old.get(..start).unwrap_or_default().to_vec();
-    new.extend_from_slice(data);
-    new.extend_from_slice(old.get(end..).unwrap_or_default());
-    let (buffered, received, in_phase) = if request {
-        (
-            BUFFERED_REQUEST_BODY,
-            RECEIVED_REQUEST_BODY,
-            cur.phase == Phase::RequestBody,
-        )
+    replace_body(f, request, cur.phase, start, size, data);
+}
+
+/// Bytes `start..start + size` of the body in `phase` replaced by `data`.
+fn replace_body(f: FilterPtr, request: bool, phase: Phase, start: usize, size: usize, data: &[u8]) {
+    // The whole body replaced (what every filter here does): nothing of the
+    // old one to keep, so it is not copied out first.
+    let whole = start == 0 && size >= body_view_len(f, request, phase);
+    let spliced;
+    let new: &[u8] = if whole {
+        data
     } else {
-        (
-            BUFFERED_RESPONSE_BODY,
-            RECEIVED_RESPONSE_BODY,
-            cur.phase == Phase::ResponseBody,
-        )
+        let old = body_view(f, request, phase);
+        let start = start.min(old.len());
+        let end = start.saturating_add(size).min(old.len());
+        let mut n = old.get(..start).unwrap_or_default().to_vec();
+        n.extend_from_slice(data);
+        n.extend_from_slice(old.get(end..).unwrap_or_default());
+        spliced = n;
+        &spliced
     };
+    let (buffered, received, in_phase) = body_kinds(request, phase);
     // (When the received data is the buffer itself, the first drain empties
     // it and the second finds it empty: replaced once either way.)
     envoy::drain_body(f, buffered, usize::MAX);
     if in_phase {
         envoy::drain_body(f, received, usize::MAX);
-        envoy::append_body(f, received, &new);
+        envoy::append_body(f, received, new);
     } else {
-        envoy::append_body(f, buffered, &new);
+        envoy::append_body(f, buffered, new);
     }
 }
 
@@ -1794,8 +1931,9 @@ fn paused(s: &Stream) {
     s.waker.set(true);
     with(|t| t.wakers.insert(s.filter, sched));
     let (m, cv) = timer();
-    lock(m).sched.add_waker(w, s.filter, sched);
-    cv.notify_one();
+    if lock(m).sched.add_waker(w, s.filter, sched) {
+        cv.notify_one();
+    }
 }
 
 /// The stream is destroyed: its scheduler leaves the schedule and is
@@ -1884,11 +2022,13 @@ fn timer_loop() {
                 Fire::Worker(s) => envoy::stream_scheduler_commit(s, EVENT_WORK),
             }
         }
+        let now = now_ms();
         let wait = g
             .sched
             .next()
-            .map_or(1_000, |d| d.saturating_sub(now_ms()))
+            .map_or(1_000, |d| d.saturating_sub(now))
             .clamp(1, 1_000);
+        g.sched.sleeping_until(now.saturating_add(wait));
         g = match cv.wait_timeout(g, std::time::Duration::from_millis(wait)) {
             Ok((g, _)) => g,
             Err(p) => p.into_inner().0,

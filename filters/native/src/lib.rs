@@ -27,9 +27,13 @@ pub mod shared;
 pub mod ticks;
 
 #[cfg(gateway_native)]
+mod callbacks;
+#[cfg(gateway_native)]
 mod claim;
 #[cfg(gateway_native)]
 mod direct;
+#[cfg(gateway_native)]
+mod e2ee_direct;
 #[cfg(gateway_native)]
 #[allow(unsafe_code)]
 mod ffi;
@@ -37,6 +41,8 @@ mod ffi;
 mod guard;
 #[cfg(gateway_native)]
 mod host;
+#[cfg(gateway_native)]
+mod mimic;
 
 /// The JSON denial a request gets when its filter failed (panicked, or has
 /// no working configuration on its worker): 503, fail closed.

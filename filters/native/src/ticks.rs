@@ -115,6 +115,9 @@ pub enum Fire<S> {
 pub struct Schedule<K, S, A> {
     mains: HashMap<usize, u64>,
     workers: HashMap<u64, Worker<K, S, A>>,
+    /// When the timer thread wakes next on its own (its wait's deadline;
+    /// `None` before its first wait).
+    planned: Option<u64>,
 }
 
 impl<K, S, A> Default for Schedule<K, S, A> {
@@ -122,6 +125,7 @@ impl<K, S, A> Default for Schedule<K, S, A> {
         Schedule {
             mains: HashMap::new(),
             workers: HashMap::new(),
+            planned: None,
         }
     }
 }
@@ -166,11 +170,27 @@ impl<K: Copy + Eq, S: Copy, A> Schedule<K, S, A> {
             .unwrap_or_default()
     }
 
-    pub fn add_waker(&mut self, w: u64, k: K, s: S) {
+    /// Stream `k` of worker `w` paused, with scheduler `s`. `true`: the
+    /// timer thread must be woken (notified) to honour it: the worker just
+    /// became fireable and is due before the timer's own wake-up. A waker
+    /// added to a worker that already has one, or that is due later than
+    /// the timer wakes anyway, needs no wake-up: at saturation, where every
+    /// request pauses, the timer thread then stays asleep (a notify per
+    /// pause was a futex wake and two context switches per request).
+    #[must_use]
+    pub fn add_waker(&mut self, w: u64, k: K, s: S) -> bool {
         let e = self.workers.entry(w).or_default();
-        if !e.wakers.iter().any(|(x, _)| *x == k) {
-            e.wakers.push((k, s));
+        if e.wakers.iter().any(|(x, _)| *x == k) {
+            return false;
         }
+        let was = Self::fireable(e);
+        e.wakers.push((k, s));
+        !was && Self::fireable(e) && e.due.is_some_and(|d| self.planned.is_none_or(|p| d < p))
+    }
+
+    /// The timer thread waits until `deadline` (or a notify).
+    pub fn sleeping_until(&mut self, deadline: u64) {
+        self.planned = Some(deadline);
     }
 
     /// Stream `k` of worker `w` is gone: its scheduler (to delete), and
@@ -280,17 +300,45 @@ mod tests {
         s.publish(1, Some(100), 0);
         assert_eq!(s.next(), None);
         assert!(s.fire(1_000).is_empty());
-        s.add_waker(1, 10, 110);
+        let _ = s.add_waker(1, 10, 110);
         assert_eq!(s.next(), Some(100));
         assert_eq!(s.fire(1_000), vec![Fire::Worker(110)]);
     }
 
     #[test]
+    fn a_pause_wakes_the_timer_only_when_its_worker_is_due_before_the_timer_wakes() {
+        let mut s = S::default();
+        s.publish(1, Some(500), 0);
+        // The timer has not waited yet: wake it.
+        assert!(s.add_waker(1, 10, 110));
+        // The worker already has a waker: the timer knows.
+        assert!(!s.add_waker(1, 11, 111));
+        assert!(!s.add_waker(1, 10, 110));
+        s.sleeping_until(400);
+        assert_eq!(s.remove_waker(1, 10), Some(110));
+        assert_eq!(s.remove_waker(1, 11), Some(111));
+        // Due at 500, the timer wakes at 400 anyway.
+        assert!(!s.add_waker(1, 12, 112));
+        assert_eq!(s.remove_waker(1, 12), Some(112));
+        // Due before the timer wakes: wake it.
+        s.sleeping_until(1_000);
+        assert!(s.add_waker(1, 13, 113));
+        assert_eq!(s.remove_waker(1, 13), Some(113));
+        // No tick at all: nothing to wake for.
+        s.publish(1, None, 0);
+        assert!(!s.add_waker(1, 14, 114));
+        // In flight: not fireable before or after.
+        s.publish(1, Some(10), 0);
+        assert_eq!(s.fire(10), vec![Fire::Worker(114)]);
+        assert!(!s.add_waker(1, 15, 115));
+    }
+
+    #[test]
     fn a_worker_is_woken_once_until_it_ran_or_its_waker_is_gone() {
         let mut s = S::default();
-        s.add_waker(1, 10, 110);
-        s.add_waker(1, 11, 111);
-        s.add_waker(1, 10, 110);
+        let _ = s.add_waker(1, 10, 110);
+        let _ = s.add_waker(1, 11, 111);
+        let _ = s.add_waker(1, 10, 110);
         s.publish(1, Some(100), 0);
         assert_eq!(s.fire(100), vec![Fire::Worker(110)]);
         // In flight: not again, and not in `next`.
@@ -313,7 +361,7 @@ mod tests {
     #[test]
     fn an_answer_makes_its_worker_due_at_once_until_it_took_the_inbox() {
         let mut s = S::default();
-        s.add_waker(2, 20, 120);
+        let _ = s.add_waker(2, 20, 120);
         s.publish(2, Some(1_000), 0);
         s.push_answer(2, "jwks", 50);
         assert_eq!(s.next(), Some(50));
