@@ -114,23 +114,40 @@ impl Store {
         tokio::spawn(async move {
             let _permit = permit;
             let (generation, mut conn) = store.redis.get();
-            let result: RedisResult<Value> = redis::cmd("SET")
-                .arg(key.as_str())
-                .arg(&claim_id)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async(&mut conn)
-                .await;
-            store.observe(generation, result.as_ref().map(|_| ()));
-            let (answer, maybe_held) = match &result {
-                Ok(Value::Okay) => (Ok(Claim::Claimed), true),
-                Ok(Value::Nil) => (Ok(Claim::Conflict), false),
-                Ok(other) => {
-                    eprintln!("gateway-store: unexpected reply to SET NX: {other:?}");
-                    (Err(Unavailable), false)
+            // Bounded by the request's deadline: while Redis is away the
+            // connection manager holds a command until it has reconnected
+            // (seconds later), and a SET sent then would be granted to a
+            // request that was answered 503 long before. Its release would
+            // then race the client's retry, which could read the key as
+            // taken: a one-time token refused as replayed for a claim that
+            // never succeeded. Dropped at the deadline, a command still
+            // waiting for the connection is never sent; one already sent
+            // has an unknown outcome (released below).
+            let sent = tokio::time::timeout_at(
+                deadline,
+                redis::cmd("SET")
+                    .arg(key.as_str())
+                    .arg(&claim_id)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<Value>(&mut conn),
+            )
+            .await;
+            let (answer, maybe_held) = match &sent {
+                Err(_elapsed) => (Err(Unavailable), true),
+                Ok(result) => {
+                    store.observe(generation, result.as_ref().map(|_| ()));
+                    match result {
+                        Ok(Value::Okay) => (Ok(Claim::Claimed), true),
+                        Ok(Value::Nil) => (Ok(Claim::Conflict), false),
+                        Ok(other) => {
+                            eprintln!("gateway-store: unexpected reply to SET NX: {other:?}");
+                            (Err(Unavailable), false)
+                        }
+                        Err(e) => (Err(Unavailable), outcome_unknown(e)),
+                    }
                 }
-                Err(e) => (Err(Unavailable), outcome_unknown(e)),
             };
             let answered_claimed = answer == Ok(Claim::Claimed);
             let delivered = reply.send(answer);
