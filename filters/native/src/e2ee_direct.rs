@@ -58,10 +58,17 @@ const DECRYPTED: &str = "e2ee_decrypted_total";
 const DENIED: &str = "e2ee_denied_total";
 const CODE_DETAILS: &[&[u8]] = &[b"response", b"code_details"];
 
-/// e2ee's configuration, as its glue loads it (the error names the field).
-fn load(bytes: &[u8]) -> Result<Compiled, String> {
+/// e2ee's configuration, as its glue loads it; `None`: refused, logged with
+/// the field named.
+fn load(c: &Config) -> Option<Compiled> {
     let env = |name: &str| std::env::var(name).ok();
-    e2ee::config::load(bytes, &env).map_err(|e| format!("e2ee: {e}"))
+    match e2ee::config::load(&c.envelope().config, &env) {
+        Ok(cfg) => Some(cfg),
+        Err(e) => {
+            host::log(4, format!("e2ee: {e}").as_bytes());
+            None
+        }
+    }
 }
 
 /// Main thread, inside `config_new`: checks the configuration and defines
@@ -69,12 +76,8 @@ fn load(bytes: &[u8]) -> Result<Compiled, String> {
 /// refused (logged, field named).
 pub fn configure(c: &Config) -> bool {
     let _as = host::LogAs::new("e2ee");
-    let cfg = match load(&c.envelope().config) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            host::log(4, e.as_bytes());
-            return false;
-        }
+    let Some(cfg) = load(c) else {
+        return false;
     };
     host::log(
         2,
@@ -100,6 +103,13 @@ struct State {
     labelled: Labelled,
 }
 
+impl State {
+    /// The registry id of counter `COUNTERS[i]`.
+    fn id(&self, i: usize) -> u32 {
+        self.ids.get(i).copied().unwrap_or(0)
+    }
+}
+
 thread_local! {
     static STATES: PerThread<State> = PerThread::default();
 }
@@ -108,13 +118,7 @@ fn state(c: &Arc<Config>) -> Option<Rc<State>> {
     STATES.with(|m| {
         m.get(c, || {
             let _as = host::LogAs::new("e2ee");
-            let cfg = match load(&c.envelope().config) {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    host::log(4, e.as_bytes());
-                    return None;
-                }
-            };
+            let cfg = load(c)?;
             let mut ids = [0u32; COUNTERS.len()];
             for (id, name) in ids.iter_mut().zip(COUNTERS) {
                 *id = host::counter_id(name).unwrap_or(0);
@@ -243,16 +247,15 @@ fn count_outcome(c: &Config, st: &State, inner: &mut Inner, d: &CallbackHost) {
         return;
     }
     inner.counted = true;
-    let id = |i: usize| st.ids.get(i).copied().unwrap_or(0);
     match inner.req.outcome {
-        Outcome::Plain => host::count(c, &[id(PLAIN)]),
+        Outcome::Plain => host::count(c, &[st.id(PLAIN)]),
         Outcome::Decrypted => {
             let mut by = Vec::with_capacity(3);
             if let Some(l) = labelled(st, &inner.req, d, DECRYPTED, None) {
                 by.push((l, 1));
             }
-            by.push((id(DECRYPTED_BYTES), inner.req.plaintext_bytes));
-            by.push((id(ENCRYPTED_REQUEST_BYTES), inner.req.encrypted_bytes));
+            by.push((st.id(DECRYPTED_BYTES), inner.req.plaintext_bytes));
+            by.push((st.id(ENCRYPTED_REQUEST_BYTES), inner.req.encrypted_bytes));
             host::count_by(c, &by);
         }
         Outcome::Denied(code) => {
@@ -297,7 +300,6 @@ pub fn response_headers(c: &Config, http: &Http, f: FilterPtr, eos: bool) -> u32
         // by a filter after this one, Envoy's own 503) stays plain.
         let from_upstream = host::property(Some(f), "e2ee", false, CODE_DETAILS)
             .is_some_and(|d| d == b"via_upstream");
-        let id = |i: usize| st.ids.get(i).copied().unwrap_or(0);
         match decide::decide_response_headers(
             &st.cfg,
             &headers,
@@ -305,7 +307,7 @@ pub fn response_headers(c: &Config, http: &Http, f: FilterPtr, eos: bool) -> u32
             from_upstream,
             eos,
         ) {
-            ResponseStep::Plain => host::count(c, &[id(RESPONSES_PLAIN)]),
+            ResponseStep::Plain => host::count(c, &[st.id(RESPONSES_PLAIN)]),
             ResponseStep::Encrypt(edits) => {
                 let Some(enc) = Encoder::new(
                     &key.ikm,
@@ -321,7 +323,7 @@ pub fn response_headers(c: &Config, http: &Http, f: FilterPtr, eos: bool) -> u32
                 for (n, v) in &edits.set {
                     envoy::set_header(f, RESPONSE_HEADERS, n.as_bytes(), Some(v.as_bytes()));
                 }
-                host::count(c, &[id(RESPONSES)]);
+                host::count(c, &[st.id(RESPONSES)]);
                 inner.encoder = Some(enc);
             }
         }
@@ -357,9 +359,8 @@ pub fn response_body(c: &Config, http: &Http, f: FilterPtr, eos: bool) -> u32 {
         enc.push(&chunk, &mut out);
         if eos {
             if let Some(enc) = inner.encoder.take() {
-                let id = st.ids.get(RESPONSE_BYTES).copied().unwrap_or(0);
                 let n = usize::try_from(enc.plain_bytes).unwrap_or(usize::MAX);
-                host::count_by(c, &[(id, n)]);
+                host::count_by(c, &[(st.id(RESPONSE_BYTES), n)]);
                 enc.finish(&mut out);
             }
         }
@@ -390,7 +391,7 @@ pub fn response_trailers(c: &Config, http: &Http) -> u32 {
         .and_then(|mut i| i.encoder.take())
         .is_some();
     if had {
-        host::count(c, &[st.ids.get(TRUNCATED).copied().unwrap_or(0)]);
+        host::count(c, &[st.id(TRUNCATED)]);
         host::log(
             3,
             b"e2ee: an encrypted response ended with trailers; its last record could not be sent",

@@ -23,9 +23,6 @@ use crate::ffi::{envoy, FilterPtr};
 use crate::host::{self, REQUEST_HEADERS};
 
 const RESPONSE_HEADERS: u32 = 2;
-const RECEIVED_REQUEST_BODY: u32 = 0;
-const BUFFERED_REQUEST_BODY: u32 = 1;
-const RECEIVED_RESPONSE_BODY: u32 = 2;
 /// `filter_core::identity::PROPERTY` (a filter-state key).
 const IDENTITY: &[&[u8]] = &[b"gateway_identity"];
 const CODE_DETAILS: &[&[u8]] = &[b"response", b"code_details"];
@@ -38,27 +35,15 @@ pub fn request_headers(eos: bool) -> u32 {
     }
 }
 
-/// The request body (`received` alone when it is the buffer a filter
-/// before handed on, as the host's body view).
-fn request_body_bytes(f: FilterPtr) -> Vec<u8> {
-    if envoy::received_is_buffered(f, true) {
-        return envoy::body(f, RECEIVED_REQUEST_BODY);
-    }
-    let mut b = envoy::body(f, BUFFERED_REQUEST_BODY);
-    b.extend_from_slice(&envoy::body(f, RECEIVED_REQUEST_BODY));
-    b
-}
-
 pub fn request_body(f: FilterPtr, eos: bool) -> u32 {
     if !eos {
         return host::BODY_STOP_AND_BUFFER;
     }
-    let body = request_body_bytes(f);
+    let body = host::body_in(f, true, true);
     let identity = host::property(Some(f), "bench_body_mimic", false, IDENTITY);
     std::hint::black_box(&identity);
-    envoy::drain_body(f, BUFFERED_REQUEST_BODY, usize::MAX);
-    envoy::drain_body(f, RECEIVED_REQUEST_BODY, usize::MAX);
-    envoy::append_body(f, RECEIVED_REQUEST_BODY, &body);
+    // As e2ee's replacement: the whole body (read once more for its length).
+    host::replace_body_in(f, true, true, &body);
     let len = body.len().to_string();
     envoy::set_header(f, REQUEST_HEADERS, b"content-length", Some(len.as_bytes()));
     envoy::set_header(f, REQUEST_HEADERS, b"content-encoding", None);
@@ -78,8 +63,7 @@ pub fn response_headers(f: FilterPtr) -> u32 {
 }
 
 pub fn response_body(f: FilterPtr) -> u32 {
-    let chunk = envoy::body(f, RECEIVED_RESPONSE_BODY);
-    envoy::drain_body(f, RECEIVED_RESPONSE_BODY, usize::MAX);
-    envoy::append_body(f, RECEIVED_RESPONSE_BODY, &chunk);
+    let chunk = host::body_in(f, false, true);
+    host::replace_body_in(f, false, true, &chunk);
     host::CONTINUE
 }
